@@ -1,0 +1,63 @@
+"""The latent codec: diffusers ``AutoencoderKLWan`` with Wan's latent normalisation.
+
+Pixels are ``[B, 3, T, H, W]`` in [0, 1]; latents are normalised, ``(z - mean) / std`` per channel,
+which is the space the transformer denoises in (as in ``WanPipeline``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LatentCodec:
+    def __init__(self, vae):
+        self.vae = vae.eval()
+        cfg = vae.config
+        self.temporal_factor = int(getattr(cfg, "scale_factor_temporal", 4))
+        self.spatial_factor = int(getattr(cfg, "scale_factor_spatial", 8))
+        self.latent_channels = int(cfg.z_dim)
+        self._mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        """Causal VAE: the first frame alone, then one latent frame per ``temporal_factor`` frames."""
+        return (num_frames - 1) // self.temporal_factor + 1
+
+    def num_pixel_frames(self, num_latent_frames: int) -> int:
+        return 1 + self.temporal_factor * (num_latent_frames - 1)
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.spatial_factor, width // self.spatial_factor
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self._mean.to(z)) / self._std.to(z)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self._std.to(z) + self._mean.to(z)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, T, H, W]`` in [0, 1] -> normalised latents ``[B, C, 1 + (T-1)//4, H/8, W/8]`` (posterior mode)."""
+        x = (video.to(self.device, self.dtype) * 2.0 - 1.0)
+        z = self.vae.encode(x).latent_dist.mode()
+        return self.normalize(z.float())
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` in [0, 1] -> ``[N, C, 1, h, w]``: each image on its own as one latent frame."""
+        return torch.cat([self.encode(img[None, :, None]) for img in images]) if len(images) else torch.zeros(0)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, C, F, h, w]`` -> ``[B, 3, 1 + 4(F-1), H, W]`` in [0, 1]."""
+        z = self.denormalize(latents.float()).to(self.device, self.dtype)
+        video = self.vae.decode(z, return_dict=False)[0]
+        return (video.float() / 2.0 + 0.5).clamp(0.0, 1.0)

@@ -1,0 +1,263 @@
+"""In-context cache injection for diffusers' ``WanTransformer3DModel``, without touching its layers.
+
+:class:`ContextWanTransformer` runs the stock model's own modules (patch embedding, condition
+embedder, blocks, output head) in a forward pass that additionally takes context latent frames
+(:class:`~filmweaver.context.ContextFrames`). Compared with the stock forward it adds:
+
+* **explicit temporal RoPE positions**: every token's (t, h, w) position is given, so memory frames
+  sit at negative times before the video, with an optional gap;
+* **per-token timesteps**: each context block can be presented at its own noise level (clean memory at
+  t=0, or noised as in training); the stock per-token path of Wan2.2-TI2V modulation is reused;
+* **compressed context**: 2x/4x blocks are patchified with extra ``Conv3d`` projections whose kernels
+  are ``c`` times the base patch, initialised from the base patch embedding (FramePack) so that at
+  initialisation they equal average-pooling followed by the base embedding;
+* output only for the generated frames (context tokens are dropped before the output projection).
+
+With no context and positions 0..F-1 this is numerically the stock forward (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from filmweaver.context import ContextFrames
+
+CONTEXT_PROJ_FILE = "context_projections.safetensors"
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0) -> tuple[list[int], list[torch.Tensor]]:
+    """Wan's axis split of one head's dims into (t, h, w) and each axis' inverse frequencies (float64)."""
+    h_dim = w_dim = 2 * (head_dim // 6)
+    t_dim = head_dim - h_dim - w_dim
+    dims = [t_dim, h_dim, w_dim]
+    inv = [1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64)[: d // 2] / d)) for d in dims]
+    return dims, inv
+
+
+def rope_from_positions(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for arbitrary (possibly negative or fractional) token positions.
+
+    ``positions [N, 3]`` (t, h, w) float64 -> ``(cos, sin)`` each ``[1, N, 1, head_dim]`` float32, in
+    the interleaved layout of diffusers' ``WanRotaryPosEmbed`` (identical values for integer positions).
+    """
+    _, inv = rope_frequencies(head_dim, theta)
+    angles = torch.cat([torch.outer(positions[:, a].to(torch.float64), inv[a].to(positions.device)) for a in range(3)], dim=1)
+    cos = angles.cos().repeat_interleave(2, dim=1).float()
+    sin = angles.sin().repeat_interleave(2, dim=1).float()
+    return cos[None, :, None, :], sin[None, :, None, :]
+
+
+def grid_positions(t: torch.Tensor, h: int, w: int, compression: int = 1) -> torch.Tensor:
+    """Token positions for a block patchified with kernel ``compression`` x base patch.
+
+    ``t [F]`` temporal positions of the block's latent frames (F divisible by ``compression``); ``h, w``
+    the block's size in *base* tokens. Each merged token sits at the mean of the base positions it
+    covers. Returns ``[F/c * ceil(h/c) * ceil(w/c), 3]`` float64, in (t, h, w) raster order.
+    """
+    c = compression
+    tt = t.to(torch.float64).view(-1, c).mean(dim=1)
+    hh = torch.arange(math.ceil(h / c), dtype=torch.float64) * c + (c - 1) / 2
+    ww = torch.arange(math.ceil(w / c), dtype=torch.float64) * c + (c - 1) / 2
+    g = torch.stack(torch.meshgrid(tt, hh, ww, indexing="ij"), dim=-1)
+    return g.reshape(-1, 3)
+
+
+def compressed_patch_embedding(base: nn.Conv3d, factor: int) -> nn.Conv3d:
+    """A ``Conv3d`` whose kernel is ``factor`` x the base patch, initialised so that it equals
+    average-pooling by ``factor`` followed by ``base`` (FramePack's initialisation)."""
+    kt, kh, kw = base.kernel_size
+    k = (kt * factor, kh * factor, kw * factor)
+    conv = nn.Conv3d(base.in_channels, base.out_channels, kernel_size=k, stride=k, device=base.weight.device,
+                     dtype=base.weight.dtype)
+    with torch.no_grad():
+        w = base.weight.repeat_interleave(factor, 2).repeat_interleave(factor, 3).repeat_interleave(factor, 4)
+        conv.weight.copy_(w / factor**3)
+        conv.bias.copy_(base.bias)
+    return conv
+
+
+@dataclass
+class TokenLayout:
+    """Where each context block and the generated frames sit in the token sequence."""
+
+    spans: list[tuple[str, int, int]]  # (kind, start, end)
+    num_generated: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.spans[-1][2] if self.spans else 0
+
+    @property
+    def num_context(self) -> int:
+        return self.num_tokens - self.num_generated
+
+
+class ContextWanTransformer(nn.Module):
+    """A ``WanTransformer3DModel`` plus the (small) extra projections for compressed context.
+
+    The wrapped ``transformer`` is the pretrained model, untouched; ``context_proj`` holds one
+    ``Conv3d`` per compression factor (2, 4). LoRA adapters (peft) attach to ``transformer`` as usual.
+    """
+
+    def __init__(self, transformer, compressions: tuple[int, ...] = (2, 4)):
+        super().__init__()
+        self.transformer = transformer
+        self.context_proj = nn.ModuleDict(
+            {str(c): compressed_patch_embedding(transformer.patch_embedding, c) for c in compressions}
+        )
+
+    # -- construction / persistence -----------------------------------------------------------------
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    def save_context_projections(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.context_proj.state_dict().items()}
+        save_file(state, str(Path(directory) / CONTEXT_PROJ_FILE))
+
+    def load_context_projections(self, directory: str | Path) -> bool:
+        """Load trained projections if the directory has them; keep the FramePack init otherwise."""
+        from safetensors.torch import load_file
+
+        path = Path(directory) / CONTEXT_PROJ_FILE
+        if not path.is_file():
+            return False
+        self.context_proj.load_state_dict(load_file(str(path)))
+        return True
+
+    # -- forward ------------------------------------------------------------------------------------
+    def _embed(self, latents: torch.Tensor, compression: int) -> tuple[torch.Tensor, int, int]:
+        """``[B, C, F, H, W]`` -> tokens ``[B, N, D]`` and the block's base-token grid (h, w)."""
+        p_t, p_h, p_w = self.config.patch_size
+        h, w = latents.shape[3] // p_h, latents.shape[4] // p_w
+        if compression == 1:
+            x = self.transformer.patch_embedding(latents)
+        else:
+            c = compression
+            # pad space (replicate) so every merged token covers a full c x c block of base patches
+            ph, pw = (-latents.shape[3]) % (p_h * c), (-latents.shape[4]) % (p_w * c)
+            if ph or pw:
+                latents = F.pad(latents, (0, pw, 0, ph, 0, 0), mode="replicate")
+            x = self.context_proj[str(c)](latents)
+        return x.flatten(2).transpose(1, 2), h, w
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        context: list[ContextFrames] | tuple = (),
+        frame_positions: torch.Tensor | None = None,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+        return_layout: bool = False,
+    ):
+        """Predict the flow velocity of the generated frames.
+
+        Args:
+            latents: ``[B, C, F, H, W]`` noisy latents of the chunk being generated.
+            timestep: ``[B]`` diffusion timestep (0..1000) of the generated frames.
+            encoder_hidden_states: ``[B, L, text_dim]`` prompt embeddings.
+            context: context blocks (shot cache keyframes, temporal cache, continuation frames).
+            frame_positions: ``[F]`` temporal positions of the generated frames (default ``0..F-1``).
+            encoder_hidden_states_image: ``[B, L_img, image_dim]`` for I2V-type transformers.
+
+        Returns:
+            ``[B, C_out, F, H, W]`` velocity for the generated frames only (and the token layout if
+            ``return_layout``).
+        """
+        tr = self.transformer
+        cfg = tr.config
+        p_t, p_h, p_w = cfg.patch_size
+        b, _, f, hh, ww = latents.shape
+        if p_t != 1:
+            raise NotImplementedError("temporal patch sizes other than 1 are not supported")
+        device = latents.device
+        if frame_positions is None:
+            frame_positions = torch.arange(f, dtype=torch.float64)
+        timestep = timestep.reshape(-1).expand(b) if timestep.numel() in (1, b) else timestep
+
+        tokens, positions, spans, token_t = [], [], [], []
+        start = 0
+        for block in context:
+            x, h, w = self._embed(block.latents.to(device=device, dtype=latents.dtype), block.compression)
+            if x.shape[0] != b:  # context shared across the batch (e.g. cond/uncond of batched CFG)
+                x = x.repeat(b // x.shape[0], 1, 1)
+            tokens.append(x)
+            positions.append(grid_positions(block.positions, h, w, block.compression))
+            spans.append((block.kind, start, start + x.shape[1]))
+            start += x.shape[1]
+            token_t.append((x.shape[1], block.timestep))
+        x_gen, h, w = self._embed(latents, 1)
+        tokens.append(x_gen)
+        positions.append(grid_positions(frame_positions, h, w, 1))
+        spans.append(("generated", start, start + x_gen.shape[1]))
+        n_gen = x_gen.shape[1]
+        hidden = torch.cat(tokens, dim=1).contiguous() if len(tokens) > 1 else x_gen.contiguous()
+        n_tokens = hidden.shape[1]
+        rotary = tuple(r.to(device) for r in rope_from_positions(torch.cat(positions), cfg.attention_head_dim))
+
+        # Per-token timesteps only when some context block has its own noise level; otherwise the
+        # scalar path (exactly the stock computation).
+        per_token = any(t is not None for _, t in token_t)
+        if per_token:
+            ts = []
+            for n, t in token_t:
+                t = timestep if t is None else torch.as_tensor(t, dtype=timestep.dtype, device=device).reshape(-1).expand(b)
+                ts.append(t[:, None].expand(b, n))
+            ts.append(timestep[:, None].expand(b, n_gen))
+            t_in = torch.cat(ts, dim=1)
+            temb, tproj, text, image = tr.condition_embedder(
+                t_in.flatten(), encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=n_tokens
+            )
+            tproj = tproj.unflatten(2, (6, -1))  # [B, N, 6, D]
+        else:
+            temb, tproj, text, image = tr.condition_embedder(timestep, encoder_hidden_states, encoder_hidden_states_image)
+            tproj = tproj.unflatten(1, (6, -1))  # [B, 6, D]
+        if image is not None:
+            text = torch.cat([image, text], dim=1)
+
+        if torch.is_grad_enabled() and tr.gradient_checkpointing:
+            for blk in tr.blocks:
+                hidden = tr._gradient_checkpointing_func(blk, hidden, text, tproj, rotary)
+        else:
+            for blk in tr.blocks:
+                hidden = blk(hidden, text, tproj, rotary)
+
+        # Output head on the generated tokens only.
+        hidden = hidden[:, n_tokens - n_gen :]
+        if per_token:
+            temb = temb[:, n_tokens - n_gen :]
+            shift, scale = (tr.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (tr.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        hidden = (tr.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        hidden = tr.proj_out(hidden)
+        hidden = hidden.reshape(b, f, hh // p_h, ww // p_w, p_t, p_h, p_w, -1)
+        out = hidden.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if return_layout:
+            return out, TokenLayout(spans, n_gen)
+        return out
+
+    def count_tokens(self, context: list[ContextFrames], latent_hw: tuple[int, int]) -> int:
+        """Context tokens these blocks would add (for budgets and tests), without running the model."""
+        _, p_h, p_w = self.config.patch_size
+        h, w = latent_hw[0] // p_h, latent_hw[1] // p_w
+        return sum((blk.num_frames // blk.compression) * math.ceil(h / blk.compression) * math.ceil(w / blk.compression)
+                   for blk in context)

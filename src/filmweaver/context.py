@@ -1,0 +1,40 @@
+"""The one type that crosses from the caches to the backbone: a block of context latent frames.
+
+A :class:`ContextFrames` is what "in-context conditioning" means here: extra latent frames that the
+transformer sees as extra tokens, placed at explicit temporal RoPE positions, optionally at their own
+noise level and optionally patchified more coarsely (FramePack-style compression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ContextFrames:
+    """``latents [B, C, F, h, w]`` (normalised VAE latents, C = the transformer's input channels);
+    ``positions [F]`` temporal RoPE position of each latent frame (the generated chunk sits at
+    ``0 .. F_gen-1``, so memory lives at negative positions); ``timestep``: the diffusion timestep
+    (0..1000) these frames are presented at, ``None`` = the same as the frames being generated;
+    ``compression``: patchify kernel multiplier (1 = the base patch embedding, 2 or 4 = extra
+    projections that merge ``c x c x c`` base patches into one token)."""
+
+    latents: torch.Tensor
+    positions: torch.Tensor
+    timestep: float | torch.Tensor | None = 0.0
+    compression: int = 1
+    kind: str = "context"  # "shot" | "temporal" | "continuation" | "memory" (for logs and manifests)
+
+    def __post_init__(self):
+        if self.latents.ndim != 5:
+            raise ValueError(f"context latents must be [B, C, F, h, w], got {tuple(self.latents.shape)}")
+        if self.positions.shape != (self.latents.shape[2],):
+            raise ValueError(f"{self.latents.shape[2]} context frames but {tuple(self.positions.shape)} positions")
+        if self.compression not in (1, 2, 4):
+            raise ValueError(f"compression must be 1, 2 or 4, got {self.compression}")
+
+    @property
+    def num_frames(self) -> int:
+        return self.latents.shape[2]

@@ -1,0 +1,498 @@
+"""The autoregressive story engine: script -> shots -> chunks, guided by the shot and temporal caches.
+
+One shot is generated chunk by chunk. Before each chunk the engine assembles the context:
+
+* the **shot cache**: keyframes chosen from the bank (earlier shots + reference images) by the
+  policy (``topk`` retrieval by prompt, or StoryMem's ``sink_window``), one latent frame each, at
+  negative temporal positions before everything else (plus an optional gap);
+* the **temporal cache**: the latest latent frames of the current shot, differentially compressed,
+  at positions -1, -2, ... just before the chunk. For a ``cut: false`` shot it is seeded with the
+  previous shot's last frame (MI2V) or last few frames (MM2V).
+
+The inference mode follows from what the caches hold (no cache / temporal only / shot only / both)
+and is recorded per chunk in the manifest. After a shot, its frames are decoded, keyframes are
+selected and added to the bank, and every file is written before the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from filmweaver.backbone.m2v import m2v_inputs
+from filmweaver.context import ContextFrames
+from filmweaver.io import (
+    atomic_path,
+    contact_sheet,
+    load_image,
+    read_video,
+    save_png,
+    to_pil,
+    write_json,
+    write_video,
+)
+from filmweaver.memory.keyframes import Keyframe, KeyframeBank, KeyframeSelector, bank_exists
+from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy
+from filmweaver.memory.temporal_cache import TemporalCache
+from filmweaver.models import FilmModels
+from filmweaver.project import Project, ProjectError
+from filmweaver.sampler import FlowMatchSampler, SamplerConfig
+from filmweaver.script import Shot, StoryScript, parse_story
+
+MODES = {(False, False): "text", (False, True): "temporal", (True, False): "shot", (True, True): "both"}
+UNTRAINED_BANNER = "UNTRAINED MODEL: random weights, output is noise (engine demo / test preset)"
+
+
+class ShotCacheConfig(BaseModel):
+    policy: Literal["topk", "sink_window", "none"] = "topk"
+    k: int = 3  # topk: keyframes retrieved per shot
+    sink: int = 3  # sink_window: first keyframes kept forever
+    max_size: int = 10  # sink_window: total memory size
+    gap: float = 0.0  # extra temporal distance between memory and video (StoryMem's S)
+    timestep: float = 0.0  # noise level the keyframes are presented at (0 = clean)
+
+
+class TemporalCacheConfig(BaseModel):
+    enabled: bool = True
+    schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
+    timestep: float = 0.0
+
+
+class KeyframeConfig(BaseModel):
+    max_per_shot: int = 3
+    start_threshold: float = 0.9
+    threshold_step: float = 0.01
+    dedupe_threshold: float = 0.9
+
+
+class EngineConfig(BaseModel):
+    """Every setting that changes the film. ``None`` fields take the model's defaults."""
+
+    height: int | None = None
+    width: int | None = None
+    fps: int | None = None
+    chunk_frames: int | None = None  # latent frames per chunk (Wan: 21 = 81 video frames)
+    shot_chunks: int = 1  # chunks per shot when the script gives no duration
+    seed: int = 0
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    shot_cache: ShotCacheConfig = Field(default_factory=ShotCacheConfig)
+    temporal_cache: TemporalCacheConfig = Field(default_factory=TemporalCacheConfig)
+    keyframes: KeyframeConfig = Field(default_factory=KeyframeConfig)
+    continuation: Literal["mi2v", "mm2v", "none"] = "mi2v"  # how a cut: false shot continues
+    mm2v_frames: int = 5  # MM2V: last k video frames carried over (1 + 4m)
+
+    def resolve(self, models: FilmModels, explicit: set[str] = frozenset()) -> EngineConfig:
+        """Fill unset fields from the model's defaults (resolution, fps, chunk length, steps, guidance)."""
+        d = models.defaults
+        cfg = self.model_copy(deep=True)
+        for key in ("height", "width", "fps", "chunk_frames"):
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, d.get(key))
+        for key in ("num_inference_steps", "guidance_scale"):
+            if key in d and key not in explicit:
+                setattr(cfg.sampler, key, d[key])
+        return cfg
+
+
+@dataclass
+class ShotPlan:
+    shot: Shot
+    prompt: str
+    negative_prompt: str
+    seed: int
+    base_chunks: int
+    extra_chunks: int
+    fingerprint: str
+
+    @property
+    def num_chunks(self) -> int:
+        return self.base_chunks + self.extra_chunks
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StoryEngine:
+    """Generates, resumes, extends and regenerates the shots of one project directory.
+
+    ``StoryEngine(models, project_dir, story=..., config=...)`` starts or reopens a project; without
+    ``story`` it reopens the one saved in the project. All operations are idempotent on disk: a
+    finished shot whose inputs did not change is never generated again.
+    """
+
+    def __init__(self, models: FilmModels, project: Project | str | Path, story: StoryScript | None = None,
+                 config: EngineConfig | None = None, progress: bool = True, explicit: set[str] = frozenset()):
+        self.models = models
+        self.project = project if isinstance(project, Project) else Project(project)
+        self.progress = progress
+        p = self.project
+        if story is None:
+            if not p.story_path.is_file():
+                raise ProjectError(f"{p.root} has no story.json: generate the project from a script first")
+            story = parse_story(json.loads(p.story_path.read_text()), file=p.story_path,
+                                base_dir=p.manifest.get("story", {}).get("base_dir"))
+        self.story = story
+        if config is None and p.exists:
+            config = EngineConfig.model_validate(p.manifest["config"])
+        self.config = (config or EngineConfig()).resolve(models, explicit)
+        if p.exists and p.manifest.get("model", {}).get("id") not in (None, models.model_id):
+            raise ProjectError(
+                f"{p.root} was generated with model {p.manifest['model']['id']!r}, not {models.model_id!r}; "
+                "use the same model, another output directory, or --force to start over")
+        cfg = self.config
+        if cfg.height % (models.codec.spatial_factor * 2) or cfg.width % (models.codec.spatial_factor * 2):
+            raise ValueError(f"height and width must be multiples of {models.codec.spatial_factor * 2}, "
+                             f"got {cfg.height}x{cfg.width}")
+        self.sampler = FlowMatchSampler(cfg.sampler, models.scheduler_config)
+        self.policy = make_shot_cache_policy(cfg.shot_cache.policy, cfg.shot_cache.k, cfg.shot_cache.sink,
+                                             cfg.shot_cache.max_size)
+        self.selector = KeyframeSelector(cfg.keyframes.max_per_shot, cfg.keyframes.start_threshold,
+                                         cfg.keyframes.threshold_step)
+        self.m2v = models.backbone.config.in_channels == 2 * models.codec.latent_channels + 4
+        if getattr(models.backbone.config, "image_dim", None):
+            raise NotImplementedError("Wan2.1-I2V style image-embedding conditioning is not supported yet")
+        if models.embedder is None:
+            raise ValueError("memory needs an image/text embedder: pass --embedder (a CLIP hub id or directory)")
+
+    # -- planning ----------------------------------------------------------------------------------
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.models.codec.latent_size(self.config.height, self.config.width)
+
+    def chunks_for(self, shot: Shot) -> int:
+        cfg, codec = self.config, self.models.codec
+        frames = shot.options.num_frames
+        if shot.options.duration_s is not None:
+            frames = round(shot.options.duration_s * cfg.fps)
+        if frames is None:
+            return cfg.shot_chunks
+        first = codec.num_pixel_frames(cfg.chunk_frames)
+        return 1 + max(0, math.ceil((frames - first) / (codec.temporal_factor * cfg.chunk_frames)))
+
+    def plan(self) -> list[ShotPlan]:
+        overrides = self.project.manifest.get("overrides", {})
+        settings = self.config.model_dump(mode="json")
+        plans = []
+        for shot in self.story.shots():
+            ov = overrides.get(str(shot.index), {})
+            prompt = ov.get("prompt", shot.prompt)
+            seed = ov.get("seed")
+            if seed is None:
+                seed = shot.options.seed if shot.options.seed is not None else (
+                    (self.story.seed if self.story.seed is not None else self.config.seed) + shot.index)
+            base = self.chunks_for(shot)
+            neg = shot.negative_prompt or ""
+            fp = _fingerprint(prompt, neg, seed, shot.cut, base, shot.options.characters, shot.options.location,
+                              settings, self.models.model_id)
+            plans.append(ShotPlan(shot, prompt, neg, seed, base, ov.get("extra_chunks", 0), fp))
+        return plans
+
+    # -- public operations ---------------------------------------------------------------------------
+    def generate(self, force: bool = False, max_shots: int | None = None) -> list[int]:
+        """Generate every shot not already done (all with ``force``). Returns the indices generated."""
+        self._start_project(force)
+        plans = self.plan()
+        if max_shots is not None:
+            plans = plans[:max_shots]
+        done = []
+        bar = tqdm(plans, desc="shots", disable=not self.progress)
+        for plan in bar:
+            i = plan.shot.index
+            if not force and self.project.is_done(i, plan.fingerprint):
+                continue
+            bar.set_postfix_str(f"shot {plan.shot.number}")
+            self._generate_shot(plan)
+            done.append(i)
+        self._write_summaries()
+        return done
+
+    def generate_next_shot(self) -> int | None:
+        """Generate the first shot that is not done (pending or stale). Returns its index, or None."""
+        self._start_project(False)
+        for plan in self.plan():
+            if not self.project.is_done(plan.shot.index, plan.fingerprint):
+                self._generate_shot(plan)
+                self._write_summaries()
+                return plan.shot.index
+        return None
+
+    def regenerate_shot(self, index: int, prompt: str | None = None, seed: int | None = None) -> None:
+        """Regenerate shot ``index`` (0-based) with an optional new prompt or seed. Memory is rebuilt
+        from the shots before it; later shots are marked stale (they saw the old version)."""
+        self._check_index(index)
+        self._require_done_before(index)
+        ov = self.project.manifest.setdefault("overrides", {}).setdefault(str(index), {})
+        if prompt is not None:
+            ov["prompt"] = prompt
+        if seed is not None:
+            ov["seed"] = seed
+        ov.pop("extra_chunks", None)
+        self._generate_shot(self.plan()[index])
+        self._write_summaries()
+
+    def extend_shot(self, index: int, chunks: int = 1) -> None:
+        """Extend a finished shot by ``chunks`` chunks: the temporal cache is refilled from the shot's
+        own latents and the shot cache is retrieved as it was. Later shots are marked stale."""
+        self._check_index(index)
+        if not self.project.is_done(index):
+            raise ProjectError(f"shot {index + 1} is not finished; generate it before extending it")
+        ov = self.project.manifest.setdefault("overrides", {}).setdefault(str(index), {})
+        ov["extra_chunks"] = ov.get("extra_chunks", 0) + chunks
+        prior = load_file(str(self.project.shot_state(index)))["latents"]
+        self._generate_shot(self.plan()[index], prior_latents=prior)
+        self._write_summaries()
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _check_index(self, index: int) -> None:
+        n = len(self.story.shots())
+        if not 0 <= index < n:
+            raise IndexError(f"shot {index + 1} does not exist: the story has {n} shots (1..{n})")
+
+    def _require_done_before(self, index: int) -> None:
+        missing = [i + 1 for i in range(index) if not self.project.is_done(i)]
+        if missing:
+            raise ProjectError(f"shots {missing} before shot {index + 1} are not finished: run generate first")
+
+    def _start_project(self, force: bool) -> None:
+        p = self.project
+        m = p.manifest
+        if force or not p.exists:
+            m.clear()
+            p.root.mkdir(parents=True, exist_ok=True)
+            write_json(p.story_path, self.story.model_dump(mode="json", exclude_none=True))
+        m["story"] = {"name": self.story.story_name, "overview": self.story.story_overview,
+                      "base_dir": self.story.base_dir}
+        m["model"] = {"id": self.models.model_id, "trained": self.models.trained,
+                      "embedder": self.models.embedder_id, "layout": "m2v" if self.m2v else "context"}
+        if not self.models.trained:
+            m["model"]["warning"] = UNTRAINED_BANNER
+        m["config"] = self.config.model_dump(mode="json")
+        p.save()
+
+    def _load_bank(self, index: int) -> KeyframeBank:
+        """The bank as it stood before shot ``index``, with the story's reference images first."""
+        p = self.project
+        if bank_exists(p.bank_dir):
+            bank = KeyframeBank.load(p.bank_dir).before_shot(index)
+            bank.dedupe_threshold = self.config.keyframes.dedupe_threshold
+        else:
+            bank = KeyframeBank(dedupe_threshold=self.config.keyframes.dedupe_threshold)
+        if not any(e.kind == "reference" for e in bank) and self.story.references():
+            refs = self.story.references()
+            images = torch.stack([load_image(path, (self.config.height, self.config.width)) for _, _, path in refs])
+            embs = self.models.embedder.embed_images(images)
+            lats = self.models.codec.encode_images(images).cpu()
+            ref_entries = [Keyframe(img, emb, lat, source_shot=-1, frame_index=j, kind="reference", label=name)
+                           for j, ((_, name, _), img, emb, lat) in enumerate(zip(refs, images, embs, lats, strict=True))]
+            bank.entries = ref_entries + bank.entries
+        return bank
+
+    def _shot_cache(self, plan: ShotPlan, bank: KeyframeBank) -> list[RetrievedKeyframe]:
+        if len(bank) == 0 or self.config.shot_cache.policy == "none":
+            return []
+        text_emb = self.models.embedder.embed_texts([plan.prompt])[0]
+        wanted = set(plan.shot.options.characters) | ({plan.shot.options.location} - {None})
+        required = [i for i, e in enumerate(bank) if e.kind == "reference" and e.label in wanted]
+        return self.policy.select(bank, text_emb, required)
+
+    def _continuation_frames(self, index: int) -> torch.Tensor | None:
+        """Latents carried over from the previous shot for a ``cut: false`` shot (MI2V / MM2V)."""
+        mode = self.config.continuation
+        if mode == "none" or index == 0:
+            return None
+        tail = load_file(str(self.project.shot_state(index - 1)))["tail_frames"]  # [k, 3, H, W]
+        codec = self.models.codec
+        if mode == "mi2v":
+            return codec.encode_images(tail[-1:]).cpu()  # [1, C, 1, h, w]
+        k = min(self.config.mm2v_frames, tail.shape[0])
+        k = 1 + codec.temporal_factor * ((k - 1) // codec.temporal_factor)
+        return codec.encode(tail[-k:].permute(1, 0, 2, 3)[None]).cpu()  # [1, C, 1 + (k-1)/4, h, w]
+
+    def _generate_shot(self, plan: ShotPlan, prior_latents: torch.Tensor | None = None) -> dict:
+        cfg, models, p = self.config, self.models, self.project
+        shot, i = plan.shot, plan.shot.index
+        backbone, codec = models.backbone, models.codec
+        t_start = time.perf_counter()
+        if i > 0:
+            self._require_done_before(i)
+
+        # 1. Memory: bank before this shot, shot cache, temporal cache (+ continuation).
+        bank = self._load_bank(i)
+        retrieved = self._shot_cache(plan, bank)
+        temporal = TemporalCache(cfg.temporal_cache.schedule if cfg.temporal_cache.enabled else [])
+        continuation = None
+        if prior_latents is not None:
+            temporal.push(prior_latents)
+        elif not shot.cut and cfg.temporal_cache.enabled:
+            carried = self._continuation_frames(i)
+            if carried is not None:
+                temporal.push(carried)
+                continuation = cfg.continuation
+        shot_ctx = self._shot_context(bank, retrieved, temporal.capacity)
+        t_memory = time.perf_counter() - t_start
+
+        # 2. Text, then the chunks.
+        text = models.prompt_encoder.encode([plan.prompt]).to(backbone.device)
+        negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device)
+        h, w = self.latent_hw
+        c_lat = codec.latent_channels
+        chunks, chunk_log = [], []
+        first_chunk = 0 if prior_latents is None else self._prior_chunks(prior_latents)
+        for c in tqdm(range(first_chunk, plan.num_chunks), desc=f"shot {shot.number} chunks", leave=False,
+                      disable=not self.progress):
+            t0 = time.perf_counter()
+            context = shot_ctx + temporal.context(cfg.temporal_cache.timestep)
+            mode = MODES[(bool(shot_ctx), len(temporal) > 0)]
+            seed = plan.seed if c == 0 else plan.seed + 1_000_003 * c
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            noise = torch.randn((1, c_lat, cfg.chunk_frames, h, w), generator=gen, dtype=torch.float32)
+            velocity = self._velocity_fn(context)
+            latents = self.sampler.sample(velocity, noise.to(backbone.device), text, negative, progress=self.progress,
+                                          desc=f"chunk {c + 1}/{plan.num_chunks}")
+            temporal.push(latents)
+            chunks.append(latents.cpu())
+            chunk_log.append({"chunk": c, "mode": mode, "seed": seed, "seconds": round(time.perf_counter() - t0, 3),
+                              "context_tokens": backbone.count_tokens(context, (h, w))})
+        all_latents = torch.cat(([prior_latents.cpu()] if prior_latents is not None else []) + chunks, dim=2)
+        t_denoise = time.perf_counter() - t_start - t_memory
+
+        # 3. Decode, select keyframes, update the bank.
+        t1 = time.perf_counter()
+        frames = codec.decode(all_latents.to(codec.device))[0].permute(1, 0, 2, 3).cpu()  # [T, 3, H, W]
+        t_decode = time.perf_counter() - t1
+        embs = models.embedder.embed_images(frames)
+        sel = self.selector.select(embs, frames)
+        kf_records, kf_images = [], frames[sel.frame_indices]
+        kf_latents = codec.encode_images(kf_images).cpu()
+        for fi, img, lat in zip(sel.frame_indices, kf_images, kf_latents, strict=True):
+            kf = Keyframe(img, embs[fi], lat, source_shot=i, frame_index=fi)
+            max_sim = bank.max_similarity(embs[fi])
+            added = bank.add(kf)
+            kf_records.append({"name": kf.name, "file": p.rel(p.keyframe_png(kf.name)), "frame_index": fi,
+                               "added_to_bank": added, "max_bank_similarity": round(max_sim, 4)})
+            save_png(to_pil(img), p.keyframe_png(kf.name))
+
+        # 4. Files first, manifest last.
+        write_video(p.shot_video(i), frames, fps=cfg.fps)
+        tail = frames[-max(1, cfg.mm2v_frames):].contiguous()
+        with atomic_path(p.shot_state(i)) as tmp:
+            save_file({"latents": all_latents.contiguous(), "tail_frames": tail}, tmp)
+        bank.save(p.bank_dir)
+        record = {
+            "index": i, "number": shot.number, "scene_num": shot.scene_num, "json_path": shot.json_path,
+            "prompt": plan.prompt, "negative_prompt": plan.negative_prompt, "cut": shot.cut, "seed": plan.seed,
+            "characters": shot.options.characters, "location": shot.options.location,
+            "status": "done", "fingerprint": plan.fingerprint, "num_chunks": plan.num_chunks,
+            "num_latent_frames": all_latents.shape[2], "num_frames": frames.shape[0], "fps": cfg.fps,
+            "continuation": continuation, "chunks": chunk_log,
+            "shot_cache": [self._describe_retrieved(bank, r, ctx_pos) for r, ctx_pos in
+                           zip(retrieved, self._memory_positions(len(retrieved), temporal.capacity).tolist(), strict=True)],
+            "keyframes": kf_records, "keyframe_threshold": sel.threshold,
+            "files": {"video": p.rel(p.shot_video(i)), "state": p.rel(p.shot_state(i))},
+            "timings": {"memory_s": round(t_memory, 3), "denoise_s": round(t_denoise, 3),
+                        "decode_s": round(t_decode, 3), "total_s": round(time.perf_counter() - t_start, 3)},
+        }
+        p.set_shot_record(record)
+        stale = p.mark_stale_after(i, f"shot {shot.number} was regenerated")
+        if stale:
+            record["made_stale"] = [s + 1 for s in stale]
+        p.save()
+        return record
+
+    def _prior_chunks(self, prior_latents: torch.Tensor) -> int:
+        return math.ceil(prior_latents.shape[2] / self.config.chunk_frames)
+
+    def _memory_positions(self, n: int, temporal_capacity: int) -> torch.Tensor:
+        """Keyframes sit before the temporal window (and the optional gap), oldest first."""
+        start = -(temporal_capacity + self.config.shot_cache.gap + n)
+        return torch.arange(n, dtype=torch.float64) + start
+
+    def _shot_context(self, bank: KeyframeBank, retrieved: list[RetrievedKeyframe], capacity: int) -> list[ContextFrames]:
+        if not retrieved:
+            return []
+        lat = torch.cat([bank.entries[r.bank_index].latent for r in retrieved], dim=1)[None]  # [1, C, K, h, w]
+        return [ContextFrames(lat, self._memory_positions(len(retrieved), capacity), self.config.shot_cache.timestep,
+                              1, kind="shot")]
+
+    def _describe_retrieved(self, bank: KeyframeBank, r: RetrievedKeyframe, position: float) -> dict:
+        e = bank.entries[r.bank_index]
+        return {"keyframe": e.name, "kind": e.kind, "label": e.label, "source_shot": e.source_shot + 1 if e.source_shot >= 0 else None,
+                "frame_index": e.frame_index, "similarity": None if r.similarity is None else round(r.similarity, 4),
+                "role": r.role, "position": position}
+
+    def _velocity_fn(self, context: list[ContextFrames]):
+        backbone = self.models.backbone
+        dtype = backbone.dtype
+
+        if not self.m2v:
+            ctx = [ContextFrames(b.latents.to(backbone.device, dtype), b.positions, b.timestep, b.compression, b.kind)
+                   for b in context]
+
+            def velocity(x, t, text):
+                return backbone(x.to(dtype), t, text.to(dtype), context=ctx).float()
+
+            return velocity
+
+        # StoryMem layout: every context frame becomes a memory frame (keyframes fixed, recent frames
+        # sliding), at full resolution and the generated frames' timestep.
+        mem, fixed, pos = [], [], []
+        for b in context:
+            lat = b.latents
+            mem.append(lat)
+            fixed += [b.kind == "shot"] * lat.shape[2]
+            pos.append(b.positions)
+        memory = torch.cat(mem, dim=2).to(backbone.device, dtype) if mem else None
+        positions = torch.cat(pos) if pos else None
+
+        def velocity(x, t, text):
+            x_in, ctx = m2v_inputs(x.to(dtype), memory, fixed, positions)
+            return backbone(x_in, t, text.to(dtype), context=ctx).float()
+
+        return velocity
+
+    # -- summaries: film, storyboard, memory sheet -------------------------------------------------
+    def _write_summaries(self) -> None:
+        p = self.project
+        done = [r for r in p.shots if r.get("status") in ("done", "stale") and p.shot_video(r["index"]).is_file()]
+        if not done:
+            return
+        banner = None if self.models.trained else UNTRAINED_BANNER
+        board, videos = [], []
+        for r in done:
+            frames, _ = read_video(p.shot_video(r["index"]))
+            videos.append(frames)
+            picks = sorted({0, len(frames) // 2, len(frames) - 1})
+            status = "" if r["status"] == "done" else " [STALE]"
+            caption = f"Shot {r['number']} (scene {r['scene_num']}, {'cut' if r['cut'] else 'continues'}){status}: {r['prompt']}"
+            board.append((caption, [(frames[k], f"frame {k}") for k in picks]))
+        name = p.manifest.get("story", {}).get("name") or "story"
+        save_png(contact_sheet(board, title=f"{name}: storyboard", banner=banner), p.storyboard_path)
+        mem_rows = []
+        for r in done:
+            thumbs = []
+            for m in r.get("shot_cache", []):
+                png = p.bank_dir / f"{m['keyframe']}.png"
+                if png.is_file():
+                    sim = "-" if m["similarity"] is None else f"{m['similarity']:.2f}"
+                    thumbs.append((load_image(png), f"{m['keyframe']} sim {sim}"))
+            modes = ",".join(sorted({c["mode"] for c in r["chunks"]}))
+            mem_rows.append((f"Shot {r['number']} [{modes}]: {r['prompt']}", thumbs))
+        save_png(contact_sheet(mem_rows, title=f"{name}: shot cache per shot ({self.config.shot_cache.policy})",
+                               banner=banner), p.memory_sheet_path)
+        write_video(p.film_path, videos, fps=self.config.fps)
+        p.manifest["film"] = p.rel(p.film_path)
+        p.manifest["storyboard"] = p.rel(p.storyboard_path)
+        p.manifest["memory_sheet"] = p.rel(p.memory_sheet_path)
+        p.save()
+

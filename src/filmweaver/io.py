@@ -1,0 +1,157 @@
+"""Video and image I/O: atomic writes, H.264 mp4 through PyAV, contact sheets.
+
+Frames are float tensors ``[T, 3, H, W]`` in ``[0, 1]`` unless a function says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename.
+
+    A crash mid-write leaves the old file (or none), never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, data) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``[..., 3, H, W]`` in [0, 1] -> uint8 ``[..., H, W, 3]``."""
+    arr = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return arr.movedim(-3, -1).cpu().numpy()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(to_uint8(image))
+
+
+def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image as ``[3, H, W]`` in [0, 1]; ``size=(H, W)`` resizes (shortest side) and centre-crops."""
+    img = Image.open(path).convert("RGB")
+    if size is not None:
+        h, w = size
+        scale = max(h / img.height, w / img.width)
+        img = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.BICUBIC)
+        left, top = (img.width - w) // 2, (img.height - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def write_video(path: str | Path, frames: torch.Tensor | Sequence[torch.Tensor], fps: float, crf: int = 18) -> None:
+    """Write ``[T, 3, H, W]`` frames in [0, 1] as H.264 (yuv420p) mp4, atomically."""
+    import av
+
+    if isinstance(frames, torch.Tensor):
+        frames = [frames]
+    arrays = [to_uint8(f) for f in frames]
+    h, w = arrays[0].shape[1:3]
+    # yuv420p needs even sides; pad by edge replication rather than resample.
+    ph, pw = h % 2, w % 2
+    with atomic_path(path) as tmp:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=round(fps))
+            stream.width, stream.height = w + pw, h + ph
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for arr in arrays:
+                for frame in arr:
+                    if ph or pw:
+                        frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())
+
+
+def read_video(path: str | Path) -> tuple[torch.Tensor, float]:
+    """Read an mp4 as ``([T, 3, H, W] in [0, 1], fps)``."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 0)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    arr = torch.from_numpy(np.stack(frames)).float() / 255.0
+    return arr.permute(0, 3, 1, 2).contiguous(), fps
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        lines.append(line)
+    return lines
+
+
+def contact_sheet(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], title: str = "", thumb: int = 160,
+                  banner: str | None = None) -> Image.Image:
+    """A grid: one row per item, a caption column, then labelled thumbnails.
+
+    ``rows``: ``[(row caption, [(image [3, H, W], label), ...]), ...]``.
+    """
+    pad, cap_w = 8, 260
+    ncols = max((len(images) for _, images in rows), default=1) or 1
+    first = next((img for _, images in rows for img, _ in images), None)
+    aspect = (first.shape[1] / first.shape[2]) if first is not None else 1.0
+    th, tw = max(16, round(thumb * aspect)), thumb
+    row_h = th + 18 + pad
+    head = 30 + (22 if banner else 0)
+    W = cap_w + ncols * (tw + pad) + pad
+    H = head + len(rows) * row_h + pad
+    sheet = Image.new("RGB", (W, H), (250, 250, 248))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 8), title, fill=(20, 20, 20), font=_font(16))
+    if banner:
+        draw.rectangle([0, 30, W, 50], fill=(190, 30, 30))
+        draw.text((pad, 33), banner, fill=(255, 255, 255), font=_font(13))
+    for r, (caption, images) in enumerate(rows):
+        y = head + r * row_h
+        for k, line in enumerate(_wrap(caption, 40)[: max(1, (th + 16) // 13)]):
+            draw.text((pad, y + k * 13), line, fill=(30, 30, 30), font=_font(11))
+        for c, (img, label) in enumerate(images):
+            x = cap_w + c * (tw + pad)
+            pil = to_pil(img).resize((tw, th), Image.BICUBIC)
+            sheet.paste(pil, (x, y))
+            draw.text((x, y + th + 2), label[:28], fill=(60, 60, 60), font=_font(10))
+    return sheet
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

@@ -1,0 +1,105 @@
+"""Shot cache: which bank keyframes condition the next shot.
+
+Two policies behind one interface:
+
+* ``topk`` (FilmWeaver): ``C_shot = argtopk_{kf in bank} cos(phi_T(prompt), phi_I(kf))``.
+* ``sink_window`` (StoryMem): the first ``sink`` keyframes are kept forever, the most recent fill the
+  rest up to ``max_size``; the oldest sliding ones drop first.
+
+Both return the chosen entries in bank (story) order, so that their temporal positions follow the
+story, with each one's prompt similarity for the manifest and the memory sheets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from filmweaver.memory.keyframes import KeyframeBank
+
+
+@dataclass
+class RetrievedKeyframe:
+    bank_index: int
+    similarity: float | None  # cosine(prompt text, keyframe image); None without a prompt embedding
+    role: str  # "retrieved" | "required" | "sink" | "window"
+
+
+class ShotCachePolicy(Protocol):
+    name: str
+
+    def select(self, bank: KeyframeBank, prompt_embedding: torch.Tensor | None = None,
+               required: list[int] | None = None) -> list[RetrievedKeyframe]:
+        """``prompt_embedding [D]`` unit norm; ``required``: bank indices that must be included
+        (e.g. reference images of the characters the shot names)."""
+        ...
+
+
+def _similarities(bank: KeyframeBank, prompt_embedding: torch.Tensor | None) -> list[float | None]:
+    if prompt_embedding is None or len(bank) == 0:
+        return [None] * len(bank)
+    return (bank.embeddings @ prompt_embedding.float()).tolist()
+
+
+@dataclass
+class TopKRetrieval:
+    k: int = 3
+    name: str = "topk"
+
+    def select(self, bank, prompt_embedding=None, required=None):
+        if prompt_embedding is None:
+            raise ValueError("topk retrieval needs the prompt's text embedding")
+        sims = _similarities(bank, prompt_embedding)
+        required = list(dict.fromkeys(required or []))[: self.k]
+        rest = sorted((i for i in range(len(bank)) if i not in required), key=lambda i: -sims[i])
+        chosen = {i: "required" for i in required}
+        for i in rest[: max(0, self.k - len(required))]:
+            chosen[i] = "retrieved"
+        return [RetrievedKeyframe(i, sims[i], chosen[i]) for i in sorted(chosen)]
+
+
+@dataclass
+class SinkWindowMemory:
+    sink: int = 3
+    max_size: int = 10
+    name: str = "sink_window"
+
+    def __post_init__(self):
+        if not 0 <= self.sink <= self.max_size:
+            raise ValueError(f"sink_window: need 0 <= sink ({self.sink}) <= max_size ({self.max_size})")
+
+    def select(self, bank, prompt_embedding=None, required=None):
+        sims = _similarities(bank, prompt_embedding)
+        n = len(bank)
+        sink = list(range(min(self.sink, n)))
+        window = list(range(max(len(sink), n - (self.max_size - len(sink))), n))
+        roles = {i: "sink" for i in sink} | {i: "window" for i in window}
+        for i in required or []:  # required entries displace the oldest of the window
+            if i not in roles:
+                oldest_window = [j for j in sorted(roles) if roles[j] == "window"]
+                if len(roles) >= self.max_size and oldest_window:
+                    del roles[oldest_window[0]]
+                roles[i] = "required"
+        return [RetrievedKeyframe(i, sims[i], roles[i]) for i in sorted(roles)]
+
+
+def make_shot_cache_policy(name: str, k: int = 3, sink: int = 3, max_size: int = 10) -> ShotCachePolicy:
+    if name == "topk":
+        return TopKRetrieval(k=k)
+    if name == "sink_window":
+        return SinkWindowMemory(sink=sink, max_size=max_size)
+    if name == "none":
+        return NoShotCache()
+    raise ValueError(f"unknown shot-cache policy {name!r}: expected 'topk', 'sink_window' or 'none'")
+
+
+@dataclass
+class NoShotCache:
+    """Independent shots: the ablation / baseline with no long-term memory."""
+
+    name: str = "none"
+
+    def select(self, bank, prompt_embedding=None, required=None):
+        return []

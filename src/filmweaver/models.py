@@ -1,0 +1,202 @@
+"""The models a film needs, loaded together: backbone, latent codec, prompt encoder, memory embedder.
+
+* :meth:`FilmModels.tiny` builds the ``tiny`` preset: a small *random, untrained* Wan configuration
+  (transformer, VAE, UMT5 text encoder with a byte-level tokenizer) and a tiny random CLIP. It exists
+  so the whole engine runs anywhere, offline, in seconds; its films are noise and say so.
+* :meth:`FilmModels.from_pretrained` loads a diffusers-layout Wan directory or hub id
+  (``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) and a CLIP embedder.
+  Nothing is ever downloaded unless the user names a hub id; a local directory that lacks a
+  component is an error that names the missing file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from filmweaver.backbone.vae import LatentCodec
+from filmweaver.backbone.wan import ContextWanTransformer
+from filmweaver.memory.embedder import CLIPEmbedder, ImageTextEmbedder
+from filmweaver.text import BYTE_VOCAB_SIZE, WanPromptEncoder, byte_level_tokenizer
+
+FILMWEAVER_CONFIG = "filmweaver.json"
+
+WAN_LAYOUT = {
+    "transformer": ["config.json"],
+    "vae": ["config.json"],
+    "text_encoder": ["config.json"],
+    "tokenizer": [],
+    "scheduler": ["scheduler_config.json"],
+}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class FilmModels:
+    backbone: ContextWanTransformer
+    codec: LatentCodec
+    prompt_encoder: WanPromptEncoder
+    embedder: ImageTextEmbedder | None
+    scheduler_config: dict | None
+    model_id: str
+    trained: bool
+    # Settings this model was made for (resolution, fps, chunk length, steps...): EngineConfig defaults.
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def embedder_id(self) -> str | None:
+        return getattr(self.embedder, "model_id", None)
+
+    def describe(self) -> dict:
+        return {"id": self.model_id, "trained": self.trained, "embedder": self.embedder_id,
+                "transformer": dict(self.backbone.config), "in_channels": self.backbone.config.in_channels}
+
+    # -- tiny random preset -----------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, seed: int = 0, device: str = "cpu") -> FilmModels:
+        """The untrained tiny preset. Deterministic: the same seed builds the same weights."""
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import CLIPConfig, CLIPModel, UMT5Config, UMT5EncoderModel
+
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        )
+        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=BYTE_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        ))
+        clip = CLIPModel(CLIPConfig(
+            text_config=dict(vocab_size=BYTE_VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=77, pad_token_id=0, bos_token_id=1,
+                             eos_token_id=1),
+            vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                               num_hidden_layers=2, num_attention_heads=4),
+            projection_dim=32,
+        ))
+        tokenizer = byte_level_tokenizer(model_max_length=512)
+        models = cls(
+            backbone=ContextWanTransformer(transformer.eval()).to(device),
+            codec=LatentCodec(vae.to(device)),
+            prompt_encoder=WanPromptEncoder(tokenizer, text_encoder.eval().to(device), max_sequence_length=64),
+            embedder=CLIPEmbedder(clip.to(device), byte_level_tokenizer(model_max_length=77),
+                                  model_id=f"tiny-random-clip(seed={seed})"),
+            scheduler_config=None,
+            model_id=f"tiny-random-wan(seed={seed})",
+            trained=False,
+            defaults=dict(height=64, width=64, fps=8, chunk_frames=3, num_inference_steps=4, guidance_scale=5.0),
+        )
+        return models
+
+    # -- diffusers layout ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, id_or_path: str, embedder: str | None = None, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32, text_dtype: torch.dtype | None = None) -> FilmModels:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        root = Path(id_or_path)
+        local = root.is_dir()
+        if local:
+            check_wan_directory(root)
+        elif root.exists() or str(id_or_path).startswith((".", "/")):
+            raise ModelLoadError(f"model path {id_or_path} is not a directory (expected a diffusers Wan layout: "
+                                 + ", ".join(f"{k}/" for k in WAN_LAYOUT) + ")")
+        extra = {}
+        if local and (root / FILMWEAVER_CONFIG).is_file():
+            extra = json.loads((root / FILMWEAVER_CONFIG).read_text())
+        transformer = WanTransformer3DModel.from_pretrained(id_or_path, subfolder="transformer", torch_dtype=dtype)
+        backbone = ContextWanTransformer(transformer.eval())
+        if local:
+            backbone.load_context_projections(root / "transformer")
+        vae = AutoencoderKLWan.from_pretrained(id_or_path, subfolder="vae", torch_dtype=torch.float32)
+        text_encoder = UMT5EncoderModel.from_pretrained(id_or_path, subfolder="text_encoder",
+                                                        torch_dtype=text_dtype or dtype)
+        tokenizer = AutoTokenizer.from_pretrained(id_or_path, subfolder="tokenizer")
+        scheduler_config = None
+        if local:
+            scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+        else:
+            from diffusers import UniPCMultistepScheduler
+
+            scheduler_config = dict(UniPCMultistepScheduler.load_config(id_or_path, subfolder="scheduler"))
+        emb = None
+        if embedder is not None:
+            emb = CLIPEmbedder.from_pretrained(embedder, device=device)
+        elif local and (root / "embedder").is_dir():
+            emb = CLIPEmbedder.from_pretrained(str(root / "embedder"), device=device)
+        return cls(
+            backbone=backbone.to(device),
+            codec=LatentCodec(vae.to(device)),
+            prompt_encoder=WanPromptEncoder(tokenizer, text_encoder.eval().to(device),
+                                            max_sequence_length=extra.get("max_sequence_length", 512)),
+            embedder=emb,
+            scheduler_config=scheduler_config,
+            model_id=extra.get("model_id", str(id_or_path)),
+            trained=extra.get("trained", True),
+            defaults=extra.get("defaults", dict(height=480, width=832, fps=16, chunk_frames=21,
+                                                num_inference_steps=50, guidance_scale=5.0)),
+        )
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the diffusers Wan layout (+ context projections, embedder and filmweaver.json)."""
+        root = Path(directory)
+        self.backbone.transformer.save_pretrained(root / "transformer")
+        self.backbone.save_context_projections(root / "transformer")
+        self.codec.vae.save_pretrained(root / "vae")
+        self.prompt_encoder.text_encoder.save_pretrained(root / "text_encoder")
+        self.prompt_encoder.tokenizer.save_pretrained(root / "tokenizer")
+        from filmweaver.sampler import SamplerConfig, make_scheduler
+
+        make_scheduler(SamplerConfig(), self.scheduler_config).save_pretrained(root / "scheduler")
+        if isinstance(self.embedder, CLIPEmbedder):
+            self.embedder.model.save_pretrained(root / "embedder")
+            self.embedder.tokenizer.save_pretrained(root / "embedder")
+            (root / "embedder" / "preprocessor_config.json").write_text(json.dumps({
+                "image_mean": self.embedder.mean.flatten().tolist(), "image_std": self.embedder.std.flatten().tolist(),
+                "crop_size": {"height": self.embedder.image_size, "width": self.embedder.image_size}}))
+        (root / FILMWEAVER_CONFIG).write_text(json.dumps({
+            "model_id": self.model_id, "trained": self.trained, "defaults": self.defaults,
+            "max_sequence_length": self.prompt_encoder.max_sequence_length}, indent=2))
+
+
+def check_wan_directory(root: Path) -> None:
+    """Fail early, naming the missing piece, when a local directory is not a diffusers Wan layout."""
+    missing = []
+    for sub, files in WAN_LAYOUT.items():
+        d = root / sub
+        if not d.is_dir():
+            missing.append(f"{sub}/")
+            continue
+        missing += [f"{sub}/{f}" for f in files if not (d / f).is_file()]
+        if sub in ("transformer", "vae", "text_encoder") and not any(d.glob("*.safetensors")):
+            missing.append(f"{sub}/*.safetensors (weights)")
+    if missing:
+        raise ModelLoadError(
+            f"{root} is not a complete diffusers Wan directory; missing: {', '.join(missing)}. Expected layout: "
+            "transformer/ (config.json + safetensors), vae/, text_encoder/, tokenizer/, scheduler/scheduler_config.json "
+            "(as saved by WanPipeline.save_pretrained or downloaded from Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
+        )
+
+
+def load_models(preset: str | None = None, model: str | None = None, embedder: str | None = None,
+                device: str = "cpu", dtype: torch.dtype = torch.float32) -> FilmModels:
+    """One entry point for the CLI and clients: ``preset`` ("tiny") or ``model`` (hub id or directory)."""
+    if model is not None:
+        return FilmModels.from_pretrained(model, embedder=embedder, device=device, dtype=dtype)
+    if preset in (None, "tiny"):
+        models = FilmModels.tiny(device=device)
+        if embedder is not None:
+            models.embedder = CLIPEmbedder.from_pretrained(embedder, device=device)
+        return models
+    raise ModelLoadError(f"unknown preset {preset!r}: expected 'tiny' (or pass --model with a Wan hub id or directory)")

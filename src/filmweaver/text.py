@@ -1,0 +1,99 @@
+"""Prompt encoding for the backbone (UMT5, as Wan does) and a byte-level tokenizer for offline models.
+
+The byte-level tokenizer exists because tests and the tiny preset must build text models without
+downloading a vocabulary: every UTF-8 byte is one token, so any prompt encodes, and it saves and
+loads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any fast tokenizer.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+BYTE_SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 (T5 convention: pad 0, eos 1)
+
+
+def byte_level_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(BYTE_SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+
+
+BYTE_VOCAB_SIZE = len(BYTE_SPECIALS) + 256
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's prompt cleaning (ftfy when installed, HTML unescape, whitespace collapse)."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class WanPromptEncoder:
+    """UMT5 prompt embeddings exactly as diffusers' ``WanPipeline`` makes them, cached per prompt.
+
+    ``encode(prompts) -> [B, max_sequence_length, D]``: hidden states of the real tokens, zeros after.
+    Text embeddings are computed once per distinct prompt and reused across chunks and shots.
+    """
+
+    def __init__(self, tokenizer, text_encoder, max_sequence_length: int = 512, clean: bool = True):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.max_sequence_length = max_sequence_length
+        self.clean = clean
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.text_encoder.parameters()).device
+
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str]) -> torch.Tensor:
+        if self.clean:
+            prompts = [clean_prompt(p) for p in prompts]
+        inputs = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        ids, mask = inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device)
+        seq_lens = mask.gt(0).sum(dim=1).long()
+        hidden = self.text_encoder(ids, mask).last_hidden_state
+        out = torch.zeros_like(hidden)
+        for i, n in enumerate(seq_lens.tolist()):
+            out[i, :n] = hidden[i, :n]
+        return out
+
+    def encode(self, prompts: list[str] | str) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            for p, emb in zip(missing, self._encode_uncached(missing), strict=True):
+                self._cache[p] = emb
+        return torch.stack([self._cache[p] for p in prompts])
