@@ -1,0 +1,15 @@
+from pathlib import Path
+
+# ST-Bench scripts are used from ../shared (S-Lab licence: never copied into this repo).
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ST_BENCH = SHARED / "st-bench"
+
+
+def small_story(n_scenes=2, shots_per_scene=2, **extra) -> dict:
+    scenes = []
+    for s in range(n_scenes):
+        prompts = [f"scene {s} shot {k}: a red fox walks through a snowy forest" for k in range(shots_per_scene)]
+        scenes.append({"scene_num": s + 1, "video_prompts": prompts,
+                       "first_frame_prompt": [f"first frame {s}.{k}" for k in range(shots_per_scene)],
+                       "cut": [True] + [False] * (shots_per_scene - 1)})
+    return {"story_name": "Fox", "story_overview": "A fox in winter.", "scenes": scenes, **extra}
