@@ -347,7 +347,9 @@ class StoryEngine:
         negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device)
         h, w = self.latent_hw
         c_lat = codec.latent_channels
-        chunks, chunk_log = [], []
+        chunks = []
+        # an extension keeps the log of the chunks it builds on
+        chunk_log = list(p.shot_record(i)["chunks"]) if prior_latents is not None else []
         first_chunk = 0 if prior_latents is None else self._prior_chunks(prior_latents)
         for c in tqdm(range(first_chunk, plan.num_chunks), desc=f"shot {shot.number} chunks", leave=False,
                       disable=not self.progress):

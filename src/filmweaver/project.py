@@ -77,11 +77,12 @@ class Project:
     # -- manifest ------------------------------------------------------------------------------------
     @property
     def exists(self) -> bool:
-        return bool(self.manifest)
+        """True once the project has been started (its manifest saved at least once)."""
+        return "format" in self.manifest
 
     @property
     def shots(self) -> list[dict]:
-        return self.manifest.setdefault("shots", [])
+        return self.manifest.get("shots", [])
 
     def shot_record(self, index: int) -> dict | None:
         for rec in self.shots:

@@ -1,0 +1,215 @@
+"""End to end on CPU with the tiny preset: files, resume after a crash, regenerate, extend, references."""
+
+import json
+import os
+
+import pytest
+import torch
+from helpers import ST_BENCH, small_story
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from filmweaver.cli import app
+from filmweaver.engine import EngineConfig, KeyframeConfig, ShotCacheConfig, StoryEngine
+from filmweaver.io import read_video
+from filmweaver.project import ProjectError
+from filmweaver.script import load_story, parse_story
+
+
+def manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+def config(**kw):
+    # dedupe off (random CLIP embeddings are all alike) so the bank holds keyframes of every shot
+    return EngineConfig(keyframes=KeyframeConfig(dedupe_threshold=1.01), **kw)
+
+
+def test_cli_generate_st_bench_writes_every_file(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["generate", str(ST_BENCH / "black.json"), "-o", str(out), "--preset", "tiny"])
+    assert res.exit_code == 0, res.output
+    assert "UNTRAINED" in res.output
+    m = manifest(out)
+    story = load_story(ST_BENCH / "black.json")
+    n = len(story.shots())
+    assert len(m["shots"]) == n and all(r["status"] == "done" for r in m["shots"])
+    assert m["model"]["trained"] is False and "UNTRAINED" in m["model"]["warning"]
+    for name in ("film.mp4", "storyboard.png", "memory.png", "story.json", "memory/bank.json"):
+        assert (out / name).is_file(), name
+    total = 0
+    for r in m["shots"]:
+        frames, fps = read_video(out / r["files"]["video"])
+        assert frames.shape == (r["num_frames"], 3, 64, 64) and fps == 8
+        total += frames.shape[0]
+        assert r["keyframes"] and all((out / k["file"]).is_file() for k in r["keyframes"])
+        assert r["seed"] == r["index"] and r["timings"]["total_s"] > 0
+    film, _ = read_video(out / "film.mp4")
+    assert film.shape[0] == total
+    # memory: shot 1 has none; every later shot holds earlier keyframes with their similarity
+    assert m["shots"][0]["chunks"][0]["mode"] == "text"
+    for r in m["shots"][1:]:
+        assert r["shot_cache"], r["number"]
+        assert all(x["source_shot"] < r["number"] and isinstance(x["similarity"], float) for x in r["shot_cache"])
+        assert r["chunks"][0]["mode"] == ("shot" if r["cut"] else "both")
+        assert r["continuation"] == (None if r["cut"] else "mi2v")
+    assert not list(out.rglob("*.part"))
+    board = Image.open(out / "storyboard.png")
+    assert board.width > 400 and board.height > 64 * n
+
+
+def test_crash_mid_story_resumes_without_regenerating(tiny_models, tmp_path, monkeypatch):
+    story = parse_story(small_story(n_scenes=2, shots_per_scene=2))
+    out = tmp_path / "p"
+    engine = StoryEngine(tiny_models, out, story=story, config=config(), progress=False)
+    real = StoryEngine._generate_shot
+
+    def crash_on_third(self, plan, prior_latents=None):
+        if plan.shot.index == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, plan, prior_latents)
+
+    monkeypatch.setattr(StoryEngine, "_generate_shot", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate()
+    m = manifest(out)
+    assert [r["index"] for r in m["shots"]] == [0, 1]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shots").iterdir()}
+    monkeypatch.setattr(StoryEngine, "_generate_shot", real)
+    engine = StoryEngine(tiny_models, out, story=story, progress=False)  # reopened: config from the manifest
+    assert engine.generate() == [2, 3]
+    for name, stamp in stamps.items():
+        assert (out / "shots" / name).stat().st_mtime_ns == stamp, f"{name} was rewritten"
+    assert engine.generate() == []  # everything done: nothing regenerated
+    assert engine.generate(force=True) == [0, 1, 2, 3]
+
+
+def test_regenerate_rebuilds_memory_from_earlier_shots_only(tiny_models, tmp_path):
+    story = parse_story(small_story(n_scenes=3, shots_per_scene=2))
+    out = tmp_path / "p"
+    engine = StoryEngine(tiny_models, out, story=story, config=config(), progress=False)
+    engine.generate()
+    before = manifest(out)
+    original = load_file(str(out / "shots" / "shot_003.safetensors"))["latents"]
+    assert {e["source_shot"] for e in json.loads((out / "memory" / "bank.json").read_text())["entries"]} >= {4, 5}
+
+    engine.regenerate_shot(2)  # shot 3, same prompt and seed
+    m = manifest(out)
+    r3 = m["shots"][2]
+    assert all(x["source_shot"] in (1, 2) for x in r3["shot_cache"])
+    assert r3["shot_cache"] == before["shots"][2]["shot_cache"]
+    # same memory, same seed -> the same shot: memory was rebuilt exactly as it stood before shot 3
+    assert torch.allclose(load_file(str(out / "shots" / "shot_003.safetensors"))["latents"], original, atol=1e-6)
+    assert [r["status"] for r in m["shots"]] == ["done"] * 3 + ["stale"] * 3
+    bank_shots = {e["source_shot"] for e in json.loads((out / "memory" / "bank.json").read_text())["entries"]}
+    assert bank_shots == {0, 1, 2}  # keyframes of the stale shots left the bank
+
+    engine.regenerate_shot(2, prompt="the fox sleeps in a cave", seed=99)
+    r3 = manifest(out)["shots"][2]
+    assert r3["prompt"] == "the fox sleeps in a cave" and r3["seed"] == 99
+    assert not torch.allclose(load_file(str(out / "shots" / "shot_003.safetensors"))["latents"], original)
+    # a later generate brings the stale shots back, keeping the override
+    assert engine.generate() == [3, 4, 5]
+    assert manifest(out)["shots"][2]["prompt"] == "the fox sleeps in a cave"
+
+
+def test_extend_shot_keeps_frames_and_uses_temporal_cache(tiny_models, tmp_path):
+    story = parse_story(small_story(n_scenes=1, shots_per_scene=2))
+    out = tmp_path / "p"
+    engine = StoryEngine(tiny_models, out, story=story, config=config(), progress=False)
+    engine.generate()
+    old = load_file(str(out / "shots" / "shot_001.safetensors"))["latents"]
+    engine.extend_shot(0, chunks=2)
+    new = load_file(str(out / "shots" / "shot_001.safetensors"))["latents"]
+    assert new.shape[2] == old.shape[2] + 2 * engine.config.chunk_frames
+    assert torch.equal(new[:, :, : old.shape[2]], old)
+    r = manifest(out)["shots"][0]
+    assert r["num_chunks"] == 3 and [c["mode"] for c in r["chunks"]] == ["text", "temporal", "temporal"]
+    assert r["num_frames"] == 1 + 4 * (new.shape[2] - 1)
+    assert manifest(out)["shots"][1]["status"] == "stale"
+    # the extension survives a resume (the fingerprint is of the base shot)
+    assert engine.generate() == [1]
+    assert manifest(out)["shots"][0]["num_chunks"] == 3
+
+
+def test_durations_make_multi_chunk_shots(tiny_models, tmp_path):
+    data = small_story(n_scenes=1, shots_per_scene=2)
+    data["scenes"][0]["shots"] = [{"num_frames": 40}, {"duration_s": 1.0}]
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=parse_story(data), config=config(), progress=False)
+    engine.generate()
+    r1, r2 = manifest(tmp_path / "p")["shots"]
+    assert r1["num_chunks"] == 4 and r1["num_frames"] == 45 >= 40  # 9 + 12 + 12 + 12 frames
+    assert [c["mode"] for c in r1["chunks"]] == ["text", "temporal", "temporal", "temporal"]
+    assert r2["num_chunks"] == 1 and r2["chunks"][0]["mode"] == "both"  # cut: false continues shot 1
+    # the temporal cache is bounded: once its 8-frame window is full the context token count stays put
+    tokens = [c["context_tokens"] for c in r1["chunks"]]
+    assert tokens[0] == 0 and 0 < tokens[1] <= tokens[2] == tokens[3]
+
+
+def test_reference_images_seed_memory(tiny_models, tmp_path):
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "fox.png")
+    Image.new("RGB", (64, 64), (40, 200, 40)).save(tmp_path / "forest.png")
+    data = small_story(n_scenes=1, shots_per_scene=2,
+                       characters=[{"name": "Fox", "reference_images": ["fox.png"]}],
+                       locations=[{"name": "Forest", "reference_images": ["forest.png"]}])
+    data["scenes"][0]["shots"] = [{"characters": ["Fox"]}, {"location": "Forest"}]
+    story = parse_story(data, base_dir=tmp_path)
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=story,
+                         config=config(shot_cache=ShotCacheConfig(k=1)), progress=False)
+    engine.generate()
+    r1, r2 = manifest(tmp_path / "p")["shots"]
+    assert [(x["kind"], x["label"], x["role"]) for x in r1["shot_cache"]] == [("reference", "Fox", "required")]
+    assert r1["chunks"][0]["mode"] == "shot"  # MR2V: memory before the first shot
+    assert [(x["label"], x["role"]) for x in r2["shot_cache"]] == [("Forest", "required")]
+
+
+def test_policies_and_modes(tiny_models, tmp_path):
+    story = parse_story(small_story(n_scenes=3, shots_per_scene=1))
+    for policy in ("sink_window", "none"):
+        out = tmp_path / policy
+        cfg = config(shot_cache=ShotCacheConfig(policy=policy, sink=1, max_size=2))
+        StoryEngine(tiny_models, out, story=story, config=cfg, progress=False).generate()
+        m = manifest(out)
+        if policy == "none":
+            assert [r["chunks"][0]["mode"] for r in m["shots"]] == ["text"] * 3
+        else:
+            assert [x["role"] for x in m["shots"][2]["shot_cache"]][:1] == ["sink"]
+            assert len(m["shots"][2]["shot_cache"]) == 2
+
+
+def test_project_guards(tiny_models, tmp_path):
+    story = parse_story(small_story(n_scenes=1, shots_per_scene=2))
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=story, config=config(), progress=False)
+    with pytest.raises(ProjectError, match="not finished"):
+        engine.extend_shot(0)
+    with pytest.raises(IndexError, match="the story has 2 shots"):
+        engine.regenerate_shot(5)
+    engine.generate(max_shots=1)
+    assert engine.generate_next_shot() == 1 and engine.generate_next_shot() is None
+    tiny_models_other_id = tiny_models.model_id
+    try:
+        tiny_models.model_id = "something-else"
+        with pytest.raises(ProjectError, match="was generated with model"):
+            StoryEngine(tiny_models, tmp_path / "p", progress=False)
+    finally:
+        tiny_models.model_id = tiny_models_other_id
+
+
+def test_cli_regenerate_extend_and_next(story_file, tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner()
+    assert r.invoke(app, ["generate", str(story_file), "-o", str(out), "--max-shots", "2"]).exit_code == 0
+    assert r.invoke(app, ["next", str(out)]).exit_code == 0
+    assert len(manifest(out)["shots"]) == 3
+    res = r.invoke(app, ["regenerate", str(out), "--shot", "2", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    assert manifest(out)["shots"][1]["seed"] == 5 and manifest(out)["shots"][2]["status"] == "stale"
+    res = r.invoke(app, ["extend", str(out), "--shot", "1", "--chunks", "1"])
+    assert res.exit_code == 0, res.output
+    assert manifest(out)["shots"][0]["num_chunks"] == 2
+    res = r.invoke(app, ["regenerate", str(out), "--shot", "9"])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    info = r.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and "shot  1 done" in info.output and "shot  2 stale" in info.output
+    assert os.path.isfile(out / "film.mp4")
