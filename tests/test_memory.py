@@ -84,7 +84,7 @@ def test_adaptive_threshold_selection():
     # with max 10 and a 0.9 threshold: a new keyframe each time the angle moved past acos(0.9)
     many = KeyframeSelector(max_per_shot=10).select(embs)
     assert sel.threshold < many.threshold == 0.9
-    steps = [float(embs[a] @ embs[b]) for a, b in zip(many.frame_indices, many.frame_indices[1:])]
+    steps = [float(embs[a] @ embs[b]) for a, b in zip(many.frame_indices, many.frame_indices[1:], strict=False)]
     assert all(s < 0.9 for s in steps)
     # identical frames: only the first
     assert KeyframeSelector().select(unit(1, 0).expand(8, 2)).frame_indices == [0]

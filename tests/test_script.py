@@ -1,12 +1,11 @@
 import json
 
 import pytest
+from helpers import ST_BENCH, small_story
 from typer.testing import CliRunner
 
 from filmweaver.cli import app
 from filmweaver.script import ScriptError, load_story, parse_story
-
-from helpers import ST_BENCH, small_story
 
 ST_FILES = sorted(ST_BENCH.glob("*.json"))
 

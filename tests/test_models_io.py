@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+from helpers import small_story
+
+from filmweaver.io import atomic_path, read_video, write_video
+from filmweaver.memory.embedder import CLIPEmbedder, ImageTextEmbedder
+from filmweaver.models import FilmModels, ModelLoadError, load_models
+from filmweaver.text import byte_level_tokenizer
+
+
+def test_save_and_load_pretrained_roundtrip(tiny_models, tmp_path):
+    tiny_models.save_pretrained(tmp_path / "m")
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert loaded.model_id == tiny_models.model_id and loaded.trained is False
+    assert loaded.defaults == tiny_models.defaults
+    x, t, e = torch.randn(1, 16, 2, 8, 8), torch.tensor([300.0]), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        assert (loaded.backbone(x, t, e) - tiny_models.backbone(x, t, e)).abs().max() < 1e-5
+    prompt = "a fox in the snow"
+    assert torch.equal(loaded.prompt_encoder.encode(prompt), tiny_models.prompt_encoder.encode(prompt))
+    img = torch.rand(2, 3, 40, 48)
+    assert torch.allclose(loaded.embedder.embed_images(img), tiny_models.embedder.embed_images(img), atol=1e-6)
+    assert torch.allclose(loaded.embedder.embed_texts([prompt]), tiny_models.embedder.embed_texts([prompt]), atol=1e-6)
+
+
+def test_incomplete_directory_names_missing_file(tiny_models, tmp_path):
+    tiny_models.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "scheduler" / "scheduler_config.json").unlink()
+    for f in (tmp_path / "m" / "vae").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ModelLoadError) as exc:
+        load_models(model=str(tmp_path / "m"))
+    assert "scheduler/scheduler_config.json" in str(exc.value) and "vae/*.safetensors" in str(exc.value)
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        load_models(model=str(tmp_path / "nothing-here"))
+    with pytest.raises(ModelLoadError, match="unknown preset"):
+        load_models(preset="huge")
+
+
+def test_clip_embedder_protocol_and_normalisation(tiny_models):
+    emb = tiny_models.embedder
+    assert isinstance(emb, CLIPEmbedder) and isinstance(emb, ImageTextEmbedder)
+    same = torch.rand(1, 3, 64, 64).expand(3, -1, -1, -1)
+    v = emb.embed_images(same)
+    assert torch.allclose(v.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(v @ v.T, torch.ones(3, 3), atol=1e-5)  # identical frames -> similarity 1
+    t = emb.embed_texts(["a", "a much longer prompt about a fox"])
+    assert t.shape == (2, v.shape[1]) and torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_byte_tokenizer_roundtrip(tmp_path):
+    tok = byte_level_tokenizer()
+    ids = tok("café ✓").input_ids
+    assert ids[-1] == tok.eos_token_id and tok.decode(ids, skip_special_tokens=True) == "café ✓"
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path)("café ✓").input_ids == ids
+
+
+def test_video_roundtrip_and_atomic_write(tmp_path):
+    frames = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 3, 32, 48).contiguous()
+    write_video(tmp_path / "v.mp4", frames, fps=8)
+    back, fps = read_video(tmp_path / "v.mp4")
+    assert back.shape == frames.shape and fps == 8
+    assert (back - frames).abs().mean() < 0.02
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "x.json") as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("crash")
+    assert not (tmp_path / "x.json").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_generate_with_saved_model_directory(tiny_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from filmweaver.cli import app
+
+    tiny_models.save_pretrained(tmp_path / "m")
+    story = tmp_path / "s.json"
+    story.write_text(json.dumps(small_story(n_scenes=1, shots_per_scene=2)))
+    res = CliRunner().invoke(app, ["generate", str(story), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["model"]["embedder"] == str(tmp_path / "m" / "embedder")
