@@ -178,6 +178,20 @@ def test_policies_and_modes(tiny_models, tmp_path):
             assert len(m["shots"][2]["shot_cache"]) == 2
 
 
+def test_quality_threshold_reaches_selection(tiny_models, tmp_path):
+    story = parse_story(small_story(n_scenes=1, shots_per_scene=1))
+    kcfg = KeyframeConfig(quality_scorer="contrast", quality_threshold=1e9)  # no frame passes: best one kept
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=story, config=EngineConfig(keyframes=kcfg), progress=False)
+    engine.generate()
+    from filmweaver.memory.keyframes import ContrastScorer
+
+    latents = load_file(str(tmp_path / "p" / "shots" / "shot_001.safetensors"))["latents"]
+    frames = tiny_models.codec.decode(latents)[0].permute(1, 0, 2, 3)
+
+    best = int(ContrastScorer().score(frames).argmax())
+    assert [k["frame_index"] for k in manifest(tmp_path / "p")["shots"][0]["keyframes"]] == [best]
+
+
 def test_project_guards(tiny_models, tmp_path):
     story = parse_story(small_story(n_scenes=1, shots_per_scene=2))
     engine = StoryEngine(tiny_models, tmp_path / "p", story=story, config=config(), progress=False)

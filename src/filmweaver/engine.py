@@ -41,7 +41,7 @@ from filmweaver.io import (
     write_json,
     write_video,
 )
-from filmweaver.memory.keyframes import Keyframe, KeyframeBank, KeyframeSelector, bank_exists
+from filmweaver.memory.keyframes import ContrastScorer, Keyframe, KeyframeBank, KeyframeSelector, bank_exists
 from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.models import FilmModels
@@ -73,6 +73,8 @@ class KeyframeConfig(BaseModel):
     start_threshold: float = 0.9
     threshold_step: float = 0.01
     dedupe_threshold: float = 0.9
+    quality_scorer: Literal["none", "contrast"] = "none"  # frames scoring below quality_threshold are skipped
+    quality_threshold: float | None = None
 
 
 class EngineConfig(BaseModel):
@@ -157,8 +159,10 @@ class StoryEngine:
         self.sampler = FlowMatchSampler(cfg.sampler, models.scheduler_config)
         self.policy = make_shot_cache_policy(cfg.shot_cache.policy, cfg.shot_cache.k, cfg.shot_cache.sink,
                                              cfg.shot_cache.max_size)
-        self.selector = KeyframeSelector(cfg.keyframes.max_per_shot, cfg.keyframes.start_threshold,
-                                         cfg.keyframes.threshold_step)
+        kcfg = cfg.keyframes
+        self.selector = KeyframeSelector(kcfg.max_per_shot, kcfg.start_threshold, kcfg.threshold_step,
+                                         ContrastScorer() if kcfg.quality_scorer == "contrast" else None,
+                                         kcfg.quality_threshold)
         self.m2v = models.backbone.config.in_channels == 2 * models.codec.latent_channels + 4
         if getattr(models.backbone.config, "image_dim", None):
             raise NotImplementedError("Wan2.1-I2V style image-embedding conditioning is not supported yet")
