@@ -18,20 +18,21 @@ def kf(emb, shot, frame=0, kind="keyframe", label=""):
 # -- temporal cache ---------------------------------------------------------------------------------
 def test_temporal_cache_token_count_constant_as_shot_grows(tiny_models):
     backbone: ContextWanTransformer = tiny_models.backbone
-    chunk = 3
-    for schedule in ([(1, 2), (2, 2), (4, 4)], [(1, 1), (2, 2)], [(1, 3)]):
-        cache = TemporalCache(schedule)
-        counts = []
-        for _ in range(20):
-            cache.push(torch.randn(1, 16, chunk, 8, 8))
-            blocks = cache.context()
-            counts.append(backbone.count_tokens(blocks, (8, 8)))
-            assert len(cache) <= cache.capacity
-        full = [c for n, c in enumerate(counts) if (n + 1) * chunk >= cache.capacity]
-        assert len(set(full)) == 1, (schedule, counts)  # constant once the window is full
-        assert max(counts) == full[0]  # and never above it
-    # default schedule: 2 frames x 16 tokens + one 2x group (4 tokens) + one 4x group (1 token) at 8x8 latents
-    assert counts and TemporalCache().capacity == 8
+    for chunk in (1, 3):
+        for schedule in ([(1, 2), (2, 2), (4, 4)], [(1, 1), (2, 2)], [(1, 3)]):
+            cache = TemporalCache(schedule)
+            counts = []
+            for _ in range(20):  # a shot growing from 1 to 20 chunks
+                blocks = cache.context()
+                counts.append(backbone.count_tokens(blocks, (8, 8)))
+                cache.push(torch.randn(1, 16, chunk, 8, 8))
+                assert len(cache) <= cache.capacity
+            assert counts[0] == 0  # the first chunk of a cut shot has no temporal context
+            assert len(set(counts[1:])) == 1 and counts[1] > 0, (chunk, schedule, counts)
+    # default schedule at 8x8 latents: 2 frames x 16 tokens + one 2x group (4) + one 4x group (1)
+    cache = TemporalCache()
+    cache.push(torch.randn(1, 16, 1, 8, 8))
+    assert backbone.count_tokens(cache.context(), (8, 8)) == 37 and cache.capacity == 8
 
 
 def test_temporal_cache_positions_and_order():
@@ -44,11 +45,14 @@ def test_temporal_cache_positions_and_order():
     assert half.positions.tolist() == [-4.0, -3.0] and half.latents[0, 0, :, 0, 0].tolist() == [2.0, 3.0]
 
 
-def test_partial_group_is_padded_to_whole_group():
+def test_short_history_is_padded_with_the_oldest_frame():
     cache = TemporalCache([(1, 1), (4, 4)])
-    cache.push(torch.randn(1, 16, 2, 8, 8))
+    frames = torch.tensor([7.0, 8.0]).view(1, 1, 2, 1, 1).expand(1, 16, 2, 2, 2)
+    cache.push(frames)
     full, quarter = cache.context()
+    assert full.latents[0, 0, :, 0, 0].tolist() == [8.0] and full.positions.tolist() == [-1.0]
     assert quarter.num_frames == 4 and quarter.positions.tolist() == [-5.0, -4.0, -3.0, -2.0]
+    assert quarter.latents[0, 0, :, 0, 0].tolist() == [7.0, 7.0, 7.0, 7.0]
 
 
 # -- shot cache policies ------------------------------------------------------------------------------

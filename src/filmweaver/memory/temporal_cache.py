@@ -45,25 +45,24 @@ class TemporalCache:
     def context(self, timestep: float | torch.Tensor | None = 0.0) -> list[ContextFrames]:
         """The cache as context blocks, newest at position -1 (the chunk being generated starts at 0).
 
-        A compressed group that is only partly filled is padded by repeating its oldest frame, so
-        every group always yields the same number of tokens once any frame is in it.
+        History shorter than the window is padded by repeating the oldest frame (at the positions it
+        would have had), as FramePack pads missing history: every block is always whole, so the token
+        count is the same from the first cached chunk on, whatever the shot length (and sequence
+        lengths stay fixed for compiled kernels).
         """
         if self.frames is None or self.capacity == 0:
             return []
-        out = []
         newest = self.frames.flip(2)  # newest first
-        start = 0
+        if newest.shape[2] < self.capacity:
+            pad = self.capacity - newest.shape[2]
+            newest = torch.cat([newest, newest[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
+        positions = -(torch.arange(self.capacity, dtype=torch.float64) + 1)
+        out, start = [], 0
         for c, n in self.schedule:
-            group = newest[:, :, start : start + n]
-            if group.shape[2] == 0:
-                break
-            have = group.shape[2]
-            positions = -(torch.arange(start, start + have, dtype=torch.float64) + 1)
-            pad = (-have) % c
-            if pad:
-                group = torch.cat([group, group[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
-                positions = torch.cat([positions, positions[-1] - torch.arange(1, pad + 1, dtype=torch.float64)])
-            # back to oldest-first order inside the block, as the patch embedding expects time forward
-            out.append(ContextFrames(group.flip(2), positions.flip(0), timestep, c, kind="temporal"))
+            if n == 0:
+                continue
+            group, pos = newest[:, :, start : start + n], positions[start : start + n]
+            # oldest-first inside the block, as the patch embedding expects time to run forward
+            out.append(ContextFrames(group.flip(2), pos.flip(0), timestep, c, kind="temporal"))
             start += n
         return out
