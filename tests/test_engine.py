@@ -108,6 +108,13 @@ def test_regenerate_rebuilds_memory_from_earlier_shots_only(tiny_models, tmp_pat
     engine.regenerate_shot(2, prompt="the fox sleeps in a cave", seed=99)
     r3 = manifest(out)["shots"][2]
     assert r3["prompt"] == "the fox sleeps in a cave" and r3["seed"] == 99
+    # the bank's pictures follow the regenerated shot, and stale shots' keyframes are gone from it
+    from PIL import ImageChops
+
+    name = r3["keyframes"][0]["name"]
+    assert ImageChops.difference(Image.open(out / "memory" / f"{name}.png").convert("RGB"),
+                                 Image.open(out / r3["keyframes"][0]["file"]).convert("RGB")).getbbox() is None
+    assert not list((out / "memory").glob("shot004_*.png"))
     assert not torch.allclose(load_file(str(out / "shots" / "shot_003.safetensors"))["latents"], original)
     # a later generate brings the stale shots back, keeping the override
     assert engine.generate() == [3, 4, 5]

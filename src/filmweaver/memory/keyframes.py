@@ -147,16 +147,21 @@ class KeyframeBank:
             tensors[f"{i}.embedding"] = e.embedding.float().contiguous()
             if e.latent is not None:
                 tensors[f"{i}.latent"] = e.latent.float().contiguous()
+            # Always rewrite: a regenerated shot reuses its keyframes' names with new pictures.
             png = f"{e.name}.png"
-            if not (directory / png).exists():
-                with atomic_path(directory / png) as tmp:
-                    to_pil(e.image).save(tmp, format="PNG")
+            with atomic_path(directory / png) as tmp:
+                to_pil(e.image).save(tmp, format="PNG")
             index.append({"image": png, "source_shot": e.source_shot, "frame_index": e.frame_index,
                           "kind": e.kind, "label": e.label})
         with atomic_path(directory / "bank.safetensors") as tmp:
             save_file(tensors, str(tmp))
         with atomic_path(directory / "bank.json") as tmp:
             Path(tmp).write_text(json.dumps({"dedupe_threshold": self.dedupe_threshold, "entries": index}, indent=1))
+        # Pictures of entries that left the bank (keyframes of stale shots) go too, after the index.
+        keep = {m["image"] for m in index}
+        for old in directory.glob("*.png"):
+            if old.name not in keep:
+                old.unlink()
 
     @classmethod
     def load(cls, directory: str | Path) -> KeyframeBank:
