@@ -181,3 +181,25 @@ def info(out: Path = typer.Argument(..., help="project directory")):
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. configs/synth-small.yaml"),
+          set_: list[str] = typer.Option([], "--set", help="override a config key: dotted.key=value (repeatable)"),
+          output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="overrides output_dir")):
+    """Train (or resume training) the model a config describes: VAE, embedder, cache-guided DiT, probe."""
+    from pydantic import ValidationError
+
+    from filmweaver.train.config import load_train_config
+    from filmweaver.train.run import run_training
+
+    if not config.is_file():
+        _fail(f"{config}: no such config file")
+    overrides = list(set_) + ([f"output_dir={output_dir}"] if output_dir else [])
+    try:
+        cfg = load_train_config(config, overrides)
+    except ValidationError as e:
+        _fail(f"{config}: invalid training config:\n{e}")
+    summary = run_training(cfg)
+    console.print(f"[bold green]done:[/] model in {Path(cfg.output_dir) / 'model'}; "
+                  f"timings {summary['timings']}", highlight=False)

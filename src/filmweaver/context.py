@@ -38,3 +38,33 @@ class ContextFrames:
     @property
     def num_frames(self) -> int:
         return self.latents.shape[2]
+
+
+def noise_to_timestep(latents: torch.Tensor, timestep: float | torch.Tensor, generator: torch.Generator | None = None,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Put clean context latents at diffusion ``timestep`` (0..1000) on the flow-matching path,
+    ``x_t = (1 - s) x_0 + s eps`` with ``s = t / 1000``; ``timestep`` is a float or ``[B]``.
+
+    Training presents cache frames this way (asymmetric noising: shot cache at 100-400, temporal
+    cache at 0-100) and inference must present them the same way, so both call this function.
+    """
+    s = torch.as_tensor(timestep, dtype=torch.float32, device=latents.device).reshape(-1) / 1000.0
+    if bool((s == 0).all()):
+        return latents
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
+                            device="cpu" if generator is None else generator.device).to(latents.device)
+    s = s.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
+    return (1 - s) * latents + s * noise.to(latents.dtype)
+
+
+def present_at_timestep(blocks: list[ContextFrames], generator: torch.Generator | None = None) -> list[ContextFrames]:
+    """Blocks whose ``timestep`` is set (> 0) with their latents noised to it (see :func:`noise_to_timestep`)."""
+    out = []
+    for b in blocks:
+        if b.timestep is None or (not torch.is_tensor(b.timestep) and float(b.timestep) == 0.0):
+            out.append(b)
+            continue
+        out.append(ContextFrames(noise_to_timestep(b.latents, b.timestep, generator), b.positions, b.timestep,
+                                 b.compression, b.kind))
+    return out

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from filmweaver.backbone.m2v import m2v_inputs
-from filmweaver.context import ContextFrames
+from filmweaver.context import ContextFrames, present_at_timestep
 from filmweaver.io import (
     atomic_path,
     contact_sheet,
@@ -42,7 +42,7 @@ from filmweaver.io import (
     write_video,
 )
 from filmweaver.memory.keyframes import ContrastScorer, Keyframe, KeyframeBank, KeyframeSelector, bank_exists
-from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy
+from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.models import FilmModels
 from filmweaver.project import Project, ProjectError
@@ -103,6 +103,11 @@ class EngineConfig(BaseModel):
         for key in ("num_inference_steps", "guidance_scale"):
             if key in d and key not in explicit:
                 setattr(cfg.sampler, key, d[key])
+        # dotted keys ("sampler.shift", "shot_cache.timestep", ...): what the model was trained for
+        for key, value in d.items():
+            if "." in key and key not in explicit and key.split(".")[-1] not in explicit:
+                section, name = key.split(".", 1)
+                setattr(getattr(cfg, section), name, value)
         return cfg
 
 
@@ -358,9 +363,11 @@ class StoryEngine:
         for c in tqdm(range(first_chunk, plan.num_chunks), desc=f"shot {shot.number} chunks", leave=False,
                       disable=not self.progress):
             t0 = time.perf_counter()
-            context = shot_ctx + temporal.context(cfg.temporal_cache.timestep)
-            mode = MODES[(bool(shot_ctx), len(temporal) > 0)]
             seed = plan.seed if c == 0 else plan.seed + 1_000_003 * c
+            # cache frames are shown at the noise level the model was trained with (asymmetric noising)
+            context = present_at_timestep(shot_ctx + temporal.context(cfg.temporal_cache.timestep),
+                                          torch.Generator(device="cpu").manual_seed(seed + 17))
+            mode = MODES[(bool(shot_ctx), len(temporal) > 0)]
             gen = torch.Generator(device="cpu").manual_seed(seed)
             noise = torch.randn((1, c_lat, cfg.chunk_frames, h, w), generator=gen, dtype=torch.float32)
             velocity = self._velocity_fn(context)
@@ -420,9 +427,7 @@ class StoryEngine:
         return math.ceil(prior_latents.shape[2] / self.config.chunk_frames)
 
     def _memory_positions(self, n: int, temporal_capacity: int) -> torch.Tensor:
-        """Keyframes sit before the temporal window (and the optional gap), oldest first."""
-        start = -(temporal_capacity + self.config.shot_cache.gap + n)
-        return torch.arange(n, dtype=torch.float64) + start
+        return memory_positions(n, temporal_capacity, self.config.shot_cache.gap)
 
     def _shot_context(self, bank: KeyframeBank, retrieved: list[RetrievedKeyframe], capacity: int) -> list[ContextFrames]:
         if not retrieved:

@@ -82,13 +82,15 @@ class WanPromptEncoder:
             return_attention_mask=True,
             return_tensors="pt",
         )
-        ids, mask = inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device)
-        seq_lens = mask.gt(0).sum(dim=1).long()
-        hidden = self.text_encoder(ids, mask).last_hidden_state
-        out = torch.zeros_like(hidden)
-        for i, n in enumerate(seq_lens.tolist()):
-            out[i, :n] = hidden[i, :n]
-        return out
+        return embed_token_ids(self.text_encoder, inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device))
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` each ``[B, max_sequence_length]``, as :meth:`encode` makes them."""
+        if self.clean:
+            prompts = [clean_prompt(p) for p in prompts]
+        t = self.tokenizer(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                           add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        return t.input_ids, t.attention_mask
 
     def encode(self, prompts: list[str] | str) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -97,3 +99,29 @@ class WanPromptEncoder:
             for p, emb in zip(missing, self._encode_uncached(missing), strict=True):
                 self._cache[p] = emb
         return torch.stack([self._cache[p] for p in prompts])
+
+
+def embed_token_ids(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """UMT5 hidden states ``[B, L, D]`` of the real tokens, zeros after them (``WanPipeline``'s
+    layout). Differentiable: the trainer calls it to train a text encoder jointly."""
+    hidden = text_encoder(ids, mask).last_hidden_state
+    return hidden * mask[..., None].to(hidden.dtype)
+
+
+def word_level_tokenizer(words: list[str], model_max_length: int = 64) -> PreTrainedTokenizerFast:
+    """A closed-vocabulary tokenizer (lower-cased words and punctuation), for models trained on a
+    known grammar such as the synthetic world's. Unknown words map to ``<unk>``. Special ids follow
+    T5: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {tok: i for i, tok in enumerate(BYTE_SPECIALS)}
+    for w in sorted(set(words)):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    # letters, or single punctuation marks (as synth.stories.split_words)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[^a-z]"), behavior="isolated")])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=model_max_length)

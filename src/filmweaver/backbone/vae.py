@@ -51,9 +51,11 @@ class LatentCodec:
         return self.normalize(z.float())
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """``[N, 3, H, W]`` in [0, 1] -> ``[N, C, 1, h, w]``: each image on its own as one latent frame."""
-        return torch.cat([self.encode(img[None, :, None]) for img in images]) if len(images) else torch.zeros(0)
+        if not len(images):
+            return torch.zeros(0)
+        return torch.cat([self.encode(chunk[:, :, None]) for chunk in images.split(batch_size)])
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

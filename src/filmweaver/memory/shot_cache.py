@@ -27,6 +27,13 @@ class RetrievedKeyframe:
     role: str  # "retrieved" | "required" | "sink" | "window"
 
 
+def memory_positions(n: int, temporal_capacity: int, gap: float = 0.0) -> torch.Tensor:
+    """Temporal RoPE positions ``[n]`` of ``n`` shot-cache keyframes: oldest first, ending just before
+    the temporal window (``-1 .. -temporal_capacity``) and the optional gap (StoryMem's S). The
+    engine and the trainer both place memory with this function."""
+    return torch.arange(n, dtype=torch.float64) - (temporal_capacity + gap + n)
+
+
 class ShotCachePolicy(Protocol):
     name: str
 

@@ -1,0 +1,230 @@
+"""The synthetic world: characters, locations and a fast numpy renderer with exact ground truth.
+
+Everything the metrics need is known by construction: a character is four discrete attributes
+(shape, colour, pattern, accessory), a location three (props, ground, time of day), and a shot adds
+framing, camera move and action. :func:`render_shot` draws a shot as ``[T, H, W, 3]`` uint8 frames,
+deterministically from its spec (2x supersampled, then box-filtered, so edges are smooth).
+
+The attribute vocabularies below are the whole world: the probe, the prompt grammar and the
+evaluation all read them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# -- vocabularies (order = class index for the probe) -------------------------------------------------
+SHAPES = ["round", "square", "triangle"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+PATTERNS = ["plain", "striped", "dotted"]
+ACCESSORIES = ["none", "hat", "scarf"]
+PROPS = ["forest", "village", "canyon"]  # the location kind names its props: trees, houses, rocks
+GROUNDS = ["grass", "sand", "snow", "stone"]
+TIMES = ["day", "dusk", "night"]
+FRAMINGS = ["wide", "medium", "close"]
+CAMERAS = ["static", "pan_left", "pan_right", "zoom_in", "zoom_out"]
+ACTIONS = ["walk", "jump", "turn", "wave"]
+
+CHARACTER_ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "pattern": PATTERNS, "accessory": ACCESSORIES}
+LOCATION_ATTRIBUTES = {"props": PROPS, "ground": GROUNDS, "time": TIMES}
+ALL_ATTRIBUTES = {**CHARACTER_ATTRIBUTES, **LOCATION_ATTRIBUTES}
+
+COLOUR_RGB = {
+    "red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 80, 220), "yellow": (240, 215, 40),
+    "purple": (140, 55, 190), "orange": (245, 135, 25),
+}
+GROUND_RGB = {"grass": (95, 150, 70), "sand": (205, 180, 125), "snow": (232, 236, 245), "stone": (120, 118, 122)}
+SKY_RGB = {"day": (140, 195, 240), "dusk": (235, 150, 110), "night": (28, 30, 70)}
+# Night dims everything that is not the sky; dusk warms it a little.
+LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.88, 0.78), "night": (0.55, 0.6, 0.8)}
+# Characters are lit more gently (a key light), so their colour stays readable at night.
+CHARACTER_LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.95, 0.9), "night": (0.85, 0.87, 0.95)}
+CHARACTER_HEIGHT = {"wide": 0.3, "medium": 0.46, "close": 0.64}  # fraction of the frame height
+
+
+@dataclass(frozen=True)
+class Character:
+    shape: str
+    colour: str
+    pattern: str
+    accessory: str
+
+    def labels(self) -> dict[str, int]:
+        return {k: v.index(getattr(self, k)) for k, v in CHARACTER_ATTRIBUTES.items()}
+
+
+@dataclass(frozen=True)
+class Location:
+    props: str
+    ground: str
+    time: str
+    layout_seed: int = 0  # where the props stand: part of the location's identity
+
+    def labels(self) -> dict[str, int]:
+        return {k: v.index(getattr(self, k)) for k, v in LOCATION_ATTRIBUTES.items()}
+
+
+@dataclass(frozen=True)
+class ShotSpec:
+    character: Character
+    location: Location
+    framing: str
+    camera: str
+    action: str
+    num_frames: int
+    start_x: float = 0.0  # character's world x at frame 0 (continuations start where the last shot ended)
+    facing: int = 1  # +1 right, -1 left
+    seed: int = 0  # small per-shot jitter (walk speed, jump phase)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["character"], d["location"] = asdict(self.character), asdict(self.location)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> ShotSpec:
+        return ShotSpec(**{**d, "character": Character(**d["character"]), "location": Location(**d["location"])})
+
+    def end_state(self) -> tuple[float, int]:
+        """(world x, facing) at the last frame, for a ``cut: false`` continuation."""
+        x, facing, *_ = _pose(self, self.num_frames - 1)
+        return x, facing
+
+
+def random_character(rng: np.random.Generator) -> Character:
+    return Character(*(str(rng.choice(v)) for v in CHARACTER_ATTRIBUTES.values()))
+
+
+def random_location(rng: np.random.Generator, props: str | None = None) -> Location:
+    return Location(props or str(rng.choice(PROPS)), str(rng.choice(GROUNDS)), str(rng.choice(TIMES)),
+                    int(rng.integers(1 << 30)))
+
+
+# -- rendering -------------------------------------------------------------------------------------
+def _pose(spec: ShotSpec, t: int) -> tuple[float, int, float, float, float]:
+    """Character world x, facing, jump height (fraction of body), wave phase, camera zoom at frame t."""
+    rng = np.random.default_rng(spec.seed)
+    speed = 0.02 + 0.015 * rng.random()
+    phase = rng.random() * 2 * np.pi
+    n = max(spec.num_frames - 1, 1)
+    x, facing, jump, wave = spec.start_x, spec.facing, 0.0, -1.0
+    if spec.action == "walk":
+        x = spec.start_x + spec.facing * speed * t
+    elif spec.action == "jump":
+        jump = abs(np.sin(np.pi * t / 6.0 + phase)) * 0.45
+    elif spec.action == "turn":
+        facing = spec.facing if t < spec.num_frames // 2 else -spec.facing
+    elif spec.action == "wave":
+        wave = np.sin(2 * np.pi * t / 5.0 + phase)
+    zoom = 1.0
+    if spec.camera == "zoom_in":
+        zoom = 1.0 + 0.35 * t / n
+    elif spec.camera == "zoom_out":
+        zoom = 1.35 - 0.35 * t / n
+    return x, facing, jump, wave, zoom
+
+
+def _prop_positions(loc: Location) -> np.ndarray:
+    rng = np.random.default_rng(loc.layout_seed)
+    return np.sort(rng.uniform(-1.5, 1.5, size=7)) + rng.uniform(-0.1, 0.1, size=7)
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, rgb, alpha: float = 1.0) -> None:
+    m = mask[..., None] * alpha
+    img[:] = img * (1 - m) + np.asarray(rgb, dtype=np.float32)[None, None] / 255.0 * m
+
+
+def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supersample: int = 2) -> np.ndarray:
+    """One frame of ``spec`` as ``[H, W, 3]`` uint8."""
+    H, W = height * supersample, width * supersample
+    loc, ch = spec.location, spec.character
+    x_char, facing, jump, wave, zoom = _pose(spec, t)
+    n = max(spec.num_frames - 1, 1)
+    cam_x = x_char if spec.action == "walk" else spec.start_x  # the camera follows a walking character
+    if spec.camera == "pan_left":
+        cam_x -= 0.35 * t / n
+    elif spec.camera == "pan_right":
+        cam_x += 0.35 * t / n
+    scale = H * zoom  # world unit (character height fraction) -> pixels
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    horizon = H * (0.52 + 0.06 * (zoom - 1.0))
+
+    img = np.empty((H, W, 3), np.float32)
+    img[:] = np.asarray(SKY_RGB[loc.time], np.float32) / 255.0
+    if loc.time == "night":  # a moon, so night is more than a dark sky
+        _paint(img, ((xx - W * 0.8) ** 2 + (yy - H * 0.15) ** 2) < (H * 0.06) ** 2, (235, 235, 200))
+    light = np.asarray(LIGHT[loc.time], np.float32)
+    _paint(img, yy >= horizon, np.asarray(GROUND_RGB[loc.ground]) * light)
+
+    # props stand on the horizon, parallax 0.6 relative to the character plane
+    for px in _prop_positions(loc):
+        cx = W / 2 + (px - cam_x * 0.6) * scale * 0.9
+        if cx < -0.3 * W or cx > 1.3 * W:
+            continue
+        s = scale * 0.16
+        if loc.props == "forest":
+            _paint(img, (abs(xx - cx) < s * 0.12) & (yy > horizon - s * 0.9) & (yy < horizon + s * 0.1),
+                   np.array((110, 70, 40)) * light)
+            _paint(img, ((xx - cx) ** 2 + (yy - (horizon - s * 1.0)) ** 2) < (s * 0.45) ** 2,
+                   np.array((25, 100, 45)) * light)
+        elif loc.props == "village":
+            body = (abs(xx - cx) < s * 0.45) & (yy > horizon - s * 0.75) & (yy < horizon + s * 0.05)
+            _paint(img, body, np.array((200, 170, 150)) * light)
+            roof = (yy <= horizon - s * 0.75) & (yy > horizon - s * 1.25) & (
+                abs(xx - cx) < (yy - (horizon - s * 1.25)) * 1.0)
+            _paint(img, roof, np.array((150, 45, 40)) * light)
+            _paint(img, (abs(xx - cx) < s * 0.1) & (yy > horizon - s * 0.35) & (yy < horizon + s * 0.05),
+                   np.array((70, 45, 30)) * light)
+        else:  # canyon: rocks
+            _paint(img, (((xx - cx) / (s * 0.7)) ** 2 + ((yy - horizon) / (s * 0.5)) ** 2) < 1.0,
+                   np.array((150, 95, 70)) * light)
+
+    # the character: body centred at (bx, by), height bh
+    bh = CHARACTER_HEIGHT[spec.framing] * scale
+    bx = W / 2 + (x_char - cam_x) * scale
+    foot = H * 0.9
+    by = foot - bh / 2 - jump * bh
+    u, v = (xx - bx) / (bh / 2), (yy - by) / (bh / 2)  # body coordinates in [-1, 1]
+    if ch.shape == "round":
+        body = u ** 2 + v ** 2 < 0.85 ** 2
+    elif ch.shape == "square":
+        body = (abs(u) < 0.75) & (abs(v) < 0.8)
+    else:  # triangle, apex up
+        body = (v < 0.85) & (v > -0.95) & (abs(u) < (v + 0.95) * 0.5)
+    light = np.asarray(CHARACTER_LIGHT[loc.time], np.float32)
+    base = np.asarray(COLOUR_RGB[ch.colour], np.float32) * light
+    _paint(img, body, base)
+    if ch.pattern == "striped":
+        _paint(img, body & (np.mod(v * 3.2, 1.0) < 0.42) & (v > -0.55), base * 0.35)
+    elif ch.pattern == "dotted":
+        dots = ((np.mod(u * 2.6 + 0.5, 1.0) - 0.5) ** 2 + (np.mod(v * 2.6 + 0.5, 1.0) - 0.5) ** 2) < 0.2 ** 2
+        _paint(img, body & dots & (v > -0.45), np.array((250, 250, 250)) * light)
+    # eyes look the way the character faces
+    for ex in (-0.22, 0.22):
+        ecx, ecy = ex + 0.12 * facing, -0.3
+        _paint(img, ((u - ecx) ** 2 + (v - ecy) ** 2) < 0.14 ** 2, (255, 255, 255))
+        _paint(img, ((u - ecx - 0.06 * facing) ** 2 + (v - ecy) ** 2) < 0.07 ** 2, (15, 15, 15))
+    if ch.accessory == "hat":
+        top = -0.85 if ch.shape != "triangle" else -0.95
+        _paint(img, (abs(u) < 0.55) & (v < top) & (v > top - 0.12), (20, 20, 25))
+        _paint(img, (abs(u) < 0.32) & (v < top) & (v > top - 0.6), (20, 20, 25))
+    elif ch.accessory == "scarf":
+        _paint(img, body & (v > 0.05) & (v < 0.3), (245, 245, 245))
+        _paint(img, (abs(u + 0.35 * facing) < 0.12) & (v > 0.05) & (v < 0.75), (245, 245, 245))
+    if wave > -1.0 or spec.action == "wave":  # an arm raised on the facing side
+        ax, ay = 0.9 * facing, -0.2 - 0.35 * wave
+        _paint(img, ((u - ax) ** 2 + (v - ay) ** 2) < 0.16 ** 2, base * 0.8)
+    out = img.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def render_shot(spec: ShotSpec, height: int = 64, width: int = 64) -> np.ndarray:
+    """All frames of a shot: ``[T, H, W, 3]`` uint8."""
+    return np.stack([render_frame(spec, t, height, width) for t in range(spec.num_frames)])
+
+
+def frame_labels(spec: ShotSpec) -> dict[str, int]:
+    """Ground-truth class index of every attribute visible in every frame of ``spec``."""
+    return {**spec.character.labels(), **spec.location.labels()}

@@ -1,0 +1,15 @@
+"""``python -m filmweaver.train CONFIG [-o DIR] [--set key=value ...]``: the same as ``filmweaver train``,
+for machines where only the core dependencies are installed."""
+
+import argparse
+
+from filmweaver.train.config import load_train_config
+from filmweaver.train.run import run_training
+
+parser = argparse.ArgumentParser(prog="python -m filmweaver.train")
+parser.add_argument("config")
+parser.add_argument("-o", "--output-dir")
+parser.add_argument("--set", dest="overrides", action="append", default=[])
+args = parser.parse_args()
+overrides = args.overrides + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+print(run_training(load_train_config(args.config, overrides))["timings"])

@@ -1,0 +1,132 @@
+"""The one training config (YAML): what to train, on what, for how long, with which augmentations.
+
+``filmweaver train CONFIG`` reads this file; every phase is optional, and a phase whose outputs are
+already in ``output_dir`` is skipped on resume. See ``configs/synth-small.yaml`` for the built-in
+model and ``configs/lora-wan.yaml`` for a LoRA on a pretrained Wan backbone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSource(_Cfg):
+    # "synth-small"/"synth-test": build the synthetic-world architecture from scratch (full training);
+    # "pretrained": load `path` (diffusers Wan directory or hub id) and train a LoRA on its transformer.
+    kind: Literal["synth-small", "synth-test", "pretrained"] = "synth-small"
+    path: str | None = None
+    embedder: str | None = None
+
+
+class LoraConfig(_Cfg):
+    rank: int = 128
+    alpha: int | None = None
+    # StoryMem: attention q/k/v/o and the FFN of every block
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj",
+                                                               "ffn.net.2"])
+
+
+class SynthData(_Cfg):
+    num_stories: int = 2000
+    num_long_takes: int = 500
+    long_take_frames: int = 32
+    shot_frames: list[int] = Field(default_factory=lambda: [12, 16, 20])
+    first_seed: int = 0  # stories use seeds first_seed .. first_seed + num_stories - 1 (evaluation uses others)
+    height: int = 64
+    width: int = 64
+    workers: int = 0  # 0 = all CPU cores
+    cache_dir: str | None = None  # keep the rendered frames here (.npy) and reuse them (ablation runs share one)
+
+
+class VaePhase(_Cfg):
+    steps: int = 3000
+    batch_size: int = 32
+    clip_frames: int = 5
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+
+
+class EmbedderPhase(_Cfg):
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 5e-4
+
+
+class ProbePhase(_Cfg):
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 2e-3
+    held_out_stories: int = 200
+
+
+class Augment(_Cfg):
+    negative_sampling: float = 0.3  # probability that a memory slot holds a keyframe of another story
+    noise_shot_cache: tuple[float, float] | None = (100.0, 400.0)  # timestep range; None = clean
+    noise_temporal_cache: tuple[float, float] | None = (0.0, 100.0)
+    text_dropout: float = 0.1  # empty prompt, for classifier-free guidance
+
+
+class Stage(_Cfg):
+    name: str
+    steps: int
+    # weights of the four inference modes (text / temporal / shot / both) in this stage's batches
+    modes: dict[Literal["text", "temporal", "shot", "both"], float]
+    long_takes: float = 0.0  # share of temporal-mode batches drawn from the long single takes
+
+
+class DiTPhase(_Cfg):
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    max_memory: int = 4  # shot-cache keyframes per sample: 1..max_memory
+    chunk_frames: int = 4
+    temporal_schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
+    timestep_shift: float = 3.0
+    train_text_encoder: bool = True
+    stages: list[Stage] = Field(default_factory=lambda: [
+        Stage(name="temporal", steps=1000, modes={"text": 0.3, "temporal": 0.7}, long_takes=0.7),
+        Stage(name="memory", steps=4000, modes={"text": 0.15, "temporal": 0.15, "shot": 0.35, "both": 0.35}),
+    ])
+    augment: Augment = Field(default_factory=Augment)
+    lora: LoraConfig | None = None
+    max_minutes: float | None = None  # safety stop: end the phase (and save) after this long
+
+
+class TrainConfig(_Cfg):
+    output_dir: str = "runs/synth-small"
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    model: ModelSource = Field(default_factory=ModelSource)
+    data: SynthData = Field(default_factory=SynthData)
+    vae: VaePhase | None = Field(default_factory=VaePhase)
+    embedder: EmbedderPhase | None = Field(default_factory=EmbedderPhase)
+    dit: DiTPhase = Field(default_factory=DiTPhase)
+    probe: ProbePhase | None = Field(default_factory=ProbePhase)
+    save_dtype: Literal["float32", "float16"] = "float16"
+    stop_after: Literal["embedder", "dit", "probe"] | None = None  # run the phases up to this one only
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config; ``overrides`` are ``dotted.key=value`` strings (YAML values)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return TrainConfig.model_validate(raw)

@@ -1,0 +1,213 @@
+"""The cache-guided flow-matching objective and its training loop (full or LoRA, one code path).
+
+For a batch (see :mod:`filmweaver.train.data`): noise the target chunk to a random timestep
+(``x_t = (1 - s) x_0 + s eps``), build the context exactly as the engine does at inference (temporal
+cache through :class:`TemporalCache`, keyframes at :func:`memory_positions`), optionally noise the
+cache frames (asymmetric noising) and regress the velocity ``eps - x_0`` of the target only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from filmweaver.context import ContextFrames, noise_to_timestep
+from filmweaver.memory.shot_cache import memory_positions
+from filmweaver.memory.temporal_cache import TemporalCache
+from filmweaver.text import embed_token_ids
+from filmweaver.train.config import DiTPhase
+from filmweaver.train.data import Batch, LatentStore
+
+
+class CacheGuidedDenoiser(nn.Module):
+    """Backbone + text encoder as one module (what the optimiser and accelerate see)."""
+
+    def __init__(self, backbone, text_encoder):
+        super().__init__()
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+
+    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames]):
+        text = embed_token_ids(self.text_encoder, ids, mask)
+        return self.backbone(x_t, timestep, text, context=context)
+
+
+def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_temporal: torch.Tensor | None,
+                  gap: float = 0.0) -> list[ContextFrames]:
+    """The context blocks for ``batch``, placed as the engine places them (shot cache first)."""
+    capacity = sum(n for _, n in schedule)
+    blocks: list[ContextFrames] = []
+    if batch.memory is not None:
+        mem = batch.memory
+        if t_shot is not None:
+            mem = noise_to_timestep(mem, t_shot, noise=torch.randn_like(mem))
+        blocks.append(ContextFrames(mem, memory_positions(mem.shape[2], capacity, gap),
+                                    0.0 if t_shot is None else t_shot, 1, kind="shot"))
+    if batch.history is not None:
+        per_item = []
+        for h in batch.history:
+            cache = TemporalCache(list(schedule))
+            cache.push(h[None])
+            per_item.append(cache.context(0.0))
+        for j, first in enumerate(per_item[0]):
+            lat = torch.cat([items[j].latents for items in per_item])
+            if t_temporal is not None:
+                lat = noise_to_timestep(lat, t_temporal, noise=torch.randn_like(lat))
+            blocks.append(ContextFrames(lat, first.positions, 0.0 if t_temporal is None else t_temporal,
+                                        first.compression, kind="temporal"))
+    return blocks
+
+
+def sample_timesteps(n: int, shift: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow-matching noise levels in (0, 1), shifted towards noise as the sampler's ``shift`` does."""
+    u = torch.rand(n, device=device, generator=generator).clamp(1e-4, 1 - 1e-4)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def _uniform(n: int, lo_hi, device) -> torch.Tensor | None:
+    if lo_hi is None:
+        return None
+    lo, hi = lo_hi
+    return lo + (hi - lo) * torch.rand(n, device=device)
+
+
+class EMA:
+    def __init__(self, params: list[nn.Parameter], decay: float):
+        self.params = params
+        self.decay = decay
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for s, p in zip(self.shadow, self.params, strict=True):
+            p.copy_(s.to(p.dtype))
+
+
+def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+              empty_ids: torch.Tensor, empty_mask: torch.Tensor, cfg: DiTPhase, accelerator, out_dir: Path,
+              seed: int = 0, log_every: int = 50, checkpoint_every: int = 1000, progress: bool = True) -> dict:
+    """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
+
+    ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
+    ``[1, L]`` the empty prompt (text dropout for classifier-free guidance).
+    """
+    device = accelerator.device
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    total = sum(s.steps for s in cfg.stages)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, cfg.warmup_steps)) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, total) / max(1, total)))))
+    ema = EMA(params, cfg.ema_decay)
+    ckpt_dir = out_dir / "checkpoint"
+    step, log = 0, []
+    if (ckpt_dir / "state.json").is_file():
+        step = _load_checkpoint(ckpt_dir, module, opt, sched, ema)
+        log = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()] if (out_dir / "log.jsonl").is_file() else []
+        accelerator.print(f"resumed DiT training at step {step}/{total}")
+    model, opt = accelerator.prepare(module, opt)
+    schedule = [tuple(x) for x in cfg.temporal_schedule]
+    history = sum(n for _, n in schedule)
+    aug = cfg.augment
+    rng = np.random.default_rng([seed, step, accelerator.process_index])
+    torch.manual_seed(seed * 1000 + step + accelerator.process_index)
+    bar = tqdm(total=total, initial=step, desc="dit", disable=not (progress and accelerator.is_main_process))
+    t0, running = time.perf_counter(), []
+    bounds = np.cumsum([s.steps for s in cfg.stages])
+    model.train()
+    deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
+    while step < total:
+        if deadline is not None and time.perf_counter() > deadline:
+            accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{total}")
+            if accelerator.is_main_process:
+                _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step)
+            break
+        stage = cfg.stages[int(np.searchsorted(bounds, step, side="right"))]
+        modes, weights = zip(*stage.modes.items(), strict=True)
+        mode = str(rng.choice(modes, p=np.array(weights) / sum(weights)))
+        k = int(rng.integers(1, cfg.max_memory + 1))
+        batch = store.sample(mode, cfg.batch_size, cfg.chunk_frames, history, k, rng, stage.long_takes,
+                             aug.negative_sampling)
+        b = batch.target.shape[0]
+        x0 = batch.target.float()
+        s = sample_timesteps(b, cfg.timestep_shift, device)
+        eps = torch.randn_like(x0)
+        x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
+        ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,
+                            _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None)
+        ids, mask = prompt_ids[batch.shot_index].to(device), prompt_mask[batch.shot_index].to(device)
+        drop = torch.rand(b, device=device) < aug.text_dropout
+        ids = torch.where(drop[:, None], empty_ids.to(device), ids)
+        mask = torch.where(drop[:, None], empty_mask.to(device), mask)
+        with accelerator.autocast():
+            v = model(x_t, s * 1000.0, ids, mask, ctx)
+        loss = F.mse_loss(v.float(), eps - x0)
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update()
+        step += 1
+        running.append(loss.item())
+        bar.update(1)
+        if step % log_every == 0 or step == total:
+            rec = {"step": step, "stage": stage.name, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            running = []
+            log.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", stage=stage.name)
+            if accelerator.is_main_process:
+                with open(out_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        if accelerator.is_main_process and (step % checkpoint_every == 0 or step == total):
+            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step)
+    bar.close()
+    ema.copy_to()  # the shipped weights are the EMA weights
+    return {"steps": step, "planned_steps": total, "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int) -> None:
+    from safetensors.torch import save_file
+
+    from filmweaver.io import atomic_path
+
+    d.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().float().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+    with atomic_path(d / "trainable.safetensors") as tmp:
+        save_file(trainable, tmp)
+    with atomic_path(d / "ema.safetensors") as tmp:
+        save_file({f"p{i}": s.cpu().contiguous() for i, s in enumerate(ema.shadow)}, tmp)
+    with atomic_path(d / "optimizer.pt") as tmp:
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
+    with atomic_path(d / "state.json") as tmp:
+        Path(tmp).write_text(json.dumps({"step": step}))
+
+
+def _load_checkpoint(d: Path, module, opt, sched, ema: EMA) -> int:
+    from safetensors.torch import load_file
+
+    trainable = load_file(str(d / "trainable.safetensors"))
+    named = dict(module.named_parameters())
+    with torch.no_grad():
+        for n, t in trainable.items():
+            named[n].copy_(t.to(named[n]))
+    shadow = load_file(str(d / "ema.safetensors"))
+    for i, s in enumerate(ema.shadow):
+        s.copy_(shadow[f"p{i}"].to(s))
+    state = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(json.loads((d / "state.json").read_text())["step"])

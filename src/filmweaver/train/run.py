@@ -1,0 +1,283 @@
+"""``filmweaver train CONFIG``: every phase of a training run, in order, resumable.
+
+Phases (each skipped when its output exists in ``output_dir``):
+
+1. render the synthetic data (workers; deterministic by seed);
+2. ``vae``: train the compact video VAE (from-scratch models only), then set Wan's latent
+   normalisation (per-channel mean/std) from the data -> ``vae/``;
+3. ``embedder``: train the small CLIP used for keyframe selection and retrieval -> ``embedder/``;
+4. ``dit``: the cache-guided objective, stage by stage (full training, or LoRA on a pretrained
+   transformer) -> ``checkpoint/``, ``log.jsonl``;
+5. ``probe``: the attribute probe for the ground-truth metrics -> ``model/probe/``;
+6. save the whole model in the diffusers layout -> ``model/`` (loadable with ``--model``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from filmweaver.backbone.vae import LatentCodec
+from filmweaver.models import FilmModels
+from filmweaver.synth.dataset import render_dataset
+from filmweaver.train.config import TrainConfig
+
+
+def build_models(cfg: TrainConfig, device) -> FilmModels:
+    src = cfg.model
+    if src.kind == "pretrained":
+        if not src.path:
+            raise ValueError("model.kind: pretrained needs model.path (a diffusers Wan directory or hub id)")
+        return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device))
+    return FilmModels.synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1])
+
+
+def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
+    from accelerate import Accelerator
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+    device = accelerator.device
+    torch.manual_seed(cfg.seed)
+    summary: dict = {"config": cfg.model_dump(mode="json"), "device": str(device)}
+    timings = {}
+    t = time.perf_counter()
+
+    # 1. data
+    d = cfg.data
+    from filmweaver.synth.dataset import load_rendered, save_rendered
+
+    data = load_rendered(d.cache_dir) if d.cache_dir else None
+    if data is None:
+        data = render_dataset(d.num_stories, d.num_long_takes, d.first_seed, tuple(d.shot_frames), d.long_take_frames,
+                              d.height, d.width, d.workers, progress)
+        if d.cache_dir and accelerator.is_main_process:
+            save_rendered(data, d.cache_dir)
+    timings["render_s"] = round(time.perf_counter() - t, 1)
+    summary["data"] = {"frames": int(len(data.frames)), "shots": data.num_shots, "stories": d.num_stories,
+                       "long_takes": d.num_long_takes}
+    accelerator.print(f"rendered {len(data.frames)} frames in {data.num_shots} shots ({timings['render_s']} s)")
+    models = build_models(cfg, device)
+    scratch = cfg.model.kind != "pretrained"
+
+    # 2. VAE
+    if scratch and cfg.vae is not None:
+        t = time.perf_counter()
+        vae_dir = out / "vae"
+        if (vae_dir / "config.json").is_file():
+            from diffusers import AutoencoderKLWan
+
+            models.codec = LatentCodec(AutoencoderKLWan.from_pretrained(vae_dir).to(device))
+        else:
+            summary["vae"] = train_vae(models.codec.vae, data, cfg, device, progress)
+            set_latent_statistics(models.codec.vae, data, device)
+            models.codec.vae.save_pretrained(vae_dir)
+            models.codec = LatentCodec(models.codec.vae)
+        timings["vae_s"] = round(time.perf_counter() - t, 1)
+    models.codec.vae.requires_grad_(False).eval()
+
+    # 3. embedder
+    if scratch and cfg.embedder is not None:
+        t = time.perf_counter()
+        emb_dir = out / "embedder"
+        if (emb_dir / "config.json").is_file():
+            from transformers import CLIPModel
+
+            models.embedder.model = CLIPModel.from_pretrained(emb_dir).to(device)
+        else:
+            summary["embedder"] = train_embedder(models, data, cfg, device, progress)
+            models.embedder.model.save_pretrained(emb_dir)
+        models.embedder.model.eval().requires_grad_(False)
+        timings["embedder_s"] = round(time.perf_counter() - t, 1)
+
+    if cfg.stop_after == "embedder":
+        summary["timings"] = timings
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    # 4. DiT
+    from filmweaver.train.data import LatentStore
+    from filmweaver.train.dit import CacheGuidedDenoiser, train_dit
+
+    t = time.perf_counter()
+    store = LatentStore.encode(data, models.codec, device, progress=progress,
+                               dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    timings["encode_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    text_encoder = models.prompt_encoder.text_encoder
+    dcfg = cfg.dit
+    if dcfg.lora is not None or not scratch:
+        from peft import LoraConfig
+
+        lora = dcfg.lora or type(dcfg).model_fields["lora"].annotation.__args__[0]()
+        models.backbone.transformer.requires_grad_(False)
+        models.backbone.transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
+                                                           target_modules=lora.target_modules, init_lora_weights=True))
+        text_encoder.requires_grad_(False)
+    else:
+        text_encoder.requires_grad_(dcfg.train_text_encoder)
+    module = CacheGuidedDenoiser(models.backbone, text_encoder).to(device)
+    ids, mask = models.prompt_encoder.tokenize(data.prompts)
+    e_ids, e_mask = models.prompt_encoder.tokenize([""])
+    summary["dit"] = train_dit(module, store, ids, mask, e_ids, e_mask, dcfg, accelerator, out, cfg.seed,
+                               cfg.log_every, cfg.checkpoint_every, progress)
+    timings["dit_s"] = round(time.perf_counter() - t, 1)
+    del store
+
+    # 5. save the model (EMA weights), then 6. the probe inside it
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        save_trained_model(models, cfg, model_dir)
+        plot_loss(out / "log.jsonl", out / "loss.png")
+        if cfg.probe is not None and scratch and cfg.stop_after != "dit":
+            t = time.perf_counter()
+            summary["probe"] = train_probe_phase(models, data, cfg, device, model_dir, progress)
+            timings["probe_s"] = round(time.perf_counter() - t, 1)
+    summary["timings"] = timings
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_vae(vae, data, cfg: TrainConfig, device, progress: bool) -> dict:
+    """Reconstruction (L1 + L2) with a small KL term, on random ``clip_frames``-frame clips."""
+    vc = cfg.vae
+    rng = np.random.default_rng(cfg.seed)
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=vc.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=vc.lr, total_steps=vc.steps, pct_start=0.05)
+    n = vc.clip_frames
+    ok = np.nonzero(data.shot_length >= n)[0]
+    losses = []
+    for _ in tqdm(range(vc.steps), desc="vae", disable=not progress):
+        shots = rng.choice(ok, size=vc.batch_size)
+        first = np.array([rng.integers(data.shot_length[s] - n + 1) for s in shots]) + data.shot_start[shots]
+        idx = first[:, None] + np.arange(n)[None]
+        x = torch.from_numpy(data.frames[idx]).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+        rec = rec.float()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + vc.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    vae.eval()
+    return {"steps": vc.steps, "final_loss": float(np.mean(losses[-50:]))}
+
+
+@torch.no_grad()
+def set_latent_statistics(vae, data, device, num_frames: int = 4096) -> None:
+    """Wan normalises latents per channel, ``(z - mean) / std``; set both from the training data."""
+    codec = LatentCodec(vae)
+    idx = np.linspace(0, len(data.frames) - 1, min(num_frames, len(data.frames))).astype(int)
+    x = torch.from_numpy(data.frames[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
+    z = torch.cat([vae.encode(c[:, :, None] * 2 - 1).latent_dist.mode().float() for c in x.split(256)])
+    mean = z.mean(dim=(0, 2, 3, 4))
+    std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    del codec
+
+
+def train_embedder(models: FilmModels, data, cfg: TrainConfig, device, progress: bool) -> dict:
+    """Contrastive (CLIP) training on (frame, prompt of its shot) pairs."""
+    ec = cfg.embedder
+    emb = models.embedder
+    clip = emb.model.train().requires_grad_(True)
+    rng = np.random.default_rng(cfg.seed + 1)
+    tok = emb.tokenizer(data.prompts, padding="max_length", max_length=emb.max_text_length, truncation=True,
+                        return_tensors="pt")
+    shot_of_frame = np.repeat(np.arange(data.num_shots), data.shot_length)
+    opt = torch.optim.AdamW(clip.parameters(), lr=ec.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ec.lr, total_steps=ec.steps, pct_start=0.05)
+    losses = []
+    for _ in tqdm(range(ec.steps), desc="embedder", disable=not progress):
+        # one frame per shot in a batch, so that no two pairs share a prompt by construction
+        shots = rng.choice(data.num_shots, size=min(ec.batch_size, data.num_shots), replace=False)
+        frames = data.shot_start[shots] + np.array([rng.integers(data.shot_length[s]) for s in shots])
+        assert (shot_of_frame[frames] == shots).all()
+        x = torch.from_numpy(data.frames[frames]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = clip(input_ids=tok.input_ids[shots].to(device), attention_mask=tok.attention_mask[shots].to(device),
+                       pixel_values=emb.preprocess(x), return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+    clip.eval()
+    return {"steps": ec.steps, "final_loss": float(np.mean(losses[-50:]))}
+
+
+def train_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, model_dir: Path, progress: bool) -> dict:
+    from filmweaver.synth.probe import train_probe
+
+    pc = cfg.probe
+    d = cfg.data
+    # held-out frames come from stories outside the training range (and outside the evaluation range)
+    held = render_dataset(pc.held_out_stories, 0, d.first_seed + 50_000_000, tuple(d.shot_frames), d.long_take_frames,
+                          d.height, d.width, d.workers, progress)
+    probe, acc = train_probe(data.frames, data.frame_labels(), held.frames, held.frame_labels(), models.codec,
+                             pc.steps, pc.batch_size, pc.lr, device, cfg.seed, progress)
+    probe.save(model_dir / "probe", acc)
+    return acc
+
+
+def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) -> None:
+    from filmweaver.models import SYNTH_DEFAULTS
+
+    models.trained = True
+    models.model_id = f"filmweaver-{cfg.model.kind}" if cfg.model.kind != "pretrained" else f"{cfg.model.path}+lora"
+    models.model_id += f"@{Path(cfg.output_dir).name}"
+    if cfg.model.kind != "pretrained":
+        d = dict(SYNTH_DEFAULTS)
+        aug = cfg.dit.augment
+        # show cache frames at the noise level they were trained at (the low end of the range)
+        d["shot_cache.timestep"] = aug.noise_shot_cache[0] if aug.noise_shot_cache else 0.0
+        d["temporal_cache.timestep"] = aug.noise_temporal_cache[0] if aug.noise_temporal_cache else 0.0
+        d["chunk_frames"] = cfg.dit.chunk_frames
+        d["sampler.shift"] = cfg.dit.timestep_shift
+        d["temporal_cache.schedule"] = [list(x) for x in cfg.dit.temporal_schedule]
+        models.defaults = d
+    tr = models.backbone.transformer
+    if getattr(tr, "peft_config", None):
+        # the adapter on its own (to share or stack), then the merged transformer (to load anywhere)
+        tr.save_lora_adapter(str(model_dir / "lora"))
+        tr.fuse_lora()
+        tr.unload_lora()
+    dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
+    models.save_pretrained(model_dir, dtype=dtype)
+
+
+def plot_loss(log_path: Path, png: Path) -> None:
+    if not log_path.is_file():
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    recs = [json.loads(x) for x in log_path.read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    for stage in dict.fromkeys(r["stage"] for r in recs):
+        rs = [r for r in recs if r["stage"] == stage]
+        ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
