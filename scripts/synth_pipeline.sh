@@ -15,3 +15,16 @@ $PY -o $R/no_noise --set dit.augment.noise_shot_cache=null --set dit.augment.noi
 $PY -o $R/no_negatives --set dit.augment.negative_sampling=0 --set probe=null > $R/no_negatives.log 2>&1 &
 wait
 echo PIPELINE-DONE
+# 3. the ablation on 50 held-out stories, one process per arm, then the merged report
+for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window; do
+  python3 -m filmweaver.synth.evaluate $R $R/eval --arms $arm > $R/eval_$arm.log 2>&1 &
+done
+wait
+python3 -m filmweaver.synth.evaluate $R $R/eval --report-only > $R/eval_report.log 2>&1
+# 4. pack what comes back: the model (split in <16 MB parts) and the report
+mkdir -p $R/pack
+tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
+P=$R/eval/projects/full
+tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/ablation.png $R/full/loss.png $R/*/summary.json $R/*/log.jsonl \
+  $R/*.log $(ls -d $P/*/storyboard.png $P/*/memory.png | head -8)
+echo ALL-DONE

@@ -1,0 +1,222 @@
+"""Ground-truth metrics for films of synthetic-world stories, and the ablation runner.
+
+Every generated shot is read back from its mp4 (what a viewer sees) and the attribute probe reads the
+character's and the location's attributes from every frame (majority over the shot). Against the
+story's ground truth:
+
+* **identity consistency**: later shots whose prompt does *not* restate the character's appearance:
+  share of the four character attributes read as the story's character (and the share of shots with
+  all four right). Without memory this falls to chance (:data:`IDENTITY_CHANCE`).
+* **location consistency**: shots whose prompt does not restate the location: its three attributes.
+* **prompt adherence**: shots whose prompt states the appearance (or the location): those attributes.
+* **seam ratio**: inside a shot of several chunks, the mean frame-to-frame change across chunk
+  boundaries divided by the median change inside chunks (1.0 = seamless).
+
+``python -m filmweaver.synth.evaluate RUNS_DIR OUT_DIR`` runs the ablation arms (:data:`ARMS`) on
+held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from filmweaver.synth.stories import story_from_script
+from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, LOCATION_ATTRIBUTES
+
+IDENTITY_CHANCE = float(np.mean([1 / len(v) for v in CHARACTER_ATTRIBUTES.values()]))
+EVAL_FIRST_SEED = 1_000_000  # held out: training uses seeds < 1,000,000
+
+# arm -> (training run whose model it uses, engine settings that differ from the model's defaults)
+ARMS = {
+    "full": ("full", {}),
+    "no_shot_cache": ("full", {"shot_cache": {"policy": "none"}}),
+    "no_temporal_cache": ("full", {"temporal_cache": {"enabled": False}}),
+    "no_noise_aug": ("no_noise", {}),
+    "no_negative_sampling": ("no_negatives", {}),
+    "sink_window": ("full", {"shot_cache": {"policy": "sink_window"}}),
+}
+
+
+def _majority(pred: torch.Tensor) -> int:
+    return int(torch.bincount(pred).argmax())
+
+
+def seam_ratio(frames: torch.Tensor, chunk_pixel_frames: int) -> float | None:
+    """``frames [T, 3, H, W]``: mean change across chunk boundaries / median change inside chunks."""
+    d = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))  # d[t] = change from frame t to t+1
+    boundary = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames == 0]
+    inside = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames != 0]
+    if not boundary or not inside:
+        return None
+    return float(d[boundary].mean() / d[inside].median().clamp_min(1e-4))
+
+
+def evaluate_project(project_dir: str | Path, script: dict, probe, chunk_frames: int) -> list[dict]:
+    """One record per shot of a generated synthetic story."""
+    from filmweaver.io import read_video
+    from filmweaver.project import Project
+
+    gt, specs = story_from_script(script)
+    p = Project(project_dir)
+    records = []
+    for i, spec in enumerate(specs):
+        frames, _ = read_video(p.shot_video(i))
+        pred = probe.predict(frames)
+        read = {k: _majority(v) for k, v in pred.items()}
+        truth = {**spec.character.labels(), **spec.location.labels()}
+        shot = p.shot_record(i)
+        g = gt["shots"][i]
+        records.append({
+            "shot": i, "restates_character": g["restates_character"], "restates_location": g["restates_location"],
+            "match": {k: read[k] == truth[k] for k in ALL_ATTRIBUTES},
+            "read": {k: ALL_ATTRIBUTES[k][read[k]] for k in ALL_ATTRIBUTES},
+            "num_chunks": shot["num_chunks"], "seam_ratio": seam_ratio(frames, chunk_frames),
+            "seconds": shot["timings"]["total_s"], "modes": sorted({c["mode"] for c in shot["chunks"]}),
+        })
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Aggregate metrics over the shot records of many stories."""
+    char, loc = list(CHARACTER_ATTRIBUTES), list(LOCATION_ATTRIBUTES)
+
+    def rate(rows, keys):
+        vals = [r["match"][k] for r in rows for k in keys]
+        return float(np.mean(vals)) if vals else None
+
+    ident = [r for r in records if r["shot"] > 0 and not r["restates_character"]]
+    locs = [r for r in records if not r["restates_location"]]
+    adh_c = [r for r in records if r["restates_character"]]
+    adh_l = [r for r in records if r["restates_location"]]
+    adh = [r["match"][k] for r in adh_c for k in char] + [r["match"][k] for r in adh_l for k in loc]
+    seams = [r["seam_ratio"] for r in records if r["seam_ratio"] is not None]
+    return {
+        "identity": rate(ident, char),
+        "identity_all_attributes": float(np.mean([all(r["match"][k] for k in char) for r in ident])) if ident else None,
+        "identity_shots": len(ident),
+        "location": rate(locs, loc),
+        "location_shots": len(locs),
+        "adherence": float(np.mean(adh)) if adh else None,
+        "adherence_character": rate(adh_c, char),
+        "adherence_location": rate(adh_l, loc),
+        "seam_ratio": float(np.median(seams)) if seams else None,
+        "seam_ratio_mean": float(np.mean(seams)) if seams else None,
+        "seam_shots": len(seams),
+        "seconds_per_shot": float(np.mean([r["seconds"] for r in records])),
+        "shots": len(records),
+    }
+
+
+def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), max_shots: int = 8) -> list[dict]:
+    from filmweaver.synth.stories import make_story
+
+    return [make_story(first_seed + k, max_shots=max_shots, frames=tuple(frames)).to_script() for k in range(num)]
+
+
+def run_arm(arm: str, model_dir: str | Path, overrides: dict, stories: list[dict], out_dir: str | Path, probe,
+            device: str = "cpu", progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from filmweaver.engine import EngineConfig, StoryEngine
+    from filmweaver.models import FilmModels
+    from filmweaver.script import parse_story
+
+    models = FilmModels.from_pretrained(str(model_dir), device=device)
+    cfg = EngineConfig.model_validate(overrides)
+    records = []
+    for script in tqdm(stories, desc=arm, disable=not progress):
+        story = parse_story(script, file=script["story_name"])
+        project = Path(out_dir) / arm / script["story_name"]
+        engine = StoryEngine(models, project, story=story, config=cfg, progress=False)
+        engine.generate()
+        rows = evaluate_project(project, script, probe, engine.config.chunk_frames * models.codec.temporal_factor)
+        for r in rows:
+            r["story"] = script["story_name"]
+        records += rows
+    return {"arm": arm, "model": str(model_dir), "overrides": overrides, "summary": summarize(records),
+            "records": records}
+
+
+def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps({"meta": meta, "arms": results}, indent=1))
+    cols = [("identity", "identity (attr.)"), ("identity_all_attributes", "identity (all 4)"),
+            ("location", "location"), ("adherence", "adherence"), ("seam_ratio", "seam ratio"),
+            ("seconds_per_shot", "s / shot")]
+    lines = ["| arm | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in results:
+        s = r["summary"]
+        cells = []
+        for key, _ in cols:
+            v = s[key]
+            cells.append("-" if v is None else (f"{v:.2f}" if key in ("seam_ratio", "seconds_per_shot") else f"{100 * v:.1f}%"))
+        lines.append(f"| {r['arm']} | " + " | ".join(cells) + " |")
+    s0 = results[0]["summary"]
+    lines += ["", f"Identity chance level: {100 * IDENTITY_CHANCE:.1f}%. Shots: {s0['shots']} per arm "
+              f"({s0['identity_shots']} identity shots, {s0['seam_shots']} multi-chunk shots)."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=120)
+    names = [r["arm"] for r in results]
+    for ax, (key, title) in zip(axes, [("identity", "identity consistency"), ("adherence", "prompt adherence"),
+                                       ("seam_ratio", "seam ratio (lower is smoother)")], strict=True):
+        vals = [r["summary"][key] or 0 for r in results]
+        ax.bar(range(len(names)), vals, color=["#2b6cb0" if n == "full" else "#a0aec0" for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title)
+        if key == "identity":
+            ax.axhline(IDENTITY_CHANCE, ls="--", c="r", lw=1, label="chance")
+            ax.legend(fontsize=7)
+        if key == "seam_ratio":
+            ax.axhline(1.5, ls="--", c="g", lw=1, label="target 1.5")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from filmweaver.synth.probe import AttributeProbe
+
+    ap = argparse.ArgumentParser(prog="python -m filmweaver.synth.evaluate")
+    ap.add_argument("runs", help="directory holding the training runs named in ARMS (full/, no_noise/, ...)")
+    ap.add_argument("out", help="where projects and the report go")
+    ap.add_argument("--stories", type=int, default=50)
+    ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
+    ap.add_argument("--arms", nargs="*", default=list(ARMS))
+    ap.add_argument("--probe", default=None, help="probe directory (default: RUNS/full/model/probe)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--report-only", action="store_true", help="merge arm results already in OUT into the report")
+    args = ap.parse_args(argv)
+    runs, out = Path(args.runs), Path(args.out)
+    probe = AttributeProbe.load(args.probe or runs / "full" / "model" / "probe", device=args.device)
+    stories = eval_stories(args.stories, args.first_seed)
+    results = []
+    for arm in args.arms:
+        path = out / f"arm_{arm}.json"
+        if not path.is_file() and not args.report_only:
+            run_name, overrides = ARMS[arm]
+            res = run_arm(arm, runs / run_name / "model", overrides, stories, out / "projects", probe, args.device)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(res))
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+    write_report(results, out, {"stories": args.stories, "first_seed": args.first_seed,
+                                "probe_held_out_accuracy": getattr(probe, "held_out_accuracy", {})})
+
+
+if __name__ == "__main__":
+    main()
