@@ -64,7 +64,7 @@ def _engine(models, out, story=None, config=None, explicit=frozenset()):
 def generate(
     script: Path = typer.Argument(..., help="story script (ST-Bench JSON)"),
     out: Path = typer.Option(..., "-o", "--out", help="project directory (created; rerun to resume)"),
-    preset: str = typer.Option("tiny", help="built-in model preset when --model is not given"),
+    preset: str = typer.Option("synth", help="built-in model when --model is not given: synth (trained on the synthetic world) or tiny (random, for tests)"),
     model: str | None = typer.Option(None, help="diffusers Wan hub id or local directory"),
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
@@ -126,7 +126,7 @@ def _open(out: Path, preset, model, embedder, device, dtype):
 
 
 @app.command("next")
-def next_shot(out: Path = typer.Argument(..., help="project directory"), preset: str = "tiny",
+def next_shot(out: Path = typer.Argument(..., help="project directory"), preset: str = "synth",
               model: str | None = None, embedder: str | None = None, device: str = "cpu", dtype: str = "float32"):
     """Generate the next pending (or stale) shot of a project."""
     engine = _open(out, preset, model, embedder, device, dtype)
@@ -137,7 +137,7 @@ def next_shot(out: Path = typer.Argument(..., help="project directory"), preset:
 @app.command()
 def extend(out: Path = typer.Argument(..., help="project directory"),
            shot: int = typer.Option(..., help="shot number (1-based)"),
-           chunks: int = typer.Option(1, help="chunks to add"), preset: str = "tiny", model: str | None = None,
+           chunks: int = typer.Option(1, help="chunks to add"), preset: str = "synth", model: str | None = None,
            embedder: str | None = None, device: str = "cpu", dtype: str = "float32"):
     """Extend a finished shot by N chunks (temporal cache carries its motion); later shots go stale."""
     from filmweaver.project import ProjectError
@@ -155,7 +155,7 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
                shot: int = typer.Option(..., help="shot number (1-based)"),
                prompt: str | None = typer.Option(None, help="new prompt for this shot"),
                seed: int | None = typer.Option(None, help="new seed for this shot"),
-               preset: str = "tiny", model: str | None = None, embedder: str | None = None,
+               preset: str = "synth", model: str | None = None, embedder: str | None = None,
                device: str = "cpu", dtype: str = "float32"):
     """Regenerate one shot (memory rebuilt from the shots before it); later shots are marked stale."""
     from filmweaver.project import ProjectError

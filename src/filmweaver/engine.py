@@ -342,11 +342,11 @@ class StoryEngine:
         temporal = TemporalCache(cfg.temporal_cache.schedule if cfg.temporal_cache.enabled else [])
         continuation = None
         if prior_latents is not None:
-            temporal.push(prior_latents)
+            temporal.push(prior_latents.to(backbone.device))
         elif not shot.cut and cfg.temporal_cache.enabled:
             carried = self._continuation_frames(i)
             if carried is not None:
-                temporal.push(carried)
+                temporal.push(carried.to(backbone.device))
                 continuation = cfg.continuation
         shot_ctx = self._shot_context(bank, retrieved, temporal.capacity)
         t_memory = time.perf_counter() - t_start

@@ -23,6 +23,8 @@ from filmweaver.memory.embedder import CLIPEmbedder, ImageTextEmbedder
 from filmweaver.text import BYTE_VOCAB_SIZE, WanPromptEncoder, byte_level_tokenizer
 
 FILMWEAVER_CONFIG = "filmweaver.json"
+# The built-in model (configs/synth-small.yaml, trained on the synthetic world), shipped as package data.
+BUILTIN_MODEL_DIR = Path(__file__).parent / "weights" / "synth-small"
 
 WAN_LAYOUT = {
     "transformer": ["config.json"],
@@ -259,12 +261,19 @@ def check_wan_directory(root: Path) -> None:
 
 def load_models(preset: str | None = None, model: str | None = None, embedder: str | None = None,
                 device: str = "cpu", dtype: torch.dtype = torch.float32) -> FilmModels:
-    """One entry point for the CLI and clients: ``preset`` ("tiny") or ``model`` (hub id or directory)."""
+    """One entry point for the CLI and clients: ``model`` (hub id or directory), else ``preset``:
+    ``"synth"`` (default: the built-in model trained on the synthetic world, shipped in the package)
+    or ``"tiny"`` (random, untrained: engine tests)."""
     if model is not None:
         return FilmModels.from_pretrained(model, embedder=embedder, device=device, dtype=dtype)
-    if preset in (None, "tiny"):
+    if preset in (None, "synth"):
+        if not BUILTIN_MODEL_DIR.is_dir():
+            raise ModelLoadError(f"the built-in model is missing from this installation ({BUILTIN_MODEL_DIR}); "
+                                 "reinstall filmweaver or pass --model")
+        return FilmModels.from_pretrained(str(BUILTIN_MODEL_DIR), embedder=embedder, device=device, dtype=dtype)
+    if preset == "tiny":
         models = FilmModels.tiny(device=device)
         if embedder is not None:
             models.embedder = CLIPEmbedder.from_pretrained(embedder, device=device)
         return models
-    raise ModelLoadError(f"unknown preset {preset!r}: expected 'tiny' (or pass --model with a Wan hub id or directory)")
+    raise ModelLoadError(f"unknown preset {preset!r}: expected 'synth' or 'tiny' (or pass --model with a Wan hub id or directory)")

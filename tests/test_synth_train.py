@@ -1,0 +1,150 @@
+"""Synthetic world, training (smoke: loss decreases on a fixed batch), metrics and the built-in model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from filmweaver.script import parse_story
+from filmweaver.synth.dataset import render_dataset
+from filmweaver.synth.evaluate import seam_ratio, summarize
+from filmweaver.synth.stories import grammar_words, make_story, split_words, story_from_script
+from filmweaver.synth.world import COLOURS, Character, Location, ShotSpec, render_shot
+from filmweaver.text import word_level_tokenizer
+
+
+def test_render_is_deterministic_and_attributes_change_pixels():
+    loc = Location("forest", "grass", "day", 3)
+    spec = ShotSpec(Character("round", "red", "plain", "none"), loc, "medium", "pan_left", "walk", 6, seed=1)
+    a, b = render_shot(spec), render_shot(spec)
+    assert a.shape == (6, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert np.abs(a[0].astype(int) - a[-1].astype(int)).mean() > 0.5  # the camera moves
+    blue = render_shot(ShotSpec(Character("round", "blue", "plain", "none"), loc, "medium", "pan_left", "walk", 6, seed=1))
+    night = render_shot(ShotSpec(spec.character, Location("forest", "grass", "night", 3), "medium", "pan_left", "walk", 6, seed=1))
+    assert not np.array_equal(a, blue) and not np.array_equal(a, night)
+
+
+def test_stories_are_valid_st_bench_with_ground_truth_and_unrestated_prompts():
+    restated, total = 0, 0
+    for seed in range(40):
+        story = make_story(seed)
+        script = story.to_script()
+        parsed = parse_story(json.loads(json.dumps(script)), file=f"synth-{seed}.json")
+        shots = parsed.shots()
+        assert 3 <= len(shots) <= 12 and shots[0].cut
+        gt, specs = story_from_script(script)
+        assert len(specs) == len(shots) and specs[0].character == story.character
+        for i, (shot, spec) in enumerate(zip(shots, specs, strict=True)):
+            assert shot.options.num_frames == spec.num_frames
+            says_colour = f"a {spec.character.colour} " in shot.prompt
+            assert says_colour == gt["shots"][i]["restates_character"]
+            if i > 0:
+                total += 1
+                restated += says_colour
+    assert 0.1 < restated / total < 0.5  # most later prompts leave appearance to memory
+    assert make_story(7).prompts == make_story(7).prompts
+
+
+def test_word_tokenizer_covers_the_grammar():
+    tok = word_level_tokenizer(grammar_words())
+    for seed in range(30):
+        for p in make_story(seed).prompts:
+            ids = tok(p).input_ids
+            assert tok.unk_token_id not in ids
+            assert tok.convert_ids_to_tokens(ids)[:-1] == split_words(p)
+
+
+def test_seam_ratio_sees_chunk_boundaries():
+    t = torch.arange(12, dtype=torch.float32)
+    smooth = (t / 12).view(-1, 1, 1, 1).expand(12, 3, 4, 4).clone()
+    assert seam_ratio(smooth, 4) == pytest.approx(1.0, rel=1e-4)
+    jumpy = smooth.clone()
+    jumpy[4:] += 0.5
+    jumpy[8:] += 0.5
+    assert seam_ratio(jumpy, 4) > 5
+
+
+def test_summarize_identity_only_counts_unrestated_later_shots():
+    def rec(shot, rc, ok):
+        m = {k: ok for k in ("shape", "colour", "pattern", "accessory", "props", "ground", "time")}
+        return {"shot": shot, "restates_character": rc, "restates_location": True, "match": m, "seam_ratio": 1.0,
+                "seconds": 1.0}
+
+    s = summarize([rec(0, True, True), rec(1, False, False), rec(2, False, True), rec(3, True, False)])
+    assert s["identity"] == 0.5 and s["identity_shots"] == 2
+    assert s["adherence_character"] == 0.5
+
+
+def test_training_smoke_loss_decreases_on_a_fixed_batch():
+    """The real objective (caches, negatives, asymmetric noise) on the miniature architecture."""
+    from filmweaver.models import FilmModels
+    from filmweaver.train.data import LatentStore
+    from filmweaver.train.dit import CacheGuidedDenoiser, build_context
+
+    torch.manual_seed(0)
+    models = FilmModels.synth_architecture(size="test")
+    data = render_dataset(4, 1, first_seed=0, shot_frames=(8,), long_take_frames=12, workers=1, progress=False)
+    store = LatentStore.encode(data, models.codec, torch.device("cpu"), progress=False, dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    batch = store.sample("both", 4, 4, 8, 2, rng, negative_sampling=0.5)
+    assert batch.memory.shape[:3] == (4, 16, 2) and len(batch.history) == 4
+    module = CacheGuidedDenoiser(models.backbone, models.prompt_encoder.text_encoder)
+    ids, mask = models.prompt_encoder.tokenize([data.prompts[i] for i in batch.shot_index])
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=3e-3)
+    x0 = batch.target
+    s = torch.full((4,), 0.6)
+    eps = torch.randn_like(x0)
+    x_t = 0.4 * x0 + 0.6 * eps
+    losses = []
+    for _ in range(40):
+        torch.manual_seed(1)  # same cache noise every step: a fixed batch
+        ctx = build_context(batch, [(1, 2), (2, 2), (4, 4)], torch.full((4,), 200.0), torch.full((4,), 50.0))
+        assert [b.kind for b in ctx] == ["shot", "temporal", "temporal", "temporal"]
+        loss = torch.nn.functional.mse_loss(module(x_t, s * 1000, ids, mask, ctx), eps - x0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
+    """`filmweaver train` on the miniature config: every phase, a loadable model, and resume."""
+    from typer.testing import CliRunner
+
+    from filmweaver.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    model = out / "model"
+    for sub in ("transformer", "vae", "text_encoder", "tokenizer", "embedder", "probe/probe.safetensors"):
+        assert (model / sub).exists(), sub
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {"temporal", "memory"}
+    # resume: the finished run does not train again
+    res = runner.invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len((out / "log.jsonl").read_text().splitlines()) == len(log)
+    story = make_story(3, max_shots=3, frames=(8,)).to_script()
+    (tmp_path / "s.json").write_text(json.dumps(story))
+    res = runner.invoke(app, ["generate", str(tmp_path / "s.json"), "-o", str(tmp_path / "film"), "--model", str(model)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "film" / "manifest.json").read_text())
+    assert manifest["model"]["trained"] and manifest["config"]["shot_cache"]["timestep"] == 100.0
+
+
+def test_builtin_model_is_the_default_and_is_small():
+    from filmweaver.models import BUILTIN_MODEL_DIR, load_models
+
+    size = sum(f.stat().st_size for f in BUILTIN_MODEL_DIR.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20
+    models = load_models()
+    assert models.trained and models.model_id.startswith("filmweaver-synth-small")
+    assert models.defaults["height"] == 64 and models.embedder is not None
+    assert len(COLOURS) == 6
