@@ -107,7 +107,8 @@ class EngineConfig(BaseModel):
         for key, value in d.items():
             if "." in key and key not in explicit and key.split(".")[-1] not in explicit:
                 section, name = key.split(".", 1)
-                setattr(getattr(cfg, section), name, value)
+                sec = getattr(cfg, section)
+                setattr(cfg, section, type(sec).model_validate({**sec.model_dump(), name: value}))
         return cfg
 
 
