@@ -59,12 +59,9 @@ def noise_to_timestep(latents: torch.Tensor, timestep: float | torch.Tensor, gen
 
 
 def present_at_timestep(blocks: list[ContextFrames], generator: torch.Generator | None = None) -> list[ContextFrames]:
-    """Blocks whose ``timestep`` is set (> 0) with their latents noised to it (see :func:`noise_to_timestep`)."""
-    out = []
-    for b in blocks:
-        if b.timestep is None or (not torch.is_tensor(b.timestep) and float(b.timestep) == 0.0):
-            out.append(b)
-            continue
-        out.append(ContextFrames(noise_to_timestep(b.latents, b.timestep, generator), b.positions, b.timestep,
-                                 b.compression, b.kind))
-    return out
+    """The blocks with their latents noised to their ``timestep`` (see :func:`noise_to_timestep`);
+    blocks at ``None`` (the generated frames' level) or 0 are returned as they are."""
+    return [b if b.timestep is None else
+            ContextFrames(noise_to_timestep(b.latents, b.timestep, generator), b.positions, b.timestep,
+                          b.compression, b.kind)
+            for b in blocks]

@@ -71,18 +71,8 @@ class WanPromptEncoder:
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> torch.Tensor:
-        if self.clean:
-            prompts = [clean_prompt(p) for p in prompts]
-        inputs = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return embed_token_ids(self.text_encoder, inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device))
+        ids, mask = self.tokenize(prompts)
+        return embed_token_ids(self.text_encoder, ids.to(self.device), mask.to(self.device))
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` each ``[B, max_sequence_length]``, as :meth:`encode` makes them."""

@@ -16,6 +16,7 @@ Grammar (every word is in :func:`grammar_words`)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,8 +77,6 @@ def grammar_words() -> list[str]:
 
 def split_words(text: str) -> list[str]:
     """The tokenizer's view of a prompt: lower-case words, punctuation as separate tokens."""
-    import re
-
     return re.findall(r"[a-z]+|[^\sa-z]", text.lower())
 
 

@@ -44,6 +44,11 @@ CHARACTER_LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.95, 0.9), "night": (0
 CHARACTER_HEIGHT = {"wide": 0.3, "medium": 0.46, "close": 0.64}  # fraction of the frame height
 
 
+def _labels(record, vocabularies: dict[str, list[str]]) -> dict[str, int]:
+    """Class index of each attribute of ``record`` in its vocabulary (the probe's targets)."""
+    return {k: v.index(getattr(record, k)) for k, v in vocabularies.items()}
+
+
 @dataclass(frozen=True)
 class Character:
     shape: str
@@ -52,7 +57,7 @@ class Character:
     accessory: str
 
     def labels(self) -> dict[str, int]:
-        return {k: v.index(getattr(self, k)) for k, v in CHARACTER_ATTRIBUTES.items()}
+        return _labels(self, CHARACTER_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Location:
     layout_seed: int = 0  # where the props stand: part of the location's identity
 
     def labels(self) -> dict[str, int]:
-        return {k: v.index(getattr(self, k)) for k, v in LOCATION_ATTRIBUTES.items()}
+        return _labels(self, LOCATION_ATTRIBUTES)
 
 
 @dataclass(frozen=True)

@@ -115,11 +115,13 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     text_encoder = models.prompt_encoder.text_encoder
     dcfg = cfg.dit
     if dcfg.lora is not None or not scratch:
-        from peft import LoraConfig
+        from peft import LoraConfig as PeftLoraConfig
 
-        lora = dcfg.lora or type(dcfg).model_fields["lora"].annotation.__args__[0]()
+        from filmweaver.train.config import LoraConfig
+
+        lora = dcfg.lora or LoraConfig()
         models.backbone.transformer.requires_grad_(False)
-        models.backbone.transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
+        models.backbone.transformer.add_adapter(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
                                                            target_modules=lora.target_modules, init_lora_weights=True))
         text_encoder.requires_grad_(False)
     else:
@@ -179,14 +181,12 @@ def train_vae(vae, data, cfg: TrainConfig, device, progress: bool) -> dict:
 @torch.no_grad()
 def set_latent_statistics(vae, data, device, num_frames: int = 4096) -> None:
     """Wan normalises latents per channel, ``(z - mean) / std``; set both from the training data."""
-    codec = LatentCodec(vae)
     idx = np.linspace(0, len(data.frames) - 1, min(num_frames, len(data.frames))).astype(int)
     x = torch.from_numpy(data.frames[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
     z = torch.cat([vae.encode(c[:, :, None] * 2 - 1).latent_dist.mode().float() for c in x.split(256)])
     mean = z.mean(dim=(0, 2, 3, 4))
     std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
     vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
-    del codec
 
 
 def train_embedder(models: FilmModels, data, cfg: TrainConfig, device, progress: bool) -> dict:
@@ -197,7 +197,6 @@ def train_embedder(models: FilmModels, data, cfg: TrainConfig, device, progress:
     rng = np.random.default_rng(cfg.seed + 1)
     tok = emb.tokenizer(data.prompts, padding="max_length", max_length=emb.max_text_length, truncation=True,
                         return_tensors="pt")
-    shot_of_frame = np.repeat(np.arange(data.num_shots), data.shot_length)
     opt = torch.optim.AdamW(clip.parameters(), lr=ec.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ec.lr, total_steps=ec.steps, pct_start=0.05)
     losses = []
@@ -205,7 +204,6 @@ def train_embedder(models: FilmModels, data, cfg: TrainConfig, device, progress:
         # one frame per shot in a batch, so that no two pairs share a prompt by construction
         shots = rng.choice(data.num_shots, size=min(ec.batch_size, data.num_shots), replace=False)
         frames = data.shot_start[shots] + np.array([rng.integers(data.shot_length[s]) for s in shots])
-        assert (shot_of_frame[frames] == shots).all()
         x = torch.from_numpy(data.frames[frames]).to(device).permute(0, 3, 1, 2).float() / 255.0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = clip(input_ids=tok.input_ids[shots].to(device), attention_mask=tok.attention_mask[shots].to(device),
