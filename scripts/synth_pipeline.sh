@@ -1,30 +1,57 @@
 #!/usr/bin/env bash
-# The GPU run behind the built-in model and its ablation (see BENCHMARKS.md / reports/ablation.md).
-# 1. render + VAE + embedder once; 2. three DiT arms in parallel on one GPU, same data and VAE:
-#    full, no noise augmentation, no negative sampling. Run from the repo root.
+# The GPU run behind the built-in model and its ablation (BENCHMARKS.md, reports/synth-small/).
+# Run from the repo root; uses every visible GPU (one training arm per GPU, round robin).
+#   1. render the data once (and train the VAE + embedder, unless REUSE names a model directory whose
+#      vae/ and embedder/ are taken instead: they come from the same config's earlier run);
+#   2. DiT arms, same data and VAE: full (shipped), no noise augmentation, no negative sampling, and the
+#      full recipe from a second seed (run-to-run spread);
+#   3. the ablation on 50 held-out stories (one process per arm), the merged report, and a pack of what
+#      comes back (model split in <16 MB parts, report) in $RUNS/pack.
 set -euo pipefail
 R=${RUNS:-runs}
-PY="python3 -m filmweaver.train configs/synth-small.yaml"
-$PY -o $R/base --set stop_after=embedder
-for arm in full no_noise no_negatives; do
-  mkdir -p $R/$arm && cp -r $R/base/vae $R/base/embedder $R/$arm/
+REUSE=${REUSE:-}
+NGPU=${NGPU:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
+CFG=${CFG:-configs/synth-small.yaml}
+STORIES=${STORIES:-50}
+train() { python3 -m filmweaver.train $CFG "$@"; }
+
+mkdir -p $R
+if [ -n "$REUSE" ]; then
+  for arm in base full no_noise no_negatives full_seed1; do mkdir -p $R/$arm && cp -r $REUSE/vae $REUSE/embedder $R/$arm/; done
+fi
+train -o $R/base --set stop_after=embedder > $R/base.log 2>&1
+for arm in full no_noise no_negatives full_seed1; do
+  mkdir -p $R/$arm && cp -rn $R/base/vae $R/base/embedder $R/$arm/
 done
-$PY -o $R/full > $R/full.log 2>&1 &
-$PY -o $R/no_noise --set dit.augment.noise_shot_cache=null --set dit.augment.noise_temporal_cache=null \
-    --set probe=null > $R/no_noise.log 2>&1 &
-$PY -o $R/no_negatives --set dit.augment.negative_sampling=0 --set probe=null > $R/no_negatives.log 2>&1 &
-wait
-echo PIPELINE-DONE
-# 3. the ablation on 50 held-out stories, one process per arm, then the merged report
-for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window; do
-  python3 -m filmweaver.synth.evaluate $R $R/eval --arms $arm > $R/eval_$arm.log 2>&1 &
+# the probe is trained once, with the shipped arm (or reused)
+PROBE_SET=(); [ -n "$REUSE" ] && PROBE_SET=(--set probe=null)
+declare -A ARGS=(
+  [full]="${PROBE_SET[*]}"
+  [no_noise]="--set dit.augment.noise_shot_cache=null --set dit.augment.noise_temporal_cache=null --set probe=null"
+  [no_negatives]="--set dit.augment.negative_sampling=0 --set probe=null"
+  [full_seed1]="--set seed=1 --set probe=null"
+)
+i=0
+for arm in full no_noise no_negatives full_seed1; do
+  CUDA_VISIBLE_DEVICES=$((i % NGPU)) setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} > $R/$arm.log 2>&1 &
+  i=$((i + 1))
 done
 wait
-python3 -m filmweaver.synth.evaluate $R $R/eval --report-only > $R/eval_report.log 2>&1
-# 4. pack what comes back: the model (split in <16 MB parts) and the report
+[ -n "$REUSE" ] && cp -r $REUSE/probe $R/full/model/
+echo TRAINING-DONE
+
+i=0
+for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1; do
+  CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=4 \
+    python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --arms $arm > $R/eval_$arm.log 2>&1 &
+  i=$((i + 1))
+done
+wait
+python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only > $R/eval_report.log 2>&1
+
 mkdir -p $R/pack
 tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
 P=$R/eval/projects/full
-tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/ablation.png $R/full/loss.png $R/*/summary.json $R/*/log.jsonl \
-  $R/*.log $(ls -d $P/*/storyboard.png $P/*/memory.png | head -8)
+tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \
+  $R/*/log.jsonl $R/*.log $(ls -d $P/*/storyboard.png $P/*/memory.png | head -12)
 echo ALL-DONE

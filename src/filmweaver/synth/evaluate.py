@@ -38,6 +38,7 @@ ARMS = {
     "no_noise_aug": ("no_noise", {}),
     "no_negative_sampling": ("no_negatives", {}),
     "sink_window": ("full", {"shot_cache": {"policy": "sink_window"}}),
+    "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
 }
 
 

@@ -52,13 +52,19 @@ def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_tempora
         blocks.append(ContextFrames(mem, memory_positions(mem.shape[2], capacity, gap),
                                     0.0 if t_shot is None else t_shot, 1, kind="shot"))
     if batch.history is not None:
-        per_item = []
-        for h in batch.history:
+        # one TemporalCache per history length (not per item): a handful of batched pushes per step
+        by_len: dict[int, list[int]] = {}
+        for i, h in enumerate(batch.history):
+            by_len.setdefault(h.shape[1], []).append(i)
+        order, groups = [], []
+        for idx in by_len.values():
             cache = TemporalCache(list(schedule))
-            cache.push(h[None])
-            per_item.append(cache.context(0.0))
-        for j, first in enumerate(per_item[0]):
-            lat = torch.cat([items[j].latents for items in per_item])
+            cache.push(torch.stack([batch.history[i] for i in idx]))
+            groups.append(cache.context(0.0))
+            order += idx
+        inverse = torch.argsort(torch.tensor(order))
+        for j, first in enumerate(groups[0]):
+            lat = torch.cat([g[j].latents for g in groups])[inverse.to(first.latents.device)]
             if t_temporal is not None:
                 lat = noise_to_timestep(lat, t_temporal, noise=torch.randn_like(lat))
             blocks.append(ContextFrames(lat, first.positions, 0.0 if t_temporal is None else t_temporal,
