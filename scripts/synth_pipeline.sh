@@ -5,8 +5,8 @@
 #      vae/ and embedder/ are taken instead: they come from the same config's earlier run);
 #   2. DiT arms, same data and VAE: full (shipped), no noise augmentation, no negative sampling, and the
 #      full recipe from a second seed (run-to-run spread);
-#   3. the ablation on 50 held-out stories (one process per arm), the merged report, and a pack of what
-#      comes back (model split in <16 MB parts, report) in $RUNS/pack.
+#   3. the ablation on 50 held-out stories (one process per arm) and the merged report.
+# What comes back goes to $RUNS/pack as soon as it exists (model split in <16 MB parts, logs, report).
 set -euo pipefail
 R=${RUNS:-runs}
 REUSE=${REUSE:-}
@@ -21,7 +21,8 @@ if [ -n "$REUSE" ]; then
 fi
 train -o $R/base --set stop_after=embedder > $R/base.log 2>&1
 for arm in full no_noise no_negatives full_seed1; do
-  mkdir -p $R/$arm && cp -rn $R/base/vae $R/base/embedder $R/$arm/
+  mkdir -p $R/$arm
+  for part in vae embedder; do [ -d $R/$arm/$part ] || cp -r $R/base/$part $R/$arm/; done
 done
 # the probe is trained once, with the shipped arm (or reused)
 PROBE_SET=(); [ -n "$REUSE" ] && PROBE_SET=(--set probe=null)
@@ -38,6 +39,11 @@ for arm in full no_noise no_negatives full_seed1; do
 done
 wait
 [ -n "$REUSE" ] && cp -r $REUSE/probe $R/full/model/
+# pack the model now: a device machine can go back at any time, and scripts/device_wait.sh copies
+# whatever is in $R/pack on every call
+mkdir -p $R/pack
+tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
+tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.log
 echo TRAINING-DONE
 
 i=0
@@ -49,8 +55,6 @@ done
 wait
 python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only > $R/eval_report.log 2>&1
 
-mkdir -p $R/pack
-tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
 P=$R/eval/projects/full
 tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \
   $R/*/log.jsonl $R/*.log $(ls -d $P/*/storyboard.png $P/*/memory.png | head -12)

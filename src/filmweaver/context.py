@@ -48,9 +48,11 @@ def noise_to_timestep(latents: torch.Tensor, timestep: float | torch.Tensor, gen
     Training presents cache frames this way (asymmetric noising: shot cache at 100-400, temporal
     cache at 0-100) and inference must present them the same way, so both call this function.
     """
+    # the all-clean shortcut only where checking it costs no device sync (a float or a CPU tensor)
+    if not torch.is_tensor(timestep) or timestep.device.type == "cpu":
+        if bool((torch.as_tensor(timestep) == 0).all()):
+            return latents
     s = torch.as_tensor(timestep, dtype=torch.float32, device=latents.device).reshape(-1) / 1000.0
-    if bool((s == 0).all()):
-        return latents
     if noise is None:
         noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
                             device="cpu" if generator is None else generator.device).to(latents.device)

@@ -111,6 +111,9 @@ class ContextWanTransformer(nn.Module):
         self.context_proj = nn.ModuleDict(
             {str(c): compressed_patch_embedding(transformer.patch_embedding, c) for c in compressions}
         )
+        # RoPE tables by token layout: a story (or a training run) repeats a handful of layouts, and
+        # building one on the host and copying it over would stall the device on every forward
+        self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- construction / persistence -----------------------------------------------------------------
     @property
@@ -142,6 +145,18 @@ class ContextWanTransformer(nn.Module):
         return True
 
     # -- forward ------------------------------------------------------------------------------------
+    def _rope(self, positions: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions [N, 3]`` float64 -> the (cos, sin) tables on ``device``, memoised by layout."""
+        key = (positions.numpy().tobytes(), str(device))
+        tables = self._rope_tables.get(key)
+        if tables is None:
+            if len(self._rope_tables) >= 64:
+                self._rope_tables.clear()
+            head_dim = self.transformer.config.attention_head_dim
+            tables = tuple(r.to(device) for r in rope_from_positions(positions, head_dim))
+            self._rope_tables[key] = tables
+        return tables
+
     def _embed(self, latents: torch.Tensor, compression: int) -> tuple[torch.Tensor, int, int]:
         """``[B, C, F, H, W]`` -> tokens ``[B, N, D]`` and the block's base-token grid (h, w)."""
         p_t, p_h, p_w = self.config.patch_size
@@ -210,7 +225,7 @@ class ContextWanTransformer(nn.Module):
         n_gen = x_gen.shape[1]
         hidden = torch.cat(tokens, dim=1).contiguous() if len(tokens) > 1 else x_gen.contiguous()
         n_tokens = hidden.shape[1]
-        rotary = tuple(r.to(device) for r in rope_from_positions(torch.cat(positions), cfg.attention_head_dim))
+        rotary = self._rope(torch.cat(positions), device)
 
         # Per-token timesteps only when some context block has its own noise level; otherwise the
         # scalar path (exactly the stock computation).

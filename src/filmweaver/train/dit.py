@@ -62,14 +62,21 @@ def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_tempora
             cache.push(torch.stack([batch.history[i] for i in idx]))
             groups.append(cache.context(0.0))
             order += idx
-        inverse = torch.argsort(torch.tensor(order))
+        inverse = _to_device(torch.argsort(torch.tensor(order)), groups[0][0].latents.device)
         for j, first in enumerate(groups[0]):
-            lat = torch.cat([g[j].latents for g in groups])[inverse.to(first.latents.device)]
+            lat = torch.cat([g[j].latents for g in groups])[inverse]
             if t_temporal is not None:
                 lat = noise_to_timestep(lat, t_temporal, noise=torch.randn_like(lat))
             blocks.append(ContextFrames(lat, first.positions, 0.0 if t_temporal is None else t_temporal,
                                         first.compression, kind="temporal"))
     return blocks
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host -> device without a stream sync (a copy from pageable memory waits for the device)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def sample_timesteps(n: int, shift: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -132,6 +139,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     t0, running = time.perf_counter(), []
     bounds = np.cumsum([s.steps for s in cfg.stages])
     model.train()
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    empty_ids, empty_mask = empty_ids.to(device), empty_mask.to(device)
     deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     while step < total:
         if deadline is not None and time.perf_counter() > deadline:
@@ -152,10 +161,11 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
         ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,
                             _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None)
-        ids, mask = prompt_ids[batch.shot_index].to(device), prompt_mask[batch.shot_index].to(device)
+        shot_index = _to_device(batch.shot_index, device)
+        ids, mask = prompt_ids[shot_index], prompt_mask[shot_index]
         drop = torch.rand(b, device=device) < aug.text_dropout
-        ids = torch.where(drop[:, None], empty_ids.to(device), ids)
-        mask = torch.where(drop[:, None], empty_mask.to(device), mask)
+        ids = torch.where(drop[:, None], empty_ids, ids)
+        mask = torch.where(drop[:, None], empty_mask, mask)
         with accelerator.autocast():
             v = model(x_t, s * 1000.0, ids, mask, ctx)
         loss = F.mse_loss(v.float(), eps - x0)
@@ -167,10 +177,10 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         opt.zero_grad(set_to_none=True)
         ema.update()
         step += 1
-        running.append(loss.item())
+        running.append(loss.detach())  # no .item() per step: the host runs ahead of the device
         bar.update(1)
         if step % log_every == 0 or step == total:
-            rec = {"step": step, "stage": stage.name, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0],
+            rec = {"step": step, "stage": stage.name, "loss": torch.stack(running).mean().item(), "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 1)}
             running = []
             log.append(rec)
