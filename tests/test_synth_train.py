@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from filmweaver.eval.metrics import seam_ratio
 from filmweaver.script import parse_story
 from filmweaver.synth.dataset import render_dataset
-from filmweaver.synth.evaluate import seam_ratio, summarize
+from filmweaver.synth.evaluate import summarize
 from filmweaver.synth.stories import grammar_words, make_story, split_words, story_from_script
 from filmweaver.synth.world import COLOURS, Character, Location, ShotSpec, render_shot
 from filmweaver.text import word_level_tokenizer

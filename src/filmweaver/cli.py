@@ -1,4 +1,5 @@
-"""``filmweaver`` command line: validate, generate (resumable), next, extend, regenerate, info."""
+"""``filmweaver`` command line: validate, generate (resumable), next, extend, regenerate, info, train, eval,
+benchmark."""
 
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ def generate(
     chunks: int = typer.Option(1, help="chunks per shot when the script gives no duration"),
     seed: int = typer.Option(0, help="base seed (shot i uses seed + i unless the script sets one)"),
     continuation: str = typer.Option("mi2v", help="cut: false shots continue by mi2v | mm2v | none"),
+    method: str | None = typer.Option(None, help="a named method (independent | storymem | filmweaver | keyframe_first); "
+                                      "its memory settings replace --policy/--k/--continuation"),
     no_temporal_cache: bool = typer.Option(False, help="ablation: no temporal cache"),
     max_shots: int | None = typer.Option(None, help="stop after this many shots (rerun to continue)"),
     force: bool = typer.Option(False, help="regenerate everything, even finished shots"),
@@ -101,6 +104,13 @@ def generate(
                           shot_cache=ShotCacheConfig(policy=policy, k=k), continuation=continuation,
                           temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
                           keyframes=KeyframeConfig())
+    if method is not None:
+        from filmweaver.methods import method_config
+
+        try:
+            config = method_config(method, config.model_dump(mode="json"))
+        except ValueError as e:
+            _fail(str(e))
     engine = _engine(models, out, story=story, config=config, explicit=explicit)
     done = engine.generate(force=force, max_shots=max_shots)
     _report(engine, done)
@@ -179,9 +189,6 @@ def info(out: Path = typer.Argument(..., help="project directory")):
         typer.echo(f"shot {r['number']:>2} {r['status']:<5} chunks {r['num_chunks']} [{modes}] memory: {mem}")
 
 
-if __name__ == "__main__":
-    app()
-
 
 @app.command()
 def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. configs/synth-small.yaml"),
@@ -203,3 +210,87 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
     summary = run_training(cfg)
     console.print(f"[bold green]done:[/] model in {Path(cfg.output_dir) / 'model'}; "
                   f"timings {summary['timings']}", highlight=False)
+
+
+def _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device):
+    from filmweaver.eval.judges import EvalSetupError
+    from filmweaver.eval.run import EvalConfig, Judges
+
+    cfg = EvalConfig(clip=None if clip == "none" else clip, aesthetic_clip=aesthetic_clip, aesthetic_head=aesthetic_head,
+                     inception=inception, probe=None if probe == "none" else probe, video_embedder=video_embedder,
+                     detector=detector, metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+                     device=device)
+    try:
+        return Judges(cfg)
+    except EvalSetupError as e:
+        _fail(str(e))
+
+
+_CLIP_HELP = "CLIP judge: hub id or local directory (e.g. openai/clip-vit-large-patch14); 'builtin' = the synth model's CLIP; 'none'"
+_PROBE_HELP = "synthetic-world attribute probe judge: 'builtin', a probe directory, or 'none'"
+
+
+@app.command("eval")
+def eval_(run_dir: Path = typer.Argument(..., help="a generated project directory"),
+          clip: str = typer.Option("builtin", help=_CLIP_HELP),
+          aesthetic_clip: str | None = typer.Option(None, help="CLIP ViT-L/14 for the aesthetic head (default: --clip)"),
+          aesthetic_head: str | None = typer.Option(None, help="LAION aesthetic linear head (.pth / .safetensors)"),
+          inception: str | None = typer.Option(None, help="FID Inception v3 weights file for the Inception Score"),
+          probe: str = typer.Option("none", help=_PROBE_HELP),
+          video_embedder: str | None = typer.Option(None, help="video-text judge (ViCLIP) as package.module:factory"),
+          detector: str | None = typer.Option(None, help="character detector as package.module:factory"),
+          metrics: str | None = typer.Option(None, help="comma-separated metrics (default: all whose judge is set)"),
+          device: str = typer.Option("cpu")):
+    """Score a generated film: writes metrics.json (value, model, protocol per metric) and metrics.md."""
+    from filmweaver.eval.judges import EvalSetupError
+    from filmweaver.eval.run import evaluate_run, metrics_table
+
+    judges = _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device)
+    try:
+        result = evaluate_run(run_dir, judges)
+    except EvalSetupError as e:
+        _fail(str(e))
+    typer.echo(metrics_table(result))
+    console.print(f"[bold green]wrote[/] {run_dir / 'metrics.json'}", highlight=False)
+
+
+@app.command()
+def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story scripts (*.json), e.g. ST-Bench"),
+              out: Path = typer.Option(..., "-o", "--out", help="benchmark directory (rerun to resume)"),
+              methods: str = typer.Option("independent,storymem,filmweaver,keyframe_first", help="comma-separated methods"),
+              preset: str = typer.Option("synth"), model: str | None = typer.Option(None), embedder: str | None = None,
+              stories: int | None = typer.Option(None, help="only the first N scripts (sorted by name)"),
+              max_shots: int | None = typer.Option(None, help="only the first N shots of each story"),
+              steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
+              chunks: int = typer.Option(1, help="chunks per shot when the script gives no duration"),
+              seed: int = 0,
+              clip: str = typer.Option("builtin", help=_CLIP_HELP),
+              aesthetic_clip: str | None = None, aesthetic_head: str | None = None, inception: str | None = None,
+              probe: str = typer.Option("none", help=_PROBE_HELP), video_embedder: str | None = None,
+              detector: str | None = None, metrics: str | None = None,
+              device: str = typer.Option("cpu"), dtype: str = typer.Option("float32")):
+    """Generate every story with every method, score them, write report.json / report.md / report.html."""
+    from filmweaver.eval.benchmark import run_benchmark, story_scripts
+
+    try:
+        scripts = story_scripts(scripts_dir, stories)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    judges = _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device)
+    models = _load_models(preset, model, embedder, device, dtype)
+    settings = {"shot_chunks": chunks, "seed": seed}
+    if steps is not None:
+        settings["sampler"] = {"num_inference_steps": steps}
+    try:
+        report = run_benchmark(scripts, out, [m.strip() for m in methods.split(",")], models, judges, settings,
+                               max_shots=max_shots)
+    except (ScriptError, ValueError) as e:
+        _fail(str(e), code=1)
+    from filmweaver.eval.benchmark import markdown_table
+
+    typer.echo(markdown_table(report))
+    console.print(f"[bold green]wrote[/] {out / 'report.html'}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -92,6 +92,9 @@ class EngineConfig(BaseModel):
     keyframes: KeyframeConfig = Field(default_factory=KeyframeConfig)
     continuation: Literal["mi2v", "mm2v", "none"] = "mi2v"  # how a cut: false shot continues
     mm2v_frames: int = 5  # MM2V: last k video frames carried over (1 + 4m)
+    # keyframe-first baseline: each shot that starts fresh first generates one anchor frame (text +
+    # shot cache), then animates from it (the anchor seeds the temporal cache, as MI2V does)
+    keyframe_first: bool = False
 
     def resolve(self, models: FilmModels, explicit: set[str] = frozenset()) -> EngineConfig:
         """Fill unset fields from the model's defaults (resolution, fps, chunk length, steps, guidance)."""
@@ -361,6 +364,18 @@ class StoryEngine:
         # an extension keeps the log of the chunks it builds on
         chunk_log = list(p.shot_record(i)["chunks"]) if prior_latents is not None else []
         first_chunk = 0 if prior_latents is None else self._prior_chunks(prior_latents)
+        if cfg.keyframe_first and prior_latents is None and len(temporal) == 0:
+            t0 = time.perf_counter()
+            seed = plan.seed + 7_919
+            context = present_at_timestep(list(shot_ctx), torch.Generator(device="cpu").manual_seed(seed + 17))
+            noise = torch.randn((1, c_lat, 1, h, w), generator=torch.Generator(device="cpu").manual_seed(seed))
+            anchor = self.sampler.sample(self._velocity_fn(context), noise.to(backbone.device), text, negative,
+                                         progress=self.progress, desc="anchor frame")
+            temporal.push(anchor)
+            continuation = "keyframe_first"
+            chunk_log.append({"chunk": "anchor", "mode": MODES[(bool(shot_ctx), False)], "seed": seed,
+                              "seconds": round(time.perf_counter() - t0, 3),
+                              "context_tokens": backbone.count_tokens(context, (h, w))})
         for c in tqdm(range(first_chunk, plan.num_chunks), desc=f"shot {shot.number} chunks", leave=False,
                       disable=not self.progress):
             t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from filmweaver.eval.metrics import seam_ratio
 from filmweaver.synth.stories import story_from_script
 from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, LOCATION_ATTRIBUTES
 
@@ -44,16 +45,6 @@ ARMS = {
 
 def _majority(pred: torch.Tensor) -> int:
     return int(torch.bincount(pred).argmax())
-
-
-def seam_ratio(frames: torch.Tensor, chunk_pixel_frames: int) -> float | None:
-    """``frames [T, 3, H, W]``: mean change across chunk boundaries / median change inside chunks."""
-    d = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))  # d[t] = change from frame t to t+1
-    boundary = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames == 0]
-    inside = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames != 0]
-    if not boundary or not inside:
-        return None
-    return float(d[boundary].mean() / d[inside].median().clamp_min(1e-4))
 
 
 def evaluate_project(project_dir: str | Path, script: dict, probe, chunk_frames: int) -> list[dict]:

@@ -112,6 +112,8 @@ class SynthStory:
             "story_overview": f"{describe_character(self.name, c)[:-1]}, visits "
                               + ", ".join(f"the {loc.props}" for loc in self.locations) + ".",
             "scenes": scenes,
+            # the character sheet (no reference images): evaluation groups shots by the names it lists
+            "characters": [{"name": self.name, "description": describe_character(self.name, c)}],
             "ground_truth": {
                 "format": WORLD_FORMAT, "seed": self.seed, "name": self.name,
                 "character": {k: getattr(c, k) for k in CHARACTER_ATTRIBUTES},

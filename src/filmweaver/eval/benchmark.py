@@ -1,0 +1,248 @@
+"""``filmweaver benchmark SCRIPTS_DIR --methods ...``: every story with every method, scored, reported.
+
+Layout of ``OUT``::
+
+    runs/<method>/<story>/      one generated project per (method, story) (resumable: finished shots
+                                are kept, a finished project's metrics.json is reused)
+    report.json                 per story and method: metrics; per method: means over stories
+    report.md                   methods x metrics, best in bold
+    report.html                 the table, plots, and per story each method's storyboard and memory
+                                sheet with every shot's retrieved keyframes and their similarities
+    plots/*.png
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs
+from filmweaver.methods import METHODS, method_config
+
+# the columns of the summary table, in order (others stay in report.json)
+TABLE = ["consistency_overall", "consistency_shots_all", "consistency_shots_top10", "prompt_following_global",
+         "prompt_following_shot", "clipscore", "character_consistency", "aesthetic", "inception_score",
+         "smoothness", "seam_ratio", "probe/consistency_overall", "probe/gt_identity", "probe/gt_adherence",
+         "seconds_per_shot"]
+
+
+def story_scripts(scripts_dir: str | Path, limit: int | None = None) -> list[Path]:
+    paths = sorted(Path(scripts_dir).glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"{scripts_dir}: no story scripts (*.json)")
+    return paths[:limit] if limit else paths
+
+
+def _fresh(project: Path, judges: Judges) -> bool:
+    """metrics.json exists and was computed from these very shots with these judges."""
+    r = project / "metrics.json"
+    return r.is_file() and json.loads(r.read_text()).get("inputs") == evaluation_inputs(project, judges)
+
+
+def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], models, judges: Judges,
+                  engine_settings: dict | None = None, max_shots: int | None = None, progress: bool = True) -> dict:
+    """Generate (or resume) and evaluate every (story, method); write the reports. Returns report.json."""
+    from filmweaver.engine import StoryEngine
+    from filmweaver.script import load_story
+
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    out = Path(out_dir)
+    stories = [(p.stem, load_story(p)) for p in scripts]  # every script is validated before any work
+    results: dict[str, dict[str, dict]] = {}
+    bar = tqdm(total=len(stories) * len(methods), desc="benchmark", disable=not progress)
+    for stem, story in stories:
+        for method in methods:
+            bar.set_postfix_str(f"{stem} / {method}")
+            project = out / "runs" / method / stem
+            engine = StoryEngine(models, project, story=story, config=method_config(method, engine_settings),
+                                 progress=False)
+            generated = engine.generate(max_shots=max_shots)
+            if generated or not _fresh(project, judges):
+                res = evaluate_run(project, judges)
+            else:
+                res = json.loads((project / "metrics.json").read_text())
+            results.setdefault(stem, {})[method] = res
+            bar.update(1)
+    bar.close()
+    report = summarize_benchmark(results, methods)
+    report["settings"] = {"engine": engine_settings or {}, "max_shots": max_shots, "model": models.model_id,
+                          "scripts": [str(p) for p in scripts]}
+    write_reports(report, out)
+    return report
+
+
+def summarize_benchmark(results: dict[str, dict[str, dict]], methods: list[str]) -> dict:
+    """Per method, the mean of every metric over the stories where it has a value."""
+    means: dict[str, dict[str, float | None]] = {}
+    meta: dict[str, dict] = {}
+    for method in methods:
+        vals: dict[str, list[float]] = {}
+        for per_method in results.values():
+            r = per_method.get(method)
+            if r is None:
+                continue
+            for k, m in r["metrics"].items():
+                meta.setdefault(k, {"model": m["model"], "protocol": m["protocol"]})
+                if m["value"] is not None:
+                    vals.setdefault(k, []).append(m["value"])
+            if r.get("seconds_per_shot") is not None:
+                vals.setdefault("seconds_per_shot", []).append(r["seconds_per_shot"])
+        means[method] = {k: float(np.mean(v)) for k, v in vals.items()}
+    meta["seconds_per_shot"] = {"model": "-", "protocol": "generation wall time per shot (manifest timings)"}
+    return {"methods": methods, "means": means, "metrics": meta, "stories": results}
+
+
+def _best(report: dict, key: str) -> str | None:
+    vals = {m: report["means"][m].get(key) for m in report["methods"]}
+    vals = {m: v for m, v in vals.items() if v is not None}
+    if len(vals) < 2:
+        return None
+    pick = min if key in LOWER_IS_BETTER else max
+    return pick(vals, key=vals.get)
+
+
+def _columns(report: dict) -> list[str]:
+    present = {k for m in report["methods"] for k in report["means"][m]}
+    return [k for k in TABLE if k in present]
+
+
+def markdown_table(report: dict) -> str:
+    cols = _columns(report)
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in report["methods"]:
+        cells = []
+        for k in cols:
+            v = report["means"][m].get(k)
+            cell = "-" if v is None else f"{v:.4g}"
+            cells.append(f"**{cell}**" if v is not None and _best(report, k) == m else cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Means over stories; best per column in bold (lower is better for "
+              + ", ".join(sorted(LOWER_IS_BETTER)) + "). Each column's model and protocol:", ""]
+    lines += [f"- `{k}`: {report['metrics'][k]['model']}; {report['metrics'][k]['protocol']}" for k in cols]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(report: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    names = []
+    cols = _columns(report)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    n = len(cols)
+    if n:
+        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), dpi=110, squeeze=False)
+        for ax, k in zip(axes[0], cols, strict=True):
+            vals = [report["means"][m].get(k) or 0.0 for m in report["methods"]]
+            best = _best(report, k)
+            ax.bar(range(len(vals)), vals, color=["#2b6cb0" if m == best else "#a0aec0" for m in report["methods"]])
+            ax.set_xticks(range(len(vals)), report["methods"], rotation=40, ha="right", fontsize=7)
+            ax.set_title(k, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "metrics.png")
+        plt.close(fig)
+        names.append("plots/metrics.png")
+    return names
+
+
+def write_reports(report: dict, out: Path) -> None:
+    from filmweaver.io import atomic_path, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    with atomic_path(out / "report.md") as tmp:
+        Path(tmp).write_text(markdown_table(report))
+    plots = _plots(report, out)
+    with atomic_path(out / "report.html") as tmp:
+        Path(tmp).write_text(render_html(report, out, plots))
+
+
+def _shot_memory_rows(project: Path) -> list[str]:
+    m = json.loads((project / "manifest.json").read_text())
+    rows = []
+    for s in m.get("shots", []):
+        mem = ", ".join(
+            f"{html.escape(str(r.get('keyframe')))} ({r['role']}"
+            + (f", sim {r['similarity']:.3f}" if r.get("similarity") is not None else "") + ")"
+            for r in s.get("shot_cache", [])) or "none"
+        modes = ", ".join(sorted({str(c["mode"]) for c in s.get("chunks", [])}))
+        rows.append(f"<tr><td>{s['number']}</td><td>{html.escape(s['prompt'][:140])}</td><td>{modes}</td>"
+                    f"<td>{mem}</td></tr>")
+    return rows
+
+
+def render_html(report: dict, out: Path, plots: list[str]) -> str:
+    """A self-contained page (images by relative path) that checks, in the browser, that every image
+    loaded: ``<body data-images-ok>`` is set to the count of loaded images or to the failures."""
+    cols = _columns(report)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in cols)
+    rows = []
+    for m in report["methods"]:
+        cells = []
+        for k in cols:
+            v = report["means"][m].get(k)
+            txt = "-" if v is None else f"{v:.4g}"
+            cells.append(f"<td class='{'best' if _best(report, k) == m else ''}'>{txt}</td>")
+        rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}</tr>")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>filmweaver benchmark</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:24px;color:#1a202c}table{border-collapse:collapse;margin:8px 0}",
+        "td,th{border:1px solid #cbd5e0;padding:4px 8px;font-size:13px;text-align:left}td.best{font-weight:700;background:#ebf8ff}",
+        "img{max-width:100%;border:1px solid #e2e8f0}.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}",
+        "details{margin:10px 0}summary{cursor:pointer;font-weight:600}.scroll{overflow-x:auto}</style></head><body>",
+        f"<h1>filmweaver benchmark</h1><p>Model: <code>{html.escape(str(report.get('settings', {}).get('model')))}</code>; "
+        f"{len(report['stories'])} stories; methods: {', '.join(map(html.escape, report['methods']))}.</p>",
+        f"<h2>Summary</h2><div class='scroll'><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table></div>",
+        "<ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(report['metrics'][k]['model'])}; "
+                         f"{html.escape(report['metrics'][k]['protocol'])}</li>" for k in cols) + "</ul>",
+    ]
+    parts += [f"<h2>Plots</h2><img src='{p}' alt='{p}'>" for p in plots]
+    parts.append("<h2>Stories</h2>")
+    for stem, per_method in report["stories"].items():
+        parts.append(f"<details open><summary>{html.escape(stem)}</summary>")
+        for method in report["methods"]:
+            if method not in per_method:
+                continue
+            project = Path(per_method[method]["run"])
+            rel = _rel(project, out)
+            parts.append(f"<h3>{html.escape(stem)}: {html.escape(method)}</h3><div class='pair'>"
+                         f"<div><p>Storyboard</p><img class='storyboard' src='{rel}/storyboard.png' alt='storyboard {stem} {method}'></div>"
+                         f"<div><p>Memory retrieved per shot</p><img src='{rel}/memory.png' alt='memory {stem} {method}'></div></div>")
+            parts.append("<table><tr><th>shot</th><th>prompt</th><th>modes</th><th>shot cache (role, similarity)</th></tr>"
+                         + "".join(_shot_memory_rows(project)) + "</table>")
+        parts.append("</details>")
+    parts.append(
+        "<script>window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.complete||i.naturalWidth===0)"
+        ".map(i=>i.getAttribute('src'));document.body.dataset.imagesOk=bad.length?'FAILED '+bad.join(' '):String(document.images.length);"
+        "});window.addEventListener('error',e=>{document.body.dataset.jsError=String(e.message)});</script>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path.resolve().as_uri()
+
+
+def copy_report(out: Path, dest: Path) -> None:
+    """Copy the report pages and the pictures they show (for publishing without the videos)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("report.json", "report.md", "report.html"):
+        shutil.copy2(out / name, dest / name)
+    for png in list(out.glob("plots/*.png")) + list(out.glob("runs/*/*/storyboard.png")) + list(out.glob("runs/*/*/memory.png")):
+        target = dest / png.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(png, target)

@@ -1,0 +1,89 @@
+"""The metric formulas, on embeddings and frames (no models here; see :mod:`filmweaver.eval.judges`).
+
+Conventions: embeddings are ``[N, D]`` and unit-norm (every judge returns them so); similarities are
+cosines in [-1, 1]; "CLIPScore" is ``100 * cos`` as FilmWeaver reports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+
+def mean_pairwise_similarity(embeddings: torch.Tensor) -> float | None:
+    """Mean cosine over all unordered pairs ``i < j`` of ``embeddings [N, D]`` (None if N < 2)."""
+    n = embeddings.shape[0]
+    if n < 2:
+        return None
+    e = F.normalize(embeddings.float(), dim=-1)
+    sim = e @ e.T
+    iu = torch.triu_indices(n, n, offset=1)
+    return float(sim[iu[0], iu[1]].mean())
+
+
+def pair_similarities(embeddings: torch.Tensor) -> dict[tuple[int, int], float]:
+    """Cosine of every unordered pair ``(i, j), i < j``."""
+    e = F.normalize(embeddings.float(), dim=-1)
+    sim = e @ e.T
+    return {(i, j): float(sim[i, j]) for i, j in itertools.combinations(range(e.shape[0]), 2)}
+
+
+def top_related_pairs(text_embeddings: torch.Tensor, k: int = 10) -> list[tuple[int, int]]:
+    """The ``k`` shot pairs whose prompts are most alike (StoryMem's "top-10" consistency), most
+    related first; ties broken by pair order."""
+    sims = pair_similarities(text_embeddings)
+    return [p for p, _ in sorted(sims.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def mean_over_pairs(embeddings: torch.Tensor, pairs: list[tuple[int, int]]) -> float | None:
+    if not pairs:
+        return None
+    sims = pair_similarities(embeddings)
+    return float(sum(sims[p] for p in pairs) / len(pairs))
+
+
+def clip_score(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``100 * cos(image_i, text_i)``: ``[N, D], [N, D] -> [N]``."""
+    return 100.0 * (F.normalize(image_embeddings.float(), dim=-1) * F.normalize(text_embeddings.float(), dim=-1)).sum(-1)
+
+
+def video_embedding(frame_embeddings: torch.Tensor) -> torch.Tensor:
+    """Frame-average video embedding (the CLIP stand-in for ViCLIP): ``[T, D] -> [D]`` unit norm."""
+    return F.normalize(F.normalize(frame_embeddings.float(), dim=-1).mean(0), dim=-1)
+
+
+def inception_score_from_probs(probs: torch.Tensor, splits: int = 1) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) over ``probs [N, K]``, mean and std over ``splits``
+    (the formula torchmetrics' InceptionScore computes from the classifier's logits)."""
+    out = []
+    for p in probs.float().chunk(splits):
+        py = p.mean(0, keepdim=True)
+        kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(py.clamp_min(1e-12)))).sum(1).mean()
+        out.append(torch.exp(kl))
+    s = torch.stack(out)
+    return float(s.mean()), float(s.std()) if len(out) > 1 else 0.0
+
+
+def frame_changes(frames: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change between consecutive frames: ``[T, 3, H, W] in [0, 1] -> [T - 1]``."""
+    return (frames[1:].float() - frames[:-1].float()).abs().mean(dim=(1, 2, 3))
+
+
+def smoothness(frames: torch.Tensor) -> float | None:
+    """Within-shot smoothness: ``1 - mean frame-to-frame change`` (1 = still, lower = jumpier)."""
+    if frames.shape[0] < 2:
+        return None
+    return float(1.0 - frame_changes(frames).mean())
+
+
+def seam_ratio(frames: torch.Tensor, chunk_pixel_frames: int) -> float | None:
+    """``frames [T, 3, H, W]``: mean change across chunk boundaries / median change inside chunks
+    (1.0 = seamless). A boundary is the step from the last frame of a chunk to the first of the next."""
+    d = frame_changes(frames)  # d[t]: frame t -> t + 1
+    boundary = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames == 0]
+    inside = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames != 0]
+    if not boundary or not inside:
+        return None
+    return float(d[boundary].mean() / d[inside].median().clamp_min(1e-4))
