@@ -16,8 +16,10 @@ Grammar (every word is in :func:`grammar_words`)::
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -182,3 +184,30 @@ def story_from_script(script: dict) -> tuple[dict, list[ShotSpec]]:
     if not gt or gt.get("format") != WORLD_FORMAT:
         raise ValueError(f"not a synthetic-world story (no ground_truth of format {WORLD_FORMAT})")
     return gt, [ShotSpec.from_dict({k: v for k, v in s.items() if not k.startswith("restates_")}) for s in gt["shots"]]
+
+
+def write_scripts(out_dir: str | Path, count: int, first_seed: int = 1_000_000, max_shots: int = 8,
+                  frames: tuple[int, ...] = (12, 20)) -> list[Path]:
+    """Write ``count`` synthetic story scripts (held-out seeds by default) as ``synth-<seed>.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(first_seed, first_seed + count):
+        path = out / f"synth-{seed}.json"
+        path.write_text(json.dumps(make_story(seed, max_shots=max_shots, frames=frames).to_script(), indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m filmweaver.synth.stories",
+                                 description="write synthetic-world story scripts (ST-Bench form + ground truth)")
+    ap.add_argument("out_dir")
+    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=1_000_000, help="training uses seeds < 1,000,000")
+    ap.add_argument("--max-shots", type=int, default=8)
+    args = ap.parse_args()
+    for p in write_scripts(args.out_dir, args.count, args.first_seed, args.max_shots):
+        print(p)
