@@ -24,14 +24,14 @@ def _fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def _load_models(preset, model, embedder, device, dtype):
+def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None, vae_tiling=False):
     import torch
 
     from filmweaver.models import ModelLoadError, load_models
 
     try:
         models = load_models(preset=preset, model=model, embedder=embedder, device=device,
-                             dtype=getattr(torch, _DTYPES[dtype]))
+                             dtype=getattr(torch, _DTYPES[dtype]), lora=lora, lora_2=lora_2, vae_tiling=vae_tiling)
     except (ModelLoadError, OSError) as e:
         _fail(str(e))
     if not models.trained:
@@ -65,8 +65,12 @@ def _engine(models, out, story=None, config=None, explicit=frozenset()):
 def generate(
     script: Path = typer.Argument(..., help="story script (ST-Bench JSON)"),
     out: Path = typer.Option(..., "-o", "--out", help="project directory (created; rerun to resume)"),
-    preset: str = typer.Option("synth", help="built-in model when --model is not given: synth (trained on the synthetic world) or tiny (random, for tests)"),
+    preset: str = typer.Option("synth", help="synth (built-in, trained on the synthetic world), tiny (random, for tests), or a Wan "
+                               "release: wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b (hub id, or --model DIR)"),
     model: str | None = typer.Option(None, help="diffusers Wan hub id or local directory"),
+    lora: str | None = typer.Option(None, help="LoRA file for the transformer (Wan or diffusers key names; StoryMem's backbone_high_noise.pth)"),
+    lora_2: str | None = typer.Option(None, help="LoRA file for the second expert of Wan2.2 A14B (StoryMem's backbone_low_noise.pth)"),
+    vae_tiling: bool = typer.Option(False, help="decode/encode in tiles (less GPU memory at high resolution)"),
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
@@ -93,7 +97,7 @@ def generate(
         story = load_story(script)
     except ScriptError as e:
         _fail(str(e), code=1)
-    models = _load_models(preset, model, embedder, device, dtype)
+    models = _load_models(preset, model, embedder, device, dtype, lora, lora_2, vae_tiling)
     sampler = SamplerConfig(scheduler=scheduler, shift=shift)
     explicit = set()
     if steps is not None:

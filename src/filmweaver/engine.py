@@ -165,7 +165,8 @@ class StoryEngine:
         if cfg.height % (models.codec.spatial_factor * 2) or cfg.width % (models.codec.spatial_factor * 2):
             raise ValueError(f"height and width must be multiples of {models.codec.spatial_factor * 2}, "
                              f"got {cfg.height}x{cfg.width}")
-        self.sampler = FlowMatchSampler(cfg.sampler, models.scheduler_config)
+        self.sampler = FlowMatchSampler(cfg.sampler, models.scheduler_config,
+                                        boundary=getattr(models.backbone, "boundary", None))
         self.policy = make_shot_cache_policy(cfg.shot_cache.policy, cfg.shot_cache.k, cfg.shot_cache.sink,
                                              cfg.shot_cache.max_size)
         kcfg = cfg.keyframes

@@ -46,6 +46,28 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+# Real Wan checkpoints (diffusers layout). Each preset is a hub id (or pass --model DIR for a local copy
+# of the same layout) plus the settings the model was released with: EngineConfig defaults (dotted keys
+# reach into sections). chunk_frames counts latent frames (Wan's VAE: 4x in time, so 21 = 81 frames).
+_WAN480 = dict(height=480, width=832, fps=16, chunk_frames=21, num_inference_steps=50, guidance_scale=5.0)
+WAN_PRESETS: dict[str, dict] = {
+    "wan2.1-t2v-1.3b": {"hub_id": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0}},
+    "wan2.1-t2v-14b": {"hub_id": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                       "defaults": {**_WAN480, "height": 720, "width": 1280, "sampler.shift": 5.0}},
+    "wan2.1-i2v-14b-480p": {"hub_id": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0},
+                            "needs": "the CLIP-vision image embedding of Wan2.1-I2V, which filmweaver does not wire in yet"},
+    "wan2.2-ti2v-5b": {"hub_id": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+                       "defaults": dict(height=704, width=1280, fps=24, chunk_frames=31, num_inference_steps=50,
+                                        guidance_scale=5.0, **{"sampler.shift": 5.0})},
+    "wan2.2-t2v-a14b": {"hub_id": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+                        "defaults": {**_WAN480, "num_inference_steps": 40, "guidance_scale": 4.0,
+                                     "sampler.guidance_scale_2": 3.0, "sampler.shift": 12.0}},
+    "wan2.2-i2v-a14b": {"hub_id": "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+                        "defaults": {**_WAN480, "num_inference_steps": 40, "guidance_scale": 3.5,
+                                     "sampler.guidance_scale_2": 3.5, "sampler.shift": 5.0}},
+}
+
+
 @dataclass
 class FilmModels:
     backbone: ContextWanTransformer
@@ -159,7 +181,14 @@ class FilmModels:
     # -- diffusers layout ---------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, id_or_path: str, embedder: str | None = None, device: str = "cpu",
-                        dtype: torch.dtype = torch.float32, text_dtype: torch.dtype | None = None) -> FilmModels:
+                        dtype: torch.dtype = torch.float32, text_dtype: torch.dtype | None = None,
+                        lora: str | None = None, lora_2: str | None = None, vae_tiling: bool = False,
+                        defaults: dict | None = None) -> FilmModels:
+        """Load a diffusers Wan layout. A ``transformer_2/`` (Wan2.2 A14B) becomes the low-noise expert
+        of an :class:`~filmweaver.backbone.experts.ExpertSwitch` at ``model_index.json``'s
+        ``boundary_ratio``. ``lora`` / ``lora_2``: LoRA files (original Wan or diffusers key names, e.g.
+        StoryMem's ``backbone_high_noise.pth`` / ``backbone_low_noise.pth``) for the (first / second)
+        transformer. ``defaults`` replace the generation defaults (a preset's release settings)."""
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -173,11 +202,30 @@ class FilmModels:
         extra = {}
         if local and (root / FILMWEAVER_CONFIG).is_file():
             extra = json.loads((root / FILMWEAVER_CONFIG).read_text())
-        transformer = WanTransformer3DModel.from_pretrained(id_or_path, subfolder="transformer", torch_dtype=dtype)
-        backbone = ContextWanTransformer(transformer.eval())
+        index = _model_index(root, id_or_path, local)
+        backbone = ContextWanTransformer(
+            WanTransformer3DModel.from_pretrained(id_or_path, subfolder="transformer", torch_dtype=dtype).eval())
         if local:
             backbone.load_context_projections(root / "transformer")
+        if lora:
+            _attach_lora(backbone.transformer, lora, "transformer")
+        if (index.get("transformer_2") or [None])[0] is not None:
+            from filmweaver.backbone.experts import ExpertSwitch
+
+            if index.get("boundary_ratio") is None:
+                raise ModelLoadError(f"{id_or_path}: model_index.json lists transformer_2 but no boundary_ratio")
+            second = ContextWanTransformer(
+                WanTransformer3DModel.from_pretrained(id_or_path, subfolder="transformer_2", torch_dtype=dtype).eval())
+            if local:
+                second.load_context_projections(root / "transformer_2")
+            if lora_2:
+                _attach_lora(second.transformer, lora_2, "transformer_2")
+            backbone = ExpertSwitch(backbone, second, float(index["boundary_ratio"]))
+        elif lora_2:
+            raise ModelLoadError(f"--lora-2 is for the second expert (transformer_2/), which {id_or_path} does not have")
         vae = AutoencoderKLWan.from_pretrained(id_or_path, subfolder="vae", torch_dtype=torch.float32)
+        if vae_tiling:
+            vae.enable_tiling()
         text_encoder = UMT5EncoderModel.from_pretrained(id_or_path, subfolder="text_encoder",
                                                         torch_dtype=text_dtype or dtype)
         tokenizer = AutoTokenizer.from_pretrained(id_or_path, subfolder="tokenizer")
@@ -202,8 +250,7 @@ class FilmModels:
             scheduler_config=scheduler_config,
             model_id=extra.get("model_id", str(id_or_path)),
             trained=extra.get("trained", True),
-            defaults=extra.get("defaults", dict(height=480, width=832, fps=16, chunk_frames=21,
-                                                num_inference_steps=50, guidance_scale=5.0)),
+            defaults=defaults or extra.get("defaults", dict(_WAN480)),
         )
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -221,8 +268,14 @@ class FilmModels:
             module.to(dtype).save_pretrained(path)
             module.to(orig)
 
-        save(self.backbone.transformer, root / "transformer")
-        self.backbone.save_context_projections(root / "transformer")
+        experts = getattr(self.backbone, "experts", [self.backbone])
+        for name, expert in zip(("transformer", "transformer_2"), experts, strict=False):
+            save(expert.transformer, root / name)
+            expert.save_context_projections(root / name)
+        if len(experts) > 1:
+            (root / "model_index.json").write_text(json.dumps({
+                "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+                "transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": self.backbone.boundary_ratio}))
         save(self.codec.vae, root / "vae")
         save(self.prompt_encoder.text_encoder, root / "text_encoder")
         self.prompt_encoder.tokenizer.save_pretrained(root / "tokenizer")
@@ -240,16 +293,42 @@ class FilmModels:
             "max_sequence_length": self.prompt_encoder.max_sequence_length}, indent=2))
 
 
+def _model_index(root: Path, id_or_path: str, local: bool) -> dict:
+    """``model_index.json`` (which components exist, Wan2.2's ``boundary_ratio``); {} if there is none."""
+    if local:
+        path = root / "model_index.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+    try:  # a hub id the user named: its index is part of the download they asked for
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(id_or_path, "model_index.json")).read_text())
+    except Exception:
+        return {}
+
+
+def _attach_lora(transformer, path: str, where: str) -> None:
+    from filmweaver.backbone.lora import LoraConversionError, attach_wan_lora, load_state_dict
+
+    try:
+        attach_wan_lora(transformer, load_state_dict(path))
+    except (LoraConversionError, FileNotFoundError) as e:
+        raise ModelLoadError(f"LoRA {path} for {where}: {e}") from e
+
+
 def check_wan_directory(root: Path) -> None:
     """Fail early, naming the missing piece, when a local directory is not a diffusers Wan layout."""
     missing = []
-    for sub, files in WAN_LAYOUT.items():
+    index = _model_index(root, str(root), True)
+    layout = dict(WAN_LAYOUT)
+    if (index.get("transformer_2") or [None])[0] is not None:
+        layout["transformer_2"] = ["config.json"]
+    for sub, files in layout.items():
         d = root / sub
         if not d.is_dir():
             missing.append(f"{sub}/")
             continue
         missing += [f"{sub}/{f}" for f in files if not (d / f).is_file()]
-        if sub in ("transformer", "vae", "text_encoder") and not any(d.glob("*.safetensors")):
+        if sub in ("transformer", "transformer_2", "vae", "text_encoder") and not any(d.glob("*.safetensors")):
             missing.append(f"{sub}/*.safetensors (weights)")
     if missing:
         raise ModelLoadError(
@@ -260,12 +339,22 @@ def check_wan_directory(root: Path) -> None:
 
 
 def load_models(preset: str | None = None, model: str | None = None, embedder: str | None = None,
-                device: str = "cpu", dtype: torch.dtype = torch.float32) -> FilmModels:
-    """One entry point for the CLI and clients: ``model`` (hub id or directory), else ``preset``:
-    ``"synth"`` (default: the built-in model trained on the synthetic world, shipped in the package)
-    or ``"tiny"`` (random, untrained: engine tests)."""
+                device: str = "cpu", dtype: torch.dtype = torch.float32, lora: str | None = None,
+                lora_2: str | None = None, vae_tiling: bool = False) -> FilmModels:
+    """One entry point for the CLI and clients. ``preset``: ``"synth"`` (default: the built-in model
+    trained on the synthetic world, shipped in the package), ``"tiny"`` (random, untrained: engine
+    tests) or a real Wan release (:data:`WAN_PRESETS`: its hub id, or ``model`` = a local directory of
+    it, with its release settings). ``model`` without a Wan preset: any diffusers Wan hub id/directory."""
+    if preset in WAN_PRESETS:
+        spec = WAN_PRESETS[preset]
+        if "needs" in spec:
+            raise ModelLoadError(f"preset {preset} needs {spec['needs']}")
+        return FilmModels.from_pretrained(model or spec["hub_id"], embedder=embedder, device=device, dtype=dtype,
+                                          lora=lora, lora_2=lora_2, vae_tiling=vae_tiling,
+                                          defaults=dict(spec["defaults"]))
     if model is not None:
-        return FilmModels.from_pretrained(model, embedder=embedder, device=device, dtype=dtype)
+        return FilmModels.from_pretrained(model, embedder=embedder, device=device, dtype=dtype, lora=lora,
+                                          lora_2=lora_2, vae_tiling=vae_tiling)
     if preset in (None, "synth"):
         if not BUILTIN_MODEL_DIR.is_dir():
             raise ModelLoadError(f"the built-in model is missing from this installation ({BUILTIN_MODEL_DIR}); "
@@ -276,4 +365,5 @@ def load_models(preset: str | None = None, model: str | None = None, embedder: s
         if embedder is not None:
             models.embedder = CLIPEmbedder.from_pretrained(embedder, device=device)
         return models
-    raise ModelLoadError(f"unknown preset {preset!r}: expected 'synth' or 'tiny' (or pass --model with a Wan hub id or directory)")
+    raise ModelLoadError(f"unknown preset {preset!r}: expected synth, tiny or one of {', '.join(WAN_PRESETS)} "
+                         "(or pass --model with a Wan hub id or directory)")

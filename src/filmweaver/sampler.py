@@ -22,6 +22,8 @@ class SamplerConfig(BaseModel):
     guidance_scale: float = 5.0
     shift: float | None = None  # flow shift; None keeps the scheduler config's (Wan: 3.0 at 480p, 5.0 at 720p)
     batch_cfg: bool = True  # conditional and unconditional passes in one batch
+    # Wan2.2 A14B: the low-noise expert's guidance scale (steps below the expert boundary); None = same
+    guidance_scale_2: float | None = None
 
 
 def make_scheduler(cfg: SamplerConfig, base_config: dict | None = None):
@@ -43,9 +45,14 @@ def make_scheduler(cfg: SamplerConfig, base_config: dict | None = None):
 
 
 class FlowMatchSampler:
-    def __init__(self, cfg: SamplerConfig, scheduler_config: dict | None = None):
+    def __init__(self, cfg: SamplerConfig, scheduler_config: dict | None = None, boundary: float | None = None):
         self.cfg = cfg
         self.scheduler_config = scheduler_config
+        self.boundary = boundary  # timestep where a two-expert backbone switches (guidance_scale_2 below it)
+
+    def guidance_at(self, t: float) -> float:
+        low = self.boundary is not None and self.cfg.guidance_scale_2 is not None and float(t) < self.boundary
+        return self.cfg.guidance_scale_2 if low else self.cfg.guidance_scale
 
     @torch.no_grad()
     def sample(
@@ -66,18 +73,19 @@ class FlowMatchSampler:
         scheduler = make_scheduler(cfg, self.scheduler_config)
         scheduler.set_timesteps(cfg.num_inference_steps, device=noise.device)
         scheduler.set_begin_index(0)
-        use_cfg = cfg.guidance_scale > 1.0 and negative_text is not None
         latents = noise.float()
         b = latents.shape[0]
         for t in tqdm(scheduler.timesteps, desc=desc, leave=False, disable=not progress):
+            scale = self.guidance_at(t)
+            use_cfg = scale > 1.0 and negative_text is not None
             if use_cfg and cfg.batch_cfg:
                 v = velocity(torch.cat([latents, latents]), t.expand(2 * b), torch.cat([text, negative_text]))
                 v_cond, v_uncond = v.chunk(2)
-                v = v_uncond + cfg.guidance_scale * (v_cond - v_uncond)
+                v = v_uncond + scale * (v_cond - v_uncond)
             else:
                 v = velocity(latents, t.expand(b), text)
                 if use_cfg:
                     v_uncond = velocity(latents, t.expand(b), negative_text)
-                    v = v_uncond + cfg.guidance_scale * (v - v_uncond)
+                    v = v_uncond + scale * (v - v_uncond)
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
         return latents

@@ -1,0 +1,146 @@
+"""LoRA files keyed by the original Wan module names (StoryMem's M2V LoRA) onto diffusers' Wan.
+
+StoryMem releases ``backbone_high_noise.pth`` / ``backbone_low_noise.pth``: peft state dicts over the
+original Wan repository's module names, e.g. ``blocks.0.self_attn.q.lora_A.weight`` (rank 128,
+rsLoRA, targets self/cross-attention q, k, v, o and ffn.0 / ffn.2). diffusers'
+``WanTransformer3DModel`` names the same layers ``blocks.0.attn1.to_q`` etc. This module renames the
+keys explicitly (:data:`WAN_TO_DIFFUSERS`), refuses any key it cannot place, attaches a peft adapter
+to exactly the targeted modules and checks that every tensor landed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+# original Wan module suffix -> diffusers module suffix (inside blocks.N.)
+WAN_TO_DIFFUSERS = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj",  # Wan2.1-I2V
+    "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+_PREFIXES = ("base_model.model.", "diffusion_model.", "model.", "transformer.")
+_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.[^.]+)?\.weight$")
+_ALPHA = re.compile(r"^blocks\.(\d+)\.(.+)\.alpha$")
+
+
+class LoraConversionError(ValueError):
+    pass
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A LoRA file as tensors: safetensors, or a torch file read with ``weights_only=True`` (a pickle
+    holding anything but tensors is refused, never executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "module", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LoraConversionError(f"{path}: expected a dict of tensors (a peft state dict)")
+    return state
+
+
+def convert_wan_lora(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Rename original-Wan LoRA keys to diffusers' (``blocks.N.attn1.to_q.lora_A.weight``).
+
+    Returns ``(tensors, alphas)``; ``alphas`` maps diffusers module names to a stored ``alpha`` if the
+    file has one. Raises :class:`LoraConversionError` listing every key that has no place (nothing is
+    silently dropped). Keys already in diffusers form pass through unchanged.
+    """
+    out: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
+    unknown: list[str] = []
+    for raw, tensor in state_dict.items():
+        key = raw
+        for p in _PREFIXES:
+            key = key.removeprefix(p)
+        if m := _ALPHA.match(key):
+            block, module = m.groups()
+            target = WAN_TO_DIFFUSERS.get(module, module if module in WAN_TO_DIFFUSERS.values() else None)
+            if target is None:
+                unknown.append(raw)
+            else:
+                alphas[f"blocks.{block}.{target}"] = float(tensor)
+            continue
+        m = _KEY.match(key)
+        if m is None:
+            unknown.append(raw)
+            continue
+        block, module, kind = m.groups()
+        target = WAN_TO_DIFFUSERS.get(module, module if module in WAN_TO_DIFFUSERS.values() else None)
+        if target is None:
+            unknown.append(raw)
+            continue
+        ab = {"lora_down": "lora_A", "lora_up": "lora_B"}.get(kind, kind)
+        new = f"blocks.{block}.{target}.{ab}.weight"
+        if new in out:
+            raise LoraConversionError(f"two LoRA tensors map to {new} (one is {raw})")
+        out[new] = tensor
+    if unknown:
+        raise LoraConversionError(f"{len(unknown)} LoRA key(s) have no module in diffusers' Wan transformer: "
+                                  + ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else ""))
+    modules = {k.rsplit(".", 2)[0] for k in out}
+    for mod in sorted(modules):
+        if f"{mod}.lora_A.weight" not in out or f"{mod}.lora_B.weight" not in out:
+            raise LoraConversionError(f"{mod}: LoRA needs both lora_A and lora_B")
+    return out, alphas
+
+
+def attach_wan_lora(transformer, state_dict: dict[str, torch.Tensor], adapter_name: str = "memory",
+                    alpha: float | None = None, use_rslora: bool = True) -> dict:
+    """Convert ``state_dict`` and load it as a peft adapter on a diffusers ``WanTransformer3DModel``.
+
+    Rank comes from the tensors; ``alpha`` defaults to a stored per-module alpha, else the rank
+    (with rsLoRA the scale is ``alpha / sqrt(rank)``). Returns a summary (modules, rank, alpha).
+    Raises :class:`LoraConversionError` if a tensor has no module or a shape does not match.
+    """
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    tensors, alphas = convert_wan_lora(state_dict)
+    modules = sorted({k.rsplit(".", 2)[0] for k in tensors})
+    named = dict(transformer.named_modules())
+    missing = [m for m in modules if m not in named]
+    if missing:
+        raise LoraConversionError(f"{len(missing)} LoRA target(s) are not modules of this transformer: "
+                                  + ", ".join(missing[:8]))
+    ranks = {tensors[f"{m}.lora_A.weight"].shape[0] for m in modules}
+    if len(ranks) != 1:
+        raise LoraConversionError(f"mixed LoRA ranks {sorted(ranks)} (one adapter needs one rank)")
+    rank = ranks.pop()
+    for m in modules:
+        layer = named[m]
+        a, b = tensors[f"{m}.lora_A.weight"], tensors[f"{m}.lora_B.weight"]
+        if a.shape != (rank, layer.in_features) or b.shape != (layer.out_features, rank):
+            raise LoraConversionError(f"{m}: LoRA shapes A {tuple(a.shape)} / B {tuple(b.shape)} do not fit the layer "
+                                      f"({layer.in_features} -> {layer.out_features}) at rank {rank}")
+    stored = set(alphas.values())
+    if alpha is None:
+        alpha = stored.pop() if len(stored) == 1 else float(rank)
+    config = LoraConfig(r=rank, lora_alpha=alpha, use_rslora=use_rslora, target_modules=modules,
+                        init_lora_weights=False)
+    transformer.add_adapter(config, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(transformer, tensors, adapter_name=adapter_name)
+    if getattr(result, "unexpected_keys", None):
+        raise LoraConversionError(f"peft did not place: {result.unexpected_keys[:8]}")
+    # every tensor must now be the adapter's weight (peft replaced the layers: look them up again)
+    named = dict(transformer.named_modules())
+    for m in modules:
+        for ab in ("lora_A", "lora_B"):
+            w = getattr(named[m], ab)[adapter_name].weight
+            if not torch.equal(w.detach().cpu().to(tensors[f"{m}.{ab}.weight"].dtype), tensors[f"{m}.{ab}.weight"]):
+                raise LoraConversionError(f"{m}.{ab} did not load")
+    return {"adapter": adapter_name, "modules": len(modules), "rank": rank, "alpha": alpha, "use_rslora": use_rslora,
+            "scale": alpha / rank**0.5 if use_rslora else alpha / rank}

@@ -1,0 +1,86 @@
+"""StoryMem-layout LoRA (original Wan module names) onto diffusers' Wan transformer."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from filmweaver.backbone.lora import WAN_TO_DIFFUSERS, LoraConversionError, attach_wan_lora, load_state_dict
+
+STORYMEM_TARGETS = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+                    "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"]
+
+
+def tiny_wan(layers=2):
+    torch.manual_seed(0)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                 out_channels=4, text_dim=12, freq_dim=16, ffn_dim=24, num_layers=layers,
+                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads").eval()
+
+
+def storymem_state_dict(model, rank=4, layers=2):
+    """Exactly StoryMem's layout: blocks.N.<wan module>.lora_A/B.weight, every target of every block."""
+    sd, named = {}, dict(model.named_modules())
+    g = torch.Generator().manual_seed(1)
+    for n in range(layers):
+        for wan in STORYMEM_TARGETS:
+            layer = named[f"blocks.{n}.{WAN_TO_DIFFUSERS[wan]}"]
+            sd[f"blocks.{n}.{wan}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=g) * 0.1
+            sd[f"blocks.{n}.{wan}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=g) * 0.1
+    return sd
+
+
+def test_every_storymem_tensor_lands_on_its_module(tmp_path):
+    model = tiny_wan()
+    sd = storymem_state_dict(model)
+    torch.save(sd, tmp_path / "backbone_high_noise.pth")
+    loaded = load_state_dict(tmp_path / "backbone_high_noise.pth")
+    info = attach_wan_lora(model, loaded, alpha=8.0)
+    assert info["modules"] == 2 * len(STORYMEM_TARGETS) and info["rank"] == 4
+    assert info["scale"] == pytest.approx(8.0 / 2.0)  # rsLoRA: alpha / sqrt(r)
+    # each adapter weight equals its source tensor, and the layer computes W x + scale * B A x
+    named = dict(model.named_modules())
+    for n in range(2):
+        for wan in STORYMEM_TARGETS:
+            layer = named[f"blocks.{n}.{WAN_TO_DIFFUSERS[wan]}"]
+            a, b = sd[f"blocks.{n}.{wan}.lora_A.weight"], sd[f"blocks.{n}.{wan}.lora_B.weight"]
+            assert torch.equal(layer.lora_A["memory"].weight, a) and torch.equal(layer.lora_B["memory"].weight, b)
+            x = torch.randn(3, layer.in_features)
+            expected = layer.base_layer(x) + info["scale"] * (x @ a.T @ b.T)
+            assert torch.allclose(layer(x), expected, atol=1e-5)
+    lora_params = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    assert lora_params == sum(t.numel() for t in sd.values())  # nothing dropped, nothing extra
+
+
+def test_unknown_or_misfit_keys_are_refused(tmp_path):
+    model = tiny_wan()
+    sd = storymem_state_dict(model)
+    bad = dict(sd, **{"blocks.0.norm3.lora_A.weight": torch.zeros(4, 8)})
+    with pytest.raises(LoraConversionError, match="norm3"):
+        attach_wan_lora(tiny_wan(), bad)
+    wrong = dict(sd)
+    wrong["blocks.1.ffn.0.lora_A.weight"] = torch.zeros(4, 5)
+    with pytest.raises(LoraConversionError, match="blocks.1.ffn.net.0.proj"):
+        attach_wan_lora(tiny_wan(), wrong)
+    half = {k: v for k, v in sd.items() if k != "blocks.0.self_attn.q.lora_B.weight"}
+    with pytest.raises(LoraConversionError, match="both lora_A and lora_B"):
+        attach_wan_lora(tiny_wan(), half)
+    deeper = storymem_state_dict(tiny_wan(3), layers=3)
+    with pytest.raises(LoraConversionError, match="not modules of this transformer"):
+        attach_wan_lora(tiny_wan(2), deeper)
+    torch.save({"weights": sd, "hook": print}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        load_state_dict(tmp_path / "evil.pth")
+
+
+def test_prefixed_and_kohya_style_keys_convert():
+    model = tiny_wan(1)
+    sd = storymem_state_dict(model, layers=1)
+    renamed = {}
+    for k, v in sd.items():
+        k = "diffusion_model." + k.replace("lora_A", "lora_down").replace("lora_B", "lora_up")
+        renamed[k] = v
+    renamed["diffusion_model.blocks.0.self_attn.q.alpha"] = torch.tensor(2.0)
+    for wan in STORYMEM_TARGETS[1:]:
+        renamed[f"diffusion_model.blocks.0.{wan}.alpha"] = torch.tensor(2.0)
+    info = attach_wan_lora(model, renamed)
+    assert info["alpha"] == 2.0 and info["modules"] == len(STORYMEM_TARGETS)
