@@ -296,5 +296,41 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
     console.print(f"[bold green]wrote[/] {out / 'report.html'}", highlight=False)
 
 
+@app.command()
+def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b | 5b | tiny (random weights)"),
+          height: int = 480, width: int = 832, frames: int = typer.Option(81, help="video frames per chunk"),
+          memory: str = typer.Option("0,3,10", help="shot-cache keyframe counts to time"),
+          temporal: str = typer.Option("no,yes", help="with the temporal cache: no | yes | no,yes"),
+          batch: int = typer.Option(1, help="batch per forward (2 = conditional + unconditional, batched CFG)"),
+          attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
+          compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
+          context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
+          repeats: int = 5, warmup: int = 2,
+          device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
+          out: Path | None = typer.Option(None, "-o", "--out", help="write the results as JSON here")):
+    """Seconds per forward, tokens, memory overhead and TFLOP/s of the context-injected Wan transformer."""
+    import sys
+
+    import torch
+
+    from filmweaver.bench import SHAPES, markdown_rows, run_bench
+
+    if shape not in SHAPES:
+        _fail(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
+    result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
+                       tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
+                       getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
+                       None if context_timestep == "shared" else float(context_timestep), warmup, repeats)
+    command = "filmweaver bench " + " ".join(sys.argv[2:])
+    result["command"] = command
+    if out is not None:
+        from filmweaver.io import write_json
+
+        write_json(out, result)
+    typer.echo(markdown_rows(result, command))
+
+
 if __name__ == "__main__":
     app()

@@ -203,24 +203,23 @@ class FilmModels:
         if local and (root / FILMWEAVER_CONFIG).is_file():
             extra = json.loads((root / FILMWEAVER_CONFIG).read_text())
         index = _model_index(root, id_or_path, local)
-        backbone = ContextWanTransformer(
-            WanTransformer3DModel.from_pretrained(id_or_path, subfolder="transformer", torch_dtype=dtype).eval())
-        if local:
-            backbone.load_context_projections(root / "transformer")
-        if lora:
-            _attach_lora(backbone.transformer, lora, "transformer")
+
+        def expert(subfolder: str, lora_file: str | None) -> ContextWanTransformer:
+            tr = WanTransformer3DModel.from_pretrained(id_or_path, subfolder=subfolder, torch_dtype=dtype).eval()
+            bb = ContextWanTransformer(tr)
+            if local:
+                bb.load_context_projections(root / subfolder)
+            if lora_file:
+                _attach_lora(tr, lora_file, subfolder)
+            return bb
+
+        backbone = expert("transformer", lora)
         if (index.get("transformer_2") or [None])[0] is not None:
             from filmweaver.backbone.experts import ExpertSwitch
 
             if index.get("boundary_ratio") is None:
                 raise ModelLoadError(f"{id_or_path}: model_index.json lists transformer_2 but no boundary_ratio")
-            second = ContextWanTransformer(
-                WanTransformer3DModel.from_pretrained(id_or_path, subfolder="transformer_2", torch_dtype=dtype).eval())
-            if local:
-                second.load_context_projections(root / "transformer_2")
-            if lora_2:
-                _attach_lora(second.transformer, lora_2, "transformer_2")
-            backbone = ExpertSwitch(backbone, second, float(index["boundary_ratio"]))
+            backbone = ExpertSwitch(backbone, expert("transformer_2", lora_2), float(index["boundary_ratio"]))
         elif lora_2:
             raise ModelLoadError(f"--lora-2 is for the second expert (transformer_2/), which {id_or_path} does not have")
         vae = AutoencoderKLWan.from_pretrained(id_or_path, subfolder="vae", torch_dtype=torch.float32)

@@ -1,0 +1,183 @@
+"""``filmweaver bench``: time the context-injected Wan forward at real sizes with random weights.
+
+Timing does not depend on the weights' values, so the transformer is built from the release config
+(:data:`SHAPES`) on the device and filled with random numbers; nothing is downloaded. One case is one
+forward of ``ContextWanTransformer`` on a chunk of ``frames`` video frames at ``height x width``
+(Wan's VAE: 4x in time, 8x in space, patch 1x2x2) with ``memory`` shot-cache keyframes (one latent
+frame each) and, optionally, the temporal cache (default schedule). Reported per case: seconds per
+forward (CUDA events, median of ``repeats`` after ``warmup``), tokens, the ratio to the no-context
+case, and achieved TFLOP/s from the analytic count (:func:`forward_flops`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+# WanTransformer3DModel configs of the releases (diffusers' transformer/config.json)
+SHAPES: dict[str, dict] = {
+    "1.3b": dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960, text_dim=4096,
+                 in_channels=16, out_channels=16, freq_dim=256),
+    "14b": dict(num_attention_heads=40, attention_head_dim=128, num_layers=40, ffn_dim=13824, text_dim=4096,
+                in_channels=16, out_channels=16, freq_dim=256),
+    "5b": dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336, text_dim=4096,
+               in_channels=48, out_channels=48, freq_dim=256),
+    "tiny": dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, ffn_dim=64, text_dim=32,
+                 in_channels=16, out_channels=16, freq_dim=32),
+}
+TEXT_TOKENS = 512  # UMT5 sequence length Wan uses
+
+
+@dataclass
+class BenchCase:
+    shape: str
+    height: int
+    width: int
+    frames: int
+    memory: int  # shot-cache keyframes
+    temporal: bool  # temporal cache (default schedule) in context
+    batch: int = 1  # 2 = batched classifier-free guidance
+    tokens: int = 0
+    context_tokens: int = 0
+    seconds: float = 0.0
+    tflops: float = 0.0
+    vs_no_context: float | None = None
+
+
+def build_transformer(shape: str, device, dtype):
+    """A random-weight ``ContextWanTransformer`` of a release shape, built directly on ``device``."""
+    from diffusers import WanTransformer3DModel
+
+    from filmweaver.backbone.wan import ContextWanTransformer
+
+    cfg = dict(SHAPES[shape])
+    with torch.device("meta"):
+        tr = WanTransformer3DModel(patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                   eps=1e-6, **cfg)
+    tr = tr.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in tr.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
+        for b in tr.buffers():
+            if b.is_floating_point():
+                b.normal_(0.0, 0.02, generator=gen)
+    bb = ContextWanTransformer(tr.to(dtype).eval())
+    return bb.to(device=device, dtype=dtype)
+
+
+def forward_flops(cfg: dict, n_tokens: int, n_gen: int, batch: int, text_tokens: int = TEXT_TOKENS) -> float:
+    """Matmul FLOPs of one forward (2 per multiply-add): per block, self-attention projections and
+    scores over all tokens, cross-attention to the text, the FFN; plus the output head on the
+    generated tokens. Norms, RoPE and modulation are left out (small)."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    n, lt, f = n_tokens, text_tokens, cfg["ffn_dim"]
+    per_block = (8 * n * d * d + 4 * n * n * d  # self-attention: q,k,v,o and QK^T, PV
+                 + 4 * n * d * d + 4 * lt * d * d + 4 * n * lt * d  # cross-attention
+                 + 4 * n * d * f)  # FFN
+    head = 2 * n_gen * d * cfg["out_channels"] * 4
+    return batch * (cfg["num_layers"] * per_block + head)
+
+
+def _time(fn, device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81,
+              memory: tuple[int, ...] = (0, 3, 10), temporal: tuple[bool, ...] = (False, True), batch: int = 1,
+              device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
+              compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
+              progress: bool = True) -> dict:
+    """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
+
+    ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
+    0 = clean) gives context tokens their own timestep (Wan2.2-style per-token modulation); ``None``
+    shows them at the generated frames' timestep (the stock scalar path, as StoryMem's M2V does)."""
+    from filmweaver.context import ContextFrames
+    from filmweaver.memory.shot_cache import memory_positions
+    from filmweaver.memory.temporal_cache import TemporalCache
+
+    dev = torch.device(device)
+    bb = build_transformer(shape, dev, dtype)
+    if attention_backend:
+        bb.transformer.set_attention_backend(attention_backend)
+    if compile_blocks:
+        bb.transformer.compile_repeated_blocks(fullgraph=True)
+    cfg = SHAPES[shape]
+    c = cfg["in_channels"]
+    lf, lh, lw = 1 + (frames - 1) // 4, height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space
+    if cfg["in_channels"] == 48:  # Wan2.2 TI2V-5B VAE: 16x space
+        lh, lw = height // 16, width // 16
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(batch, c, lf, lh, lw, generator=g, device=dev, dtype=dtype)
+    text = torch.randn(batch, TEXT_TOKENS, cfg["text_dim"], generator=g, device=dev, dtype=dtype)
+    t = torch.full((batch,), 500.0, device=dev)
+    cases = []
+    base_seconds = None
+    for tc in temporal:
+        for m in memory:
+            ctx = []
+            cache = TemporalCache() if tc else TemporalCache([])
+            if tc:
+                cache.push(torch.randn(1, c, cache.capacity, lh, lw, generator=g, device=dev, dtype=dtype))
+            if m:
+                mem = torch.randn(1, c, m, lh, lw, generator=g, device=dev, dtype=dtype)
+                ctx.append(ContextFrames(mem, memory_positions(m, cache.capacity), context_timestep, 1, kind="shot"))
+            ctx += cache.context(context_timestep)
+            n_ctx = bb.count_tokens(ctx, (lh, lw))
+            n_gen = lf * (lh // 2) * (lw // 2)
+            seconds = _time(lambda ctx=ctx: bb(x, t, text, context=ctx), dev, warmup, repeats)
+            case = BenchCase(shape, height, width, frames, m, tc, batch, n_gen + n_ctx, n_ctx, round(seconds, 4),
+                             float(f"{forward_flops(cfg, n_gen + n_ctx, n_gen, batch) / seconds / 1e12:.4g}"))
+            if not m and not tc:
+                base_seconds = seconds
+            if base_seconds:
+                case.vs_no_context = round(seconds / base_seconds, 3)
+            cases.append(case)
+            if progress:
+                print(json.dumps(asdict(case)), flush=True)
+    env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
+           "compile_repeated_blocks": compile_blocks, "context_timestep": context_timestep, "warmup": warmup,
+           "repeats": repeats}
+    try:
+        import diffusers
+
+        env["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return {"cases": [asdict(c) for c in cases], "env": env}
+
+
+def markdown_rows(result: dict, command: str) -> str:
+    env = result["env"]
+    lines = ["| shape | res x frames | memory | temporal | tokens | s / forward | vs none | TFLOP/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in result["cases"]:
+        lines.append(f"| {c['shape']} | {c['height']}x{c['width']}x{c['frames']} | {c['memory']} | "
+                     f"{'yes' if c['temporal'] else 'no'} | {c['tokens']:,} | {c['seconds']:.3f} | "
+                     f"{c['vs_no_context'] if c['vs_no_context'] is not None else '-'} | {c['tflops']} |")
+    lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']}, "
+              f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, batch "
+              f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""`filmweaver bench`: the harness runs on CPU with the tiny shape; token counts and FLOPs are exact."""
+
+import json
+
+from typer.testing import CliRunner
+
+from filmweaver.bench import SHAPES, forward_flops, run_bench
+
+
+def test_release_shape_token_count_and_flops():
+    # 480x832x81 -> 21 x 60 x 104 latents -> 21 x 30 x 52 tokens (the SPEC's 32,760)
+    cfg = SHAPES["1.3b"]
+    n = 21 * 30 * 52
+    assert n == 32_760
+    d, f, lt = 1536, 8960, 512
+    per_block = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * lt * d * d + 4 * n * lt * d + 4 * n * d * f
+    assert forward_flops(cfg, n, n, 1) == 30 * per_block + 2 * n * d * 16 * 4
+    assert forward_flops(cfg, n, n, 2) == 2 * forward_flops(cfg, n, n, 1)
+
+
+def test_bench_cases_on_cpu():
+    res = run_bench("tiny", 64, 64, 9, memory=(0, 3), temporal=(False, True), device="cpu", dtype=__import__("torch").float32,
+                    warmup=0, repeats=1, progress=False)
+    cases = {(c["memory"], c["temporal"]): c for c in res["cases"]}
+    assert cases[(0, False)]["tokens"] == 3 * 4 * 4 and cases[(0, False)]["vs_no_context"] == 1.0
+    assert cases[(3, False)]["context_tokens"] == 3 * 16  # one latent frame per keyframe
+    # default temporal schedule [(1,2),(2,2),(4,4)] over 8 x 8 latents: 2*16 + 1*4 + 1*1 tokens
+    assert cases[(0, True)]["context_tokens"] == 2 * 16 + 4 + 1
+    assert all(c["seconds"] > 0 and c["tflops"] > 0 for c in res["cases"])
+    assert res["env"]["device"] == "cpu"
+
+
+def test_bench_cli_writes_json(tmp_path):
+    from filmweaver.cli import app
+
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bench", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--height", "64",
+                                 "--width", "64", "--frames", "5", "--memory", "0,2", "--temporal", "no",
+                                 "--repeats", "1", "--warmup", "0", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert [c["memory"] for c in data["cases"]] == [0, 2] and "filmweaver bench" in data["command"]
+    assert "| tiny | 64x64x5 | 2 |" in r.output
+    r = CliRunner().invoke(app, ["bench", "--shape", "7b", "--device", "cpu"])
+    assert r.exit_code == 2 and "unknown shape" in r.output
