@@ -234,3 +234,30 @@ def test_cli_regenerate_extend_and_next(story_file, tmp_path):
     info = r.invoke(app, ["info", str(out)])
     assert info.exit_code == 0 and "shot  1 done" in info.output and "shot  2 stale" in info.output
     assert os.path.isfile(out / "film.mp4")
+
+
+def test_first_block_step_cache_skips_blocks_and_resets_per_chunk(tiny_models, story_file, tmp_path):
+    from filmweaver.engine import EngineConfig, StoryEngine
+    from filmweaver.sampler import SamplerConfig
+    from filmweaver.script import load_story
+
+    story = load_story(story_file)
+    tr = tiny_models.backbone.transformer
+    runs = {"n": 0}
+    handle = tr.blocks[-1].ffn.register_forward_pre_hook(lambda *a: runs.__setitem__("n", runs["n"] + 1))
+    try:
+        counts = {}
+        for mode, threshold in (("none", 0.0), ("first_block", 10.0)):
+            runs["n"] = 0
+            cfg = EngineConfig(shot_chunks=2, step_cache=mode, step_cache_threshold=threshold,
+                               sampler=SamplerConfig(num_inference_steps=4))
+            StoryEngine(tiny_models, tmp_path / mode, story=story, config=cfg, progress=False).generate()
+            counts[mode] = runs["n"]
+        # a huge threshold reuses every step after the first of each chunk: 1 of 4 steps per chunk runs
+        # the last block (the state is reset per chunk: chunks with different context sizes mix fine)
+        assert counts["none"] == 4 * counts["first_block"]
+    finally:
+        handle.remove()
+        for t in (tr,):
+            if t.is_cache_enabled:
+                t.disable_cache()

@@ -40,6 +40,18 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
     return models
 
 
+def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
+    """Runtime choices that do not change what the model computes (up to kernel numerics)."""
+    for expert in getattr(models.backbone, "experts", [models.backbone]):
+        if attention:
+            try:
+                expert.transformer.set_attention_backend(attention)
+            except (ValueError, RuntimeError, ImportError) as e:
+                _fail(f"attention backend {attention!r}: {e}")
+        if compile_blocks:
+            expert.transformer.compile_repeated_blocks(fullgraph=True)
+
+
 @app.command()
 def validate(script: Path = typer.Argument(..., help="story script (ST-Bench JSON)")):
     """Check a story script; print a summary, or every problem with its JSON path."""
@@ -71,6 +83,10 @@ def generate(
     lora: str | None = typer.Option(None, help="LoRA file for the transformer (Wan or diffusers key names; StoryMem's backbone_high_noise.pth)"),
     lora_2: str | None = typer.Option(None, help="LoRA file for the second expert of Wan2.2 A14B (StoryMem's backbone_low_noise.pth)"),
     vae_tiling: bool = typer.Option(False, help="decode/encode in tiles (less GPU memory at high resolution)"),
+    step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache: faster, changes the film)"),
+    step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are reused"),
+    attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
+    compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
@@ -98,6 +114,7 @@ def generate(
     except ScriptError as e:
         _fail(str(e), code=1)
     models = _load_models(preset, model, embedder, device, dtype, lora, lora_2, vae_tiling)
+    _speed_options(models, attention, compile_blocks)
     sampler = SamplerConfig(scheduler=scheduler, shift=shift)
     explicit = set()
     if steps is not None:
@@ -107,7 +124,7 @@ def generate(
     config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
                           shot_cache=ShotCacheConfig(policy=policy, k=k), continuation=continuation,
                           temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
-                          keyframes=KeyframeConfig())
+                          keyframes=KeyframeConfig(), step_cache=step_cache, step_cache_threshold=step_cache_threshold)
     if method is not None:
         from filmweaver.methods import method_config
 
