@@ -267,3 +267,21 @@ def test_benchmark_writes_reports_resumes_and_renders(tmp_path):
     subprocess.run([browser, *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,1600",
                     f"--screenshot={shot}", page], capture_output=True, timeout=120)
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_benchmark_shards_share_the_work_and_rank0_reports(tmp_path):
+    from filmweaver.eval.benchmark import run_benchmark
+    from filmweaver.models import load_models
+    from filmweaver.synth.stories import make_story
+
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(make_story(1_000_300, min_shots=2, max_shots=2, frames=(4,)).to_script()))
+    models, judges = load_models(), Judges(EvalConfig())
+    out = tmp_path / "b"
+    args = ([p], out, ["independent", "filmweaver"], models, judges, {"sampler": {"num_inference_steps": 1}})
+    with pytest.raises(RuntimeError, match="runs/filmweaver/s/metrics.json is missing"):
+        run_benchmark(*args, progress=False, shard=(0, 2), wait=lambda: None)  # rank 1 has not run yet
+    assert (out / "runs/independent/s/metrics.json").is_file() and not (out / "runs/filmweaver/s").exists()
+    assert run_benchmark(*args, progress=False, shard=(1, 2), wait=lambda: None) is None
+    report = run_benchmark(*args, progress=False, shard=(0, 2), wait=lambda: None)
+    assert set(report["stories"]["s"]) == {"independent", "filmweaver"} and (out / "report.html").is_file()

@@ -256,7 +256,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="a generated project director
           clip: str = typer.Option("builtin", help=_CLIP_HELP),
           aesthetic_clip: str | None = typer.Option(None, help="CLIP ViT-L/14 for the aesthetic head (default: --clip)"),
           aesthetic_head: str | None = typer.Option(None, help="LAION aesthetic linear head (.pth / .safetensors)"),
-          inception: str | None = typer.Option(None, help="FID Inception v3 weights file for the Inception Score"),
+          inception: str | None = typer.Option(None, help="FID Inception v3 weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) for the Inception Score"),
           probe: str = typer.Option("none", help=_PROBE_HELP),
           video_embedder: str | None = typer.Option(None, help="video-text judge (ViCLIP) as package.module:factory"),
           detector: str | None = typer.Option(None, help="character detector as package.module:factory"),
@@ -290,8 +290,19 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
               probe: str = typer.Option("none", help=_PROBE_HELP), video_embedder: str | None = None,
               detector: str | None = None, metrics: str | None = None,
               device: str = typer.Option("cpu"), dtype: str = typer.Option("float32")):
-    """Generate every story with every method, score them, write report.json / report.md / report.html."""
-    from filmweaver.eval.benchmark import run_benchmark, story_scripts
+    """Generate every story with every method, score them, write report.json / report.md / report.html.
+
+    Under torchrun (one process per GPU) the (story, method) pairs are shared out and rank 0 writes
+    the report: `torchrun --nproc_per_node 2 -m filmweaver.cli benchmark DIR -o OUT --device cuda`."""
+    from filmweaver.eval.benchmark import run_benchmark, shard_from_env, story_scripts
+
+    rank, world, local_rank = shard_from_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")  # a barrier between shards; the work itself is independent
+        if device == "cuda":
+            device = f"cuda:{local_rank}"
 
     try:
         scripts = story_scripts(scripts_dir, stories)
@@ -304,9 +315,11 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
         settings["sampler"] = {"num_inference_steps": steps}
     try:
         report = run_benchmark(scripts, out, [m.strip() for m in methods.split(",")], models, judges, settings,
-                               max_shots=max_shots)
+                               max_shots=max_shots, shard=(rank, world), progress=True)
     except (ScriptError, ValueError) as e:
         _fail(str(e), code=1)
+    if report is None:  # a shard other than rank 0: rank 0 writes the report
+        return
     from filmweaver.eval.benchmark import markdown_table
 
     typer.echo(markdown_table(report))

@@ -44,33 +44,61 @@ def _fresh(project: Path, judges: Judges) -> bool:
     return r.is_file() and json.loads(r.read_text()).get("inputs") == evaluation_inputs(project, judges)
 
 
+def shard_from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under ``torchrun`` / ``accelerate launch``; (0, 1, 0) otherwise."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], models, judges: Judges,
-                  engine_settings: dict | None = None, max_shots: int | None = None, progress: bool = True) -> dict:
-    """Generate (or resume) and evaluate every (story, method); write the reports. Returns report.json."""
+                  engine_settings: dict | None = None, max_shots: int | None = None, progress: bool = True,
+                  shard: tuple[int, int] = (0, 1), wait=_barrier) -> dict | None:
+    """Generate (or resume) and evaluate every (story, method); write the reports. Returns report.json.
+
+    ``shard=(rank, world)``: this process takes every ``world``-th (story, method) pair, as one process
+    per GPU under ``torchrun``; after ``wait()`` (a barrier), rank 0 gathers every pair's metrics.json
+    and writes the report (other ranks return None)."""
     from filmweaver.engine import StoryEngine
     from filmweaver.script import load_story
 
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    rank, world = shard
     out = Path(out_dir)
     stories = [(p.stem, load_story(p)) for p in scripts]  # every script is validated before any work
-    results: dict[str, dict[str, dict]] = {}
-    bar = tqdm(total=len(stories) * len(methods), desc="benchmark", disable=not progress)
-    for stem, story in stories:
-        for method in methods:
-            bar.set_postfix_str(f"{stem} / {method}")
-            project = out / "runs" / method / stem
-            engine = StoryEngine(models, project, story=story, config=method_config(method, engine_settings),
-                                 progress=False)
-            generated = engine.generate(max_shots=max_shots)
-            if generated or not _fresh(project, judges):
-                res = evaluate_run(project, judges)
-            else:
-                res = json.loads((project / "metrics.json").read_text())
-            results.setdefault(stem, {})[method] = res
-            bar.update(1)
+    pairs = [(stem, story, method) for stem, story in stories for method in methods]
+    mine = pairs[rank::world]
+    bar = tqdm(total=len(mine), desc="benchmark" if world == 1 else f"benchmark [{rank}/{world}]",
+               disable=not progress)
+    for stem, story, method in mine:
+        bar.set_postfix_str(f"{stem} / {method}")
+        project = out / "runs" / method / stem
+        engine = StoryEngine(models, project, story=story, config=method_config(method, engine_settings),
+                             progress=False)
+        generated = engine.generate(max_shots=max_shots)
+        if generated or not _fresh(project, judges):
+            evaluate_run(project, judges)
+        bar.update(1)
     bar.close()
+    if world > 1:
+        wait()
+        if rank != 0:
+            return None
+    results: dict[str, dict[str, dict]] = {}
+    for stem, _, method in pairs:
+        path = out / "runs" / method / stem / "metrics.json"
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing: a shard did not finish (rerun to resume)")
+        results.setdefault(stem, {})[method] = json.loads(path.read_text())
     report = summarize_benchmark(results, methods)
     report["settings"] = {"engine": engine_settings or {}, "max_shots": max_shots, "model": models.model_id,
                           "scripts": [str(p) for p in scripts]}

@@ -170,7 +170,7 @@ class InceptionJudge:
         path = Path(weights)
         if not path.is_file():
             raise EvalSetupError(f"inception_score: weights {path} not found (set --inception to the local "
-                                 "pt_inception-2015-12-05 weights file)")
+                                 "weights-inception-2015-12-05-6726825d.pth file of torch-fidelity)")
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as e:
