@@ -43,3 +43,17 @@ def test_bench_cli_writes_json(tmp_path):
     assert "| tiny | 64x64x5 | 2 |" in r.output
     r = CliRunner().invoke(app, ["bench", "--shape", "7b", "--device", "cpu"])
     assert r.exit_code == 2 and "unknown shape" in r.output
+
+
+def test_story_bench_times_every_shot_and_memory_grows_only_with_sink_window(tmp_path):
+    import torch
+
+    from filmweaver.bench import run_story_bench
+
+    kw = dict(shape="tiny", height=32, width=32, frames=5, shots=5, steps=1, device="cpu", dtype=torch.float32)
+    topk = run_story_bench(method="filmweaver", out_dir=str(tmp_path / "a"), **kw)
+    sink = run_story_bench(method="storymem", out_dir=str(tmp_path / "b"), **kw)
+    assert [r["shot"] for r in topk["shots"]] == [1, 2, 3, 4, 5]
+    assert all(r["denoise_s"] > 0 for r in topk["shots"]) and topk["last_over_second"] is not None
+    assert max(r["memory"] for r in topk["shots"]) <= 3  # topk k=3: bounded
+    assert sink["shots"][-1]["memory"] > 3 and sink["shots"][-1]["context_tokens"] > topk["shots"][-1]["context_tokens"]

@@ -181,3 +181,67 @@ def markdown_rows(result: dict, command: str) -> str:
               f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, batch "
               f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
     return "\n".join(lines) + "\n"
+
+
+def random_film_models(shape: str, device, dtype, frames: int, height: int, width: int, steps: int):
+    """A :class:`~filmweaver.models.FilmModels` for timing whole shots: the release-shape transformer
+    (random), Wan2.1's VAE config (random), a one-layer random UMT5 of the release text width (the
+    prompt embedding is computed once per prompt, so its size does not matter) and a tiny random CLIP."""
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from filmweaver.backbone.vae import LatentCodec
+    from filmweaver.models import FilmModels
+    from filmweaver.text import BYTE_VOCAB_SIZE, WanPromptEncoder, byte_level_tokenizer
+
+    cfg = SHAPES[shape]
+    if cfg["in_channels"] != 16:
+        raise ValueError(f"story timing needs a 16-channel (Wan2.1 VAE) shape, not {shape}")
+    tiny = FilmModels.tiny(device=str(device))
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan() if shape != "tiny" else tiny.codec.vae
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=BYTE_VOCAB_SIZE, d_model=cfg["text_dim"], d_kv=64,
+                                               d_ff=256, num_layers=1, num_heads=4, pad_token_id=0, eos_token_id=1,
+                                               decoder_start_token_id=0))
+    return FilmModels(
+        backbone=build_transformer(shape, device, dtype),
+        codec=LatentCodec(vae.to(device).eval()),
+        prompt_encoder=WanPromptEncoder(byte_level_tokenizer(model_max_length=TEXT_TOKENS),
+                                        text_encoder.to(device=device, dtype=dtype).eval(), max_sequence_length=TEXT_TOKENS),
+        embedder=tiny.embedder, scheduler_config=None, model_id=f"random-wan-{shape}", trained=False,
+        defaults=dict(height=height, width=width, fps=16, chunk_frames=1 + (frames - 1) // 4,
+                      num_inference_steps=steps, guidance_scale=5.0),
+    )
+
+
+def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81, shots: int = 10,
+                    steps: int = 4, method: str = "filmweaver", device: str = "cuda",
+                    dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None) -> dict:
+    """Generate a ``shots``-shot story with random real-size weights and the engine as users run it;
+    report each shot's denoising seconds, context tokens and memory size, and shot N / shot 2."""
+    import tempfile
+
+    from filmweaver.engine import StoryEngine
+    from filmweaver.methods import method_config
+    from filmweaver.script import parse_story
+    from filmweaver.synth.stories import make_story
+
+    dev = torch.device(device)
+    models = random_film_models(shape, dev, dtype, frames, height, width, steps)
+    script = make_story(42, min_shots=shots, max_shots=shots).to_script()
+    for scene in script["scenes"]:  # every shot a cut, one chunk: time depends on memory alone
+        scene["cut"] = [True] * len(scene["cut"])
+        scene.pop("shots", None)
+    project = out_dir or tempfile.mkdtemp(prefix="filmweaver-bench-")
+    # random weights rate all frames alike: without dedupe the bank grows as it does with real weights
+    cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01}})
+    engine = StoryEngine(models, project, story=parse_story(script), config=cfg, progress=False)
+    engine.generate()
+    rows = []
+    for rec in engine.project.shots:
+        rows.append({"shot": rec["number"], "denoise_s": rec["timings"]["denoise_s"], "total_s": rec["timings"]["total_s"],
+                     "context_tokens": rec["chunks"][0]["context_tokens"], "memory": len(rec["shot_cache"])})
+    ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
+    return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
+            "shots": rows, "last_over_second": None if ratio is None else round(ratio, 3),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}

@@ -337,18 +337,31 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
           repeats: int = 5, warmup: int = 2,
           device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
+          story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
+          steps: int = typer.Option(4, help="--story: denoising steps per chunk"),
+          method: str = typer.Option("filmweaver", help="--story: the method (memory settings) to time"),
           out: Path | None = typer.Option(None, "-o", "--out", help="write the results as JSON here")):
-    """Seconds per forward, tokens, memory overhead and TFLOP/s of the context-injected Wan transformer."""
+    """Seconds per forward, tokens, memory overhead and TFLOP/s of the context-injected Wan transformer
+    (or, with --story N, seconds per shot along a story)."""
     import sys
 
     import torch
 
-    from filmweaver.bench import SHAPES, markdown_rows, run_bench
+    from filmweaver.bench import SHAPES, markdown_rows, run_bench, run_story_bench
 
     if shape not in SHAPES:
         _fail(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
+    if story:
+        result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, _DTYPES[dtype]))
+        result["command"] = "filmweaver bench " + " ".join(sys.argv[2:])
+        if out is not None:
+            from filmweaver.io import write_json
+
+            write_json(out, result)
+        typer.echo(json.dumps(result, indent=1))
+        return
     result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
                        tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
                        getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
