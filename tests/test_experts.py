@@ -107,3 +107,41 @@ def test_incomplete_directories_and_unsupported_presets_are_named(a14b_dir, tmp_
     m = load_models(preset="wan2.2-t2v-a14b", model=str(a14b_dir))
     assert m.defaults["sampler.guidance_scale_2"] == 3.0 and m.defaults["num_inference_steps"] == 40
     assert isinstance(m.backbone.low_noise, ContextWanTransformer)
+
+
+def test_storymem_first_shot_runs_on_the_t2v_model(tmp_path):
+    """StoryMem: shot 1 (nothing in memory) by a T2V model, later shots by the M2V (36-channel) model."""
+    from diffusers import WanTransformer3DModel
+    from helpers import small_story
+
+    from filmweaver.engine import StoryEngine
+    from filmweaver.methods import method_config
+    from filmweaver.script import parse_story
+
+    t2v_dir = tmp_path / "t2v"
+    FilmModels.tiny(seed=3).save_pretrained(t2v_dir)
+    models = FilmModels.tiny(seed=0)
+    torch.manual_seed(0)
+    models.backbone = ContextWanTransformer(WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32).eval())
+    models.load_first_shot_model(str(t2v_dir))
+    assert models.model_id.endswith(f"+first-shot:{t2v_dir}")
+    calls = {"t2v": 0, "m2v": 0}
+    models.first_shot_backbone.register_forward_hook(lambda *a: calls.__setitem__("t2v", calls["t2v"] + 1))
+    models.backbone.register_forward_hook(lambda *a: calls.__setitem__("m2v", calls["m2v"] + 1))
+    story = small_story(1, 2)
+    story["scenes"][0]["cut"] = [True, True]
+    cfg = method_config("storymem", {"keyframes": {"dedupe_threshold": 1.01}})
+    engine = StoryEngine(models, tmp_path / "p", story=parse_story(story), config=cfg, progress=False)
+    engine.generate()
+    steps = engine.config.sampler.num_inference_steps  # one forward a step (batched CFG), one chunk a shot
+    assert engine.m2v and calls["t2v"] == steps and calls["m2v"] == steps
+    shots = engine.project.shots
+    assert shots[0]["chunks"][0]["mode"] == "text" and shots[1]["chunks"][0]["mode"] == "shot"
+    with pytest.raises(ModelLoadError, match="input channels"):
+        m2v_dir = tmp_path / "m2v"
+        models.first_shot_backbone = None
+        FilmModels(models.backbone, models.codec, models.prompt_encoder, None, None, "x", False).save_pretrained(m2v_dir)
+        models.load_first_shot_model(str(m2v_dir))

@@ -42,7 +42,8 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
 
 def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
     """Runtime choices that do not change what the model computes (up to kernel numerics)."""
-    for expert in getattr(models.backbone, "experts", [models.backbone]):
+    backbones = [models.backbone] + ([models.first_shot_backbone] if models.first_shot_backbone else [])
+    for expert in (e for b in backbones for e in getattr(b, "experts", [b])):
         if attention:
             try:
                 expert.transformer.set_attention_backend(attention)
@@ -82,6 +83,8 @@ def generate(
     model: str | None = typer.Option(None, help="diffusers Wan hub id or local directory"),
     lora: str | None = typer.Option(None, help="LoRA file for the transformer (Wan or diffusers key names; StoryMem's backbone_high_noise.pth)"),
     lora_2: str | None = typer.Option(None, help="LoRA file for the second expert of Wan2.2 A14B (StoryMem's backbone_low_noise.pth)"),
+    first_shot_model: str | None = typer.Option(None, help="StoryMem: a T2V Wan (hub id or dir, e.g. Wan-AI/Wan2.2-T2V-A14B-Diffusers) "
+                                                "for chunks with nothing in memory; only its transformer(s) load"),
     vae_tiling: bool = typer.Option(False, help="decode/encode in tiles (less GPU memory at high resolution)"),
     step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache: faster, changes the film)"),
     step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are reused"),
@@ -114,6 +117,15 @@ def generate(
     except ScriptError as e:
         _fail(str(e), code=1)
     models = _load_models(preset, model, embedder, device, dtype, lora, lora_2, vae_tiling)
+    if first_shot_model:
+        import torch
+
+        from filmweaver.models import ModelLoadError
+
+        try:
+            models.load_first_shot_model(first_shot_model, getattr(torch, _DTYPES[dtype]), device)
+        except (ModelLoadError, OSError) as e:
+            _fail(str(e))
     _speed_options(models, attention, compile_blocks)
     sampler = SamplerConfig(scheduler=scheduler, shift=shift)
     explicit = set()

@@ -468,7 +468,8 @@ class StoryEngine:
 
     # -- step caching ------------------------------------------------------------------------------
     def _transformers(self) -> list:
-        return [e.transformer for e in getattr(self.models.backbone, "experts", [self.models.backbone])]
+        backbones = [self.models.backbone] + ([self.models.first_shot_backbone] if self.models.first_shot_backbone else [])
+        return [e.transformer for b in backbones for e in getattr(b, "experts", [b])]
 
     def _enable_step_cache(self) -> None:
         cfg = self.config
@@ -496,6 +497,12 @@ class StoryEngine:
     def _velocity_fn(self, context: list[ContextFrames]):
         backbone = self.models.backbone
         dtype = backbone.dtype
+        first_shot = getattr(self.models, "first_shot_backbone", None)
+        if not context and first_shot is not None:  # StoryMem: a T2V model for what has no memory
+            def velocity(x, t, text):
+                return first_shot(x.to(first_shot.dtype), t, text.to(first_shot.dtype)).float()
+
+            return velocity
 
         if not self.m2v:
             ctx = [ContextFrames(b.latents.to(backbone.device, dtype), b.positions, b.timestep, b.compression, b.kind)

@@ -79,6 +79,21 @@ class FilmModels:
     trained: bool
     # Settings this model was made for (resolution, fps, chunk length, steps...): EngineConfig defaults.
     defaults: dict = field(default_factory=dict)
+    # StoryMem's pipeline: a text-to-video backbone for chunks with nothing in context (the first shot),
+    # the memory-conditioned (M2V) backbone for the rest. Same VAE and text encoder (Wan2.2 T2V/I2V A14B).
+    first_shot_backbone: object | None = None
+
+    def load_first_shot_model(self, id_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+        """Load only the transformer(s) of another Wan release (e.g. Wan2.2-T2V-A14B) for first shots."""
+        root = Path(id_or_path)
+        if root.is_dir():
+            check_wan_directory(root, components=("transformer",))
+        backbone = load_wan_backbone(id_or_path, dtype)
+        if backbone.config.in_channels != self.codec.latent_channels:
+            raise ModelLoadError(f"first-shot model {id_or_path} takes {backbone.config.in_channels} input channels; "
+                                 f"a text-to-video model takes {self.codec.latent_channels}")
+        self.first_shot_backbone = backbone.to(device)
+        self.model_id = f"{self.model_id}+first-shot:{id_or_path}"  # in the manifest and every shot's fingerprint
 
     @property
     def embedder_id(self) -> str | None:
@@ -189,7 +204,7 @@ class FilmModels:
         ``boundary_ratio``. ``lora`` / ``lora_2``: LoRA files (original Wan or diffusers key names, e.g.
         StoryMem's ``backbone_high_noise.pth`` / ``backbone_low_noise.pth``) for the (first / second)
         transformer. ``defaults`` replace the generation defaults (a preset's release settings)."""
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from diffusers import AutoencoderKLWan
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         root = Path(id_or_path)
@@ -202,26 +217,7 @@ class FilmModels:
         extra = {}
         if local and (root / FILMWEAVER_CONFIG).is_file():
             extra = json.loads((root / FILMWEAVER_CONFIG).read_text())
-        index = _model_index(root, id_or_path, local)
-
-        def expert(subfolder: str, lora_file: str | None) -> ContextWanTransformer:
-            tr = WanTransformer3DModel.from_pretrained(id_or_path, subfolder=subfolder, torch_dtype=dtype).eval()
-            bb = ContextWanTransformer(tr)
-            if local:
-                bb.load_context_projections(root / subfolder)
-            if lora_file:
-                _attach_lora(tr, lora_file, subfolder)
-            return bb
-
-        backbone = expert("transformer", lora)
-        if (index.get("transformer_2") or [None])[0] is not None:
-            from filmweaver.backbone.experts import ExpertSwitch
-
-            if index.get("boundary_ratio") is None:
-                raise ModelLoadError(f"{id_or_path}: model_index.json lists transformer_2 but no boundary_ratio")
-            backbone = ExpertSwitch(backbone, expert("transformer_2", lora_2), float(index["boundary_ratio"]))
-        elif lora_2:
-            raise ModelLoadError(f"--lora-2 is for the second expert (transformer_2/), which {id_or_path} does not have")
+        backbone = load_wan_backbone(id_or_path, dtype, lora, lora_2)
         vae = AutoencoderKLWan.from_pretrained(id_or_path, subfolder="vae", torch_dtype=torch.float32)
         if vae_tiling:
             vae.enable_tiling()
@@ -292,6 +288,38 @@ class FilmModels:
             "max_sequence_length": self.prompt_encoder.max_sequence_length}, indent=2))
 
 
+def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora: str | None = None,
+                      lora_2: str | None = None):
+    """The transformer(s) of a diffusers Wan layout as a context-injected backbone: one
+    :class:`ContextWanTransformer`, or an :class:`~filmweaver.backbone.experts.ExpertSwitch` when
+    ``model_index.json`` lists ``transformer_2`` (Wan2.2 A14B), each with its optional LoRA file."""
+    from diffusers import WanTransformer3DModel
+
+    root = Path(id_or_path)
+    local = root.is_dir()
+    index = _model_index(root, id_or_path, local)
+
+    def expert(subfolder: str, lora_file: str | None) -> ContextWanTransformer:
+        tr = WanTransformer3DModel.from_pretrained(id_or_path, subfolder=subfolder, torch_dtype=dtype).eval()
+        bb = ContextWanTransformer(tr)
+        if local:
+            bb.load_context_projections(root / subfolder)
+        if lora_file:
+            _attach_lora(tr, lora_file, subfolder)
+        return bb
+
+    backbone = expert("transformer", lora)
+    if (index.get("transformer_2") or [None])[0] is not None:
+        from filmweaver.backbone.experts import ExpertSwitch
+
+        if index.get("boundary_ratio") is None:
+            raise ModelLoadError(f"{id_or_path}: model_index.json lists transformer_2 but no boundary_ratio")
+        return ExpertSwitch(backbone, expert("transformer_2", lora_2), float(index["boundary_ratio"]))
+    if lora_2:
+        raise ModelLoadError(f"--lora-2 is for the second expert (transformer_2/), which {id_or_path} does not have")
+    return backbone
+
+
 def _model_index(root: Path, id_or_path: str, local: bool) -> dict:
     """``model_index.json`` (which components exist, Wan2.2's ``boundary_ratio``); {} if there is none."""
     if local:
@@ -314,11 +342,12 @@ def _attach_lora(transformer, path: str, where: str) -> None:
         raise ModelLoadError(f"LoRA {path} for {where}: {e}") from e
 
 
-def check_wan_directory(root: Path) -> None:
-    """Fail early, naming the missing piece, when a local directory is not a diffusers Wan layout."""
+def check_wan_directory(root: Path, components: tuple[str, ...] | None = None) -> None:
+    """Fail early, naming the missing piece, when a local directory is not a diffusers Wan layout
+    (``components``: only these parts, e.g. the transformer(s) of a first-shot model)."""
     missing = []
     index = _model_index(root, str(root), True)
-    layout = dict(WAN_LAYOUT)
+    layout = {k: v for k, v in WAN_LAYOUT.items() if components is None or k in components}
     if (index.get("transformer_2") or [None])[0] is not None:
         layout["transformer_2"] = ["config.json"]
     for sub, files in layout.items():
