@@ -71,6 +71,16 @@ def test_video_roundtrip_and_atomic_write(tmp_path):
             open(tmp, "w").write("half")
             raise RuntimeError("crash")
     assert not (tmp_path / "x.json").exists() and not list(tmp_path.glob("*.part"))
+    # a finished write has the mode a plain open() gives (mkstemp alone would leave 0600)
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "y.json") as tmp:
+            open(tmp, "w").write("{}")
+        assert (tmp_path / "y.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
 
 
 def test_generate_with_saved_model_directory(tiny_models, tmp_path):
