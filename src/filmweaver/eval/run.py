@@ -201,13 +201,10 @@ def _consistency_metrics(out: dict, prefix: str, judge, model_id: str, pre: str,
     out[f"{prefix}consistency_shots_top10"] = _entry(
         M.mean_over_pairs(vemb, top) if top else None, vmodel,
         f"mean cosine over the 10 shot pairs with the most similar prompts (text cosine, same judge); {vproto}",
-        pre, len(top), pairs=[[i + 0, j + 0] for i, j in [(views[a].index, views[b].index) for a, b in top]])
-    film_text = judge.embed_texts([story.story_overview or " "])
-    if video is not None:
-        film_text = video.embed_texts([story.story_overview or " "])
-        shot_text = video.embed_texts([v.prompt for v in views])
-    else:
-        shot_text = prompts
+        pre, len(top), pairs=[[views[a].index, views[b].index] for a, b in top])
+    text_judge = video if video is not None else judge
+    film_text = text_judge.embed_texts([story.story_overview or " "])
+    shot_text = video.embed_texts([v.prompt for v in views]) if video is not None else prompts
     film = M.video_embedding(vemb) if vemb is not None and len(views) else None
     out[f"{prefix}prompt_following_global"] = _entry(
         float(film @ film_text[0]) if film is not None and story.story_overview else None, vmodel,
@@ -304,9 +301,9 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
     if judges.probe is not None:
         pre = "frames resized to 64x64; texts: attribute words of the synthetic grammar"
         _consistency_metrics(out, "probe/", judges.probe, judges.probe.model_id, pre, story, views)
-        gt = json.loads(Path(run_dir, "story.json").read_text()).get("ground_truth")
-        if gt is not None:
-            _ground_truth_metrics(out, run_dir, judges)
+        script = json.loads(Path(run_dir, "story.json").read_text())
+        if script.get("ground_truth") is not None:
+            _ground_truth_metrics(out, run_dir, judges, script, manifest["config"]["chunk_frames"])
     times = [v.seconds for v in views if v.seconds is not None]
     result = {
         "run": str(run_dir), "story": story.story_name, "shots": len(views),
@@ -333,11 +330,9 @@ def _seam(v: ShotView) -> float | None:
     return float(d[b].mean() / d[inside].median().clamp_min(1e-4))
 
 
-def _ground_truth_metrics(out: dict, run_dir, judges: Judges) -> None:
+def _ground_truth_metrics(out: dict, run_dir, judges: Judges, script: dict, chunk: int) -> None:
     from filmweaver.synth.evaluate import evaluate_project, summarize
 
-    script = json.loads(Path(run_dir, "story.json").read_text())
-    chunk = json.loads(Path(run_dir, "manifest.json").read_text())["config"]["chunk_frames"]
     summary = summarize(evaluate_project(run_dir, script, judges.probe.probe, chunk))
     for key in ("identity", "identity_all_attributes", "location", "adherence"):
         out[f"probe/gt_{key}"] = _entry(summary[key], judges.probe.model_id,
