@@ -468,8 +468,7 @@ class StoryEngine:
 
     # -- step caching ------------------------------------------------------------------------------
     def _transformers(self) -> list:
-        backbones = [self.models.backbone] + ([self.models.first_shot_backbone] if self.models.first_shot_backbone else [])
-        return [e.transformer for b in backbones for e in getattr(b, "experts", [b])]
+        return [e.transformer for b in self.models.backbones() for e in getattr(b, "experts", [b])]
 
     def _enable_step_cache(self) -> None:
         cfg = self.config
@@ -497,7 +496,7 @@ class StoryEngine:
     def _velocity_fn(self, context: list[ContextFrames]):
         backbone = self.models.backbone
         dtype = backbone.dtype
-        first_shot = getattr(self.models, "first_shot_backbone", None)
+        first_shot = self.models.first_shot_backbone
         if not context and first_shot is not None:  # StoryMem: a T2V model for what has no memory
             def velocity(x, t, text):
                 return first_shot(x.to(first_shot.dtype), t, text.to(first_shot.dtype)).float()

@@ -83,6 +83,10 @@ class FilmModels:
     # the memory-conditioned (M2V) backbone for the rest. Same VAE and text encoder (Wan2.2 T2V/I2V A14B).
     first_shot_backbone: object | None = None
 
+    def backbones(self) -> list:
+        """Every backbone the engine may run: the main one, and the first-shot one if loaded."""
+        return [self.backbone] + ([self.first_shot_backbone] if self.first_shot_backbone is not None else [])
+
     def load_first_shot_model(self, id_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
         """Load only the transformer(s) of another Wan release (e.g. Wan2.2-T2V-A14B) for first shots."""
         root = Path(id_or_path)
