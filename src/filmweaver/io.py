@@ -45,6 +45,26 @@ def write_json(path: str | Path, data) -> None:
         Path(tmp).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
+def load_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file a user gives: safetensors, or a torch file read with
+    ``weights_only=True`` (a pickle of anything but tensors is refused, never executed). A checkpoint
+    that nests its tensors under ``state_dict`` / ``module`` / ``model`` is unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "module", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a dict of tensors")
+    return state
+
+
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """``[..., 3, H, W]`` in [0, 1] -> uint8 ``[..., H, W, 3]``."""
     arr = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)

@@ -34,22 +34,13 @@ class LoraConversionError(ValueError):
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A LoRA file as tensors: safetensors, or a torch file read with ``weights_only=True`` (a pickle
-    holding anything but tensors is refused, never executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A LoRA file as tensors (:func:`filmweaver.io.load_tensor_file`: safetensors or ``weights_only``)."""
+    from filmweaver.io import load_tensor_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "module", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LoraConversionError(f"{path}: expected a dict of tensors (a peft state dict)")
-    return state
+    try:
+        return load_tensor_file(path)
+    except ValueError as e:
+        raise LoraConversionError(f"{e} (a peft state dict)") from e
 
 
 def convert_wan_lora(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -264,13 +263,3 @@ def _rel(path: Path, base: Path) -> str:
     except ValueError:
         return path.resolve().as_uri()
 
-
-def copy_report(out: Path, dest: Path) -> None:
-    """Copy the report pages and the pictures they show (for publishing without the videos)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "report.md", "report.html"):
-        shutil.copy2(out / name, dest / name)
-    for png in list(out.glob("plots/*.png")) + list(out.glob("runs/*/*/storyboard.png")) + list(out.glob("runs/*/*/memory.png")):
-        target = dest / png.relative_to(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(png, target)

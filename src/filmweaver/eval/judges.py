@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from filmweaver.io import load_tensor_file
 from filmweaver.memory.embedder import CLIPEmbedder, ImageTextEmbedder
 
 
@@ -112,15 +113,6 @@ def load_plugin(spec: str, what: str, option: str, device: str = "cpu"):
     return factory(device=device)
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 class AestheticScorer:
     """LAION aesthetic predictor, VBench protocol: CLIP ViT-L/14 image embedding (unit norm) ->
     linear head (``sa_0_4_vit_l_14_linear.pth``: weight ``[1, 768]``, bias ``[1]``) -> score / 10.
@@ -137,7 +129,7 @@ class AestheticScorer:
         if not path.is_file():
             raise EvalSetupError(f"aesthetic: head weights {path} not found (set --aesthetic-head to the LAION "
                                  "linear head file, e.g. sa_0_4_vit_l_14_linear.pth or .safetensors)")
-        state = {k.removeprefix("linear.").removeprefix("layers.0."): v for k, v in _load_state_dict(path).items()}
+        state = {k.removeprefix("linear.").removeprefix("layers.0."): v for k, v in load_tensor_file(path).items()}
         if set(state) != {"weight", "bias"} or state["weight"].ndim != 2 or state["weight"].shape[0] != 1:
             raise EvalSetupError(f"aesthetic: {path} is not a linear head (expected 'weight' [1, D] and 'bias' [1], "
                                  f"got {sorted(state)})")

@@ -78,12 +78,18 @@ def smoothness(frames: torch.Tensor) -> float | None:
     return float(1.0 - frame_changes(frames).mean())
 
 
-def seam_ratio(frames: torch.Tensor, chunk_pixel_frames: int) -> float | None:
+def seam_ratio_at(frames: torch.Tensor, chunk_starts: list[int]) -> float | None:
     """``frames [T, 3, H, W]``: mean change across chunk boundaries / median change inside chunks
-    (1.0 = seamless). A boundary is the step from the last frame of a chunk to the first of the next."""
+    (1.0 = seamless). ``chunk_starts``: frame indices where a new chunk begins; the boundary is the
+    step from the frame before each into it."""
     d = frame_changes(frames)  # d[t]: frame t -> t + 1
-    boundary = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames == 0]
-    inside = [t for t in range(len(d)) if (t + 1) % chunk_pixel_frames != 0]
+    boundary = [t - 1 for t in chunk_starts if 0 < t < len(frames)]
+    inside = [t for t in range(len(d)) if t not in boundary]
     if not boundary or not inside:
         return None
     return float(d[boundary].mean() / d[inside].median().clamp_min(1e-4))
+
+
+def seam_ratio(frames: torch.Tensor, chunk_pixel_frames: int) -> float | None:
+    """:func:`seam_ratio_at` for chunks of ``chunk_pixel_frames`` frames each."""
+    return seam_ratio_at(frames, list(range(chunk_pixel_frames, frames.shape[0], chunk_pixel_frames)))

@@ -294,7 +294,7 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
     out["smoothness"] = _entry(np.mean(smooth) if smooth else None, "none (pixels)",
                                "1 - mean |frame t+1 - frame t| over pixels in [0, 1], mean over shots", "decoded mp4 frames",
                                len(smooth))
-    seams = [r for v in views if v.boundaries and (r := _seam(v)) is not None]
+    seams = [r for v in views if (r := M.seam_ratio_at(v.frames, v.boundaries)) is not None]
     out["seam_ratio"] = _entry(np.median(seams) if seams else None, "none (pixels)",
                                "mean change across chunk boundaries / median change inside chunks; median over multi-chunk shots",
                                "decoded mp4 frames", len(seams), **({} if seams else {"reason": "no multi-chunk shot"}))
@@ -319,15 +319,6 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
         with atomic_path(Path(run_dir) / "metrics.md") as tmp:
             Path(tmp).write_text(metrics_table(result))
     return result
-
-
-def _seam(v: ShotView) -> float | None:
-    d = M.frame_changes(v.frames)
-    b = [t - 1 for t in v.boundaries if 0 < t < len(v.frames)]
-    inside = [t for t in range(len(d)) if t not in b]
-    if not b or not inside:
-        return None
-    return float(d[b].mean() / d[inside].median().clamp_min(1e-4))
 
 
 def _ground_truth_metrics(out: dict, run_dir, judges: Judges, script: dict, chunk: int) -> None:
