@@ -13,6 +13,7 @@ REUSE=${REUSE:-}
 NGPU=${NGPU:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 CFG=${CFG:-configs/synth-small.yaml}
 STORIES=${STORIES:-50}
+SHARDS=${SHARDS:-2}  # evaluation processes per arm (the tiny model is host-bound: more processes, more GPU use)
 train() { python3 -m filmweaver.train $CFG "$@"; }
 
 mkdir -p $R
@@ -34,7 +35,7 @@ declare -A ARGS=(
 )
 i=0
 for arm in full no_noise no_negatives full_seed1; do
-  CUDA_VISIBLE_DEVICES=$((i % NGPU)) setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} > $R/$arm.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=2 setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} > $R/$arm.log 2>&1 &
   i=$((i + 1))
 done
 wait
@@ -48,9 +49,11 @@ echo TRAINING-DONE
 
 i=0
 for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1; do
-  CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=4 \
-    python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --arms $arm > $R/eval_$arm.log 2>&1 &
-  i=$((i + 1))
+  for k in $(seq 0 $((SHARDS - 1))); do
+    CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
+      --stories $STORIES --arms $arm --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &
+    i=$((i + 1))
+  done
 done
 wait
 python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only > $R/eval_report.log 2>&1

@@ -178,6 +178,24 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
     plt.close(fig)
 
 
+def merge_shards(out: Path, arm: str) -> dict | None:
+    """``arm_ARM.json``, or the merge of a complete set of ``arm_ARM.shardKofN.json`` (None if neither)."""
+    whole = out / f"arm_{arm}.json"
+    if whole.is_file():
+        return json.loads(whole.read_text())
+    parts = sorted(out.glob(f"arm_{arm}.shard*of*.json"))
+    if not parts:
+        return None
+    n = int(parts[0].stem.rsplit("of", 1)[1])
+    if len(parts) != n:
+        raise SystemExit(f"{arm}: {len(parts)} of {n} shards in {out} ({', '.join(p.name for p in parts)})")
+    shards = [json.loads(p.read_text()) for p in parts]
+    records = [r for sh in shards for r in sh["records"]]
+    merged = {**shards[0], "records": records, "summary": summarize(records), "shards": n}
+    whole.write_text(json.dumps(merged))
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -191,21 +209,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", nargs="*", default=list(ARMS))
     ap.add_argument("--probe", default=None, help="probe directory (default: RUNS/full/model/probe)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shard", default="0/1", help="K/N: run the K-th of N interleaved shares of the stories "
+                    "(parallel processes); --report-only merges the shares")
     ap.add_argument("--report-only", action="store_true", help="merge arm results already in OUT into the report")
     args = ap.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
+    k, n = (int(x) for x in args.shard.split("/"))
+    if not 0 <= k < n:
+        ap.error(f"--shard {args.shard}: expected K/N with 0 <= K < N")
     probe = AttributeProbe.load(args.probe or runs / "full" / "model" / "probe", device=args.device)
     stories = eval_stories(args.stories, args.first_seed)
-    results = []
-    for arm in args.arms:
-        path = out / f"arm_{arm}.json"
-        if not path.is_file() and not args.report_only:
-            run_name, overrides = ARMS[arm]
-            res = run_arm(arm, runs / run_name / "model", overrides, stories, out / "projects", probe, args.device)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(res))
-        if path.is_file():
-            results.append(json.loads(path.read_text()))
+    if not args.report_only:
+        for arm in args.arms:
+            path = out / (f"arm_{arm}.json" if n == 1 else f"arm_{arm}.shard{k}of{n}.json")
+            if not path.is_file():
+                run_name, overrides = ARMS[arm]
+                res = run_arm(arm, runs / run_name / "model", overrides, stories[k::n], out / "projects", probe,
+                              args.device)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(res))
+        if n > 1:
+            return  # one share of many: `--report-only` merges them once all are done
+    results = [r for r in (merge_shards(out, arm) for arm in args.arms) if r is not None]
     write_report(results, out, {"stories": args.stories, "first_seed": args.first_seed,
                                 "probe_held_out_accuracy": getattr(probe, "held_out_accuracy", {})})
 

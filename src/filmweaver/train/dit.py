@@ -27,6 +27,9 @@ from filmweaver.train.config import DiTPhase
 from filmweaver.train.data import Batch, LatentStore
 
 
+FIT_WINDOW = 500  # steps per rate measurement (fit_steps_to_time)
+
+
 class CacheGuidedDenoiser(nn.Module):
     """Backbone + text encoder as one module (what the optimiser and accelerate see)."""
 
@@ -119,36 +122,53 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     device = accelerator.device
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    total = sum(s.steps for s in cfg.stages)
+    planned = sum(s.steps for s in cfg.stages)
+    plan = {"total": planned, "bounds": np.cumsum([s.steps for s in cfg.stages]).tolist()}  # mutable: fit_steps_to_time
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, cfg.warmup_steps)) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, total) / max(1, total)))))
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, plan["total"]) / max(1, plan["total"])))))
     ema = EMA(params, cfg.ema_decay)
     ckpt_dir = out_dir / "checkpoint"
     step, log = 0, []
     if (ckpt_dir / "state.json").is_file():
-        step = _load_checkpoint(ckpt_dir, module, opt, sched, ema)
+        step = _load_checkpoint(ckpt_dir, module, opt, sched, ema, plan)
         log = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()] if (out_dir / "log.jsonl").is_file() else []
-        accelerator.print(f"resumed DiT training at step {step}/{total}")
+        accelerator.print(f"resumed DiT training at step {step}/{plan['total']}")
     model, opt = accelerator.prepare(module, opt)
     schedule = [tuple(x) for x in cfg.temporal_schedule]
     history = sum(n for _, n in schedule)
     aug = cfg.augment
     rng = np.random.default_rng([seed, step, accelerator.process_index])
     torch.manual_seed(seed * 1000 + step + accelerator.process_index)
-    bar = tqdm(total=total, initial=step, desc="dit", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(total=plan["total"], initial=step, desc="dit", disable=not (progress and accelerator.is_main_process))
     t0, running = time.perf_counter(), []
-    bounds = np.cumsum([s.steps for s in cfg.stages])
     model.train()
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     empty_ids, empty_mask = empty_ids.to(device), empty_mask.to(device)
     deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
-    while step < total:
+    # fit_steps_to_time: measure the step rate over windows of FIT_WINDOW steps (after 100 warm-up
+    # steps) and shrink the plan to what fits before the deadline; re-measured every window, because
+    # later stages (longer contexts) can be slower than the first
+    window = (step + 100, None) if cfg.fit_steps_to_time and deadline else None
+    while step < plan["total"]:
         if deadline is not None and time.perf_counter() > deadline:
-            accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{total}")
+            accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{plan['total']}")
             if accelerator.is_main_process:
-                _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step)
+                _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
             break
-        stage = cfg.stages[int(np.searchsorted(bounds, step, side="right"))]
+        if window is not None and step == window[0]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if window[1] is not None:
+                rate = FIT_WINDOW / (now - window[1])
+                before = plan["total"]
+                fit_schedule(plan, step, int(step + 0.97 * rate * (deadline - now)))
+                plan["steps_per_second"] = round(rate, 2)
+                if plan["total"] != before:
+                    bar.total = plan["total"]
+                    accelerator.print(f"fit_steps_to_time: {rate:.2f} it/s -> {plan['total']} steps (planned {planned})")
+            window = (step + FIT_WINDOW, now)
+        stage = cfg.stages[int(np.searchsorted(plan["bounds"], step, side="right"))]
         modes, weights = zip(*stage.modes.items(), strict=True)
         mode = str(rng.choice(modes, p=np.array(weights) / sum(weights)))
         k = int(rng.integers(1, cfg.max_memory + 1))
@@ -179,7 +199,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         step += 1
         running.append(loss.detach())  # no .item() per step: the host runs ahead of the device
         bar.update(1)
-        if step % log_every == 0 or step == total:
+        if step % log_every == 0 or step == plan["total"]:
             rec = {"step": step, "stage": stage.name, "loss": torch.stack(running).mean().item(), "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 1)}
             running = []
@@ -188,14 +208,26 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             if accelerator.is_main_process:
                 with open(out_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
-        if accelerator.is_main_process and (step % checkpoint_every == 0 or step == total):
-            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step)
+        if accelerator.is_main_process and (step % checkpoint_every == 0 or step == plan["total"]):
+            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
     bar.close()
     ema.copy_to()  # the shipped weights are the EMA weights
-    return {"steps": step, "planned_steps": total, "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
+    return {"steps": step, "planned_steps": planned, "scheduled_steps": plan["total"],
+            "stage_ends": [int(b) for b in plan["bounds"]], "steps_per_second": plan.get("steps_per_second"),
+            "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int) -> None:
+def fit_schedule(plan: dict, step: int, fitted_total: int) -> None:
+    """Shrink ``plan`` (``total`` and stage ``bounds``) to ``fitted_total`` steps, every stage in proportion,
+    never below ``step`` (a stage already under way is not skipped). Never grows the plan."""
+    fitted_total = max(step + 1, min(plan["total"], fitted_total))
+    ratio = fitted_total / plan["total"]
+    plan["bounds"] = [b if b <= step else max(step + 1, int(round(b * ratio))) for b in plan["bounds"]]
+    plan["bounds"][-1] = fitted_total
+    plan["total"] = fitted_total
+
+
+def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int, plan: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     from filmweaver.io import atomic_path
@@ -209,10 +241,10 @@ def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int) -> None:
     with atomic_path(d / "optimizer.pt") as tmp:
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
     with atomic_path(d / "state.json") as tmp:
-        Path(tmp).write_text(json.dumps({"step": step}))
+        Path(tmp).write_text(json.dumps({"step": step, "plan": plan}))
 
 
-def _load_checkpoint(d: Path, module, opt, sched, ema: EMA) -> int:
+def _load_checkpoint(d: Path, module, opt, sched, ema: EMA, plan: dict | None = None) -> int:
     from safetensors.torch import load_file
 
     trainable = load_file(str(d / "trainable.safetensors"))
@@ -226,4 +258,7 @@ def _load_checkpoint(d: Path, module, opt, sched, ema: EMA) -> int:
     state = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    return int(json.loads((d / "state.json").read_text())["step"])
+    state = json.loads((d / "state.json").read_text())
+    if plan is not None and state.get("plan"):
+        plan.update(state["plan"])  # a fitted schedule stays fitted across a resume
+    return int(state["step"])
