@@ -128,3 +128,81 @@ def test_m2v_layout():
     with torch.no_grad():
         out = model(x, torch.tensor([500.0]), torch.randn(1, 12, 32), ctx)
     assert out.shape == (1, 16, 3, 8, 8)
+
+
+class _MaskedJointProcessor:
+    """Reference for causal context: the stock self-attention over the whole sequence, with a boolean
+    mask that hides the generated tokens from the context tokens."""
+
+    def __init__(self, n_ctx):
+        self.n_ctx = n_ctx
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+        n = hidden_states.shape[1]
+        mask = torch.ones(n, n, dtype=torch.bool)
+        mask[: self.n_ctx, self.n_ctx :] = False  # context rows never see generated columns
+        return WanAttnProcessor()(attn, hidden_states, None, mask, rotary_emb)
+
+
+@torch.no_grad()
+def test_causal_context_equals_masked_joint_attention_and_ignores_the_generated_frames():
+    from filmweaver.backbone.wan import ContextKVAttnProcessor
+
+    full = make_transformer(seed=3)
+    causal = make_transformer(seed=3)
+    causal.context_attention = "causal"
+    assert all(isinstance(b.attn1.processor, ContextKVAttnProcessor) for b in causal.transformer.blocks)
+    x, t, e = inputs(f=3)
+    ctx = [ContextFrames(torch.randn(1, 16, 2, 8, 8), torch.tensor([-5.0, -4.0]), 100.0, 1, "shot"),
+           ContextFrames(torch.randn(1, 16, 2, 8, 8), torch.tensor([-2.0, -1.0]), 0.0, 2, "temporal")]
+    n_ctx = full.count_tokens(ctx, (8, 8))
+    for blk in full.transformer.blocks:
+        blk.attn1.set_processor(_MaskedJointProcessor(n_ctx))
+    ref = full(x, t, e, ctx)
+    out = causal(x, t, e, ctx)
+    assert (out - ref).abs().max() < 1e-5
+    # the context matters, and without context the causal model is the stock model
+    assert (out - causal(x, t, e)).abs().max() > 1e-4
+    assert torch.equal(causal(x, t, e), causal.transformer(x, t, e, return_dict=False)[0])
+    causal.context_attention = "full"  # and back: stock processors again
+    assert torch.equal(causal(x, t, e, ctx), make_transformer(seed=3)(x, t, e, ctx))
+
+
+@torch.no_grad()
+def test_kv_cache_reuses_context_across_steps_and_prompts():
+    from filmweaver.backbone.wan import ContextKVCache
+
+    model = make_transformer(seed=4)
+    model.context_attention = "causal"
+    ctx = [ContextFrames(torch.randn(1, 16, 2, 8, 8), torch.tensor([-3.0, -2.0]), 100.0, 1, "shot")]
+    x, _, e = inputs(b=2, f=3)
+    e_neg = torch.zeros_like(e)
+    cache = ContextKVCache()
+    for step, tv in enumerate([900.0, 500.0, 100.0]):  # a denoising loop: new x and t every step
+        xs = x + step
+        t = torch.full((2,), tv)
+        for text in (e, e_neg):  # two-pass CFG: one entry per prompt tensor
+            cached = model(xs, t, text, ctx, kv_cache=cache)
+            fresh = model(xs, t, text, ctx)
+            assert (cached - fresh).abs().max() < 1e-5
+    assert (cache.misses, cache.hits) == (2, 4)
+    # a context block at the generated frames' timestep changes every step: never cached
+    shared = [ContextFrames(ctx[0].latents, ctx[0].positions, None, 1, "shot")]
+    cache2 = ContextKVCache()
+    model(x, torch.full((2,), 500.0), e, shared, kv_cache=cache2)
+    model(x, torch.full((2,), 400.0), e, shared, kv_cache=cache2)
+    assert cache2.hits == 0
+
+
+def test_causal_context_trains_through_the_context_pass():
+    model = make_transformer(seed=5)
+    model.context_attention = "causal"
+    mem = torch.randn(1, 16, 1, 8, 8, requires_grad=True)
+    x, t, e = inputs(f=2)
+    out = model(x, t, e, [ContextFrames(mem, torch.tensor([-2.0]), 100.0, 1, "shot")])
+    out.square().mean().backward()
+    assert mem.grad is not None and mem.grad.abs().sum() > 0  # gradients reach the context through its K/V
+    blk0 = model.transformer.blocks[0]
+    assert blk0.attn1.to_k.weight.grad.abs().sum() > 0

@@ -16,6 +16,12 @@ def test_release_shape_token_count_and_flops():
     per_block = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * lt * d * d + 4 * n * lt * d + 4 * n * d * f
     assert forward_flops(cfg, n, n, 1) == 30 * per_block + 2 * n * d * 16 * 4
     assert forward_flops(cfg, n, n, 2) == 2 * forward_flops(cfg, n, n, 1)
+    # reused context keys/values: only the generated tokens run through the blocks, over all keys
+    c = 15_600  # 10 keyframes
+    reused = forward_flops(cfg, n + c, n, 1, n_query=n)
+    per_block = 8 * n * d * d + 4 * n * (n + c) * d + 4 * n * d * d + 4 * lt * d * d + 4 * n * lt * d + 4 * n * d * f
+    assert reused == 30 * per_block + 2 * n * d * 16 * 4
+    assert forward_flops(cfg, n, n, 1) < reused < forward_flops(cfg, n + c, n, 1)
 
 
 def test_bench_cases_on_cpu():
@@ -41,6 +47,13 @@ def test_bench_cli_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert [c["memory"] for c in data["cases"]] == [0, 2] and "filmweaver bench" in data["command"]
     assert "| tiny | 64x64x5 | 2 |" in r.output
+    r = CliRunner().invoke(app, ["bench", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--height", "64",
+                                 "--width", "64", "--frames", "5", "--memory", "0,2", "--temporal", "no",
+                                 "--repeats", "1", "--warmup", "1", "--context-attention", "causal", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    cases = json.loads(out.read_text())["cases"]
+    assert [c["context_attention"] for c in cases] == ["causal", "causal"]
+    assert cases[0]["first_forward_seconds"] is None and cases[1]["first_forward_seconds"] > 0
     r = CliRunner().invoke(app, ["bench", "--shape", "7b", "--device", "cpu"])
     assert r.exit_code == 2 and "unknown shape" in r.output
 

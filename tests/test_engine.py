@@ -261,3 +261,33 @@ def test_first_block_step_cache_skips_blocks_and_resets_per_chunk(tiny_models, s
         for t in (tr,):
             if t.is_cache_enabled:
                 t.disable_cache()
+
+
+def test_causal_context_model_reuses_context_keys_per_chunk(tmp_path, monkeypatch):
+    """A model saved with causal context loads as one, and the engine computes each chunk's context
+    keys/values once: every later denoising step of the chunk is a cache hit."""
+    from filmweaver.backbone.wan import ContextKVCache
+    from filmweaver.models import FilmModels
+
+    models = FilmModels.tiny(seed=0)
+    models.backbone.context_attention = "causal"
+    models.save_pretrained(tmp_path / "m")
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert loaded.backbone.context_attention == "causal"
+    calls = {"hit": 0, "miss": 0}
+    get = ContextKVCache.get
+
+    def counting_get(self, backbone, text):
+        kv = get(self, backbone, text)
+        calls["hit" if kv is not None else "miss"] += 1
+        return kv
+
+    monkeypatch.setattr(ContextKVCache, "get", counting_get)
+    steps = 3
+    cfg = config(sampler={"num_inference_steps": steps})
+    engine = StoryEngine(loaded, tmp_path / "film", story=parse_story(small_story()), config=cfg, progress=False,
+                         explicit={"num_inference_steps"})
+    engine.generate()
+    chunks_with_context = sum(1 for r in engine.project.shots for c in r["chunks"] if c["context_tokens"])
+    assert chunks_with_context > 0
+    assert calls["miss"] == chunks_with_context and calls["hit"] == (steps - 1) * chunks_with_context

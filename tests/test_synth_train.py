@@ -80,14 +80,17 @@ def test_summarize_identity_only_counts_unrestated_later_shots():
     assert s["adherence_character"] == 0.5
 
 
-def test_training_smoke_loss_decreases_on_a_fixed_batch():
-    """The real objective (caches, negatives, asymmetric noise) on the miniature architecture."""
+@pytest.mark.parametrize("context_attention", ["full", "causal"])
+def test_training_smoke_loss_decreases_on_a_fixed_batch(context_attention):
+    """The real objective (caches, negatives, asymmetric noise) on the miniature architecture, with
+    either context attention (causal: the context pass is trained through its keys/values)."""
     from filmweaver.models import FilmModels
     from filmweaver.train.data import LatentStore
     from filmweaver.train.dit import CacheGuidedDenoiser, build_context
 
     torch.manual_seed(0)
     models = FilmModels.synth_architecture(size="test")
+    models.backbone.context_attention = context_attention
     data = render_dataset(4, 1, first_seed=0, shot_frames=(8,), long_take_frames=12, workers=1, progress=False)
     store = LatentStore.encode(data, models.codec, torch.device("cpu"), progress=False, dtype=torch.float32)
     rng = np.random.default_rng(0)

@@ -46,6 +46,10 @@ class BenchCase:
     seconds: float = 0.0
     tflops: float = 0.0
     vs_no_context: float | None = None
+    context_attention: str = "full"
+    # causal context: a chunk's first forward (context pass + generated pass); ``seconds`` is then
+    # every later step's, with the context keys/values reused
+    first_forward_seconds: float | None = None
 
 
 def build_transformer(shape: str, device, dtype):
@@ -70,15 +74,19 @@ def build_transformer(shape: str, device, dtype):
     return bb.to(device=device, dtype=dtype)
 
 
-def forward_flops(cfg: dict, n_tokens: int, n_gen: int, batch: int, text_tokens: int = TEXT_TOKENS) -> float:
+def forward_flops(cfg: dict, n_tokens: int, n_gen: int, batch: int, text_tokens: int = TEXT_TOKENS,
+                  n_query: int | None = None) -> float:
     """Matmul FLOPs of one forward (2 per multiply-add): per block, self-attention projections and
-    scores over all tokens, cross-attention to the text, the FFN; plus the output head on the
-    generated tokens. Norms, RoPE and modulation are left out (small)."""
+    scores, cross-attention to the text, the FFN; plus the output head on the generated tokens. Norms,
+    RoPE and modulation are left out (small). ``n_query``: tokens that run through the blocks (all
+    ``n_tokens`` by default; only the generated ones when cached context keys/values are reused,
+    which still attend over all ``n_tokens`` keys)."""
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     n, lt, f = n_tokens, text_tokens, cfg["ffn_dim"]
-    per_block = (8 * n * d * d + 4 * n * n * d  # self-attention: q,k,v,o and QK^T, PV
-                 + 4 * n * d * d + 4 * lt * d * d + 4 * n * lt * d  # cross-attention
-                 + 4 * n * d * f)  # FFN
+    q = n if n_query is None else n_query
+    per_block = (8 * q * d * d + 4 * q * n * d  # self-attention: q,k,v,o and QK^T, PV
+                 + 4 * q * d * d + 4 * lt * d * d + 4 * q * lt * d  # cross-attention
+                 + 4 * q * d * f)  # FFN
     head = 2 * n_gen * d * cfg["out_channels"] * 4
     return batch * (cfg["num_layers"] * per_block + head)
 
@@ -107,18 +115,25 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
               memory: tuple[int, ...] = (0, 3, 10), temporal: tuple[bool, ...] = (False, True), batch: int = 1,
               device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
               compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
-              progress: bool = True) -> dict:
+              progress: bool = True, context_attention: str = "full") -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
     0 = clean) gives context tokens their own timestep (Wan2.2-style per-token modulation); ``None``
-    shows them at the generated frames' timestep (the stock scalar path, as StoryMem's M2V does)."""
+    shows them at the generated frames' timestep (the stock scalar path, as StoryMem's M2V does).
+
+    ``context_attention="causal"``: context tokens attend only to context (a model trained for it);
+    with a numeric ``context_timestep`` their keys/values are computed on a chunk's first forward and
+    reused, so ``seconds`` is a later step's forward and ``first_forward_seconds`` the first one's."""
     from filmweaver.context import ContextFrames
     from filmweaver.memory.shot_cache import memory_positions
     from filmweaver.memory.temporal_cache import TemporalCache
 
     dev = torch.device(device)
+    from filmweaver.backbone.wan import ContextKVCache
+
     bb = build_transformer(shape, dev, dtype)
+    bb.context_attention = context_attention
     if attention_backend:
         bb.transformer.set_attention_backend(attention_backend)
     if compile_blocks:
@@ -146,9 +161,15 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
             ctx += cache.context(context_timestep)
             n_ctx = bb.count_tokens(ctx, (lh, lw))
             n_gen = lf * (lh // 2) * (lw // 2)
-            seconds = _time(lambda ctx=ctx: bb(x, t, text, context=ctx), dev, warmup, repeats)
+            reuse = context_attention == "causal" and n_ctx > 0 and context_timestep is not None
+            cache = ContextKVCache()  # filled by the first (warm-up) call when reused
+            seconds = _time(lambda ctx=ctx, cache=cache: bb(x, t, text, context=ctx, kv_cache=cache), dev, warmup, repeats)
+            flops = forward_flops(cfg, n_gen + n_ctx, n_gen, batch, n_query=n_gen if reuse else None)
             case = BenchCase(shape, height, width, frames, m, tc, batch, n_gen + n_ctx, n_ctx, round(seconds, 4),
-                             float(f"{forward_flops(cfg, n_gen + n_ctx, n_gen, batch) / seconds / 1e12:.4g}"))
+                             float(f"{flops / seconds / 1e12:.4g}"), context_attention=context_attention)
+            if reuse:
+                first = _time(lambda ctx=ctx: bb(x, t, text, context=ctx, kv_cache=ContextKVCache()), dev, 0, repeats)
+                case.first_forward_seconds = round(first, 4)
             if not m and not tc:
                 base_seconds = seconds
             if base_seconds:
@@ -158,7 +179,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
                 print(json.dumps(asdict(case)), flush=True)
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
-           "compile_repeated_blocks": compile_blocks, "context_timestep": context_timestep, "warmup": warmup,
+           "compile_repeated_blocks": compile_blocks, "context_timestep": context_timestep,
+           "context_attention": context_attention, "warmup": warmup,
            "repeats": repeats}
     try:
         import diffusers
@@ -171,12 +193,14 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
 
 def markdown_rows(result: dict, command: str) -> str:
     env = result["env"]
-    lines = ["| shape | res x frames | memory | temporal | tokens | s / forward | vs none | TFLOP/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | res x frames | memory | temporal | context attention | tokens | s / forward | vs none "
+             "| first forward of a chunk | TFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
+        first = c.get("first_forward_seconds")
         lines.append(f"| {c['shape']} | {c['height']}x{c['width']}x{c['frames']} | {c['memory']} | "
-                     f"{'yes' if c['temporal'] else 'no'} | {c['tokens']:,} | {c['seconds']:.3f} | "
-                     f"{c['vs_no_context'] if c['vs_no_context'] is not None else '-'} | {c['tflops']} |")
+                     f"{'yes' if c['temporal'] else 'no'} | {c.get('context_attention', 'full')} | {c['tokens']:,} | "
+                     f"{c['seconds']:.3f} | {c['vs_no_context'] if c['vs_no_context'] is not None else '-'} | "
+                     f"{'-' if first is None else f'{first:.3f}'} | {c['tflops']} |")
     lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']}, "
               f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, batch "
               f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]

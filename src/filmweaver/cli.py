@@ -346,6 +346,8 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
           compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
           context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
+          context_attention: str = typer.Option("full", help="full | causal (context attends only to context; its keys/"
+                                                "values are computed once per chunk and reused at every step)"),
           repeats: int = 5, warmup: int = 2,
           device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
           story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
@@ -376,7 +378,8 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
     result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
                        tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
                        getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
-                       None if context_timestep == "shared" else float(context_timestep), warmup, repeats)
+                       None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
+                       context_attention=context_attention)
     command = "filmweaver bench " + " ".join(sys.argv[2:])
     result["command"] = command
     if out is not None:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from filmweaver.backbone.m2v import m2v_inputs
+from filmweaver.backbone.wan import ContextKVCache
 from filmweaver.context import ContextFrames, present_at_timestep
 from filmweaver.io import (
     atomic_path,
@@ -362,8 +363,10 @@ class StoryEngine:
         t_memory = time.perf_counter() - t_start
 
         # 2. Text, then the chunks.
-        text = models.prompt_encoder.encode([plan.prompt]).to(backbone.device)
-        negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device)
+        # in the backbone's dtype once: the same tensors at every step (a causal-context model's
+        # key/value cache recognises the prompt by identity)
+        text = models.prompt_encoder.encode([plan.prompt]).to(backbone.device, backbone.dtype)
+        negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device, backbone.dtype)
         h, w = self.latent_hw
         c_lat = codec.latent_channels
         chunks = []
@@ -506,9 +509,11 @@ class StoryEngine:
         if not self.m2v:
             ctx = [ContextFrames(b.latents.to(backbone.device, dtype), b.positions, b.timestep, b.compression, b.kind)
                    for b in context]
+            # one chunk's context is fixed: a causal-context model computes its keys/values once here
+            kv_cache = ContextKVCache()
 
             def velocity(x, t, text):
-                return backbone(x.to(dtype), t, text.to(dtype), context=ctx).float()
+                return backbone(x.to(dtype), t, text.to(dtype), context=ctx, kv_cache=kv_cache).float()
 
             return velocity
 

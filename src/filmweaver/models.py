@@ -222,6 +222,9 @@ class FilmModels:
         if local and (root / FILMWEAVER_CONFIG).is_file():
             extra = json.loads((root / FILMWEAVER_CONFIG).read_text())
         backbone = load_wan_backbone(id_or_path, dtype, lora, lora_2)
+        for expert in getattr(backbone, "experts", [backbone]):
+            # how the weights were trained to attend to context ("causal": keys/values reused per chunk)
+            expert.context_attention = extra.get("context_attention", "full")
         vae = AutoencoderKLWan.from_pretrained(id_or_path, subfolder="vae", torch_dtype=torch.float32)
         if vae_tiling:
             vae.enable_tiling()
@@ -289,7 +292,8 @@ class FilmModels:
                 "crop_size": {"height": self.embedder.image_size, "width": self.embedder.image_size}}))
         (root / FILMWEAVER_CONFIG).write_text(json.dumps({
             "model_id": self.model_id, "trained": self.trained, "defaults": self.defaults,
-            "max_sequence_length": self.prompt_encoder.max_sequence_length}, indent=2))
+            "max_sequence_length": self.prompt_encoder.max_sequence_length,
+            "context_attention": experts[0].context_attention}, indent=2))
 
 
 def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora: str | None = None,

@@ -75,11 +75,13 @@ class FlowMatchSampler:
         scheduler.set_begin_index(0)
         latents = noise.float()
         b = latents.shape[0]
+        # one tensor for every step (not a new one per step): backbones may cache per prompt tensor
+        both = torch.cat([text, negative_text]) if negative_text is not None and cfg.batch_cfg else None
         for t in tqdm(scheduler.timesteps, desc=desc, leave=False, disable=not progress):
             scale = self.guidance_at(t)
             use_cfg = scale > 1.0 and negative_text is not None
             if use_cfg and cfg.batch_cfg:
-                v = velocity(torch.cat([latents, latents]), t.expand(2 * b), torch.cat([text, negative_text]))
+                v = velocity(torch.cat([latents, latents]), t.expand(2 * b), both)
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + scale * (v_cond - v_uncond)
             else:

@@ -11,7 +11,13 @@ embedder, blocks, output head) in a forward pass that additionally takes context
 * **compressed context**: 2x/4x blocks are patchified with extra ``Conv3d`` projections whose kernels
   are ``c`` times the base patch, initialised from the base patch embedding (FramePack) so that at
   initialisation they equal average-pooling followed by the base embedding;
-* output only for the generated frames (context tokens are dropped before the output projection).
+* output only for the generated frames (context tokens are dropped before the output projection);
+* optionally **causal context** (``context_attention="causal"``, a property of the trained weights):
+  context tokens attend only to context tokens, so with fixed context timesteps their keys and values
+  at every layer do not depend on the generated frames or the denoising step. They are then computed
+  once per chunk (and prompt) and reused at every step (:class:`ContextKVCache`): a step costs the
+  generated tokens plus attention over the extra keys, instead of running every context token
+  through every block.
 
 With no context and positions 0..F-1 this is numerically the stock forward (tested).
 """
@@ -82,6 +88,91 @@ def compressed_patch_embedding(base: nn.Conv3d, factor: int) -> nn.Conv3d:
     return conv
 
 
+CONTEXT_ATTENTION = ("full", "causal")
+
+
+class _KVState:
+    """What the self-attention processors of one backbone do on the current pass."""
+
+    def __init__(self, num_layers: int):
+        self.mode: str | None = None  # None (plain attention) | "record" | "use"
+        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+
+
+class ContextKVAttnProcessor:
+    """Self-attention of one Wan block that can record its keys/values or prepend recorded ones.
+
+    The stock ``WanAttnProcessor`` computation for self-attention (q/k/v projections, RMS norms across
+    heads, interleaved RoPE, the configured attention backend); in ``record`` mode it also stores the
+    (post-RoPE) keys and values, in ``use`` mode the queries attend to ``[recorded keys | own keys]``.
+    """
+
+    _attention_backend = None  # set by ``set_attention_backend`` like the stock processor's
+    _parallel_config = None
+
+    def __init__(self, layer: int, state: _KVState):
+        self.layer = layer
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None:
+            raise ValueError("ContextKVAttnProcessor is for self-attention (attn1) only")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        if rotary_emb is not None:
+            query, key = _apply_rotary(query, *rotary_emb), _apply_rotary(key, *rotary_emb)
+        st = self.state
+        if st.mode == "record":
+            st.kv[self.layer] = (key, value)
+        elif st.mode == "use":
+            k0, v0 = st.kv[self.layer]
+            key, value = torch.cat([k0.to(key.dtype), key], dim=1), torch.cat([v0.to(value.dtype), value], dim=1)
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding (``x [B, N, heads, d]``, tables ``[1, N, 1, d]``)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * c - x2 * s
+    out[..., 1::2] = x1 * s + x2 * c
+    return out.type_as(x)
+
+
+class ContextKVCache:
+    """Context keys/values of every layer, computed on a chunk's first forward and reused after.
+
+    Owned by whoever runs the denoising loop of one chunk (its context is fixed). One entry per
+    (backbone, prompt tensor): the two experts of Wan2.2 and the conditional / unconditional / batched
+    prompts of classifier-free guidance each get their own. The prompt tensor is matched by identity,
+    so the caller passes the same tensor object at every step.
+    """
+
+    def __init__(self):
+        self._entries: list[tuple[nn.Module, torch.Tensor, list]] = []
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, backbone: nn.Module, text: torch.Tensor) -> list | None:
+        for bb, t, kv in self._entries:
+            if bb is backbone and t is text:
+                self.hits += 1
+                return kv
+        self.misses += 1
+        return None
+
+    def put(self, backbone: nn.Module, text: torch.Tensor, kv: list) -> None:
+        self._entries.append((backbone, text, kv))
+
+
 @dataclass
 class TokenLayout:
     """Where each context block and the generated frames sit in the token sequence."""
@@ -105,9 +196,12 @@ class ContextWanTransformer(nn.Module):
     ``Conv3d`` per compression factor (2, 4). LoRA adapters (peft) attach to ``transformer`` as usual.
     """
 
-    def __init__(self, transformer, compressions: tuple[int, ...] = (2, 4)):
+    def __init__(self, transformer, compressions: tuple[int, ...] = (2, 4), context_attention: str = "full"):
         super().__init__()
         self.transformer = transformer
+        self._kv_state = _KVState(len(transformer.blocks))
+        self._context_attention = "full"
+        self.context_attention = context_attention
         self.context_proj = nn.ModuleDict(
             {str(c): compressed_patch_embedding(transformer.patch_embedding, c) for c in compressions}
         )
@@ -116,6 +210,30 @@ class ContextWanTransformer(nn.Module):
         self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- construction / persistence -----------------------------------------------------------------
+    @property
+    def context_attention(self) -> str:
+        """``"full"`` (every token attends to every token: the stock model) or ``"causal"`` (context
+        tokens attend only to context; what the weights were trained with, saved in filmweaver.json)."""
+        return self._context_attention
+
+    @context_attention.setter
+    def context_attention(self, mode: str) -> None:
+        if mode not in CONTEXT_ATTENTION:
+            raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}, got {mode!r}")
+        if mode == "causal" and self._context_attention != "causal":
+            for i, blk in enumerate(self.transformer.blocks):
+                proc = ContextKVAttnProcessor(i, self._kv_state)
+                proc._attention_backend = getattr(blk.attn1.processor, "_attention_backend", None)
+                blk.attn1.set_processor(proc)
+        elif mode == "full" and self._context_attention == "causal":
+            from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+            for blk in self.transformer.blocks:
+                backend = blk.attn1.processor._attention_backend
+                blk.attn1.set_processor(WanAttnProcessor())
+                blk.attn1.processor._attention_backend = backend
+        self._context_attention = mode
+
     @property
     def config(self):
         return self.transformer.config
@@ -181,6 +299,7 @@ class ContextWanTransformer(nn.Module):
         frame_positions: torch.Tensor | None = None,
         encoder_hidden_states_image: torch.Tensor | None = None,
         return_layout: bool = False,
+        kv_cache: ContextKVCache | None = None,
     ):
         """Predict the flow velocity of the generated frames.
 
@@ -191,6 +310,8 @@ class ContextWanTransformer(nn.Module):
             context: context blocks (shot cache keyframes, temporal cache, continuation frames).
             frame_positions: ``[F]`` temporal positions of the generated frames (default ``0..F-1``).
             encoder_hidden_states_image: ``[B, L_img, image_dim]`` for I2V-type transformers.
+            kv_cache: with ``context_attention="causal"`` and context at fixed timesteps, where the
+                context's keys/values are kept between the denoising steps of a chunk.
 
         Returns:
             ``[B, C_out, F, H, W]`` velocity for the generated frames only (and the token layout if
@@ -225,7 +346,7 @@ class ContextWanTransformer(nn.Module):
         n_gen = x_gen.shape[1]
         hidden = torch.cat(tokens, dim=1).contiguous() if len(tokens) > 1 else x_gen.contiguous()
         n_tokens = hidden.shape[1]
-        rotary = self._rope(torch.cat(positions), device)
+        rotary = None if self._context_attention == "causal" and len(tokens) > 1 else self._rope(torch.cat(positions), device)
 
         # Per-token timesteps only when some context block has its own noise level; otherwise the
         # scalar path (exactly the stock computation).
@@ -247,7 +368,11 @@ class ContextWanTransformer(nn.Module):
         if image is not None:
             text = torch.cat([image, text], dim=1)
 
-        if torch.is_grad_enabled() and tr.gradient_checkpointing:
+        n_ctx = n_tokens - n_gen
+        if self._context_attention == "causal" and n_ctx:
+            hidden = self._causal_blocks(hidden, text, tproj, per_token, positions, n_ctx, device, context,
+                                         encoder_hidden_states, kv_cache)
+        elif torch.is_grad_enabled() and tr.gradient_checkpointing:
             for blk in tr.blocks:
                 hidden = tr._gradient_checkpointing_func(blk, hidden, text, tproj, rotary)
         else:
@@ -255,7 +380,7 @@ class ContextWanTransformer(nn.Module):
                 hidden = blk(hidden, text, tproj, rotary)
 
         # Output head on the generated tokens only.
-        hidden = hidden[:, n_tokens - n_gen :]
+        hidden = hidden[:, -n_gen:]  # (the causal path returns the generated tokens alone)
         if per_token:
             temb = temb[:, n_tokens - n_gen :]
             shift, scale = (tr.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
@@ -269,6 +394,38 @@ class ContextWanTransformer(nn.Module):
         if return_layout:
             return out, TokenLayout(spans, n_gen)
         return out
+
+    def _causal_blocks(self, hidden, text, tproj, per_token, positions, n_ctx, device, context, text_key, kv_cache):
+        """The blocks with causal context: a context-only pass that records every layer's keys/values
+        (or those of ``kv_cache``), then the generated tokens attending to ``[context | generated]``.
+        Returns the generated tokens' hidden states ``[B, N_gen, D]``."""
+        tr, state = self.transformer, self._kv_state
+        if torch.is_grad_enabled() and tr.gradient_checkpointing:
+            raise NotImplementedError("gradient checkpointing with context_attention='causal'")
+        # the cache is valid only if nothing in the context pass changes between steps: context blocks
+        # at their own fixed timesteps (a block at the generated frames' timestep changes every step)
+        cacheable = kv_cache is not None and all(b.timestep is not None for b in context)
+        kv = kv_cache.get(self, text_key) if cacheable else None
+        try:
+            if kv is None:
+                state.mode, state.kv = "record", [None] * len(tr.blocks)
+                h = hidden[:, :n_ctx]
+                t_ctx = tproj[:, :n_ctx] if per_token else tproj
+                rot = self._rope(torch.cat(positions[:-1]), device)
+                for blk in tr.blocks:
+                    h = blk(h, text, t_ctx, rot)
+                kv = state.kv
+                if cacheable:
+                    kv_cache.put(self, text_key, kv)
+            state.mode, state.kv = "use", kv
+            h = hidden[:, n_ctx:]
+            t_gen = tproj[:, n_ctx:] if per_token else tproj
+            rot = self._rope(positions[-1], device)
+            for blk in tr.blocks:
+                h = blk(h, text, t_gen, rot)
+        finally:
+            state.mode, state.kv = None, [None] * len(tr.blocks)
+        return h
 
     def count_tokens(self, context: list[ContextFrames], latent_hw: tuple[int, int]) -> int:
         """Context tokens these blocks would add (for budgets and tests), without running the model."""

@@ -94,6 +94,10 @@ class DiTPhase(_Cfg):
     temporal_schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
     timestep_shift: float = 3.0
     train_text_encoder: bool = True
+    # "causal": context tokens attend only to context, so a generated chunk can reuse their keys/values
+    # at every denoising step (much cheaper memory at inference); saved with the model. "full": the
+    # stock attention over all tokens (what pretrained Wan and StoryMem's LoRA do).
+    context_attention: Literal["full", "causal"] = "full"
     stages: list[Stage] = Field(default_factory=lambda: [
         Stage(name="temporal", steps=1000, modes={"text": 0.3, "temporal": 0.7}, long_takes=0.7),
         Stage(name="memory", steps=4000, modes={"text": 0.15, "temporal": 0.15, "shot": 0.35, "both": 0.35}),
