@@ -1,0 +1,33 @@
+"""Issue 4: the forward cost of causal context with reused keys/values on one GPU (see BENCHMARKS.md).
+
+``python3 scripts/gpu_bench_causal.py OUT_DIR``: each case is saved as it ends."""
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from filmweaver.bench import markdown_rows, run_bench
+
+CASES = [
+    ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal"),
+     "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal"),
+    ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True, warmup=3),
+     "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --compile --warmup 3"),
+    ("14b_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal", compile_blocks=True,
+                                attention_backend="_native_cudnn", warmup=2, repeats=3),
+     "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --compile --attention _native_cudnn "
+     "--warmup 2 --repeats 3"),
+]
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, kw, cmd in CASES:
+        try:
+            res = run_bench(progress=False, **kw)
+            res["command"] = cmd
+            (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+            print(markdown_rows(res, cmd), flush=True)
+        except Exception:  # noqa: BLE001 - report and go on
+            print(f"{name} FAILED\n{traceback.format_exc()[-3000:]}", flush=True)
