@@ -94,9 +94,8 @@ CONTEXT_ATTENTION = ("full", "causal")
 class _KVState:
     """What the self-attention processors of one backbone do on the current pass."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self):
         self.mode: str | None = None  # None (plain attention) | "record" | "use"
-        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
 
 
 class ContextKVAttnProcessor:
@@ -110,9 +109,11 @@ class ContextKVAttnProcessor:
     _attention_backend = None  # set by ``set_attention_backend`` like the stock processor's
     _parallel_config = None
 
-    def __init__(self, layer: int, state: _KVState):
-        self.layer = layer
+    def __init__(self, state: _KVState):
+        # the keys/values live on the processor, not in a list indexed by layer: torch.compile treats
+        # integer attributes as constants, so an index would compile one graph per block
         self.state = state
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -125,11 +126,11 @@ class ContextKVAttnProcessor:
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
         if rotary_emb is not None:
             query, key = _apply_rotary(query, *rotary_emb), _apply_rotary(key, *rotary_emb)
-        st = self.state
-        if st.mode == "record":
-            st.kv[self.layer] = (key, value)
-        elif st.mode == "use":
-            k0, v0 = st.kv[self.layer]
+        mode = self.state.mode
+        if mode == "record":
+            self.kv = (key, value)
+        elif mode == "use":
+            k0, v0 = self.kv
             key, value = torch.cat([k0.to(key.dtype), key], dim=1), torch.cat([v0.to(value.dtype), value], dim=1)
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend)
@@ -199,7 +200,7 @@ class ContextWanTransformer(nn.Module):
     def __init__(self, transformer, compressions: tuple[int, ...] = (2, 4), context_attention: str = "full"):
         super().__init__()
         self.transformer = transformer
-        self._kv_state = _KVState(len(transformer.blocks))
+        self._kv_state = _KVState()
         self._context_attention = "full"
         self.context_attention = context_attention
         self.context_proj = nn.ModuleDict(
@@ -221,8 +222,8 @@ class ContextWanTransformer(nn.Module):
         if mode not in CONTEXT_ATTENTION:
             raise ValueError(f"context_attention must be one of {CONTEXT_ATTENTION}, got {mode!r}")
         if mode == "causal" and self._context_attention != "causal":
-            for i, blk in enumerate(self.transformer.blocks):
-                proc = ContextKVAttnProcessor(i, self._kv_state)
+            for blk in self.transformer.blocks:
+                proc = ContextKVAttnProcessor(self._kv_state)
                 proc._attention_backend = getattr(blk.attn1.processor, "_attention_backend", None)
                 blk.attn1.set_processor(proc)
         elif mode == "full" and self._context_attention == "causal":
@@ -406,25 +407,30 @@ class ContextWanTransformer(nn.Module):
         # at their own fixed timesteps (a block at the generated frames' timestep changes every step)
         cacheable = kv_cache is not None and all(b.timestep is not None for b in context)
         kv = kv_cache.get(self, text_key) if cacheable else None
+        procs = [blk.attn1.processor for blk in tr.blocks]
         try:
             if kv is None:
-                state.mode, state.kv = "record", [None] * len(tr.blocks)
+                state.mode = "record"
                 h = hidden[:, :n_ctx]
                 t_ctx = tproj[:, :n_ctx] if per_token else tproj
                 rot = self._rope(torch.cat(positions[:-1]), device)
                 for blk in tr.blocks:
                     h = blk(h, text, t_ctx, rot)
-                kv = state.kv
+                kv = [p.kv for p in procs]
                 if cacheable:
                     kv_cache.put(self, text_key, kv)
-            state.mode, state.kv = "use", kv
+            for p, layer_kv in zip(procs, kv, strict=True):
+                p.kv = layer_kv
+            state.mode = "use"
             h = hidden[:, n_ctx:]
             t_gen = tproj[:, n_ctx:] if per_token else tproj
             rot = self._rope(positions[-1], device)
             for blk in tr.blocks:
                 h = blk(h, text, t_gen, rot)
         finally:
-            state.mode, state.kv = None, [None] * len(tr.blocks)
+            state.mode = None
+            for p in procs:
+                p.kv = None  # the cache (if any) keeps them; nothing else should
         return h
 
     def count_tokens(self, context: list[ContextFrames], latent_hw: tuple[int, int]) -> int:
