@@ -137,7 +137,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     if attention_backend:
         bb.transformer.set_attention_backend(attention_backend)
     if compile_blocks:
-        bb.transformer.compile_repeated_blocks(fullgraph=True)
+        bb.compile_blocks()
     cfg = SHAPES[shape]
     c = cfg["in_channels"]
     lf, lh, lw = 1 + (frames - 1) // 4, height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space

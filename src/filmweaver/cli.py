@@ -49,7 +49,7 @@ def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
             except (ValueError, RuntimeError, ImportError) as e:
                 _fail(f"attention backend {attention!r}: {e}")
         if compile_blocks:
-            expert.transformer.compile_repeated_blocks(fullgraph=True)
+            expert.compile_blocks()
 
 
 @app.command()

@@ -235,6 +235,17 @@ class ContextWanTransformer(nn.Module):
                 blk.attn1.processor._attention_backend = backend
         self._context_attention = mode
 
+    def compile_blocks(self) -> None:
+        """``torch.compile`` the repeated transformer blocks (diffusers' regional compilation).
+
+        One block code object is specialised per (attention mode, token count): no context, and with
+        causal context the context pass and the generated pass, for every context size a run meets.
+        That exceeds dynamo's default of 8 recompiles, so the limit is raised."""
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.transformer.compile_repeated_blocks(fullgraph=True)
+
     @property
     def config(self):
         return self.transformer.config
