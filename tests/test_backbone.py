@@ -206,3 +206,22 @@ def test_causal_context_trains_through_the_context_pass():
     assert mem.grad is not None and mem.grad.abs().sum() > 0  # gradients reach the context through its K/V
     blk0 = model.transformer.blocks[0]
     assert blk0.attn1.to_k.weight.grad.abs().sum() > 0
+
+
+def test_context_parallel_ulysses_matches_one_process(tmp_path):
+    """Two CPU ranks (gloo) split one forward's tokens (uneven shards) with diffusers' Ulysses
+    attention; each rank's output equals the single-process forward, full and causal context."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "cp.json"
+    worker = os.path.join(os.path.dirname(__file__), "cp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                        worker, str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["full"]["max_diff"] < 1e-5
+    assert res["causal"]["max_diff"] < 1e-5 and res["causal"]["cache_hits"] == 1

@@ -115,7 +115,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
               memory: tuple[int, ...] = (0, 3, 10), temporal: tuple[bool, ...] = (False, True), batch: int = 1,
               device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
               compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
-              progress: bool = True, context_attention: str = "full") -> dict:
+              progress: bool = True, context_attention: str = "full", context_parallel: str | None = None) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
@@ -124,7 +124,10 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
 
     ``context_attention="causal"``: context tokens attend only to context (a model trained for it);
     with a numeric ``context_timestep`` their keys/values are computed on a chunk's first forward and
-    reused, so ``seconds`` is a later step's forward and ``first_forward_seconds`` the first one's."""
+    reused, so ``seconds`` is a later step's forward and ``first_forward_seconds`` the first one's.
+
+    ``context_parallel`` (``"ulysses"`` / ``"ring"``, under ``torchrun``): every forward's tokens are
+    split over the ranks; each rank times the same forward (rank 0 reports)."""
     from filmweaver.context import ContextFrames
     from filmweaver.memory.shot_cache import memory_positions
     from filmweaver.memory.temporal_cache import TemporalCache
@@ -132,10 +135,20 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     dev = torch.device(device)
     from filmweaver.backbone.wan import ContextKVCache
 
+    world = 1
+    if context_parallel:
+        import torch.distributed as dist
+
+        from filmweaver.parallel import init_context_parallel
+
+        device, _ = init_context_parallel(device)
+        dev, world = torch.device(device), dist.get_world_size()
     bb = build_transformer(shape, dev, dtype)
     bb.context_attention = context_attention
     if attention_backend:
         bb.transformer.set_attention_backend(attention_backend)
+    if context_parallel:
+        bb.enable_context_parallel(context_parallel)
     if compile_blocks:
         bb.compile_blocks()
     cfg = SHAPES[shape]
@@ -180,7 +193,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
            "compile_repeated_blocks": compile_blocks, "context_timestep": context_timestep,
-           "context_attention": context_attention, "warmup": warmup,
+           "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
+           "warmup": warmup,
            "repeats": repeats}
     try:
         import diffusers
@@ -202,7 +216,8 @@ def markdown_rows(result: dict, command: str) -> str:
                      f"{c['seconds']:.3f} | {c['vs_no_context'] if c['vs_no_context'] is not None else '-'} | "
                      f"{'-' if first is None else f'{first:.3f}'} | {c['tflops']} |")
     lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']}, "
-              f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, batch "
+              f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, "
+              f"context parallel: {env.get('context_parallel') or 'no'} x {env.get('world_size', 1)}, batch "
               f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
     return "\n".join(lines) + "\n"
 

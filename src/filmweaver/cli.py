@@ -62,12 +62,12 @@ def validate(script: Path = typer.Argument(..., help="story script (ST-Bench JSO
     typer.echo(story.summary())
 
 
-def _engine(models, out, story=None, config=None, explicit=frozenset()):
+def _engine(models, out, story=None, config=None, explicit=frozenset(), progress=True):
     from filmweaver.engine import StoryEngine
     from filmweaver.project import ProjectError
 
     try:
-        return StoryEngine(models, out, story=story, config=config, progress=True,
+        return StoryEngine(models, out, story=story, config=config, progress=progress,
                            explicit=explicit)
     except (ProjectError, ValueError, NotImplementedError) as e:
         _fail(str(e))
@@ -105,6 +105,8 @@ def generate(
     no_temporal_cache: bool = typer.Option(False, help="ablation: no temporal cache"),
     max_shots: int | None = typer.Option(None, help="stop after this many shots (rerun to continue)"),
     force: bool = typer.Option(False, help="regenerate everything, even finished shots"),
+    context_parallel: str | None = typer.Option(None, help="ulysses | ring: one story on several GPUs, every forward's "
+                                                "tokens split over the ranks of `torchrun --nproc_per_node N`"),
     device: str = typer.Option("cpu"), dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
 ):
     """Generate a film from a script into a project directory; finished shots are kept on rerun."""
@@ -115,6 +117,19 @@ def generate(
         story = load_story(script)
     except ScriptError as e:
         _fail(str(e), code=1)
+    rank, scratch = 0, None
+    if context_parallel:
+        import tempfile
+
+        from filmweaver.parallel import init_context_parallel
+
+        try:
+            device, rank = init_context_parallel(device)
+        except RuntimeError as e:
+            _fail(str(e))
+        if rank:  # only rank 0 writes the project
+            scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")
+            out = Path(scratch.name)
     models = _load_models(preset, model, embedder, device, dtype, lora, lora_2, vae_tiling)
     if first_shot_model:
         import torch
@@ -126,6 +141,13 @@ def generate(
         except (ModelLoadError, OSError) as e:
             _fail(str(e))
     _speed_options(models, attention, compile_blocks)
+    if context_parallel:
+        from filmweaver.parallel import enable_context_parallel
+
+        try:
+            enable_context_parallel(models, context_parallel)
+        except ValueError as e:
+            _fail(str(e))
     sampler = SamplerConfig(scheduler=scheduler, shift=shift)
     explicit = set()
     if steps is not None:
@@ -143,9 +165,12 @@ def generate(
             config = method_config(method, config.model_dump(mode="json"))
         except ValueError as e:
             _fail(str(e))
-    engine = _engine(models, out, story=story, config=config, explicit=explicit)
+    engine = _engine(models, out, story=story, config=config, explicit=explicit, progress=rank == 0)
     done = engine.generate(force=force, max_shots=max_shots)
-    _report(engine, done)
+    if rank == 0:
+        _report(engine, done)
+    if scratch is not None:
+        scratch.cleanup()
 
 
 def _report(engine, done):
@@ -348,6 +373,8 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
           context_attention: str = typer.Option("full", help="full | causal (context attends only to context; its keys/"
                                                 "values are computed once per chunk and reused at every step)"),
+          context_parallel: str | None = typer.Option(None, help="ulysses | ring: split every forward over the GPUs of "
+                                                      "`torchrun --nproc_per_node N` (rank 0 reports)"),
           repeats: int = 5, warmup: int = 2,
           device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
           story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
@@ -379,7 +406,12 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
                        tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
                        getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
                        None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
-                       context_attention=context_attention)
+                       progress=False, context_attention=context_attention, context_parallel=context_parallel)
+    if context_parallel:
+        import torch.distributed as dist
+
+        if dist.get_rank():
+            return
     command = "filmweaver bench " + " ".join(sys.argv[2:])
     result["command"] = command
     if out is not None:

@@ -133,7 +133,7 @@ class ContextKVAttnProcessor:
             k0, v0 = self.kv
             key, value = torch.cat([k0.to(key.dtype), key], dim=1), torch.cat([v0.to(value.dtype), value], dim=1)
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self._attention_backend)
+                                    backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -203,6 +203,7 @@ class ContextWanTransformer(nn.Module):
         self._kv_state = _KVState()
         self._context_attention = "full"
         self.context_attention = context_attention
+        self._cp_group = None  # context parallelism: the process group the tokens are split over
         self.context_proj = nn.ModuleDict(
             {str(c): compressed_patch_embedding(transformer.patch_embedding, c) for c in compressions}
         )
@@ -225,15 +226,86 @@ class ContextWanTransformer(nn.Module):
             for blk in self.transformer.blocks:
                 proc = ContextKVAttnProcessor(self._kv_state)
                 proc._attention_backend = getattr(blk.attn1.processor, "_attention_backend", None)
+                proc._parallel_config = getattr(blk.attn1.processor, "_parallel_config", None)
                 blk.attn1.set_processor(proc)
         elif mode == "full" and self._context_attention == "causal":
             from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
             for blk in self.transformer.blocks:
-                backend = blk.attn1.processor._attention_backend
+                old = blk.attn1.processor
                 blk.attn1.set_processor(WanAttnProcessor())
-                blk.attn1.processor._attention_backend = backend
+                blk.attn1.processor._attention_backend = old._attention_backend
+                blk.attn1.processor._parallel_config = old._parallel_config
         self._context_attention = mode
+
+    # -- context parallelism ------------------------------------------------------------------------
+    def enable_context_parallel(self, mode: str = "ulysses", degree: int | None = None) -> None:
+        """Split every forward's tokens across the ranks of the default process group (one story on
+        several GPUs, launched with ``torchrun``; every rank runs the same story with the same seeds).
+
+        Each rank embeds all tokens, keeps its share of the sequence (and of the RoPE tables and
+        per-token modulation) through the blocks, and self-attention exchanges what it needs through
+        diffusers' context-parallel attention (``ContextParallelConfig``): ``"ulysses"`` (all-to-all
+        over heads; any token count) or ``"ring"`` (keys/values passed around; needs an attention
+        backend that returns log-sum-exp, e.g. ``_native_cudnn`` or ``flash``, and token counts
+        divisible by the degree). The generated tokens are gathered again before the output head.
+        """
+        import torch.distributed as dist
+        from diffusers import ContextParallelConfig, ParallelConfig
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if not dist.is_initialized():
+            raise RuntimeError("context parallelism needs torch.distributed initialised (launch with torchrun)")
+        degree = degree or dist.get_world_size()
+        if mode == "ulysses":
+            heads = self.transformer.config.num_attention_heads
+            if heads % degree:
+                raise ValueError(f"ulysses degree {degree} must divide the {heads} attention heads")
+            cp = ContextParallelConfig(ulysses_degree=degree, ulysses_anything=True)
+        elif mode == "ring":
+            cp = ContextParallelConfig(ring_degree=degree)
+        else:
+            raise ValueError(f"context parallel mode must be 'ulysses' or 'ring', got {mode!r}")
+        # What ``ModelMixin.enable_parallelism`` sets up, minus its input-splitting hooks (this forward
+        # splits the tokens itself) and on the model's own device type (it assumes an accelerator)
+        config = ParallelConfig(context_parallel_config=cp)
+        device = self.device
+        mesh = init_device_mesh(device.type, mesh_shape=cp.mesh_shape, mesh_dim_names=cp.mesh_dim_names)
+        config.setup(dist.get_rank(), dist.get_world_size(), device, mesh=mesh)
+        self.transformer._parallel_config = config
+        for module in self.transformer.modules():
+            proc = getattr(module, "processor", None)
+            if proc is not None and hasattr(proc, "_parallel_config"):
+                proc._parallel_config = config
+        self._cp_group = dist.group.WORLD
+        self._cp_mode = mode
+
+    def _cp_shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's share of ``x`` along the token dimension ``dim`` (first ranks one longer)."""
+        import torch.distributed as dist
+
+        return torch.tensor_split(x, dist.get_world_size(self._cp_group), dim=dim)[dist.get_rank(self._cp_group)]
+
+    def _cp_gather(self, h: torch.Tensor, n_total: int) -> torch.Tensor:
+        """``[B, n_local, D]`` shards of every rank -> ``[B, n_total, D]`` in token order."""
+        import torch.distributed as dist
+        import torch.distributed._functional_collectives as funcol
+
+        world = dist.get_world_size(self._cp_group)
+        sizes = [t.shape[1] for t in torch.tensor_split(torch.empty(1, n_total), world, dim=1)]
+        pad = sizes[0] - h.shape[1]
+        if pad:
+            h = F.pad(h, (0, 0, 0, pad))
+        g = funcol.all_gather_tensor(h.contiguous(), 1, self._cp_group)
+        g = g.wait() if hasattr(g, "wait") else g
+        return torch.cat([c[:, :n] for c, n in zip(g.chunk(world, dim=1), sizes, strict=True)], dim=1)
+
+    def _cp_split_inputs(self, hidden, tproj, rotary, per_token):
+        """Shard tokens, per-token modulation and RoPE tables (no-op without context parallelism)."""
+        if self._cp_group is None:
+            return hidden, tproj, rotary
+        return (self._cp_shard(hidden, 1), self._cp_shard(tproj, 1) if per_token else tproj,
+                tuple(self._cp_shard(r, 1) for r in rotary))
 
     def compile_blocks(self) -> None:
         """``torch.compile`` the repeated transformer blocks (diffusers' regional compilation).
@@ -388,8 +460,10 @@ class ContextWanTransformer(nn.Module):
             for blk in tr.blocks:
                 hidden = tr._gradient_checkpointing_func(blk, hidden, text, tproj, rotary)
         else:
+            h, t_local, rot = self._cp_split_inputs(hidden, tproj, rotary, per_token)
             for blk in tr.blocks:
-                hidden = blk(hidden, text, tproj, rotary)
+                h = blk(h, text, t_local, rot)
+            hidden = h if self._cp_group is None else self._cp_gather(h, n_tokens)
 
         # Output head on the generated tokens only.
         hidden = hidden[:, -n_gen:]  # (the causal path returns the generated tokens alone)
@@ -422,9 +496,8 @@ class ContextWanTransformer(nn.Module):
         try:
             if kv is None:
                 state.mode = "record"
-                h = hidden[:, :n_ctx]
-                t_ctx = tproj[:, :n_ctx] if per_token else tproj
-                rot = self._rope(torch.cat(positions[:-1]), device)
+                h, t_ctx, rot = self._cp_split_inputs(hidden[:, :n_ctx], tproj[:, :n_ctx] if per_token else tproj,
+                                                      self._rope(torch.cat(positions[:-1]), device), per_token)
                 for blk in tr.blocks:
                     h = blk(h, text, t_ctx, rot)
                 kv = [p.kv for p in procs]
@@ -433,11 +506,13 @@ class ContextWanTransformer(nn.Module):
             for p, layer_kv in zip(procs, kv, strict=True):
                 p.kv = layer_kv
             state.mode = "use"
-            h = hidden[:, n_ctx:]
-            t_gen = tproj[:, n_ctx:] if per_token else tproj
-            rot = self._rope(positions[-1], device)
+            n_gen = hidden.shape[1] - n_ctx
+            h, t_gen, rot = self._cp_split_inputs(hidden[:, n_ctx:], tproj[:, n_ctx:] if per_token else tproj,
+                                                  self._rope(positions[-1], device), per_token)
             for blk in tr.blocks:
                 h = blk(h, text, t_gen, rot)
+            if self._cp_group is not None:
+                h = self._cp_gather(h, n_gen)
         finally:
             state.mode = None
             for p in procs:

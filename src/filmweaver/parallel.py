@@ -1,0 +1,38 @@
+"""One story on several GPUs: context parallelism under ``torchrun`` (see
+:meth:`filmweaver.backbone.wan.ContextWanTransformer.enable_context_parallel`).
+
+Every rank runs the same engine with the same seeds; each transformer forward splits its tokens over
+the ranks, so all ranks hold identical latents after every step. Rank 0 writes the project; the
+others write to a scratch directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def init_context_parallel(device: str) -> tuple[str, int]:
+    """Initialise the process group from torchrun's environment (NCCL on CUDA, gloo on CPU) and pin
+    this rank's GPU. Returns ``(device for this rank, rank)``."""
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        raise RuntimeError("context parallelism runs under torchrun: "
+                           "torchrun --nproc_per_node N -m filmweaver.cli generate ... --context-parallel ulysses")
+    cuda = device.startswith("cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return device, dist.get_rank()
+
+
+def enable_context_parallel(models, mode: str) -> None:
+    """Split the tokens of every transformer (both experts of Wan2.2, the first-shot model) over the ranks."""
+    for backbone in models.backbones():
+        for expert in getattr(backbone, "experts", [backbone]):
+            expert.enable_context_parallel(mode)
