@@ -34,7 +34,7 @@ def main(out_path: str) -> None:
             cache = ContextKVCache()
             got = [cp_model(x, torch.full((2,), tv), e, ctx, kv_cache=cache) for tv in (800.0, 300.0)]
             plain_ref, plain = ref_model(x, t, e), cp_model(x, t, e)  # no context: the generated tokens alone
-        result[mode] = {"max_diff": max((a - b).abs().max().item() for a, b in zip(ref + [plain_ref], got + [plain])),
+        result[mode] = {"max_diff": max((a - b).abs().max().item() for a, b in zip(ref + [plain_ref], got + [plain], strict=True)),
                         "cache_hits": cache.hits}
     for mode in result:  # the worst rank counts
         d = torch.tensor(result[mode]["max_diff"])

@@ -26,7 +26,6 @@ from filmweaver.text import embed_token_ids
 from filmweaver.train.config import DiTPhase
 from filmweaver.train.data import Batch, LatentStore
 
-
 FIT_WINDOW = 500  # steps per rate measurement (fit_steps_to_time)
 
 
