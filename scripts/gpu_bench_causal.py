@@ -10,6 +10,10 @@ from pathlib import Path
 from filmweaver.bench import markdown_rows, run_bench
 
 CASES = [
+    # not measured yet: causal context + keyframes pooled 2x2 (4x fewer memory tokens), the path to 1.15x
+    ("13b_causal_compile_pool2", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True,
+                                      memory_compression=2, warmup=3),
+     "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 2 --compile --warmup 3"),
     ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal"),
      "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal"),
     ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True, warmup=3),

@@ -225,3 +225,24 @@ def test_context_parallel_ulysses_matches_one_process(tmp_path):
     res = json.loads(out.read_text())
     assert res["full"]["max_diff"] < 1e-5
     assert res["causal"]["max_diff"] < 1e-5 and res["causal"]["cache_hits"] == 1
+
+
+@torch.no_grad()
+def test_spatially_pooled_keyframes_are_pool_then_base_embedding(model):
+    x, t, e = inputs(f=3)
+    mem = torch.randn(1, 16, 2, 8, 8)
+    pooled_block = ContextFrames(mem, torch.tensor([-3.0, -2.0]), 0.0, kind="shot", spatial=2)
+    out, layout = model(x, t, e, [pooled_block], return_layout=True)
+    # 8x8 latents, patch 2 -> 4x4 base tokens per frame -> 2x2 after pooling: 4 tokens a keyframe
+    assert [s[2] - s[1] for s in layout.spans] == [8, 48] and model.count_tokens([pooled_block], (8, 8)) == 8
+    tokens, h, w = model._embed(mem, 1, spatial=2)
+    ref = model.transformer.patch_embedding(F.avg_pool3d(mem, (1, 2, 2))).flatten(2).transpose(1, 2)
+    assert (h, w) == (4, 4) and torch.equal(tokens, ref)
+    # each pooled token sits at the centre of the 2x2 base tokens it covers
+    from filmweaver.backbone.wan import grid_positions
+
+    pos = grid_positions(torch.tensor([-3.0]), 4, 4, spatial=2)
+    assert pos.tolist() == [[-3.0, 0.5, 0.5], [-3.0, 0.5, 2.5], [-3.0, 2.5, 0.5], [-3.0, 2.5, 2.5]]
+    assert (out - model(x, t, e, [ContextFrames(mem, torch.tensor([-3.0, -2.0]), 0.0, kind="shot")])).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="spatial"):
+        ContextFrames(mem, torch.tensor([-3.0, -2.0]), 0.0, compression=2, spatial=2)

@@ -318,3 +318,14 @@ def test_generate_with_context_parallelism_on_two_cpu_ranks(tmp_path):
     r = CliRunner().invoke(app, ["generate", "examples/lighthouse.json", "-o", str(tmp_path / "x"), "--preset", "tiny",
                                  "--context-parallel", "ulysses"])
     assert r.exit_code != 0 and "torchrun" in r.output
+
+
+def test_shot_cache_compression_cuts_memory_tokens(tiny_models, tmp_path):
+    story = parse_story(small_story(n_scenes=2, shots_per_scene=1))
+    counts = {}
+    for c in (1, 2):
+        cfg = config(shot_cache={"compression": c}, temporal_cache={"enabled": False})
+        engine = StoryEngine(tiny_models, tmp_path / f"c{c}", story=story, config=cfg, progress=False)
+        engine.generate()
+        counts[c] = engine.project.shots[1]["chunks"][0]["context_tokens"]
+    assert counts[1] > 0 and counts[2] * 4 == counts[1]

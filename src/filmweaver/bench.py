@@ -115,7 +115,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
               memory: tuple[int, ...] = (0, 3, 10), temporal: tuple[bool, ...] = (False, True), batch: int = 1,
               device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
               compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
-              progress: bool = True, context_attention: str = "full", context_parallel: str | None = None) -> dict:
+              progress: bool = True, context_attention: str = "full", context_parallel: str | None = None,
+              memory_compression: int = 1) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
@@ -127,7 +128,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     reused, so ``seconds`` is a later step's forward and ``first_forward_seconds`` the first one's.
 
     ``context_parallel`` (``"ulysses"`` / ``"ring"``, under ``torchrun``): every forward's tokens are
-    split over the ranks; each rank times the same forward (rank 0 reports)."""
+    split over the ranks; each rank times the same forward (rank 0 reports). ``memory_compression``:
+    each keyframe spatially pooled into 2x2 / 4x4 base patches (``shot_cache.compression``)."""
     from filmweaver.context import ContextFrames
     from filmweaver.memory.shot_cache import memory_positions
     from filmweaver.memory.temporal_cache import TemporalCache
@@ -170,7 +172,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
                 cache.push(torch.randn(1, c, cache.capacity, lh, lw, generator=g, device=dev, dtype=dtype))
             if m:
                 mem = torch.randn(1, c, m, lh, lw, generator=g, device=dev, dtype=dtype)
-                ctx.append(ContextFrames(mem, memory_positions(m, cache.capacity), context_timestep, 1, kind="shot"))
+                ctx.append(ContextFrames(mem, memory_positions(m, cache.capacity), context_timestep, 1, kind="shot",
+                                         spatial=memory_compression))
             ctx += cache.context(context_timestep)
             n_ctx = bb.count_tokens(ctx, (lh, lw))
             n_gen = lf * (lh // 2) * (lw // 2)
@@ -194,6 +197,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
            "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
            "compile_repeated_blocks": compile_blocks, "context_timestep": context_timestep,
            "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
+           "memory_compression": memory_compression,
            "warmup": warmup,
            "repeats": repeats}
     try:

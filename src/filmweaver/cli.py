@@ -92,6 +92,7 @@ def generate(
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
+    memory_compression: int = typer.Option(1, help="pool each keyframe into 2x2 or 4x4 patches: 4x / 16x fewer memory tokens"),
     steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
     guidance: float | None = typer.Option(None, help="classifier-free guidance scale"),
     scheduler: str = typer.Option("unipc", help="unipc | euler"),
@@ -155,7 +156,7 @@ def generate(
     if guidance is not None:
         sampler.guidance_scale, explicit = guidance, explicit | {"guidance_scale"}
     config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
-                          shot_cache=ShotCacheConfig(policy=policy, k=k), continuation=continuation,
+                          shot_cache=ShotCacheConfig(policy=policy, k=k, compression=memory_compression), continuation=continuation,
                           temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
                           keyframes=KeyframeConfig(), step_cache=step_cache, step_cache_threshold=step_cache_threshold)
     if method is not None:
@@ -375,6 +376,7 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
                                                 "values are computed once per chunk and reused at every step)"),
           context_parallel: str | None = typer.Option(None, help="ulysses | ring: split every forward over the GPUs of "
                                                       "`torchrun --nproc_per_node N` (rank 0 reports)"),
+          memory_compression: int = typer.Option(1, help="keyframes pooled into 2x2 or 4x4 patches (shot_cache.compression)"),
           repeats: int = 5, warmup: int = 2,
           device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
           story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
@@ -406,7 +408,8 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
                        tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
                        getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
                        None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
-                       progress=False, context_attention=context_attention, context_parallel=context_parallel)
+                       progress=False, context_attention=context_attention, context_parallel=context_parallel,
+                       memory_compression=memory_compression)
     if context_parallel:
         import torch.distributed as dist
 

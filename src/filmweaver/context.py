@@ -7,6 +7,7 @@ noise level and optionally patchified more coarsely (FramePack-style compression
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +20,17 @@ class ContextFrames:
     ``0 .. F_gen-1``, so memory lives at negative positions); ``timestep``: the diffusion timestep
     (0..1000) these frames are presented at, ``None`` = the same as the frames being generated;
     ``compression``: patchify kernel multiplier (1 = the base patch embedding, 2 or 4 = extra
-    projections that merge ``c x c x c`` base patches into one token)."""
+    projections that merge ``c x c x c`` base patches into one token); ``spatial``: spatial-only
+    pooling (1, 2 or 4) for single keyframes, ``s x s`` base patches average-pooled into one token and
+    embedded with the base patch embedding (no new weights: what a FramePack-initialised
+    ``(1, s, s)`` kernel computes), ``s**2`` times fewer tokens."""
 
     latents: torch.Tensor
     positions: torch.Tensor
     timestep: float | torch.Tensor | None = 0.0
     compression: int = 1
     kind: str = "context"  # "shot" | "temporal" | "continuation" | "memory" (for logs and manifests)
+    spatial: int = 1
 
     def __post_init__(self):
         if self.latents.ndim != 5:
@@ -34,6 +39,9 @@ class ContextFrames:
             raise ValueError(f"{self.latents.shape[2]} context frames but {tuple(self.positions.shape)} positions")
         if self.compression not in (1, 2, 4):
             raise ValueError(f"compression must be 1, 2 or 4, got {self.compression}")
+        if self.spatial not in (1, 2, 4) or (self.spatial > 1 and self.compression > 1):
+            raise ValueError(f"spatial pooling must be 1, 2 or 4 and is not combined with compression, got "
+                             f"spatial={self.spatial}, compression={self.compression}")
 
     @property
     def num_frames(self) -> int:
@@ -63,7 +71,5 @@ def noise_to_timestep(latents: torch.Tensor, timestep: float | torch.Tensor, gen
 def present_at_timestep(blocks: list[ContextFrames], generator: torch.Generator | None = None) -> list[ContextFrames]:
     """The blocks with their latents noised to their ``timestep`` (see :func:`noise_to_timestep`);
     blocks at ``None`` (the generated frames' level) or 0 are returned as they are."""
-    return [b if b.timestep is None else
-            ContextFrames(noise_to_timestep(b.latents, b.timestep, generator), b.positions, b.timestep,
-                          b.compression, b.kind)
+    return [b if b.timestep is None else dataclasses.replace(b, latents=noise_to_timestep(b.latents, b.timestep, generator))
             for b in blocks]

@@ -16,6 +16,7 @@ selected and added to the bank, and every file is written before the manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -61,6 +62,9 @@ class ShotCacheConfig(BaseModel):
     max_size: int = 10  # sink_window: total memory size
     gap: float = 0.0  # extra temporal distance between memory and video (StoryMem's S)
     timestep: float = 0.0  # noise level the keyframes are presented at (0 = clean)
+    # spatial pooling of each keyframe into 2x2 or 4x4 base patches: 4x / 16x fewer memory tokens
+    # (cheaper memory; the in-context backbone only: StoryMem's M2V layout keeps full frames)
+    compression: Literal[1, 2, 4] = 1
 
 
 class TemporalCacheConfig(BaseModel):
@@ -179,6 +183,9 @@ class StoryEngine:
                                          ContrastScorer() if kcfg.quality_scorer == "contrast" else None,
                                          kcfg.quality_threshold)
         self.m2v = models.backbone.config.in_channels == 2 * models.codec.latent_channels + 4
+        if self.m2v and self.config.shot_cache.compression != 1:
+            raise ValueError("shot_cache.compression applies to in-context backbones; StoryMem's M2V layout "
+                             "takes memory frames at full resolution")
         self._enable_step_cache()
         if getattr(models.backbone.config, "image_dim", None):
             raise NotImplementedError("Wan2.1-I2V style image-embedding conditioning is not supported yet")
@@ -461,7 +468,7 @@ class StoryEngine:
             return []
         lat = torch.cat([bank.entries[r.bank_index].latent for r in retrieved], dim=1)[None]  # [1, C, K, h, w]
         return [ContextFrames(lat, self._memory_positions(len(retrieved), capacity), self.config.shot_cache.timestep,
-                              1, kind="shot")]
+                              1, kind="shot", spatial=self.config.shot_cache.compression)]
 
     def _describe_retrieved(self, bank: KeyframeBank, r: RetrievedKeyframe, position: float) -> dict:
         e = bank.entries[r.bank_index]
@@ -507,8 +514,7 @@ class StoryEngine:
             return velocity
 
         if not self.m2v:
-            ctx = [ContextFrames(b.latents.to(backbone.device, dtype), b.positions, b.timestep, b.compression, b.kind)
-                   for b in context]
+            ctx = [dataclasses.replace(b, latents=b.latents.to(backbone.device, dtype)) for b in context]
             # one chunk's context is fixed: a causal-context model computes its keys/values once here
             kv_cache = ContextKVCache()
 

@@ -59,17 +59,18 @@ def rope_from_positions(positions: torch.Tensor, head_dim: int, theta: float = 1
     return cos[None, :, None, :], sin[None, :, None, :]
 
 
-def grid_positions(t: torch.Tensor, h: int, w: int, compression: int = 1) -> torch.Tensor:
+def grid_positions(t: torch.Tensor, h: int, w: int, compression: int = 1, spatial: int = 1) -> torch.Tensor:
     """Token positions for a block patchified with kernel ``compression`` x base patch.
 
     ``t [F]`` temporal positions of the block's latent frames (F divisible by ``compression``); ``h, w``
     the block's size in *base* tokens. Each merged token sits at the mean of the base positions it
-    covers. Returns ``[F/c * ceil(h/c) * ceil(w/c), 3]`` float64, in (t, h, w) raster order.
+    covers. ``spatial`` merges ``s x s`` base patches of each frame (time untouched). Returns
+    ``[F/c * ceil(h/c') * ceil(w/c'), 3]`` float64 (``c' = c * s``), in (t, h, w) raster order.
     """
-    c = compression
+    c, cs = compression, compression * spatial
     tt = t.to(torch.float64).view(-1, c).mean(dim=1)
-    hh = torch.arange(math.ceil(h / c), dtype=torch.float64) * c + (c - 1) / 2
-    ww = torch.arange(math.ceil(w / c), dtype=torch.float64) * c + (c - 1) / 2
+    hh = torch.arange(math.ceil(h / cs), dtype=torch.float64) * cs + (cs - 1) / 2
+    ww = torch.arange(math.ceil(w / cs), dtype=torch.float64) * cs + (cs - 1) / 2
     g = torch.stack(torch.meshgrid(tt, hh, ww, indexing="ij"), dim=-1)
     return g.reshape(-1, 3)
 
@@ -359,11 +360,16 @@ class ContextWanTransformer(nn.Module):
             self._rope_tables[key] = tables
         return tables
 
-    def _embed(self, latents: torch.Tensor, compression: int) -> tuple[torch.Tensor, int, int]:
+    def _embed(self, latents: torch.Tensor, compression: int, spatial: int = 1) -> tuple[torch.Tensor, int, int]:
         """``[B, C, F, H, W]`` -> tokens ``[B, N, D]`` and the block's base-token grid (h, w)."""
         p_t, p_h, p_w = self.config.patch_size
         h, w = latents.shape[3] // p_h, latents.shape[4] // p_w
-        if compression == 1:
+        if spatial > 1:  # pool s x s base patches, then the base embedding (no new weights)
+            ph, pw = (-latents.shape[3]) % (p_h * spatial), (-latents.shape[4]) % (p_w * spatial)
+            if ph or pw:
+                latents = F.pad(latents, (0, pw, 0, ph, 0, 0), mode="replicate")
+            x = self.transformer.patch_embedding(F.avg_pool3d(latents, (1, spatial, spatial)))
+        elif compression == 1:
             x = self.transformer.patch_embedding(latents)
         else:
             c = compression
@@ -415,11 +421,11 @@ class ContextWanTransformer(nn.Module):
         tokens, positions, spans, token_t = [], [], [], []
         start = 0
         for block in context:
-            x, h, w = self._embed(block.latents.to(device=device, dtype=latents.dtype), block.compression)
+            x, h, w = self._embed(block.latents.to(device=device, dtype=latents.dtype), block.compression, block.spatial)
             if x.shape[0] != b:  # context shared across the batch (e.g. cond/uncond of batched CFG)
                 x = x.repeat(b // x.shape[0], 1, 1)
             tokens.append(x)
-            positions.append(grid_positions(block.positions, h, w, block.compression))
+            positions.append(grid_positions(block.positions, h, w, block.compression, block.spatial))
             spans.append((block.kind, start, start + x.shape[1]))
             start += x.shape[1]
             token_t.append((x.shape[1], block.timestep))
@@ -523,5 +529,5 @@ class ContextWanTransformer(nn.Module):
         """Context tokens these blocks would add (for budgets and tests), without running the model."""
         _, p_h, p_w = self.config.patch_size
         h, w = latent_hw[0] // p_h, latent_hw[1] // p_w
-        return sum((blk.num_frames // blk.compression) * math.ceil(h / blk.compression) * math.ceil(w / blk.compression)
-                   for blk in context)
+        return sum((blk.num_frames // blk.compression) * math.ceil(h / (blk.compression * blk.spatial))
+                   * math.ceil(w / (blk.compression * blk.spatial)) for blk in context)

@@ -98,6 +98,9 @@ class DiTPhase(_Cfg):
     # at every denoising step (much cheaper memory at inference); saved with the model. "full": the
     # stock attention over all tokens (what pretrained Wan and StoryMem's LoRA do).
     context_attention: Literal["full", "causal"] = "full"
+    # shot-cache keyframes pooled into 2x2 / 4x4 patches (4x / 16x fewer tokens); the model's default
+    # shot_cache.compression at inference
+    memory_compression: Literal[1, 2, 4] = 1
     stages: list[Stage] = Field(default_factory=lambda: [
         Stage(name="temporal", steps=1000, modes={"text": 0.3, "temporal": 0.7}, long_takes=0.7),
         Stage(name="memory", steps=4000, modes={"text": 0.15, "temporal": 0.15, "shot": 0.35, "both": 0.35}),

@@ -43,7 +43,7 @@ class CacheGuidedDenoiser(nn.Module):
 
 
 def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_temporal: torch.Tensor | None,
-                  gap: float = 0.0) -> list[ContextFrames]:
+                  gap: float = 0.0, memory_compression: int = 1) -> list[ContextFrames]:
     """The context blocks for ``batch``, placed as the engine places them (shot cache first)."""
     capacity = sum(n for _, n in schedule)
     blocks: list[ContextFrames] = []
@@ -52,7 +52,7 @@ def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_tempora
         if t_shot is not None:
             mem = noise_to_timestep(mem, t_shot, noise=torch.randn_like(mem))
         blocks.append(ContextFrames(mem, memory_positions(mem.shape[2], capacity, gap),
-                                    0.0 if t_shot is None else t_shot, 1, kind="shot"))
+                                    0.0 if t_shot is None else t_shot, 1, kind="shot", spatial=memory_compression))
     if batch.history is not None:
         # one TemporalCache per history length (not per item): a handful of batched pushes per step
         by_len: dict[int, list[int]] = {}
@@ -179,7 +179,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         eps = torch.randn_like(x0)
         x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
         ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,
-                            _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None)
+                            _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None,
+                            memory_compression=cfg.memory_compression)
         shot_index = _to_device(batch.shot_index, device)
         ids, mask = prompt_ids[shot_index], prompt_mask[shot_index]
         drop = torch.rand(b, device=device) < aug.text_dropout

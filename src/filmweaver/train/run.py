@@ -248,6 +248,7 @@ def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) ->
         d["chunk_frames"] = cfg.dit.chunk_frames
         d["sampler.shift"] = cfg.dit.timestep_shift
         d["temporal_cache.schedule"] = [list(x) for x in cfg.dit.temporal_schedule]
+        d["shot_cache.compression"] = cfg.dit.memory_compression
         models.defaults = d
     tr = models.backbone.transformer
     if getattr(tr, "peft_config", None):
