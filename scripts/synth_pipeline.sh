@@ -14,6 +14,7 @@ NGPU=${NGPU:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count())
 CFG=${CFG:-configs/synth-small.yaml}
 STORIES=${STORIES:-50}
 SHARDS=${SHARDS:-2}  # evaluation processes per arm (the tiny model is host-bound: more processes, more GPU use)
+INIT_FROM=${INIT_FROM:-}  # a model directory every DiT arm starts from (dit.init_from); empty = from scratch
 train() { python3 -m filmweaver.train $CFG "$@"; }
 
 mkdir -p $R
@@ -27,6 +28,7 @@ for arm in full no_noise no_negatives full_seed1; do
 done
 # the probe is trained once, with the shipped arm (or reused)
 PROBE_SET=(); [ -n "$REUSE" ] && PROBE_SET=(--set probe=null)
+INIT=(); [ -n "$INIT_FROM" ] && INIT=(--set dit.init_from=$INIT_FROM)
 declare -A ARGS=(
   [full]="${PROBE_SET[*]}"
   [no_noise]="--set dit.augment.noise_shot_cache=null --set dit.augment.noise_temporal_cache=null --set probe=null"
@@ -37,7 +39,7 @@ declare -A ARGS=(
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)
 i=0
 for arm in full no_noise no_negatives full_seed1; do
-  CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=4 setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} > $R/$arm.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=4 setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} ${INIT[*]} > $R/$arm.log 2>&1 &
   i=$((i + 1))
   [ $((i % NGPU)) -eq 0 ] && wait  # a wave per NGPU arms
 done

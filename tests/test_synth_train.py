@@ -159,6 +159,19 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
     manifest = json.loads((tmp_path / "film" / "manifest.json").read_text())
     assert manifest["model"]["trained"] and manifest["config"]["shot_cache"]["timestep"] == 100.0
 
+    # dit.init_from: a fresh architecture takes the trained weights; another architecture is refused
+    from filmweaver.models import FilmModels
+    from filmweaver.train.run import init_dit_from
+
+    fresh, src = FilmModels.synth_architecture(seed=5, size="test"), FilmModels.from_pretrained(str(model))
+    init_dit_from(fresh, str(model))
+    for mine, theirs in [(fresh.backbone.transformer, src.backbone.transformer),
+                         (fresh.prompt_encoder.text_encoder, src.prompt_encoder.text_encoder)]:
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
+    with pytest.raises(ValueError, match="does not match"):
+        init_dit_from(FilmModels.synth_architecture(size="small"), str(model))
+
 
 def test_builtin_model_is_the_default_and_is_small():
     from filmweaver.models import BUILTIN_MODEL_DIR, load_models

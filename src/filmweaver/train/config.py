@@ -101,6 +101,9 @@ class DiTPhase(_Cfg):
     # shot-cache keyframes pooled into 2x2 / 4x4 patches (4x / 16x fewer tokens); the model's default
     # shot_cache.compression at inference
     memory_compression: Literal[1, 2, 4] = 1
+    # start the DiT phase from a saved model directory (its transformer, context projections and text
+    # encoder; same architecture) instead of random weights: continue a shipped model's training
+    init_from: str | None = None
     stages: list[Stage] = Field(default_factory=lambda: [
         Stage(name="temporal", steps=1000, modes={"text": 0.3, "temporal": 0.7}, long_takes=0.7),
         Stage(name="memory", steps=4000, modes={"text": 0.15, "temporal": 0.15, "shot": 0.35, "both": 0.35}),

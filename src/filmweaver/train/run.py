@@ -114,6 +114,9 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     t = time.perf_counter()
     text_encoder = models.prompt_encoder.text_encoder
     dcfg = cfg.dit
+    if dcfg.init_from and not (out / "checkpoint" / "state.json").is_file():  # a resume has its own weights
+        init_dit_from(models, dcfg.init_from)
+        summary["dit_init_from"] = dcfg.init_from
     if dcfg.lora is not None or not scratch:
         from peft import LoraConfig as PeftLoraConfig
 
@@ -148,6 +151,23 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     summary["timings"] = timings
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def init_dit_from(models: FilmModels, model_dir: str) -> None:
+    """Copy a saved model's transformer, context projections and text encoder into ``models`` (the
+    architectures must match: a missing or mis-shaped tensor is an error naming it)."""
+    src = FilmModels.from_pretrained(model_dir, device="cpu")
+    pairs = [(models.backbone.transformer, src.backbone.transformer, "transformer"),
+             (models.backbone.context_proj, src.backbone.context_proj, "context projections"),
+             (models.prompt_encoder.text_encoder, src.prompt_encoder.text_encoder, "text encoder")]
+    for dst, s, name in pairs:
+        theirs = s.state_dict()
+        mine = dst.state_dict()
+        bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+        if bad or set(theirs) - set(mine):
+            raise ValueError(f"dit.init_from={model_dir}: the {name} does not match this architecture "
+                             f"(first differing tensor: {(bad or sorted(set(theirs) - set(mine)))[0]})")
+        dst.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
 
 
 def train_vae(vae, data, cfg: TrainConfig, device, progress: bool) -> dict:
