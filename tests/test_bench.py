@@ -70,3 +70,15 @@ def test_story_bench_times_every_shot_and_memory_grows_only_with_sink_window(tmp
     assert all(r["denoise_s"] > 0 for r in topk["shots"]) and topk["last_over_second"] is not None
     assert max(r["memory"] for r in topk["shots"]) <= 3  # topk k=3: bounded
     assert sink["shots"][-1]["memory"] > 3 and sink["shots"][-1]["context_tokens"] > topk["shots"][-1]["context_tokens"]
+
+
+def test_story_bench_with_causal_context_and_pooled_memory(tmp_path):
+    import torch
+
+    from filmweaver.bench import run_story_bench
+
+    kw = dict(shape="tiny", height=64, width=64, frames=5, shots=4, steps=2, device="cpu", dtype=torch.float32)
+    full = run_story_bench(out_dir=str(tmp_path / "a"), **kw)
+    cheap = run_story_bench(out_dir=str(tmp_path / "b"), context_attention="causal", memory_compression=2, **kw)
+    assert cheap["context_attention"] == "causal" and cheap["memory_compression"] == 2
+    assert [4 * r["context_tokens"] for r in cheap["shots"]] == [r["context_tokens"] for r in full["shots"]]

@@ -259,9 +259,11 @@ def random_film_models(shape: str, device, dtype, frames: int, height: int, widt
 
 def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81, shots: int = 10,
                     steps: int = 4, method: str = "filmweaver", device: str = "cuda",
-                    dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None) -> dict:
+                    dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None, context_attention: str = "full",
+                    memory_compression: int = 1, compile_blocks: bool = False) -> dict:
     """Generate a ``shots``-shot story with random real-size weights and the engine as users run it;
-    report each shot's denoising seconds, context tokens and memory size, and shot N / shot 2."""
+    report each shot's denoising seconds, context tokens and memory size, and shot N / shot 2.
+    ``context_attention`` / ``memory_compression`` / ``compile_blocks``: as in :func:`run_bench`."""
     import tempfile
 
     from filmweaver.engine import StoryEngine
@@ -277,7 +279,11 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
         scene.pop("shots", None)
     project = out_dir or tempfile.mkdtemp(prefix="filmweaver-bench-")
     # random weights rate all frames alike: without dedupe the bank grows as it does with real weights
-    cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01}})
+    models.backbone.context_attention = context_attention
+    if compile_blocks:
+        models.backbone.compile_blocks()
+    cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01},
+                                 "shot_cache": {"compression": memory_compression}})
     engine = StoryEngine(models, project, story=parse_story(script), config=cfg, progress=False)
     engine.generate()
     rows = []
@@ -286,5 +292,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
                      "context_tokens": rec["chunks"][0]["context_tokens"], "memory": len(rec["shot_cache"])})
     ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
     return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
+            "context_attention": context_attention, "memory_compression": memory_compression,
+            "compile_blocks": compile_blocks,
             "shots": rows, "last_over_second": None if ratio is None else round(ratio, 3),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}

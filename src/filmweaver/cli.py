@@ -85,6 +85,8 @@ def generate(
     first_shot_model: str | None = typer.Option(None, help="StoryMem: a T2V Wan (hub id or dir, e.g. Wan-AI/Wan2.2-T2V-A14B-Diffusers) "
                                                 "for chunks with nothing in memory; only its transformer(s) load"),
     vae_tiling: bool = typer.Option(False, help="decode/encode in tiles (less GPU memory at high resolution)"),
+    offload: str = typer.Option("none", help="none | model: keep the text encoder, transformer(s) and VAE in CPU memory, "
+                                "one at a time on the GPU (small GPUs)"),
     step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache: faster, changes the film)"),
     step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are reused"),
     attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
@@ -131,16 +133,21 @@ def generate(
         if rank:  # only rank 0 writes the project
             scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")
             out = Path(scratch.name)
-    models = _load_models(preset, model, embedder, device, dtype, lora, lora_2, vae_tiling)
+    if offload not in ("none", "model"):
+        _fail(f"--offload {offload!r}: choose none or model")
+    load_device = "cpu" if offload == "model" else device
+    models = _load_models(preset, model, embedder, load_device, dtype, lora, lora_2, vae_tiling)
     if first_shot_model:
         import torch
 
         from filmweaver.models import ModelLoadError
 
         try:
-            models.load_first_shot_model(first_shot_model, getattr(torch, _DTYPES[dtype]), device)
+            models.load_first_shot_model(first_shot_model, getattr(torch, _DTYPES[dtype]), load_device)
         except (ModelLoadError, OSError) as e:
             _fail(str(e))
+    if offload == "model":
+        models.enable_model_offload(device)
     _speed_options(models, attention, compile_blocks)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel
@@ -396,7 +403,9 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
     if story:
-        result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, _DTYPES[dtype]))
+        result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, _DTYPES[dtype]),
+                                 context_attention=context_attention, memory_compression=memory_compression,
+                                 compile_blocks=compile_blocks)
         result["command"] = "filmweaver bench " + " ".join(sys.argv[2:])
         if out is not None:
             from filmweaver.io import write_json

@@ -82,6 +82,7 @@ class FilmModels:
     # StoryMem's pipeline: a text-to-video backbone for chunks with nothing in context (the first shot),
     # the memory-conditioned (M2V) backbone for the rest. Same VAE and text encoder (Wan2.2 T2V/I2V A14B).
     first_shot_backbone: object | None = None
+    offload: object | None = None  # a filmweaver.offload.ModelOffload once enable_model_offload ran
 
     def backbones(self) -> list:
         """Every backbone the engine may run: the main one, and the first-shot one if loaded."""
@@ -254,6 +255,21 @@ class FilmModels:
             trained=extra.get("trained", True),
             defaults=defaults or extra.get("defaults", dict(_WAN480)),
         )
+
+    def enable_model_offload(self, device: str) -> None:
+        """Keep the text encoder, transformer(s) and VAE in CPU memory and move one at a time to
+        ``device`` when it runs (see :mod:`filmweaver.offload`); the CLIP embedder moves to ``device``."""
+        from filmweaver.offload import ModelOffload
+
+        manager = ModelOffload(device)
+        manager.attach(self.prompt_encoder.text_encoder)
+        for backbone in self.backbones():
+            for expert in getattr(backbone, "experts", [backbone]):
+                manager.attach(expert)
+        manager.attach(self.codec.vae)
+        if self.embedder is not None and hasattr(self.embedder, "model"):
+            self.embedder.model.to(device)
+        self.offload = manager
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write the diffusers Wan layout (+ context projections, embedder and filmweaver.json).

@@ -67,7 +67,9 @@ class WanPromptEncoder:
 
     @property
     def device(self) -> torch.device:
-        return next(self.text_encoder.parameters()).device
+        from filmweaver.offload import execution_device
+
+        return execution_device(self.text_encoder) or next(self.text_encoder.parameters()).device
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> torch.Tensor:

@@ -21,7 +21,9 @@ class LatentCodec:
 
     @property
     def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
+        from filmweaver.offload import execution_device
+
+        return execution_device(self.vae) or next(self.vae.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -329,7 +329,9 @@ class ContextWanTransformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        from filmweaver.offload import execution_device
+
+        return execution_device(self) or self.transformer.device
 
     def save_context_projections(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
