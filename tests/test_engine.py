@@ -291,6 +291,10 @@ def test_causal_context_model_reuses_context_keys_per_chunk(tmp_path, monkeypatc
     chunks_with_context = sum(1 for r in engine.project.shots for c in r["chunks"] if c["context_tokens"])
     assert chunks_with_context > 0
     assert calls["miss"] == chunks_with_context and calls["hit"] == (steps - 1) * chunks_with_context
+    # FirstBlockCache would compare the context pass's residuals with the generated tokens': refused
+    with pytest.raises(ValueError, match="causal-context"):
+        StoryEngine(loaded, tmp_path / "fbc", story=parse_story(small_story()), config=config(step_cache="first_block"),
+                    progress=False)
 
 
 def test_generate_with_context_parallelism_on_two_cpu_ranks(tmp_path):

@@ -488,6 +488,14 @@ class StoryEngine:
             if cfg.step_cache == "first_block":
                 if not cfg.sampler.batch_cfg:
                     raise ValueError("step_cache needs batched CFG (sampler.batch_cfg): one forward per step")
+                experts = [e for b in self.models.backbones() for e in getattr(b, "experts", [b])]
+                if any(e.context_attention == "causal" for e in experts):
+                    # the context pass runs the blocks too: the cache would compare unrelated residuals
+                    raise ValueError("step_cache first_block does not combine with a causal-context model "
+                                     "(its context keys/values are already reused across steps)")
+                if any(e._cp_group is not None for e in experts):
+                    # each rank would decide on its own shard's residual, and the ranks could diverge
+                    raise ValueError("step_cache first_block does not combine with context parallelism")
                 from diffusers.hooks import FirstBlockCacheConfig
 
                 tr.enable_cache(FirstBlockCacheConfig(threshold=cfg.step_cache_threshold))
