@@ -42,7 +42,7 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
 
 def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
     """Runtime choices that do not change what the model computes (up to kernel numerics)."""
-    for expert in (e for b in models.backbones() for e in getattr(b, "experts", [b])):
+    for expert in models.experts():
         if attention:
             try:
                 expert.transformer.set_attention_backend(attention)

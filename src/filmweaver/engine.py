@@ -478,7 +478,7 @@ class StoryEngine:
 
     # -- step caching ------------------------------------------------------------------------------
     def _transformers(self) -> list:
-        return [e.transformer for b in self.models.backbones() for e in getattr(b, "experts", [b])]
+        return [e.transformer for e in self.models.experts()]
 
     def _enable_step_cache(self) -> None:
         cfg = self.config
@@ -488,7 +488,7 @@ class StoryEngine:
             if cfg.step_cache == "first_block":
                 if not cfg.sampler.batch_cfg:
                     raise ValueError("step_cache needs batched CFG (sampler.batch_cfg): one forward per step")
-                experts = [e for b in self.models.backbones() for e in getattr(b, "experts", [b])]
+                experts = self.models.experts()
                 if any(e.context_attention == "causal" for e in experts):
                     # the context pass runs the blocks too: the cache would compare unrelated residuals
                     raise ValueError("step_cache first_block does not combine with a causal-context model "

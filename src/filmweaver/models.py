@@ -88,6 +88,11 @@ class FilmModels:
         """Every backbone the engine may run: the main one, and the first-shot one if loaded."""
         return [self.backbone] + ([self.first_shot_backbone] if self.first_shot_backbone is not None else [])
 
+    def experts(self) -> list[ContextWanTransformer]:
+        """Every context-injected transformer of :meth:`backbones` (both experts of a Wan2.2 A14B
+        switch count): what speed options, offload and context parallelism apply to."""
+        return [e for b in self.backbones() for e in getattr(b, "experts", [b])]
+
     def load_first_shot_model(self, id_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
         """Load only the transformer(s) of another Wan release (e.g. Wan2.2-T2V-A14B) for first shots."""
         root = Path(id_or_path)
@@ -263,9 +268,8 @@ class FilmModels:
 
         manager = ModelOffload(device)
         manager.attach(self.prompt_encoder.text_encoder)
-        for backbone in self.backbones():
-            for expert in getattr(backbone, "experts", [backbone]):
-                manager.attach(expert)
+        for expert in self.experts():
+            manager.attach(expert)
         manager.attach(self.codec.vae)
         if self.embedder is not None and hasattr(self.embedder, "model"):
             self.embedder.model.to(device)

@@ -33,6 +33,5 @@ def init_context_parallel(device: str) -> tuple[str, int]:
 
 def enable_context_parallel(models, mode: str) -> None:
     """Split the tokens of every transformer (both experts of Wan2.2, the first-shot model) over the ranks."""
-    for backbone in models.backbones():
-        for expert in getattr(backbone, "experts", [backbone]):
-            expert.enable_context_parallel(mode)
+    for expert in models.experts():
+        expert.enable_context_parallel(mode)

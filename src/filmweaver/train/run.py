@@ -129,7 +129,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         text_encoder.requires_grad_(False)
     else:
         text_encoder.requires_grad_(dcfg.train_text_encoder)
-    for expert in getattr(models.backbone, "experts", [models.backbone]):
+    for expert in models.experts():
         expert.context_attention = dcfg.context_attention
     module = CacheGuidedDenoiser(models.backbone, text_encoder).to(device)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
