@@ -366,3 +366,32 @@ def test_model_offload_runs_one_module_at_a_time_and_keeps_the_film(tmp_path, mo
     a = np.asarray(Image.open(tmp_path / "plain" / "storyboard.png"), dtype=np.float32)
     b = np.asarray(Image.open(tmp_path / "off" / "storyboard.png"), dtype=np.float32)
     assert np.array_equal(a, b)
+
+
+def test_resolve_keeps_what_the_caller_set_and_fills_the_rest_from_the_model(tiny_models, tmp_path):
+    """Model defaults fill only unset fields: API settings, `--method`/benchmark settings and a
+    reopened project's config are kept (regression: `filmweaver next` on a project made with
+    `--steps 2` switched to the model's 4 steps and marked finished shots stale)."""
+    from filmweaver.methods import method_config
+
+    models = tiny_models
+    models_defaults = dict(models.defaults)
+    try:
+        models.defaults = {**models_defaults, "num_inference_steps": 4, "sampler.shift": 3.0, "shot_cache.timestep": 100.0}
+        assert EngineConfig().resolve(models).sampler.num_inference_steps == 4
+        cfg = EngineConfig(sampler={"num_inference_steps": 2}).resolve(models)
+        assert cfg.sampler.num_inference_steps == 2 and cfg.sampler.shift == 3.0  # the unset shift still filled
+        assert method_config("storymem", {"sampler": {"num_inference_steps": 2}}).resolve(models).sampler.num_inference_steps == 2
+        reopened = EngineConfig.model_validate(EngineConfig(shot_cache={"timestep": 0.0}).resolve(models).model_dump())
+        assert reopened.resolve(models).shot_cache.timestep == 0.0
+    finally:
+        models.defaults = models_defaults
+    out = tmp_path / "p"
+    r = CliRunner().invoke(app, ["generate", "examples/lighthouse.json", "-o", str(out), "--preset", "tiny",
+                                 "--steps", "2", "--max-shots", "2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["next", str(out), "--preset", "tiny"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["sampler"]["num_inference_steps"] == 2
+    assert [s["status"] for s in m["shots"]][:3] == ["done", "done", "done"]

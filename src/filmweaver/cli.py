@@ -62,13 +62,12 @@ def validate(script: Path = typer.Argument(..., help="story script (ST-Bench JSO
     typer.echo(story.summary())
 
 
-def _engine(models, out, story=None, config=None, explicit=frozenset(), progress=True):
+def _engine(models, out, story=None, config=None, progress=True):
     from filmweaver.engine import StoryEngine
     from filmweaver.project import ProjectError
 
     try:
-        return StoryEngine(models, out, story=story, config=config, progress=progress,
-                           explicit=explicit)
+        return StoryEngine(models, out, story=story, config=config, progress=progress)
     except (ProjectError, ValueError, NotImplementedError) as e:
         _fail(str(e))
 
@@ -94,10 +93,11 @@ def generate(
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
-    memory_compression: int = typer.Option(1, help="pool each keyframe into 2x2 or 4x4 patches: 4x / 16x fewer memory tokens"),
+    memory_compression: int | None = typer.Option(None, help="pool each keyframe into 2x2 or 4x4 patches: 4x / 16x fewer "
+                                                  "memory tokens (model default if unset)"),
     steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
     guidance: float | None = typer.Option(None, help="classifier-free guidance scale"),
-    scheduler: str = typer.Option("unipc", help="unipc | euler"),
+    scheduler: str | None = typer.Option(None, help="unipc | euler (model default if unset)"),
     shift: float | None = typer.Option(None, help="flow shift (scheduler default if unset)"),
     height: int | None = typer.Option(None), width: int | None = typer.Option(None),
     chunks: int = typer.Option(1, help="chunks per shot when the script gives no duration"),
@@ -156,24 +156,23 @@ def generate(
             enable_context_parallel(models, context_parallel)
         except ValueError as e:
             _fail(str(e))
-    sampler = SamplerConfig(scheduler=scheduler, shift=shift)
-    explicit = set()
-    if steps is not None:
-        sampler.num_inference_steps, explicit = steps, explicit | {"num_inference_steps"}
-    if guidance is not None:
-        sampler.guidance_scale, explicit = guidance, explicit | {"guidance_scale"}
+    # only what the user gave counts as set: the rest comes from the model's defaults (EngineConfig.resolve)
+    given = dict(scheduler=scheduler, shift=shift, num_inference_steps=steps, guidance_scale=guidance)
+    sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
+    shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
+                                                        {"compression": memory_compression}))
     config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
-                          shot_cache=ShotCacheConfig(policy=policy, k=k, compression=memory_compression), continuation=continuation,
+                          shot_cache=shot_cache, continuation=continuation,
                           temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
                           keyframes=KeyframeConfig(), step_cache=step_cache, step_cache_threshold=step_cache_threshold)
     if method is not None:
         from filmweaver.methods import method_config
 
         try:
-            config = method_config(method, config.model_dump(mode="json"))
+            config = method_config(method, config.model_dump(mode="json", exclude_unset=True))
         except ValueError as e:
             _fail(str(e))
-    engine = _engine(models, out, story=story, config=config, explicit=explicit, progress=rank == 0)
+    engine = _engine(models, out, story=story, config=config, progress=rank == 0)
     done = engine.generate(force=force, max_shots=max_shots)
     if rank == 0:
         _report(engine, done)

@@ -106,8 +106,15 @@ class EngineConfig(BaseModel):
     step_cache_threshold: float = 0.05
 
     def resolve(self, models: FilmModels, explicit: set[str] = frozenset()) -> EngineConfig:
-        """Fill unset fields from the model's defaults (resolution, fps, chunk length, steps, guidance)."""
+        """Fill the fields nobody set from the model's defaults (resolution, fps, chunk length, steps,
+        guidance, and the dotted settings it was trained with such as ``sampler.shift``).
+
+        A field counts as set when it was given to the constructor or assigned (pydantic's fields-set,
+        nested sections included: ``EngineConfig(sampler={"num_inference_steps": 3})`` keeps 3 steps),
+        or when ``explicit`` names it. A config reopened from a manifest is fully set: nothing in it
+        is replaced."""
         d = models.defaults
+        explicit = set(explicit) | self.set_fields()
         cfg = self.model_copy(deep=True)
         for key in ("height", "width", "fps", "chunk_frames"):
             if getattr(cfg, key) is None:
@@ -122,6 +129,21 @@ class EngineConfig(BaseModel):
                 sec = getattr(cfg, section)
                 setattr(cfg, section, type(sec).model_validate({**sec.model_dump(), name: value}))
         return cfg
+
+    def set_fields(self) -> set[str]:
+        """Names of the fields explicitly set: top-level names, ``section.field`` for nested sections,
+        and the sampler's fields also bare (``num_inference_steps``), as :meth:`resolve` checks them."""
+        out = set()
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if isinstance(value, BaseModel):
+                for sub in value.model_fields_set:
+                    out.add(f"{name}.{sub}")
+                    if name == "sampler":
+                        out.add(sub)
+            else:
+                out.add(name)
+        return out
 
 
 @dataclass
