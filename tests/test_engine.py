@@ -395,3 +395,22 @@ def test_resolve_keeps_what_the_caller_set_and_fills_the_rest_from_the_model(tin
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["sampler"]["num_inference_steps"] == 2
     assert [s["status"] for s in m["shots"]][:3] == ["done", "done", "done"]
+
+
+def test_memory_guidance_combines_three_branches_and_only_acts_with_keyframes(tiny_models, tmp_path):
+    from filmweaver.sampler import guided_velocity
+
+    c, u, n = torch.full((1,), 3.0), torch.full((1,), 2.0), torch.full((1,), 1.0)
+    assert guided_velocity(c, u, 4.0).item() == 2.0 + 4.0 * 1.0  # plain CFG
+    assert guided_velocity(c, u, 4.0, n, 1.0).item() == guided_velocity(c, u, 4.0).item()  # m = 1: off
+    assert guided_velocity(c, u, 4.0, n, 2.5).item() == 1.0 + 2.5 * 1.0 + 4.0 * 1.0
+    story = parse_story(small_story(n_scenes=2, shots_per_scene=1))
+    films = {}
+    for m in (1.0, 2.0):
+        cfg = config(sampler={"memory_guidance_scale": m}, temporal_cache={"enabled": False})
+        engine = StoryEngine(tiny_models, tmp_path / f"m{m}", story=story, config=cfg, progress=False)
+        engine.generate()
+        films[m] = [load_file(str(engine.project.root / "shots" / f"shot_{i + 1:03d}.safetensors"))["latents"]
+                    for i in range(2)]
+    assert torch.equal(films[1.0][0], films[2.0][0])  # shot 1 has no keyframes: nothing to guide on
+    assert not torch.allclose(films[1.0][1], films[2.0][1])  # shot 2 does

@@ -97,6 +97,8 @@ def generate(
                                                   "memory tokens (model default if unset)"),
     steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
     guidance: float | None = typer.Option(None, help="classifier-free guidance scale"),
+    memory_guidance: float | None = typer.Option(None, help="guidance on the shot cache too (1 = off; one more forward "
+                                                 "a step while keyframes are in memory)"),
     scheduler: str | None = typer.Option(None, help="unipc | euler (model default if unset)"),
     shift: float | None = typer.Option(None, help="flow shift (scheduler default if unset)"),
     height: int | None = typer.Option(None), width: int | None = typer.Option(None),
@@ -157,7 +159,8 @@ def generate(
         except ValueError as e:
             _fail(str(e))
     # only what the user gave counts as set: the rest comes from the model's defaults (EngineConfig.resolve)
-    given = dict(scheduler=scheduler, shift=shift, num_inference_steps=steps, guidance_scale=guidance)
+    given = dict(scheduler=scheduler, shift=shift, num_inference_steps=steps, guidance_scale=guidance,
+                 memory_guidance_scale=memory_guidance)
     sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
     shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
                                                         {"compression": memory_compression}))

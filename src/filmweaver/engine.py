@@ -409,7 +409,8 @@ class StoryEngine:
             noise = torch.randn((1, c_lat, 1, h, w), generator=torch.Generator(device="cpu").manual_seed(seed))
             with self._step_cache_scope(f"shot{i}-anchor"):
                 anchor = self.sampler.sample(self._velocity_fn(context), noise.to(backbone.device), text, negative,
-                                             progress=self.progress, desc="anchor frame")
+                                             progress=self.progress, desc="anchor frame",
+                                             velocity_without_memory=self._velocity_without_memory(context))
             temporal.push(anchor)
             continuation = "keyframe_first"
             chunk_log.append({"chunk": "anchor", "mode": MODES[(bool(shot_ctx), False)], "seed": seed,
@@ -428,7 +429,8 @@ class StoryEngine:
             velocity = self._velocity_fn(context)
             with self._step_cache_scope(f"shot{i}-chunk{c}"):
                 latents = self.sampler.sample(velocity, noise.to(backbone.device), text, negative,
-                                              progress=self.progress, desc=f"chunk {c + 1}/{plan.num_chunks}")
+                                              progress=self.progress, desc=f"chunk {c + 1}/{plan.num_chunks}",
+                                              velocity_without_memory=self._velocity_without_memory(context))
             temporal.push(latents)
             chunks.append(latents.cpu())
             chunk_log.append({"chunk": c, "mode": mode, "seed": seed, "seconds": round(time.perf_counter() - t0, 3),
@@ -515,6 +517,8 @@ class StoryEngine:
                     # the context pass runs the blocks too: the cache would compare unrelated residuals
                     raise ValueError("step_cache first_block does not combine with a causal-context model "
                                      "(its context keys/values are already reused across steps)")
+                if cfg.sampler.memory_guidance_scale != 1.0:
+                    raise ValueError("step_cache first_block does not combine with memory guidance (two forwards a step)")
                 if any(e._cp_group is not None for e in experts):
                     # each rank would decide on its own shard's residual, and the ranks could diverge
                     raise ValueError("step_cache first_block does not combine with context parallelism")
@@ -532,6 +536,13 @@ class StoryEngine:
                 tr._reset_stateful_cache()
                 stack.enter_context(tr.cache_context(name))
         return stack
+
+    def _velocity_without_memory(self, context: list[ContextFrames]):
+        """The velocity without the shot-cache keyframes (memory guidance), or None when it is off or
+        there are no keyframes in ``context``."""
+        if self.config.sampler.memory_guidance_scale == 1.0 or not any(b.kind == "shot" for b in context):
+            return None
+        return self._velocity_fn([b for b in context if b.kind != "shot"])
 
     def _velocity_fn(self, context: list[ContextFrames]):
         backbone = self.models.backbone

@@ -24,6 +24,10 @@ class SamplerConfig(BaseModel):
     batch_cfg: bool = True  # conditional and unconditional passes in one batch
     # Wan2.2 A14B: the low-noise expert's guidance scale (steps below the expert boundary); None = same
     guidance_scale_2: float | None = None
+    # guidance on the shot cache as well as the text (one more forward per step while the shot cache
+    # holds keyframes): v = v(-, -) + m (v(-, mem) - v(-, -)) + g (v(text, mem) - v(-, mem)),
+    # "-" = empty prompt / no keyframes; 1.0 = plain classifier-free guidance
+    memory_guidance_scale: float = 1.0
 
 
 def make_scheduler(cfg: SamplerConfig, base_config: dict | None = None):
@@ -42,6 +46,16 @@ def make_scheduler(cfg: SamplerConfig, base_config: dict | None = None):
     if cfg.shift is not None:
         base["shift"] = cfg.shift
     return FlowMatchEulerDiscreteScheduler.from_config(base)
+
+
+def guided_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor | None, scale: float,
+                    v_no_memory: torch.Tensor | None = None, memory_scale: float = 1.0) -> torch.Tensor:
+    """Classifier-free guidance on the text (``v_cond`` vs ``v_uncond``, both with memory) and, when
+    ``v_no_memory`` (empty prompt, no keyframes) is given, on the memory as well."""
+    if v_uncond is None:
+        return v_cond
+    base = v_uncond if v_no_memory is None else v_no_memory + memory_scale * (v_uncond - v_no_memory)
+    return base + scale * (v_cond - v_uncond)
 
 
 class FlowMatchSampler:
@@ -63,11 +77,14 @@ class FlowMatchSampler:
         negative_text: torch.Tensor | None = None,
         progress: bool = True,
         desc: str = "denoise",
+        velocity_without_memory: VelocityFn | None = None,
     ) -> torch.Tensor:
         """Integrate from ``noise [B, C, F, h, w]`` to clean latents.
 
         ``velocity(x, t, text)`` gets ``x [B', C, F, h, w]`` in the model's dtype, ``t [B']`` and text
-        ``[B', L, D]``; with batched CFG ``B' = 2B`` (conditional first).
+        ``[B', L, D]``; with batched CFG ``B' = 2B`` (conditional first). ``velocity_without_memory``:
+        the same model without the shot-cache keyframes, for ``memory_guidance_scale`` (used with the
+        empty prompt only).
         """
         cfg = self.cfg
         scheduler = make_scheduler(cfg, self.scheduler_config)
@@ -80,14 +97,15 @@ class FlowMatchSampler:
         for t in tqdm(scheduler.timesteps, desc=desc, leave=False, disable=not progress):
             scale = self.guidance_at(t)
             use_cfg = scale > 1.0 and negative_text is not None
+            v_uncond = v_none = None
             if use_cfg and cfg.batch_cfg:
-                v = velocity(torch.cat([latents, latents]), t.expand(2 * b), both)
-                v_cond, v_uncond = v.chunk(2)
-                v = v_uncond + scale * (v_cond - v_uncond)
+                v_cond, v_uncond = velocity(torch.cat([latents, latents]), t.expand(2 * b), both).chunk(2)
             else:
-                v = velocity(latents, t.expand(b), text)
+                v_cond = velocity(latents, t.expand(b), text)
                 if use_cfg:
                     v_uncond = velocity(latents, t.expand(b), negative_text)
-                    v = v_uncond + scale * (v - v_uncond)
+            if use_cfg and velocity_without_memory is not None and cfg.memory_guidance_scale != 1.0:
+                v_none = velocity_without_memory(latents, t.expand(b), negative_text)
+            v = guided_velocity(v_cond, v_uncond, scale, v_none, cfg.memory_guidance_scale)
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
         return latents
