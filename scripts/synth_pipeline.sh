@@ -53,7 +53,7 @@ tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.lo
 echo TRAINING-DONE
 
 i=0
-for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1; do
+for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 memory_guidance; do
   for k in $(seq 0 $((SHARDS - 1))); do
     CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
       --stories $STORIES --arms $arm --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &

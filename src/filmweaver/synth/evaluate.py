@@ -40,6 +40,7 @@ ARMS = {
     "no_negative_sampling": ("no_negatives", {}),
     "sink_window": ("full", {"shot_cache": {"policy": "sink_window"}}),
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
+    "memory_guidance": ("full", {"sampler": {"memory_guidance_scale": 2.0}}),  # guidance on the shot cache too
 }
 
 
