@@ -324,14 +324,18 @@ def test_generate_with_context_parallelism_on_two_cpu_ranks(tmp_path):
     assert r.exit_code != 0 and "torchrun" in r.output
 
 
-def test_shot_cache_compression_cuts_memory_tokens(tiny_models, tmp_path):
+def _two_cut_shots(models, out, **settings) -> StoryEngine:
+    """Generate two cut shots (the second with the first's keyframes in memory, no temporal cache)."""
     story = parse_story(small_story(n_scenes=2, shots_per_scene=1))
-    counts = {}
-    for c in (1, 2):
-        cfg = config(shot_cache={"compression": c}, temporal_cache={"enabled": False})
-        engine = StoryEngine(tiny_models, tmp_path / f"c{c}", story=story, config=cfg, progress=False)
-        engine.generate()
-        counts[c] = engine.project.shots[1]["chunks"][0]["context_tokens"]
+    engine = StoryEngine(models, out, story=story, config=config(temporal_cache={"enabled": False}, **settings),
+                         progress=False)
+    engine.generate()
+    return engine
+
+
+def test_shot_cache_compression_cuts_memory_tokens(tiny_models, tmp_path):
+    counts = {c: _two_cut_shots(tiny_models, tmp_path / f"c{c}", shot_cache={"compression": c}).project.shots[1]
+              ["chunks"][0]["context_tokens"] for c in (1, 2)}
     assert counts[1] > 0 and counts[2] * 4 == counts[1]
 
 
@@ -404,13 +408,9 @@ def test_memory_guidance_combines_three_branches_and_only_acts_with_keyframes(ti
     assert guided_velocity(c, u, 4.0).item() == 2.0 + 4.0 * 1.0  # plain CFG
     assert guided_velocity(c, u, 4.0, n, 1.0).item() == guided_velocity(c, u, 4.0).item()  # m = 1: off
     assert guided_velocity(c, u, 4.0, n, 2.5).item() == 1.0 + 2.5 * 1.0 + 4.0 * 1.0
-    story = parse_story(small_story(n_scenes=2, shots_per_scene=1))
     films = {}
     for m in (1.0, 2.0):
-        cfg = config(sampler={"memory_guidance_scale": m}, temporal_cache={"enabled": False})
-        engine = StoryEngine(tiny_models, tmp_path / f"m{m}", story=story, config=cfg, progress=False)
-        engine.generate()
-        films[m] = [load_file(str(engine.project.root / "shots" / f"shot_{i + 1:03d}.safetensors"))["latents"]
-                    for i in range(2)]
+        engine = _two_cut_shots(tiny_models, tmp_path / f"m{m}", sampler={"memory_guidance_scale": m})
+        films[m] = [load_file(str(engine.project.shot_state(i)))["latents"] for i in range(2)]
     assert torch.equal(films[1.0][0], films[2.0][0])  # shot 1 has no keyframes: nothing to guide on
     assert not torch.allclose(films[1.0][1], films[2.0][1])  # shot 2 does
