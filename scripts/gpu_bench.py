@@ -1,9 +1,13 @@
-"""The GPU measurements behind BENCHMARKS.md's Wan-shape rows (issue 4), in priority order.
+"""The GPU measurements behind BENCHMARKS.md's Wan-shape rows (issue 4), in groups, in priority order.
 
-Run on the device machine (no typer/rich needed there): ``python3 scripts/gpu_bench.py OUT_DIR``.
-Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time);
-a failing case is logged and the next one runs. Every row's command is the equivalent
-``filmweaver bench`` invocation, which is what the tables quote.
+Run on the device machine (no typer/rich needed there)::
+
+    python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal
+    torchrun --nproc_per_node 2 scripts/gpu_bench.py OUT_DIR cp      # one story on two GPUs
+
+Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time;
+under torchrun rank 0 writes); a failing case is logged and the next one runs. Every row's command is
+the equivalent ``filmweaver bench`` invocation, which is what the tables quote.
 """
 
 import json
@@ -16,49 +20,88 @@ import torch
 
 from filmweaver.bench import markdown_rows, run_bench, run_story_bench
 
-CASES = [
-    ("13b_native", dict(shape="1.3b"), "filmweaver bench --shape 1.3b --memory 0,3,10 --temporal no,yes"),
-    ("13b_cudnn", dict(shape="1.3b", attention_backend="_native_cudnn", memory=(0, 10)),
-     "filmweaver bench --shape 1.3b --memory 0,10 --attention _native_cudnn"),
-    ("13b_shared_t", dict(shape="1.3b", context_timestep=None, memory=(0, 10)),
-     "filmweaver bench --shape 1.3b --memory 0,10 --context-timestep shared"),
-    ("13b_cfg2", dict(shape="1.3b", batch=2, memory=(0, 10), temporal=(False, True)),
-     "filmweaver bench --shape 1.3b --memory 0,10 --batch 2"),
-    ("13b_story", dict(story=10, shape="1.3b", steps=2), "filmweaver bench --shape 1.3b --story 10 --steps 2"),
-    ("13b_compile", dict(shape="1.3b", compile_blocks=True, memory=(0, 10), warmup=3),
-     "filmweaver bench --shape 1.3b --memory 0,10 --compile --warmup 3"),
-    ("14b_native", dict(shape="14b", memory=(0, 10), warmup=1, repeats=3),
-     "filmweaver bench --shape 14b --memory 0,10 --warmup 1 --repeats 3"),
-]
+TORCHRUN2 = "torchrun --nproc_per_node 2 -m filmweaver.cli bench"
+GROUPS = {
+    "wan": [  # measured 2026-11-21 (reports/bench-h200/)
+        ("13b_native", dict(shape="1.3b"), "filmweaver bench --shape 1.3b --memory 0,3,10 --temporal no,yes"),
+        ("13b_cudnn", dict(shape="1.3b", attention_backend="_native_cudnn", memory=(0, 10)),
+         "filmweaver bench --shape 1.3b --memory 0,10 --attention _native_cudnn"),
+        ("13b_shared_t", dict(shape="1.3b", context_timestep=None, memory=(0, 10)),
+         "filmweaver bench --shape 1.3b --memory 0,10 --context-timestep shared"),
+        ("13b_cfg2", dict(shape="1.3b", batch=2, memory=(0, 10), temporal=(False, True)),
+         "filmweaver bench --shape 1.3b --memory 0,10 --batch 2"),
+        ("13b_story", dict(story=10, shape="1.3b", steps=2), "filmweaver bench --shape 1.3b --story 10 --steps 2"),
+        ("13b_compile", dict(shape="1.3b", compile_blocks=True, memory=(0, 10), warmup=3),
+         "filmweaver bench --shape 1.3b --memory 0,10 --compile --warmup 3"),
+        ("14b_native", dict(shape="14b", memory=(0, 10), warmup=1, repeats=3),
+         "filmweaver bench --shape 14b --memory 0,10 --warmup 1 --repeats 3"),
+    ],
+    "causal": [  # causal context with reused keys/values; the first, story and 14B cases are not measured yet
+        ("13b_causal_compile_pool2", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
+                                          compile_blocks=True, memory_compression=2, warmup=3),
+         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 2 --compile --warmup 3"),
+        ("13b_story_causal", dict(story=10, shape="1.3b", steps=2, context_attention="causal", compile_blocks=True),
+         "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --compile"),
+        ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal"),
+         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal"),
+        ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True,
+                                    warmup=3),
+         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --compile --warmup 3"),
+        ("14b_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal", compile_blocks=True,
+                                    attention_backend="_native_cudnn", warmup=2, repeats=3),
+         "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --compile --attention _native_cudnn "
+         "--warmup 2 --repeats 3"),
+    ],
+    "cp": [  # under torchrun on nvidia-h200-x2 (not measured yet); compare with the one-GPU rows
+        ("13b_ulysses", dict(shape="1.3b", memory=(0, 10), context_parallel="ulysses"),
+         f"{TORCHRUN2} --shape 1.3b --memory 0,10 --context-parallel ulysses"),
+        ("13b_ring_cudnn", dict(shape="1.3b", memory=(0, 10), context_parallel="ring", attention_backend="_native_cudnn"),
+         f"{TORCHRUN2} --shape 1.3b --memory 0,10 --context-parallel ring --attention _native_cudnn"),
+        ("14b_ulysses", dict(shape="14b", memory=(0, 10), context_parallel="ulysses", warmup=1, repeats=3),
+         f"{TORCHRUN2} --shape 14b --memory 0,10 --context-parallel ulysses --warmup 1 --repeats 3"),
+    ],
+}
+
+
+def _story_markdown(res: dict, command: str) -> str:
+    rows = "\n".join(f"| {r['shot']} | {r['memory']} | {r['context_tokens']} | {r['denoise_s']} |" for r in res["shots"])
+    return (f"{res['device']}: shot {len(res['shots'])} / shot 2 = {res['last_over_second']}\n\n"
+            f"| shot | memory | context tokens | denoise s |\n|---|---|---|---|\n{rows}\n\nCommand: `{command}`\n")
+
+
+def _writes() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def main(out: str, only: list[str]) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, kw, command in CASES:
-        if only and name not in only:
-            continue
+    names = set(only)
+    cases = [c for group, cs in GROUPS.items() for c in cs
+             if (not names and group != "cp") or group in names or c[0] in names]
+    for name, kw, command in cases:
         t = time.perf_counter()
         try:
             kw = dict(kw)
             if "story" in kw:
                 res = run_story_bench(shots=kw.pop("story"), **kw)
-                md = (f"{res['device']}: shot {len(res['shots'])} / shot 2 = {res['last_over_second']}\n\n| shot | memory | context tokens"
-                      " | denoise s |\n|---|---|---|---|\n" + "\n".join(
-                          f"| {r['shot']} | {r['memory']} | {r['context_tokens']} | {r['denoise_s']} |" for r in res["shots"])
-                      + f"\n\nCommand: `{command}`\n")
+                md = _story_markdown(res, command)
             else:
-                res = run_bench(**kw)
+                res = run_bench(progress=False, **kw)
                 md = markdown_rows(res, command)
             res["command"], res["wall_s"] = command, round(time.perf_counter() - t, 1)
-            (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1))
-            (out_dir / f"{name}.md").write_text(md)
-            print(md, flush=True)
+            if _writes():
+                (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1))
+                (out_dir / f"{name}.md").write_text(md)
+                print(md, flush=True)
         except Exception:  # noqa: BLE001 - log, go on with the next measurement
             (out_dir / f"{name}.error.txt").write_text(traceback.format_exc())
             print(f"{name} FAILED:\n{traceback.format_exc()}", flush=True)
         finally:
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         print(f"== {name}: {time.perf_counter() - t:.1f} s", flush=True)
 
 

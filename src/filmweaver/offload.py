@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from accelerate.hooks import ModelHook, add_hook_to_module
+from accelerate.utils import send_to_device
 
 
 class ModelOffload:
@@ -27,8 +29,6 @@ class ModelOffload:
         self.loads = 0  # moves to the device (a measure of traffic; tests and logs)
 
     def attach(self, module: nn.Module) -> None:
-        from accelerate.hooks import add_hook_to_module
-
         module.to("cpu")
         add_hook_to_module(module, _BringToDevice(self), append=True)
         module._filmweaver_offload = self
@@ -43,19 +43,11 @@ class ModelOffload:
         self.loads += 1
 
 
-def _hook_base():
-    from accelerate.hooks import ModelHook
-
-    return ModelHook
-
-
-class _BringToDevice(_hook_base()):
+class _BringToDevice(ModelHook):
     def __init__(self, manager: ModelOffload):
         self.manager = manager
 
     def pre_forward(self, module, *args, **kwargs):
-        from accelerate.utils import send_to_device
-
         self.manager.bring(module)
         return send_to_device(args, self.manager.device), send_to_device(kwargs, self.manager.device)
 
