@@ -15,6 +15,10 @@ CFG=${CFG:-configs/synth-small.yaml}
 STORIES=${STORIES:-50}
 SHARDS=${SHARDS:-2}  # evaluation processes per arm (the tiny model is host-bound: more processes, more GPU use)
 INIT_FROM=${INIT_FROM:-}  # a model directory every DiT arm starts from (dit.init_from); empty = from scratch
+# BENCH_GPUS="2 3": once training ends, run the issue-4 GPU benchmarks (scripts/bench_on_gpus.sh) on those
+# two GPUs while the ablation evaluates on the others (same lease, separate GPUs)
+BENCH_GPUS=${BENCH_GPUS:-}
+EVAL_GPUS=($(python3 -c "print(*[g for g in range($NGPU) if str(g) not in '$BENCH_GPUS'.split()])"))
 train() { python3 -m filmweaver.train $CFG "$@"; }
 
 mkdir -p $R
@@ -51,19 +55,25 @@ mkdir -p $R/pack
 tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
 tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.log
 echo TRAINING-DONE
+if [ -n "$BENCH_GPUS" ]; then
+  bash scripts/bench_on_gpus.sh "$BENCH_GPUS" $R/bench $R/pack/bench.tgz > $R/bench.log 2>&1 &
+  BENCH_PID=$!
+fi
 
 i=0
 for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 memory_guidance; do
   for k in $(seq 0 $((SHARDS - 1))); do
-    CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
+    CUDA_VISIBLE_DEVICES=${EVAL_GPUS[$((i % ${#EVAL_GPUS[@]}))]} OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
       --stories $STORIES --arms $arm --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &
     i=$((i + 1))
   done
 done
-wait
+wait $(jobs -p | grep -vx "${BENCH_PID:-none}") || true  # the evaluations (the benchmarks may still run)
 python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only > $R/eval_report.log 2>&1
 
 P=$R/eval/projects/full
 tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \
   $R/*/log.jsonl $R/*.log $(ls -d $P/*/storyboard.png $P/*/memory.png | head -12)
+echo EVAL-DONE
+[ -n "${BENCH_PID:-}" ] && wait $BENCH_PID
 echo ALL-DONE

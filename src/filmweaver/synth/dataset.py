@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from filmweaver.synth.stories import make_long_take, make_story
-from filmweaver.synth.world import ALL_ATTRIBUTES, frame_labels, render_shot
+from filmweaver.synth.world import ALL_ATTRIBUTES, frame_labels, render_shot_with_mask
 
 LABEL_KEYS = list(ALL_ATTRIBUTES)
 
@@ -30,6 +30,7 @@ class RenderedSet:
     shot_location: np.ndarray  # [S] location id, unique across the set
     shot_labels: np.ndarray  # [S, len(LABEL_KEYS)] ground-truth class indices
     prompts: list[str]  # [S]
+    character_masks: np.ndarray | None = None  # [N, H, W] uint8: the character's coverage of each pixel (0-255)
 
     @property
     def num_shots(self) -> int:
@@ -43,7 +44,7 @@ class RenderedSet:
 def _render_story(args):
     seed, frames, height, width = args
     story = make_story(seed, frames=tuple(frames))
-    clips = [render_shot(s, height, width) for s in story.shots]
+    clips = [render_shot_with_mask(s, height, width) for s in story.shots]
     locs = [story.locations.index(s.location) for s in story.shots]
     labels = [[frame_labels(s)[k] for k in LABEL_KEYS] for s in story.shots]
     return clips, story.cuts, locs, labels, story.prompts
@@ -52,7 +53,7 @@ def _render_story(args):
 def _render_take(args):
     seed, frames, height, width = args
     spec, prompt = make_long_take(seed, frames)
-    return [render_shot(spec, height, width)], [True], [0], [[frame_labels(spec)[k] for k in LABEL_KEYS]], [prompt]
+    return [render_shot_with_mask(spec, height, width)], [True], [0], [[frame_labels(spec)[k] for k in LABEL_KEYS]], [prompt]
 
 
 def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 0, shot_frames=(12,),
@@ -66,12 +67,13 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
             results = list(tqdm(pool.map(_call, jobs, chunksize=8), total=len(jobs), desc="render", disable=not progress))
     else:
         results = [_call(j) for j in tqdm(jobs, desc="render", disable=not progress)]
-    frames, story, start, length, cut, loc, labels, prompts = [], [], [], [], [], [], [], []
+    frames, masks, story, start, length, cut, loc, labels, prompts = [], [], [], [], [], [], [], [], []
     n, loc_base = 0, 0
     for sid, (clips, cuts, locs, labs, prs) in enumerate(results):
         is_take = sid >= num_stories
-        for clip, c, lo, lab, p in zip(clips, cuts, locs, labs, prs, strict=True):
+        for (clip, mask), c, lo, lab, p in zip(clips, cuts, locs, labs, prs, strict=True):
             frames.append(clip)
+            masks.append(mask)
             story.append(-1 if is_take else sid)
             start.append(n)
             length.append(len(clip))
@@ -82,7 +84,7 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
             n += len(clip)
         loc_base += max(locs) + 1
     return RenderedSet(np.concatenate(frames), np.array(story), np.array(start), np.array(length), np.array(cut),
-                       np.array(loc), np.array(labels), prompts)
+                       np.array(loc), np.array(labels), prompts, np.concatenate(masks))
 
 
 def _call(job):
@@ -95,8 +97,9 @@ def save_rendered(data: RenderedSet, directory) -> None:
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    for name in ("frames", "shot_story", "shot_start", "shot_length", "shot_cut", "shot_location", "shot_labels"):
-        np.save(d / f"{name}.npy", getattr(data, name))
+    for name in _ARRAYS:
+        if getattr(data, name) is not None:
+            np.save(d / f"{name}.npy", getattr(data, name))
     (d / "prompts.txt").write_text("\n".join(data.prompts))
 
 
@@ -106,6 +109,11 @@ def load_rendered(directory) -> RenderedSet | None:
     d = Path(directory)
     if not (d / "prompts.txt").is_file():
         return None
-    arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r" if name == "frames" else None)
-              for name in ("frames", "shot_story", "shot_start", "shot_length", "shot_cut", "shot_location", "shot_labels")}
+    # a cache written before character masks existed loads without them (no character-weighted loss)
+    arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r" if name in ("frames", "character_masks") else None)
+              for name in _ARRAYS if (d / f"{name}.npy").is_file()}
     return RenderedSet(**arrays, prompts=(d / "prompts.txt").read_text().split("\n"))
+
+
+_ARRAYS = ("frames", "shot_story", "shot_start", "shot_length", "shot_cut", "shot_location", "shot_labels",
+           "character_masks")

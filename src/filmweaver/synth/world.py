@@ -141,8 +141,10 @@ def _paint(img: np.ndarray, mask: np.ndarray, rgb, alpha: float = 1.0) -> None:
     img[:] = img * (1 - m) + np.asarray(rgb, dtype=np.float32)[None, None] / 255.0 * m
 
 
-def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supersample: int = 2) -> np.ndarray:
-    """One frame of ``spec`` as ``[H, W, 3]`` uint8."""
+def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supersample: int = 2,
+                 return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """One frame of ``spec`` as ``[H, W, 3]`` uint8; with ``return_mask`` also the character's coverage
+    ``[H, W]`` uint8 (0-255: the share of each pixel the character covers, accessories included)."""
     H, W = height * supersample, width * supersample
     loc, ch = spec.location, spec.character
     x_char, facing, jump, wave, zoom = _pose(spec, t)
@@ -201,6 +203,7 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
     light = np.asarray(CHARACTER_LIGHT[loc.time], np.float32)
     base = np.asarray(COLOUR_RGB[ch.colour], np.float32) * light
     _paint(img, body, base)
+    cover = body.copy()  # the character's pixels: the body plus whatever sticks out of it (eyes, hat, arm)
     if ch.pattern == "striped":
         _paint(img, body & (np.mod(v * 3.2, 1.0) < 0.42) & (v > -0.55), base * 0.35)
     elif ch.pattern == "dotted":
@@ -209,25 +212,43 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
     # eyes look the way the character faces
     for ex in (-0.22, 0.22):
         ecx, ecy = ex + 0.12 * facing, -0.3
-        _paint(img, ((u - ecx) ** 2 + (v - ecy) ** 2) < 0.14 ** 2, (255, 255, 255))
+        eye = ((u - ecx) ** 2 + (v - ecy) ** 2) < 0.14 ** 2
+        _paint(img, eye, (255, 255, 255))
+        cover |= eye
         _paint(img, ((u - ecx - 0.06 * facing) ** 2 + (v - ecy) ** 2) < 0.07 ** 2, (15, 15, 15))
     if ch.accessory == "hat":
         top = -0.85 if ch.shape != "triangle" else -0.95
-        _paint(img, (abs(u) < 0.55) & (v < top) & (v > top - 0.12), (20, 20, 25))
-        _paint(img, (abs(u) < 0.32) & (v < top) & (v > top - 0.6), (20, 20, 25))
+        hat = ((abs(u) < 0.55) & (v < top) & (v > top - 0.12)) | ((abs(u) < 0.32) & (v < top) & (v > top - 0.6))
+        _paint(img, hat, (20, 20, 25))
+        cover |= hat
     elif ch.accessory == "scarf":
         _paint(img, body & (v > 0.05) & (v < 0.3), (245, 245, 245))
-        _paint(img, (abs(u + 0.35 * facing) < 0.12) & (v > 0.05) & (v < 0.75), (245, 245, 245))
+        tail = (abs(u + 0.35 * facing) < 0.12) & (v > 0.05) & (v < 0.75)
+        _paint(img, tail, (245, 245, 245))
+        cover |= tail
     if wave > -1.0 or spec.action == "wave":  # an arm raised on the facing side
         ax, ay = 0.9 * facing, -0.2 - 0.35 * wave
-        _paint(img, ((u - ax) ** 2 + (v - ay) ** 2) < 0.16 ** 2, base * 0.8)
+        arm = ((u - ax) ** 2 + (v - ay) ** 2) < 0.16 ** 2
+        _paint(img, arm, base * 0.8)
+        cover |= arm
     out = img.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
-    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    frame = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if not return_mask:
+        return frame
+    coverage = cover.reshape(height, supersample, width, supersample).mean(axis=(1, 3))
+    return frame, (coverage * 255 + 0.5).astype(np.uint8)
 
 
 def render_shot(spec: ShotSpec, height: int = 64, width: int = 64) -> np.ndarray:
     """All frames of a shot: ``[T, H, W, 3]`` uint8."""
     return np.stack([render_frame(spec, t, height, width) for t in range(spec.num_frames)])
+
+
+def render_shot_with_mask(spec: ShotSpec, height: int = 64, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """All frames of a shot ``[T, H, W, 3]`` and the character's coverage ``[T, H, W]`` (uint8, 0-255)."""
+    frames, masks = zip(*(render_frame(spec, t, height, width, return_mask=True) for t in range(spec.num_frames)),
+                        strict=True)
+    return np.stack(frames), np.stack(masks)
 
 
 def frame_labels(spec: ShotSpec) -> dict[str, int]:
