@@ -42,6 +42,8 @@ GROUPS = {
          "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 2 --compile --warmup 3"),
         ("13b_story_causal", dict(story=10, shape="1.3b", steps=2, context_attention="causal", compile_blocks=True),
          "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --compile"),
+        ("13b_story_offload", dict(story=4, shape="1.3b", steps=2, offload="model"),
+         "filmweaver bench --shape 1.3b --story 4 --steps 2 --offload model"),
         ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal"),
          "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal"),
         ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True,
@@ -65,7 +67,8 @@ GROUPS = {
 
 def _story_markdown(res: dict, command: str) -> str:
     rows = "\n".join(f"| {r['shot']} | {r['memory']} | {r['context_tokens']} | {r['denoise_s']} |" for r in res["shots"])
-    return (f"{res['device']}: shot {len(res['shots'])} / shot 2 = {res['last_over_second']}\n\n"
+    return (f"{res['device']}: shot {len(res['shots'])} / shot 2 = {res['last_over_second']}; peak GPU memory "
+            f"{res.get('peak_gpu_gib')} GiB; warmed up: {res.get('warmed_up')}; offload: {res.get('offload')}\n\n"
             f"| shot | memory | context tokens | denoise s |\n|---|---|---|---|\n{rows}\n\nCommand: `{command}`\n")
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from filmweaver.bench import SHAPES, forward_flops, run_bench
@@ -82,3 +83,37 @@ def test_story_bench_with_causal_context_and_pooled_memory(tmp_path):
     cheap = run_story_bench(out_dir=str(tmp_path / "b"), context_attention="causal", memory_compression=2, **kw)
     assert cheap["context_attention"] == "causal" and cheap["memory_compression"] == 2
     assert [4 * r["context_tokens"] for r in cheap["shots"]] == [r["context_tokens"] for r in full["shots"]]
+
+
+def test_story_bench_warmup_and_model_offload(tmp_path):
+    """--story with a warm-up pass (what a compiled run needs) and with --offload model: the measured
+    story is the same story, and the warm-up's project is not the measured one."""
+    import json
+
+    import torch
+
+    from filmweaver.bench import run_story_bench
+
+    kw = dict(shape="tiny", height=32, width=32, frames=5, shots=3, steps=1, device="cpu", dtype=torch.float32)
+    plain = run_story_bench(out_dir=str(tmp_path / "a"), **kw)
+    warm = run_story_bench(out_dir=str(tmp_path / "b"), warmup=True, offload="model", **kw)
+    assert not plain["warmed_up"] and warm["warmed_up"] and warm["offload"] == "model"
+    assert [r["context_tokens"] for r in warm["shots"]] == [r["context_tokens"] for r in plain["shots"]]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert len(manifest["shots"]) == 3 and all(s["status"] == "done" for s in manifest["shots"])
+    assert plain["peak_gpu_gib"] is None  # CPU: no GPU memory to report
+    with pytest.raises(ValueError, match="offload"):
+        run_story_bench(out_dir=str(tmp_path / "c"), offload="sequential", **kw)
+
+
+def test_markdown_rows_reports_context_parallel_flops_per_gpu():
+    from filmweaver.bench import markdown_rows
+
+    case = dict(shape="14b", height=480, width=832, frames=81, memory=0, temporal=False, tokens=32760, seconds=1.839,
+                vs_no_context=1.0, tflops=912.4, batch=1)
+    env = dict(device="NVIDIA H200", torch="2", dtype="bfloat16", attention_backend="default",
+               compile_repeated_blocks=False, repeats=3)
+    one = markdown_rows({"env": env, "cases": [case]}, "cmd")
+    two = markdown_rows({"env": {**env, "context_parallel": "ulysses", "world_size": 2}, "cases": [case]}, "cmd")
+    assert "| 912.4 |" in one and "per GPU" not in one
+    assert "2 GPUs together (per GPU)" in two and "| 912.4 (456.2) |" in two and "ulysses x 2" in two

@@ -128,6 +128,17 @@ def test_summarize_identity_only_counts_unrestated_later_shots():
     s = summarize([rec(0, True, True), rec(1, False, False), rec(2, False, True), rec(3, True, False)])
     assert s["identity"] == 0.5 and s["identity_shots"] == 2
     assert s["adherence_character"] == 0.5
+    assert s["identity_by_attribute"] == {"shape": 0.5, "colour": 0.5, "pattern": 0.5, "accessory": 0.5}
+
+    # the interval resamples stories: ten stories all right, ten all wrong -> wide; all alike -> a point
+    mixed = [{**rec(1, False, k < 10), "story": f"s{k}"} for k in range(20)]
+    lo, hi = summarize(mixed)["identity_ci95"]
+    assert lo < 0.4 < 0.5 < 0.6 < hi
+    same = [{**rec(1, False, True), "story": f"s{k}"} for k in range(20)]
+    assert summarize(same)["identity_ci95"] == [1.0, 1.0]
+    # many shots of one story are one unit: its interval is no narrower than the story's own spread allows
+    one = [{**rec(k + 1, False, k % 2 == 0), "story": "only"} for k in range(20)]
+    assert summarize(one)["identity_ci95"] == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("context_attention", ["full", "causal"])

@@ -211,14 +211,18 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
 
 def markdown_rows(result: dict, command: str) -> str:
     env = result["env"]
+    world = env.get("world_size", 1)
+    # under context parallelism the FLOPs are one forward's, done by all GPUs together
+    flops_col = "TFLOP/s" if world == 1 else f"TFLOP/s, {world} GPUs together (per GPU)"
     lines = ["| shape | res x frames | memory | temporal | context attention | tokens | s / forward | vs none "
-             "| first forward of a chunk | TFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| first forward of a chunk | {flops_col} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
         first = c.get("first_forward_seconds")
+        flops = c["tflops"] if world == 1 else f"{c['tflops']} ({c['tflops'] / world:.1f})"
         lines.append(f"| {c['shape']} | {c['height']}x{c['width']}x{c['frames']} | {c['memory']} | "
                      f"{'yes' if c['temporal'] else 'no'} | {c.get('context_attention', 'full')} | {c['tokens']:,} | "
                      f"{c['seconds']:.3f} | {c['vs_no_context'] if c['vs_no_context'] is not None else '-'} | "
-                     f"{'-' if first is None else f'{first:.3f}'} | {c['tflops']} |")
+                     f"{'-' if first is None else f'{first:.3f}'} | {flops} |")
     lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']}, "
               f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, "
               f"context parallel: {env.get('context_parallel') or 'no'} x {env.get('world_size', 1)}, batch "
@@ -260,10 +264,16 @@ def random_film_models(shape: str, device, dtype, frames: int, height: int, widt
 def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81, shots: int = 10,
                     steps: int = 4, method: str = "filmweaver", device: str = "cuda",
                     dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None, context_attention: str = "full",
-                    memory_compression: int = 1, compile_blocks: bool = False) -> dict:
+                    memory_compression: int = 1, compile_blocks: bool = False, warmup: bool | None = None,
+                    offload: str = "none") -> dict:
     """Generate a ``shots``-shot story with random real-size weights and the engine as users run it;
-    report each shot's denoising seconds, context tokens and memory size, and shot N / shot 2.
-    ``context_attention`` / ``memory_compression`` / ``compile_blocks``: as in :func:`run_bench`."""
+    report each shot's denoising seconds, context tokens and memory size, shot N / shot 2, and the peak
+    GPU memory. ``context_attention`` / ``memory_compression`` / ``compile_blocks``: as in :func:`run_bench`.
+
+    ``warmup`` (default: with ``compile_blocks``) generates the story once first, unmeasured: every
+    context length the story meets (0, 1, 2, 3... keyframes) is a new shape to compile, and timing that
+    would measure the compiler, not the shot. ``offload="model"`` keeps the modules in CPU memory and
+    moves each to the GPU when it runs (``--offload model``)."""
     import tempfile
 
     from filmweaver.engine import StoryEngine
@@ -272,7 +282,12 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     from filmweaver.synth.stories import make_story
 
     dev = torch.device(device)
-    models = random_film_models(shape, dev, dtype, frames, height, width, steps)
+    if offload not in ("none", "model"):
+        raise ValueError(f"offload {offload!r}: none | model")
+    models = random_film_models(shape, torch.device("cpu") if offload == "model" else dev, dtype, frames, height,
+                                width, steps)
+    if offload == "model":
+        models.enable_model_offload(device)
     script = make_story(42, min_shots=shots, max_shots=shots).to_script()
     for scene in script["scenes"]:  # every shot a cut, one chunk: time depends on memory alone
         scene["cut"] = [True] * len(scene["cut"])
@@ -284,8 +299,15 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
         models.backbone.compile_blocks()
     cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01},
                                  "shot_cache": {"compression": memory_compression}})
+    if compile_blocks if warmup is None else warmup:
+        StoryEngine(models, tempfile.mkdtemp(prefix="filmweaver-bench-warmup-"), story=parse_story(script), config=cfg,
+                    progress=False).generate()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
     engine = StoryEngine(models, project, story=parse_story(script), config=cfg, progress=False)
     engine.generate()
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     rows = []
     for rec in engine.project.shots:
         rows.append({"shot": rec["number"], "denoise_s": rec["timings"]["denoise_s"], "total_s": rec["timings"]["total_s"],
@@ -293,6 +315,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
     return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
             "context_attention": context_attention, "memory_compression": memory_compression,
-            "compile_blocks": compile_blocks,
+            "compile_blocks": compile_blocks, "warmed_up": bool(compile_blocks if warmup is None else warmup),
+            "offload": offload, "peak_gpu_gib": None if peak is None else round(peak, 2),
             "shots": rows, "last_over_second": None if ratio is None else round(ratio, 3),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}

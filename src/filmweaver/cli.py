@@ -391,6 +391,10 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
           steps: int = typer.Option(4, help="--story: denoising steps per chunk"),
           method: str = typer.Option("filmweaver", help="--story: the method (memory settings) to time"),
+          offload: str = typer.Option("none", help="--story: none | model (as generate --offload)"),
+          story_warmup: bool | None = typer.Option(None, "--story-warmup/--no-story-warmup",
+                                                   help="--story: generate the story once unmeasured first "
+                                                   "(default: with --compile)"),
           out: Path | None = typer.Option(None, "-o", "--out", help="write the results as JSON here")):
     """Seconds per forward, tokens, memory overhead and TFLOP/s of the context-injected Wan transformer
     (or, with --story N, seconds per shot along a story)."""
@@ -407,7 +411,7 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
     if story:
         result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, _DTYPES[dtype]),
                                  context_attention=context_attention, memory_compression=memory_compression,
-                                 compile_blocks=compile_blocks)
+                                 compile_blocks=compile_blocks, warmup=story_warmup, offload=offload)
         result["command"] = "filmweaver bench " + " ".join(sys.argv[2:])
         if out is not None:
             from filmweaver.io import write_json

@@ -89,6 +89,7 @@ def summarize(records: list[dict]) -> dict:
     seams = [r["seam_ratio"] for r in records if r["seam_ratio"] is not None]
     return {
         "identity": rate(ident, char),
+        "identity_ci95": _story_bootstrap(ident, char),
         "identity_all_attributes": float(np.mean([all(r["match"][k] for k in char) for r in ident])) if ident else None,
         "identity_shots": len(ident),
         "location": rate(locs, loc),
@@ -101,7 +102,25 @@ def summarize(records: list[dict]) -> dict:
         "seam_shots": len(seams),
         "seconds_per_shot": float(np.mean([r["seconds"] for r in records])),
         "shots": len(records),
+        "identity_by_attribute": {k: rate(ident, [k]) for k in char},
+        "adherence_by_attribute": {**{k: rate(adh_c, [k]) for k in char}, **{k: rate(adh_l, [k]) for k in loc}},
     }
+
+
+def _story_bootstrap(rows: list[dict], keys: list[str], resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% interval of the attribute match rate over ``rows``, resampling whole stories (shots of one
+    story are not independent: one drawn-wrong keyframe spoils all later shots). Rows without a
+    ``story`` count as their own story."""
+    if not rows:
+        return None
+    groups: dict[str, list[float]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get("story", i)), []).extend(float(r["match"][k]) for k in keys)
+    hits = np.array([sum(v) for v in groups.values()])
+    counts = np.array([len(v) for v in groups.values()])
+    pick = np.random.default_rng(seed).integers(len(hits), size=(resamples, len(hits)))
+    rates = hits[pick].sum(1) / counts[pick].sum(1)
+    return [float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))]
 
 
 def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), max_shots: int = 8) -> list[dict]:
@@ -147,11 +166,30 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
         cells = []
         for key, _ in cols:
             v = s[key]
-            cells.append("-" if v is None else (f"{v:.2f}" if key in ("seam_ratio", "seconds_per_shot") else f"{100 * v:.1f}%"))
+            cell = "-" if v is None else (f"{v:.2f}" if key in ("seam_ratio", "seconds_per_shot") else f"{100 * v:.1f}%")
+            if key == "identity" and s.get("identity_ci95"):
+                lo, hi = s["identity_ci95"]
+                cell += f" ({100 * lo:.0f}-{100 * hi:.0f})"
+            cells.append(cell)
         lines.append(f"| {r['arm']} | " + " | ".join(cells) + " |")
     s0 = results[0]["summary"]
-    lines += ["", f"Identity chance level: {100 * IDENTITY_CHANCE:.1f}%. Shots: {s0['shots']} per arm "
-              f"({s0['identity_shots']} identity shots, {s0['seam_shots']} multi-chunk shots)."]
+    lines += ["", f"Identity chance level: {100 * IDENTITY_CHANCE:.1f}%; in brackets its 95% interval, resampling "
+              f"stories. Shots: {s0['shots']} per arm ({s0['identity_shots']} identity shots, {s0['seam_shots']} "
+              "multi-chunk shots)."]
+    if all("identity_by_attribute" in r["summary"] for r in results):
+        char = list(CHARACTER_ATTRIBUTES)
+        attrs = char + list(LOCATION_ATTRIBUTES)
+        lines += ["", "Per attribute: identity on later unrestated shots, then adherence where the prompt states it.", "",
+                  "| arm | " + " | ".join(f"identity: {a}" for a in char) + " | "
+                  + " | ".join(f"adherence: {a}" for a in attrs) + " |", "|---" * (1 + len(char) + len(attrs)) + "|"]
+        for r in results:
+            s = r["summary"]
+
+            def pct(v):
+                return "-" if v is None else f"{100 * v:.0f}%"
+
+            lines.append(f"| {r['arm']} | " + " | ".join(pct(s["identity_by_attribute"][a]) for a in char) + " | "
+                         + " | ".join(pct(s["adherence_by_attribute"][a]) for a in attrs) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -165,12 +203,20 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
     for ax, (key, title) in zip(axes, [("identity", "identity consistency"), ("adherence", "prompt adherence"),
                                        ("seam_ratio", "seam ratio (lower is smoother)")], strict=True):
         vals = [r["summary"][key] or 0 for r in results]
-        ax.bar(range(len(names)), vals, color=["#2b6cb0" if n == "full" else "#a0aec0" for n in names])
+        err = None
+        if key == "identity" and all(r["summary"].get("identity_ci95") for r in results):
+            err = np.array([[v - r["summary"]["identity_ci95"][0], r["summary"]["identity_ci95"][1] - v]
+                            for v, r in zip(vals, results, strict=True)]).T
+        ax.bar(range(len(names)), vals, yerr=err, capsize=2,
+               color=["#2b6cb0" if n == "full" else "#a0aec0" for n in names])
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title)
+        if key in ("identity", "adherence"):
+            ax.axhline(0.9, ls=":", c="g", lw=1, label="target 0.9")
         if key == "identity":
             ax.axhline(IDENTITY_CHANCE, ls="--", c="r", lw=1, label="chance")
-            ax.legend(fontsize=7)
+        if key in ("identity", "adherence"):
+            ax.legend(fontsize=7, loc="lower right")
         if key == "seam_ratio":
             ax.axhline(1.5, ls="--", c="g", lw=1, label="target 1.5")
             ax.legend(fontsize=7)
@@ -232,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         if n > 1:
             return  # one share of many: `--report-only` merges them once all are done
     results = [r for r in (merge_shards(out, arm) for arm in args.arms) if r is not None]
+    for r in results:  # summaries from the records, so a report written by an older version gains new metrics
+        r["summary"] = summarize(r["records"])
     write_report(results, out, {"stories": args.stories, "first_seed": args.first_seed,
                                 "probe_held_out_accuracy": getattr(probe, "held_out_accuracy", {})})
 
