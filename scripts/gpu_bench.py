@@ -44,6 +44,8 @@ GROUPS = {
          "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --compile"),
         ("13b_story_offload", dict(story=4, shape="1.3b", steps=2, offload="model"),
          "filmweaver bench --shape 1.3b --story 4 --steps 2 --offload model"),
+        ("13b_story_block_offload", dict(story=4, shape="1.3b", steps=2, offload="block"),  # not measured yet
+         "filmweaver bench --shape 1.3b --story 4 --steps 2 --offload block"),
         ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal"),
          "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal"),
         ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True,

@@ -97,6 +97,8 @@ def test_story_bench_warmup_and_model_offload(tmp_path):
     kw = dict(shape="tiny", height=32, width=32, frames=5, shots=3, steps=1, device="cpu", dtype=torch.float32)
     plain = run_story_bench(out_dir=str(tmp_path / "a"), **kw)
     warm = run_story_bench(out_dir=str(tmp_path / "b"), warmup=True, offload="model", **kw)
+    block = run_story_bench(out_dir=str(tmp_path / "d"), offload="block", **kw)
+    assert [r["context_tokens"] for r in block["shots"]] == [r["context_tokens"] for r in plain["shots"]]
     assert not plain["warmed_up"] and warm["warmed_up"] and warm["offload"] == "model"
     assert [r["context_tokens"] for r in warm["shots"]] == [r["context_tokens"] for r in plain["shots"]]
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())

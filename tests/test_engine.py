@@ -372,6 +372,36 @@ def test_model_offload_runs_one_module_at_a_time_and_keeps_the_film(tmp_path, mo
     assert np.array_equal(a, b)
 
 
+def test_block_offload_streams_the_blocks_and_keeps_the_film(tmp_path):
+    """--offload block (on CPU, where the execution device is the CPU too): between forwards every
+    transformer block's weights wait in accelerate's CPU state dict (the parameters are meta tensors),
+    the rest of the transformer is resident, the hooks bring each block in when it runs, and the film
+    is the same as without offload."""
+    import numpy as np
+
+    from filmweaver.models import FilmModels
+
+    story = parse_story(small_story(n_scenes=1, shots_per_scene=2))
+    plain = StoryEngine(FilmModels.tiny(seed=0), tmp_path / "plain", story=story, config=config(), progress=False)
+    plain.generate()
+    models = FilmModels.tiny(seed=0)
+    models.enable_block_offload("cpu")
+    expert = models.experts()[0]
+    blocks = expert.transformer.blocks
+    assert all(p.device.type == "meta" for p in blocks.parameters())
+    assert all(p.device.type == "cpu" for n, p in expert.named_parameters() if ".blocks." not in n)
+    assert expert.device == torch.device("cpu")
+    engine = StoryEngine(models, tmp_path / "off", story=story, config=config(), progress=False)
+    engine.generate()
+    assert all(p.device.type == "meta" for p in blocks.parameters())  # back out after every forward
+    a = np.asarray(Image.open(tmp_path / "plain" / "storyboard.png"), dtype=np.float32)
+    b = np.asarray(Image.open(tmp_path / "off" / "storyboard.png"), dtype=np.float32)
+    assert np.array_equal(a, b)
+    r = CliRunner().invoke(app, ["generate", "examples/lighthouse.json", "-o", str(tmp_path / "cli"), "--preset", "tiny",
+                                 "--offload", "block", "--compile"])
+    assert r.exit_code == 2 and "does not combine" in r.output
+
+
 def test_resolve_keeps_what_the_caller_set_and_fills_the_rest_from_the_model(tiny_models, tmp_path):
     """Model defaults fill only unset fields: API settings, `--method`/benchmark settings and a
     reopened project's config are kept (regression: `filmweaver next` on a project made with

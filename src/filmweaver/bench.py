@@ -273,7 +273,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     ``warmup`` (default: with ``compile_blocks``) generates the story once first, unmeasured: every
     context length the story meets (0, 1, 2, 3... keyframes) is a new shape to compile, and timing that
     would measure the compiler, not the shot. ``offload="model"`` keeps the modules in CPU memory and
-    moves each to the GPU when it runs (``--offload model``)."""
+    moves each to the GPU when it runs (``--offload model``); ``"block"`` streams the transformer blocks too."""
     import tempfile
 
     from filmweaver.engine import StoryEngine
@@ -282,12 +282,14 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     from filmweaver.synth.stories import make_story
 
     dev = torch.device(device)
-    if offload not in ("none", "model"):
-        raise ValueError(f"offload {offload!r}: none | model")
-    models = random_film_models(shape, torch.device("cpu") if offload == "model" else dev, dtype, frames, height,
+    if offload not in ("none", "model", "block"):
+        raise ValueError(f"offload {offload!r}: none | model | block")
+    models = random_film_models(shape, torch.device("cpu") if offload != "none" else dev, dtype, frames, height,
                                 width, steps)
     if offload == "model":
         models.enable_model_offload(device)
+    elif offload == "block":
+        models.enable_block_offload(device)
     script = make_story(42, min_shots=shots, max_shots=shots).to_script()
     for scene in script["scenes"]:  # every shot a cut, one chunk: time depends on memory alone
         scene["cut"] = [True] * len(scene["cut"])

@@ -85,7 +85,8 @@ def generate(
                                                 "for chunks with nothing in memory; only its transformer(s) load"),
     vae_tiling: bool = typer.Option(False, help="decode/encode in tiles (less GPU memory at high resolution)"),
     offload: str = typer.Option("none", help="none | model: keep the text encoder, transformer(s) and VAE in CPU memory, "
-                                "one at a time on the GPU (small GPUs)"),
+                                "one at a time on the GPU (small GPUs) | block: as model, but stream each transformer's "
+                                "blocks one at a time (GPUs that cannot hold one transformer; slow)"),
     step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache: faster, changes the film)"),
     step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are reused"),
     attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
@@ -135,9 +136,11 @@ def generate(
         if rank:  # only rank 0 writes the project
             scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")
             out = Path(scratch.name)
-    if offload not in ("none", "model"):
-        _fail(f"--offload {offload!r}: choose none or model")
-    load_device = "cpu" if offload == "model" else device
+    if offload not in ("none", "model", "block"):
+        _fail(f"--offload {offload!r}: choose none, model or block")
+    if offload == "block" and (compile_blocks or context_parallel):
+        _fail("--offload block streams the blocks through hooks: it does not combine with --compile or --context-parallel")
+    load_device = "cpu" if offload != "none" else device
     models = _load_models(preset, model, embedder, load_device, dtype, lora, lora_2, vae_tiling)
     if first_shot_model:
         import torch
@@ -150,6 +153,8 @@ def generate(
             _fail(str(e))
     if offload == "model":
         models.enable_model_offload(device)
+    elif offload == "block":
+        models.enable_block_offload(device)
     _speed_options(models, attention, compile_blocks)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel
@@ -391,7 +396,7 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
           steps: int = typer.Option(4, help="--story: denoising steps per chunk"),
           method: str = typer.Option("filmweaver", help="--story: the method (memory settings) to time"),
-          offload: str = typer.Option("none", help="--story: none | model (as generate --offload)"),
+          offload: str = typer.Option("none", help="--story: none | model | block (as generate --offload)"),
           story_warmup: bool | None = typer.Option(None, "--story-warmup/--no-story-warmup",
                                                    help="--story: generate the story once unmeasured first "
                                                    "(default: with --compile)"),

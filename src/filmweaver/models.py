@@ -275,6 +275,21 @@ class FilmModels:
             self.embedder.model.to(device)
         self.offload = manager
 
+    def enable_block_offload(self, device: str) -> None:
+        """As :meth:`enable_model_offload` for the text encoder and VAE, but each transformer keeps only
+        its small parts on ``device`` and streams its blocks from CPU memory one at a time (for GPUs
+        that cannot hold one transformer; see :mod:`filmweaver.offload`)."""
+        from filmweaver.offload import ModelOffload, offload_blocks
+
+        manager = ModelOffload(device)
+        manager.attach(self.prompt_encoder.text_encoder)
+        manager.attach(self.codec.vae)
+        for expert in self.experts():
+            offload_blocks(expert, manager)
+        if self.embedder is not None and hasattr(self.embedder, "model"):
+            self.embedder.model.to(device)
+        self.offload = manager
+
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write the diffusers Wan layout (+ context projections, embedder and filmweaver.json).
 

@@ -10,6 +10,14 @@ The hook is an accelerate ``ModelHook`` on each module's ``forward``; diffusers'
 ``decode`` call it too (``apply_forward_hook``). The wrappers (:class:`LatentCodec`,
 :class:`WanPromptEncoder`, :class:`ContextWanTransformer`) report the execution device, so the engine
 puts its tensors there.
+
+``FilmModels.enable_block_offload(device)`` goes further for GPUs that cannot hold one transformer
+(a 14B expert is 28 GB in bf16): the text encoder and VAE take turns as above, and each transformer
+keeps only its small parts (patch and condition embeddings, output head, context projections) on
+``device`` while its blocks stay in CPU memory and are streamed in one block at a time, at every
+forward (accelerate's ``cpu_offload`` on each block: the weights wait in a CPU state dict, the
+parameters are meta tensors between calls). Slow (every step moves every block's weights), but the
+GPU holds one block, not forty.
 """
 
 from __future__ import annotations
@@ -56,3 +64,22 @@ def execution_device(module: nn.Module) -> torch.device | None:
     """The device an offloaded module runs on (None if it is not offloaded)."""
     manager = getattr(module, "_filmweaver_offload", None)
     return None if manager is None else manager.device
+
+
+def offload_blocks(expert: nn.Module, manager: ModelOffload) -> None:
+    """Keep ``expert``'s (a :class:`ContextWanTransformer`) transformer blocks in CPU memory and stream
+    each to ``manager.device`` when it runs; everything else of ``expert`` moves to the device now."""
+    from accelerate import cpu_offload
+    from accelerate.utils import set_module_tensor_to_device
+
+    expert.to("cpu")
+    blocks = expert.transformer.blocks
+    in_blocks = {id(t) for t in [*blocks.parameters(), *blocks.buffers()]}
+    for name, tensor in [*expert.named_parameters(), *expert.named_buffers()]:
+        if id(tensor) not in in_blocks:
+            set_module_tensor_to_device(expert, name, manager.device)
+    for block in blocks:
+        # the block's own parameters (its modulation table) and every submodule's are hooked: the
+        # block is always called as a module (ContextWanTransformer's loops), so the hooks fire
+        cpu_offload(block, execution_device=manager.device)
+    expert._filmweaver_offload = manager  # the execution device the engine asks for
