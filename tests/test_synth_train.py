@@ -13,7 +13,15 @@ from filmweaver.script import parse_story
 from filmweaver.synth.dataset import render_dataset
 from filmweaver.synth.evaluate import summarize
 from filmweaver.synth.stories import grammar_words, make_story, split_words, story_from_script
-from filmweaver.synth.world import COLOURS, Character, Location, ShotSpec, render_shot, render_shot_with_mask
+from filmweaver.synth.world import (
+    COLOURS,
+    COVERAGE_LAYERS,
+    Character,
+    Location,
+    ShotSpec,
+    render_shot,
+    render_shot_with_mask,
+)
 from filmweaver.text import word_level_tokenizer
 
 
@@ -29,39 +37,54 @@ def test_render_is_deterministic_and_attributes_change_pixels():
     assert not np.array_equal(a, blue) and not np.array_equal(a, night)
 
 
-def test_character_mask_covers_exactly_the_character():
+def test_coverage_layers_cover_exactly_the_character_and_the_props():
     loc = Location("village", "sand", "dusk", 7)
     kw = dict(framing="medium", camera="static", action="wave", num_frames=4, seed=2)
     red = ShotSpec(Character("square", "red", "plain", "hat"), loc, **kw)
     blue = ShotSpec(Character("square", "blue", "plain", "hat"), loc, **kw)
-    (fr, mr), fb = render_shot_with_mask(red), render_shot(blue)
-    assert np.array_equal(fr, render_shot(red)) and mr.shape == fr.shape[:3] and mr.dtype == np.uint8
-    changed = np.abs(fr.astype(int) - fb).max(-1) > 0  # where the colour shows, the mask is set
-    assert changed.any() and (mr[changed] > 0).all()
-    assert (fr[mr == 0] == fb[mr == 0]).all()  # outside the mask nothing depends on the character
-    hat = render_shot_with_mask(ShotSpec(Character("square", "red", "plain", "none"), loc, **kw))[1]
-    assert (mr > 0).sum() > (hat > 0).sum()  # the hat is part of the character
-    wide = render_shot_with_mask(ShotSpec(red.character, loc, "wide", "static", "wave", 4, seed=2))[1]
-    close = render_shot_with_mask(ShotSpec(red.character, loc, "close", "static", "wave", 4, seed=2))[1]
-    assert (wide > 0).mean() < (mr > 0).mean() < (close > 0).mean()
+    (fr, cov), fb = render_shot_with_mask(red), render_shot(blue)
+    assert COVERAGE_LAYERS == ("character", "props")
+    assert np.array_equal(fr, render_shot(red)) and cov.shape == (4, 2, 64, 64) and cov.dtype == np.uint8
+    char, props = cov[:, 0], cov[:, 1]
+    changed = np.abs(fr.astype(int) - fb).max(-1) > 0  # where the colour shows, the character layer is set
+    assert changed.any() and (char[changed] > 0).all()
+    assert (fr[char == 0] == fb[char == 0]).all()  # outside it nothing depends on the character
+    hat = render_shot_with_mask(ShotSpec(Character("square", "red", "plain", "none"), loc, **kw))[1][:, 0]
+    assert (char > 0).sum() > (hat > 0).sum()  # the hat is part of the character
+    wide = render_shot_with_mask(ShotSpec(red.character, loc, "wide", "static", "wave", 4, seed=2))[1][:, 0]
+    close = render_shot_with_mask(ShotSpec(red.character, loc, "close", "static", "wave", 4, seed=2))[1][:, 0]
+    assert (wide > 0).mean() < (char > 0).mean() < (close > 0).mean()
+    # the props layer: where another location's props would differ, and never under the character
+    forest = ShotSpec(red.character, Location("forest", "sand", "dusk", 7), **kw)
+    ff = render_shot(forest).astype(int)
+    differs = (np.abs(fr.astype(int) - ff).max(-1) > 0) & (char == 0)
+    assert (props > 0).any() and (props[differs] > 0).mean() > 0.5
+    assert ((props > 0) & (char == 255)).sum() == 0
 
 
-def test_character_weighted_loss_counts_the_character_more():
+def test_region_weighted_loss_counts_the_character_and_props_more():
     from filmweaver.train.data import LatentStore
-    from filmweaver.train.dit import velocity_loss
+    from filmweaver.train.dit import region_mse, velocity_loss
 
     target = torch.zeros(2, 3, 4, 8, 8)
-    cover = torch.zeros(2, 4, 8, 8)
-    cover[:, :, 2:4, 2:4] = 1.0
-    on_char, off_char = target.clone(), target.clone()
+    cover = torch.zeros(2, 4, 2, 8, 8)
+    cover[:, :, 0, 2:4, 2:4] = 1.0  # the character
+    cover[:, :, 1, 0:1, 6:8] = 1.0  # a prop
+    on_char, on_prop, off = target.clone(), target.clone(), target.clone()
     on_char[:, :, :, 2:4, 2:4] = 1.0
-    off_char[:, :, :, 5:7, 5:7] = 1.0  # the same error, on the background
-    assert velocity_loss(on_char, target, cover, 0.0) == velocity_loss(off_char, target, cover, 0.0)
-    assert velocity_loss(on_char, target) == torch.nn.functional.mse_loss(on_char, target)
-    w_on, w_off = velocity_loss(on_char, target, cover, 3.0), velocity_loss(off_char, target, cover, 3.0)
-    assert torch.isclose(w_on / w_off, torch.tensor(4.0))
+    on_prop[:, :, :, 0:1, 6:8] = 1.0
+    on_prop[:, :, :, 7:8, 6:8] = 1.0  # two background pixels too: the same area as the character
+    off[:, :, :, 5:7, 5:7] = 1.0  # the same error, on the background
+    w = torch.tensor([3.0, 0.0])
+    assert velocity_loss(on_char, target) == velocity_loss(off, target) == torch.nn.functional.mse_loss(off, target)
+    assert torch.isclose(velocity_loss(on_char, target, cover, w) / velocity_loss(off, target, cover, w), torch.tensor(4.0))
+    assert torch.isclose(velocity_loss(on_prop, target, cover, w), velocity_loss(off, target, cover, w))  # props: weight 0
+    w2 = torch.tensor([0.0, 1.0])
+    assert torch.isclose(velocity_loss(on_prop, target, cover, w2) / velocity_loss(off, target, cover, w2), torch.tensor(1.5))
     # normalised: a uniform error keeps the plain loss's value
-    assert torch.isclose(velocity_loss(torch.ones_like(target), target, cover, 3.0), torch.tensor(1.0))
+    assert torch.isclose(velocity_loss(torch.ones_like(target), target, cover, w), torch.tensor(1.0))
+    char_mse, prop_mse = region_mse((on_char - target).pow(2), cover, 2)
+    assert char_mse == 1.0 and prop_mse == 0.0
 
     # the store hands each target chunk the coverage of the same frames, at latent resolution
     from filmweaver.models import FilmModels
@@ -70,12 +93,12 @@ def test_character_weighted_loss_counts_the_character_more():
     data = render_dataset(3, 0, first_seed=0, shot_frames=(8,), workers=1, progress=False)
     store = LatentStore.encode(data, models.codec, torch.device("cpu"), progress=False, dtype=torch.float32)
     batch = store.sample("temporal", 6, 4, 8, 1, np.random.default_rng(0))
-    assert batch.character.shape == (6, 4, *batch.target.shape[-2:])
+    assert batch.coverage.shape == (6, 4, 2, *batch.target.shape[-2:])
     for i, s in enumerate(batch.shot_index.tolist()):
         frames = [j for j in range(int(data.shot_length[s]) - 3)
                   if torch.equal(store.latents[data.shot_start[s] + j], batch.target[i, :, 0])]
-        pix = data.character_masks[data.shot_start[s] + frames[0]].astype(np.float32) / 255
-        cov = batch.character[i, 0]
+        pix = data.coverage[data.shot_start[s] + frames[0], 0].astype(np.float32) / 255
+        cov = batch.coverage[i, 0, 0]
         assert 0 < cov.max() <= 1 and cov.sum() >= pix.sum() / (pix.shape[0] // cov.shape[0]) ** 2
 
 
@@ -209,7 +232,7 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
         assert (model / sub).exists(), sub
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"temporal", "memory"}
-    assert all(r["character_loss"] > 0 for r in log)  # the config weights the character: its loss is logged
+    assert all(r["character_loss"] > 0 and "props_loss" in r for r in log)  # per-layer losses are logged
     # resume: the finished run does not train again
     res = runner.invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out)])
     assert res.exit_code == 0, res.output

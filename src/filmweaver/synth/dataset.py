@@ -30,7 +30,8 @@ class RenderedSet:
     shot_location: np.ndarray  # [S] location id, unique across the set
     shot_labels: np.ndarray  # [S, len(LABEL_KEYS)] ground-truth class indices
     prompts: list[str]  # [S]
-    character_masks: np.ndarray | None = None  # [N, H, W] uint8: the character's coverage of each pixel (0-255)
+    # [N, len(COVERAGE_LAYERS), H, W] uint8: how much of each pixel the character / the props cover (0-255)
+    coverage: np.ndarray | None = None
 
     @property
     def num_shots(self) -> int:
@@ -67,13 +68,13 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
             results = list(tqdm(pool.map(_call, jobs, chunksize=8), total=len(jobs), desc="render", disable=not progress))
     else:
         results = [_call(j) for j in tqdm(jobs, desc="render", disable=not progress)]
-    frames, masks, story, start, length, cut, loc, labels, prompts = [], [], [], [], [], [], [], [], []
+    frames, coverage, story, start, length, cut, loc, labels, prompts = [], [], [], [], [], [], [], [], []
     n, loc_base = 0, 0
     for sid, (clips, cuts, locs, labs, prs) in enumerate(results):
         is_take = sid >= num_stories
-        for (clip, mask), c, lo, lab, p in zip(clips, cuts, locs, labs, prs, strict=True):
+        for (clip, cover), c, lo, lab, p in zip(clips, cuts, locs, labs, prs, strict=True):
             frames.append(clip)
-            masks.append(mask)
+            coverage.append(cover)
             story.append(-1 if is_take else sid)
             start.append(n)
             length.append(len(clip))
@@ -84,7 +85,7 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
             n += len(clip)
         loc_base += max(locs) + 1
     return RenderedSet(np.concatenate(frames), np.array(story), np.array(start), np.array(length), np.array(cut),
-                       np.array(loc), np.array(labels), prompts, np.concatenate(masks))
+                       np.array(loc), np.array(labels), prompts, np.concatenate(coverage))
 
 
 def _call(job):
@@ -109,11 +110,11 @@ def load_rendered(directory) -> RenderedSet | None:
     d = Path(directory)
     if not (d / "prompts.txt").is_file():
         return None
-    # a cache written before character masks existed loads without them (no character-weighted loss)
-    arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r" if name in ("frames", "character_masks") else None)
+    # a cache written before coverage layers existed loads without them (no region-weighted loss)
+    arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r" if name in ("frames", "coverage") else None)
               for name in _ARRAYS if (d / f"{name}.npy").is_file()}
     return RenderedSet(**arrays, prompts=(d / "prompts.txt").read_text().split("\n"))
 
 
 _ARRAYS = ("frames", "shot_story", "shot_start", "shot_length", "shot_cut", "shot_location", "shot_labels",
-           "character_masks")
+           "coverage")

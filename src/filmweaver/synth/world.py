@@ -42,6 +42,8 @@ LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.88, 0.78), "night": (0.55, 0.6,
 # Characters are lit more gently (a key light), so their colour stays readable at night.
 CHARACTER_LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.95, 0.9), "night": (0.85, 0.87, 0.95)}
 CHARACTER_HEIGHT = {"wide": 0.3, "medium": 0.46, "close": 0.64}  # fraction of the frame height
+# What the renderer can say each pixel shows (ground truth for region-weighted training losses).
+COVERAGE_LAYERS = ("character", "props")
 
 
 def _labels(record, vocabularies: dict[str, list[str]]) -> dict[str, int]:
@@ -143,8 +145,9 @@ def _paint(img: np.ndarray, mask: np.ndarray, rgb, alpha: float = 1.0) -> None:
 
 def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supersample: int = 2,
                  return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """One frame of ``spec`` as ``[H, W, 3]`` uint8; with ``return_mask`` also the character's coverage
-    ``[H, W]`` uint8 (0-255: the share of each pixel the character covers, accessories included)."""
+    """One frame of ``spec`` as ``[H, W, 3]`` uint8; with ``return_mask`` also the coverage of each of
+    :data:`COVERAGE_LAYERS` ``[len(COVERAGE_LAYERS), H, W]`` uint8 (0-255: the share of each pixel the
+    character, accessories included, or the props cover; the character occludes props)."""
     H, W = height * supersample, width * supersample
     loc, ch = spec.location, spec.character
     x_char, facing, jump, wave, zoom = _pose(spec, t)
@@ -166,27 +169,26 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
     _paint(img, yy >= horizon, np.asarray(GROUND_RGB[loc.ground]) * light)
 
     # props stand on the horizon, parallax 0.6 relative to the character plane
+    props_cover = np.zeros((H, W), bool)
     for px in _prop_positions(loc):
         cx = W / 2 + (px - cam_x * 0.6) * scale * 0.9
         if cx < -0.3 * W or cx > 1.3 * W:
             continue
         s = scale * 0.16
         if loc.props == "forest":
-            _paint(img, (abs(xx - cx) < s * 0.12) & (yy > horizon - s * 0.9) & (yy < horizon + s * 0.1),
-                   np.array((110, 70, 40)) * light)
-            _paint(img, ((xx - cx) ** 2 + (yy - (horizon - s * 1.0)) ** 2) < (s * 0.45) ** 2,
-                   np.array((25, 100, 45)) * light)
+            parts = [((abs(xx - cx) < s * 0.12) & (yy > horizon - s * 0.9) & (yy < horizon + s * 0.1), (110, 70, 40)),
+                     (((xx - cx) ** 2 + (yy - (horizon - s * 1.0)) ** 2) < (s * 0.45) ** 2, (25, 100, 45))]
         elif loc.props == "village":
-            body = (abs(xx - cx) < s * 0.45) & (yy > horizon - s * 0.75) & (yy < horizon + s * 0.05)
-            _paint(img, body, np.array((200, 170, 150)) * light)
             roof = (yy <= horizon - s * 0.75) & (yy > horizon - s * 1.25) & (
                 abs(xx - cx) < (yy - (horizon - s * 1.25)) * 1.0)
-            _paint(img, roof, np.array((150, 45, 40)) * light)
-            _paint(img, (abs(xx - cx) < s * 0.1) & (yy > horizon - s * 0.35) & (yy < horizon + s * 0.05),
-                   np.array((70, 45, 30)) * light)
+            parts = [((abs(xx - cx) < s * 0.45) & (yy > horizon - s * 0.75) & (yy < horizon + s * 0.05), (200, 170, 150)),
+                     (roof, (150, 45, 40)),
+                     ((abs(xx - cx) < s * 0.1) & (yy > horizon - s * 0.35) & (yy < horizon + s * 0.05), (70, 45, 30))]
         else:  # canyon: rocks
-            _paint(img, (((xx - cx) / (s * 0.7)) ** 2 + ((yy - horizon) / (s * 0.5)) ** 2) < 1.0,
-                   np.array((150, 95, 70)) * light)
+            parts = [((((xx - cx) / (s * 0.7)) ** 2 + ((yy - horizon) / (s * 0.5)) ** 2) < 1.0, (150, 95, 70))]
+        for mask, rgb in parts:
+            _paint(img, mask, np.array(rgb) * light)
+            props_cover |= mask
 
     # the character: body centred at (bx, by), height bh
     bh = CHARACTER_HEIGHT[spec.framing] * scale
@@ -235,7 +237,8 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
     frame = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
     if not return_mask:
         return frame
-    coverage = cover.reshape(height, supersample, width, supersample).mean(axis=(1, 3))
+    layers = np.stack([cover, props_cover & ~cover])  # in COVERAGE_LAYERS order
+    coverage = layers.reshape(len(layers), height, supersample, width, supersample).mean(axis=(2, 4))
     return frame, (coverage * 255 + 0.5).astype(np.uint8)
 
 
@@ -245,7 +248,8 @@ def render_shot(spec: ShotSpec, height: int = 64, width: int = 64) -> np.ndarray
 
 
 def render_shot_with_mask(spec: ShotSpec, height: int = 64, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """All frames of a shot ``[T, H, W, 3]`` and the character's coverage ``[T, H, W]`` (uint8, 0-255)."""
+    """All frames of a shot ``[T, H, W, 3]`` and their coverage layers ``[T, len(COVERAGE_LAYERS), H, W]``
+    (uint8, 0-255; see :func:`render_frame`)."""
     frames, masks = zip(*(render_frame(spec, t, height, width, return_mask=True) for t in range(spec.num_frames)),
                         strict=True)
     return np.stack(frames), np.stack(masks)

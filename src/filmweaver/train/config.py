@@ -93,10 +93,12 @@ class DiTPhase(_Cfg):
     chunk_frames: int = 4
     temporal_schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
     timestep_shift: float = 3.0
-    # The synthetic world's character is small (a few latent pixels in a wide shot) and the background is
-    # most of the loss: weight each target latent pixel by 1 + character_loss_weight * (the character's
-    # coverage of it, from the renderer's ground truth). 0 = the plain velocity loss.
+    # The synthetic world's character and props are small (a few latent pixels in a wide shot) and the
+    # flat background is most of the loss: weight each target latent pixel by 1 + character_loss_weight
+    # * (the character's coverage of it) + props_loss_weight * (the props' coverage), from the
+    # renderer's ground truth. 0 and 0 = the plain velocity loss.
     character_loss_weight: float = 0.0
+    props_loss_weight: float = 0.0
     train_text_encoder: bool = True
     # "causal": context tokens attend only to context, so a generated chunk can reuse their keys/values
     # at every denoising step (much cheaper memory at inference); saved with the model. "full": the

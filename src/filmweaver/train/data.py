@@ -33,19 +33,20 @@ class Batch:
     history: list[torch.Tensor] | None  # B tensors [C, T_i, h, w]: frames before the chunk (temporal cache)
     memory: torch.Tensor | None  # [B, C, K, h, w] shot-cache keyframes, oldest first
     negatives: int = 0  # memory slots that hold another story's keyframe
-    character: torch.Tensor | None = None  # [B, F, h, w] the character's coverage of each target latent pixel (0-1)
+    coverage: torch.Tensor | None = None  # [B, F, L, h, w] coverage of each target latent pixel by each layer (0-1)
 
 
 class LatentStore:
     """All shots' latents ``[N, C, h, w]`` (one latent frame per video frame for the synthetic VAE), and
-    optionally the character's coverage of each latent pixel ``[N, h, w]`` (for a character-weighted loss)."""
+    optionally each latent pixel's coverage by the renderer's layers ``[N, L, h, w]``
+    (:data:`~filmweaver.synth.world.COVERAGE_LAYERS`: character, props; for a region-weighted loss)."""
 
     def __init__(self, latents: torch.Tensor, data: RenderedSet, temporal_factor: int = 1,
-                 character: torch.Tensor | None = None):
+                 coverage: torch.Tensor | None = None):
         if temporal_factor != 1:
             raise NotImplementedError("the sampler indexes frames 1:1 with latents (temporal_factor 1)")
         self.latents = latents
-        self.character = character
+        self.coverage = coverage
         self.data = data
         self.start = data.shot_start
         self.length = data.shot_length
@@ -85,7 +86,7 @@ class LatentStore:
                     out[data.shot_start[s] : data.shot_start[s] + n] = zs.permute(1, 0, 2, 3).to(dtype)
                 bar.update(len(group))
         bar.close()
-        return cls(out, data, character=character_coverage(data.character_masks, (h, w), device, dtype))
+        return cls(out, data, coverage=latent_coverage(data.coverage, (h, w), device, dtype))
 
     # -- sampling ------------------------------------------------------------------------------------
     def _frames(self, shot: int, first: int, count: int) -> torch.Tensor:
@@ -95,7 +96,7 @@ class LatentStore:
 
     def _coverage(self, shot: int, first: int, count: int) -> torch.Tensor:
         a = int(self.start[shot]) + first
-        return self.character[a : a + count]
+        return self.coverage[a : a + count]
 
     def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
                long_takes: float = 0.0, negative_sampling: float = 0.0) -> Batch:
@@ -115,7 +116,7 @@ class LatentStore:
                 s = int(rng.choice(self.later_shot_ids))
                 f0 = self._inner_start(s, chunk, rng)
             targets.append(self._frames(s, f0, chunk))
-            if self.character is not None:
+            if self.coverage is not None:
                 cover.append(self._coverage(s, f0, chunk))
             shots.append(s)
             if mode in ("temporal", "both"):
@@ -160,18 +161,18 @@ class LatentStore:
         return torch.cat(frames, dim=1), n_neg
 
 
-def character_coverage(masks, latent_hw: tuple[int, int], device, dtype=torch.float16,
-                       chunk: int = 4096) -> torch.Tensor | None:
-    """Pixel coverage masks ``[N, H, W]`` uint8 -> the character's share of each latent pixel ``[N, h, w]``
-    in [0, 1], dilated by one latent pixel: the latents next to an edge carry the character too (the VAE's
-    receptive field). ``None`` when the rendered set has no masks."""
-    if masks is None:
+def latent_coverage(coverage, latent_hw: tuple[int, int], device, dtype=torch.float16,
+                    chunk: int = 4096) -> torch.Tensor | None:
+    """Pixel coverage ``[N, L, H, W]`` uint8 -> each layer's share of each latent pixel ``[N, L, h, w]``
+    in [0, 1], dilated by one latent pixel: the latents next to an edge carry the object too (the VAE's
+    receptive field). ``None`` when the rendered set has no coverage."""
+    if coverage is None:
         return None
     h, w = latent_hw
-    out = torch.empty((len(masks), h, w), dtype=dtype, device=device)
-    for a in range(0, len(masks), chunk):
-        m = torch.from_numpy(np.ascontiguousarray(masks[a : a + chunk])).to(device).float()[:, None] / 255.0
+    out = torch.empty((len(coverage), coverage.shape[1], h, w), dtype=dtype, device=device)
+    for a in range(0, len(coverage), chunk):
+        m = torch.from_numpy(np.ascontiguousarray(coverage[a : a + chunk])).to(device).float() / 255.0
         m = torch.nn.functional.adaptive_avg_pool2d(m, (h, w))
         m = torch.nn.functional.max_pool2d(m, 3, stride=1, padding=1)
-        out[a : a + chunk] = m[:, 0].to(dtype)
+        out[a : a + chunk] = m.to(dtype)
     return out

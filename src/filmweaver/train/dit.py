@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from filmweaver.context import ContextFrames, noise_to_timestep
 from filmweaver.memory.shot_cache import memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
+from filmweaver.synth.world import COVERAGE_LAYERS
 from filmweaver.text import embed_token_ids
 from filmweaver.train.config import DiTPhase
 from filmweaver.train.data import Batch, LatentStore
@@ -147,6 +148,10 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     # steps) and shrink the plan to what fits before the deadline; re-measured every window, because
     # later stages (longer contexts) can be slower than the first
     window = (step + 100, None) if cfg.fit_steps_to_time and deadline else None
+    # region-weighted loss: one weight per coverage layer (character, props); decided on the host once
+    # (a per-step check of a device tensor would synchronise)
+    region_weights = (torch.tensor([cfg.character_loss_weight, cfg.props_loss_weight], device=device)
+                      if cfg.character_loss_weight > 0 or cfg.props_loss_weight > 0 else None)
     while step < plan["total"]:
         if deadline is not None and time.perf_counter() > deadline:
             accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{plan['total']}")
@@ -188,7 +193,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         with accelerator.autocast():
             v = model(x_t, s * 1000.0, ids, mask, ctx)
         v, target = v.float(), eps - x0
-        loss = velocity_loss(v, target, batch.character, cfg.character_loss_weight)
+        loss = velocity_loss(v, target, batch.coverage, region_weights)
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
@@ -198,18 +203,19 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         ema.update()
         step += 1
         # no .item() per step: the host runs ahead of the device. The logged loss is the plain velocity
-        # MSE whatever the weighting (runs with and without it compare), plus the MSE on the character's
-        # latent pixels alone where the data has masks (is the model learning to draw the character?)
+        # MSE whatever the weighting (runs with and without it compare), plus the MSE on each coverage
+        # layer's latent pixels alone where the data has them (is the model learning to draw the
+        # character, the props?)
         with torch.no_grad():
             se = (v.detach() - target).pow(2)
-            running.append(torch.stack([se.mean(), _character_mse(se, batch.character)]))
+            running.append(torch.stack([se.mean(), *region_mse(se, batch.coverage, len(COVERAGE_LAYERS))]))
         bar.update(1)
         if step % log_every == 0 or step == plan["total"]:
             mean = torch.stack(running).mean(0).tolist()
             rec = {"step": step, "stage": stage.name, "loss": mean[0], "lr": sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 1)}
-            if batch.character is not None:
-                rec["character_loss"] = mean[1]
+            if batch.coverage is not None:
+                rec.update({f"{layer}_loss": x for layer, x in zip(COVERAGE_LAYERS, mean[1:], strict=True)})
             running = []
             log.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", stage=stage.name)
@@ -225,24 +231,28 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def velocity_loss(v: torch.Tensor, target: torch.Tensor, character: torch.Tensor | None = None,
-                  character_weight: float = 0.0) -> torch.Tensor:
-    """Flow-matching MSE between ``v`` and ``target`` ``[B, C, F, h, w]``; with ``character [B, F, h, w]``
-    and a weight > 0, each latent pixel counts ``1 + character_weight * coverage`` (normalised by the mean
-    weight, so the loss stays on the plain loss's scale and the learning rate means the same)."""
+def velocity_loss(v: torch.Tensor, target: torch.Tensor, coverage: torch.Tensor | None = None,
+                  region_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow-matching MSE between ``v`` and ``target`` ``[B, C, F, h, w]``. With ``coverage
+    [B, F, L, h, w]`` and ``region_weights [L]`` (any > 0), each latent pixel counts
+    ``1 + sum_l region_weights[l] * coverage[l]``, normalised by the mean weight, so the loss stays on
+    the plain loss's scale and the learning rate means the same. ``region_weights=None``: plain MSE."""
     se = (v - target).pow(2)
-    if character is None or character_weight <= 0:
+    if coverage is None or region_weights is None:
         return se.mean()
-    w = 1.0 + character_weight * character.to(se.dtype).unsqueeze(1)  # [B, 1, F, h, w]
+    w = 1.0 + torch.einsum("bflhw,l->bfhw", coverage.to(se.dtype), region_weights.to(se)).unsqueeze(1)  # [B, 1, F, h, w]
     return (se * w).mean() / w.mean()
 
 
-def _character_mse(se: torch.Tensor, character: torch.Tensor | None) -> torch.Tensor:
-    """Squared error ``[B, C, F, h, w]`` averaged over the character's latent pixels (coverage-weighted)."""
-    if character is None:
-        return se.new_zeros(())
-    c = character.to(se.dtype).unsqueeze(1)
-    return (se * c).sum() / (c.sum() * se.shape[1]).clamp_min(1e-6)
+def region_mse(se: torch.Tensor, coverage: torch.Tensor | None, layers: int) -> list[torch.Tensor]:
+    """Squared error ``[B, C, F, h, w]`` averaged over each coverage layer's latent pixels
+    (coverage-weighted): ``layers`` scalars, zeros without coverage."""
+    if coverage is None:
+        return [se.new_zeros(())] * layers
+    c = coverage.to(se.dtype).unsqueeze(1)  # [B, 1, F, L, h, w]
+    num = (se.unsqueeze(3) * c).sum(dim=(0, 1, 2, 4, 5))
+    den = (c.sum(dim=(0, 1, 2, 4, 5)) * se.shape[1]).clamp_min(1e-6)
+    return list(num / den)
 
 
 def fit_schedule(plan: dict, step: int, fitted_total: int) -> None:

@@ -295,9 +295,10 @@ def plot_loss(log_path: Path, png: Path) -> None:
     for stage in dict.fromkeys(r["stage"] for r in recs):
         rs = [r for r in recs if r["stage"] == stage]
         line, = ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], label=stage)
-        if any("character_loss" in r for r in rs):
-            ax.plot([r["step"] for r in rs if "character_loss" in r], [r["character_loss"] for r in rs if "character_loss" in r],
-                    "--", color=line.get_color(), label=f"{stage}: character pixels")
+        for key, style in (("character_loss", "--"), ("props_loss", ":")):
+            if any(key in r for r in rs):
+                ax.plot([r["step"] for r in rs if key in r], [r[key] for r in rs if key in r], style,
+                        color=line.get_color(), label=f"{stage}: {key.split('_')[0]} pixels")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")
     ax.set_yscale("log")
