@@ -93,6 +93,11 @@ def _call(job):
     return fn(args)
 
 
+# the arrays of a RenderedSet as saved on disk (one .npy each; prompts go to prompts.txt)
+_ARRAYS = ("frames", "shot_story", "shot_start", "shot_length", "shot_cut", "shot_location", "shot_labels",
+           "coverage")
+
+
 def save_rendered(data: RenderedSet, directory) -> None:
     from pathlib import Path
 
@@ -115,6 +120,3 @@ def load_rendered(directory) -> RenderedSet | None:
               for name in _ARRAYS if (d / f"{name}.npy").is_file()}
     return RenderedSet(**arrays, prompts=(d / "prompts.txt").read_text().split("\n"))
 
-
-_ARRAYS = ("frames", "shot_story", "shot_start", "shot_length", "shot_cut", "shot_location", "shot_labels",
-           "coverage")
