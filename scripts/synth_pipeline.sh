@@ -61,7 +61,7 @@ if [ -n "$BENCH_GPUS" ]; then
 fi
 
 i=0
-for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 memory_guidance; do
+for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 no_memory_guidance; do
   for k in $(seq 0 $((SHARDS - 1))); do
     CUDA_VISIBLE_DEVICES=${EVAL_GPUS[$((i % ${#EVAL_GPUS[@]}))]} OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
       --stories $STORIES --arms $arm --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &

@@ -267,3 +267,8 @@ def test_builtin_model_is_the_default_and_is_small():
     assert models.trained and models.model_id.startswith("filmweaver-synth-small")
     assert models.defaults["height"] == 64 and models.embedder is not None
     assert len(COLOURS) == 6
+    # the tuned memory guidance is the model's default; a caller's setting still wins
+    from filmweaver.engine import EngineConfig
+
+    assert EngineConfig().resolve(models).sampler.memory_guidance_scale == 2.0
+    assert EngineConfig(sampler={"memory_guidance_scale": 1.0}).resolve(models).sampler.memory_guidance_scale == 1.0

@@ -40,7 +40,8 @@ ARMS = {
     "no_negative_sampling": ("no_negatives", {}),
     "sink_window": ("full", {"shot_cache": {"policy": "sink_window"}}),
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
-    "memory_guidance": ("full", {"sampler": {"memory_guidance_scale": 2.0}}),  # guidance on the shot cache too
+    # the synthetic models' default has guidance on the shot cache too (memory_guidance_scale 2): without it
+    "no_memory_guidance": ("full", {"sampler": {"memory_guidance_scale": 1.0}}),
 }
 
 
