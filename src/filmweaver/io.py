@@ -102,7 +102,10 @@ def write_video(path: str | Path, frames: torch.Tensor | Sequence[torch.Tensor],
             stream = container.add_stream("libx264", rate=round(fps))
             stream.width, stream.height = w + pw, h + ph
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
+            # x264's macroblock-tree rate control made encodes of identical frames differ from run to run
+            # (up to 24/255 per pixel after decoding; 7 of 12 encodes of one rendered shot): a
+            # regenerated shot must give the same file, so it is off (a small loss in compression)
+            stream.options = {"crf": str(crf), "x264-params": "mbtree=0"}
             for arr in arrays:
                 for frame in arr:
                     if ph or pw:
