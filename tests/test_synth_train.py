@@ -64,7 +64,10 @@ def test_coverage_layers_cover_exactly_the_character_and_the_props():
 
 def test_region_weighted_loss_counts_the_character_and_props_more():
     from filmweaver.train.data import LatentStore
-    from filmweaver.train.dit import region_mse, velocity_loss
+    from filmweaver.train.dit import region_mse, region_weighted_mean
+
+    def loss(v, *args):
+        return region_weighted_mean((v - target).pow(2), *args)
 
     target = torch.zeros(2, 3, 4, 8, 8)
     cover = torch.zeros(2, 4, 2, 8, 8)
@@ -76,13 +79,14 @@ def test_region_weighted_loss_counts_the_character_and_props_more():
     on_prop[:, :, :, 7:8, 6:8] = 1.0  # two background pixels too: the same area as the character
     off[:, :, :, 5:7, 5:7] = 1.0  # the same error, on the background
     w = torch.tensor([3.0, 0.0])
-    assert velocity_loss(on_char, target) == velocity_loss(off, target) == torch.nn.functional.mse_loss(off, target)
-    assert torch.isclose(velocity_loss(on_char, target, cover, w) / velocity_loss(off, target, cover, w), torch.tensor(4.0))
-    assert torch.isclose(velocity_loss(on_prop, target, cover, w), velocity_loss(off, target, cover, w))  # props: weight 0
+    assert loss(on_char) == loss(off) == torch.nn.functional.mse_loss(off, target)
+    assert loss(on_char, cover) == loss(off, cover)  # coverage without weights: the plain loss
+    assert torch.isclose(loss(on_char, cover, w) / loss(off, cover, w), torch.tensor(4.0))
+    assert torch.isclose(loss(on_prop, cover, w), loss(off, cover, w))  # props: weight 0
     w2 = torch.tensor([0.0, 1.0])
-    assert torch.isclose(velocity_loss(on_prop, target, cover, w2) / velocity_loss(off, target, cover, w2), torch.tensor(1.5))
+    assert torch.isclose(loss(on_prop, cover, w2) / loss(off, cover, w2), torch.tensor(1.5))
     # normalised: a uniform error keeps the plain loss's value
-    assert torch.isclose(velocity_loss(torch.ones_like(target), target, cover, w), torch.tensor(1.0))
+    assert torch.isclose(loss(torch.ones_like(target), cover, w), torch.tensor(1.0))
     char_mse, prop_mse = region_mse((on_char - target).pow(2), cover, 2)
     assert char_mse == 1.0 and prop_mse == 0.0
 

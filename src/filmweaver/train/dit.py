@@ -192,8 +192,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         mask = torch.where(drop[:, None], empty_mask, mask)
         with accelerator.autocast():
             v = model(x_t, s * 1000.0, ids, mask, ctx)
-        v, target = v.float(), eps - x0
-        loss = velocity_loss(v, target, batch.coverage, region_weights)
+        se = (v.float() - (eps - x0)).pow(2)  # [B, C, F, h, w]: the velocity's squared error
+        loss = region_weighted_mean(se, batch.coverage, region_weights)
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
@@ -207,7 +207,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         # layer's latent pixels alone where the data has them (is the model learning to draw the
         # character, the props?)
         with torch.no_grad():
-            se = (v.detach() - target).pow(2)
+            se = se.detach()
             running.append(torch.stack([se.mean(), *region_mse(se, batch.coverage, len(COVERAGE_LAYERS))]))
         bar.update(1)
         if step % log_every == 0 or step == plan["total"]:
@@ -231,13 +231,12 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def velocity_loss(v: torch.Tensor, target: torch.Tensor, coverage: torch.Tensor | None = None,
-                  region_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Flow-matching MSE between ``v`` and ``target`` ``[B, C, F, h, w]``. With ``coverage
-    [B, F, L, h, w]`` and ``region_weights [L]`` (any > 0), each latent pixel counts
+def region_weighted_mean(se: torch.Tensor, coverage: torch.Tensor | None = None,
+                         region_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The flow-matching loss from the squared error ``se [B, C, F, h, w]``. With ``coverage
+    [B, F, L, h, w]`` and ``region_weights [L]``, each latent pixel counts
     ``1 + sum_l region_weights[l] * coverage[l]``, normalised by the mean weight, so the loss stays on
-    the plain loss's scale and the learning rate means the same. ``region_weights=None``: plain MSE."""
-    se = (v - target).pow(2)
+    the plain loss's scale and the learning rate means the same. ``region_weights=None``: the plain mean."""
     if coverage is None or region_weights is None:
         return se.mean()
     w = 1.0 + torch.einsum("bflhw,l->bfhw", coverage.to(se.dtype), region_weights.to(se)).unsqueeze(1)  # [B, 1, F, h, w]
