@@ -385,7 +385,7 @@ def test_block_offload_streams_the_blocks_and_keeps_the_film(tmp_path):
     plain = StoryEngine(FilmModels.tiny(seed=0), tmp_path / "plain", story=story, config=config(), progress=False)
     plain.generate()
     models = FilmModels.tiny(seed=0)
-    models.enable_block_offload("cpu")
+    models.enable_model_offload("cpu", stream_blocks=True)
     expert = models.experts()[0]
     blocks = expert.transformer.blocks
     assert all(p.device.type == "meta" for p in blocks.parameters())

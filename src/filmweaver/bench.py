@@ -286,10 +286,8 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
         raise ValueError(f"offload {offload!r}: none | model | block")
     models = random_film_models(shape, torch.device("cpu") if offload != "none" else dev, dtype, frames, height,
                                 width, steps)
-    if offload == "model":
-        models.enable_model_offload(device)
-    elif offload == "block":
-        models.enable_block_offload(device)
+    if offload != "none":
+        models.enable_model_offload(device, stream_blocks=offload == "block")
     script = make_story(42, min_shots=shots, max_shots=shots).to_script()
     for scene in script["scenes"]:  # every shot a cut, one chunk: time depends on memory alone
         scene["cut"] = [True] * len(scene["cut"])

@@ -151,10 +151,8 @@ def generate(
             models.load_first_shot_model(first_shot_model, getattr(torch, _DTYPES[dtype]), load_device)
         except (ModelLoadError, OSError) as e:
             _fail(str(e))
-    if offload == "model":
-        models.enable_model_offload(device)
-    elif offload == "block":
-        models.enable_block_offload(device)
+    if offload != "none":
+        models.enable_model_offload(device, stream_blocks=offload == "block")
     _speed_options(models, attention, compile_blocks)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel

@@ -264,31 +264,23 @@ class FilmModels:
             defaults=defaults or extra.get("defaults", dict(_WAN480)),
         )
 
-    def enable_model_offload(self, device: str) -> None:
+    def enable_model_offload(self, device: str, stream_blocks: bool = False) -> None:
         """Keep the text encoder, transformer(s) and VAE in CPU memory and move one at a time to
-        ``device`` when it runs (see :mod:`filmweaver.offload`); the CLIP embedder moves to ``device``."""
-        from filmweaver.offload import ModelOffload
+        ``device`` when it runs (see :mod:`filmweaver.offload`); the CLIP embedder moves to ``device``.
 
-        manager = ModelOffload(device)
-        manager.attach(self.prompt_encoder.text_encoder)
-        for expert in self.experts():
-            manager.attach(expert)
-        manager.attach(self.codec.vae)
-        if self.embedder is not None and hasattr(self.embedder, "model"):
-            self.embedder.model.to(device)
-        self.offload = manager
-
-    def enable_block_offload(self, device: str) -> None:
-        """As :meth:`enable_model_offload` for the text encoder and VAE, but each transformer keeps only
-        its small parts on ``device`` and streams its blocks from CPU memory one at a time (for GPUs
-        that cannot hold one transformer; see :mod:`filmweaver.offload`)."""
+        ``stream_blocks`` (``--offload block``, for GPUs that cannot hold one transformer): each
+        transformer keeps only its small parts on ``device`` and streams its blocks from CPU memory one
+        at a time instead."""
         from filmweaver.offload import ModelOffload, offload_blocks
 
         manager = ModelOffload(device)
         manager.attach(self.prompt_encoder.text_encoder)
-        manager.attach(self.codec.vae)
         for expert in self.experts():
-            offload_blocks(expert, manager)
+            if stream_blocks:
+                offload_blocks(expert, manager)
+            else:
+                manager.attach(expert)
+        manager.attach(self.codec.vae)
         if self.embedder is not None and hasattr(self.embedder, "model"):
             self.embedder.model.to(device)
         self.offload = manager

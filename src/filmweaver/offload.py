@@ -11,7 +11,7 @@ The hook is an accelerate ``ModelHook`` on each module's ``forward``; diffusers'
 :class:`WanPromptEncoder`, :class:`ContextWanTransformer`) report the execution device, so the engine
 puts its tensors there.
 
-``FilmModels.enable_block_offload(device)`` goes further for GPUs that cannot hold one transformer
+``FilmModels.enable_model_offload(device, stream_blocks=True)`` goes further for GPUs that cannot hold one transformer
 (a 14B expert is 28 GB in bf16): the text encoder and VAE take turns as above, and each transformer
 keeps only its small parts (patch and condition embeddings, output head, context projections) on
 ``device`` while its blocks stay in CPU memory and are streamed in one block at a time, at every
