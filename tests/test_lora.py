@@ -84,3 +84,25 @@ def test_prefixed_and_kohya_style_keys_convert():
         renamed[f"diffusion_model.blocks.0.{wan}.alpha"] = torch.tensor(2.0)
     info = attach_wan_lora(model, renamed)
     assert info["alpha"] == 2.0 and info["modules"] == len(STORYMEM_TARGETS)
+
+
+def test_storymem_lora_streams_with_block_offload():
+    """StoryMem's LoRA on a model whose blocks stream from CPU memory (`--offload block`, the way a
+    small GPU runs the A14B experts): peft's adapter layers are hooked like the base layers, the
+    forward is unchanged, and the blocks (base and adapter weights) are meta tensors between calls."""
+    from filmweaver.models import FilmModels
+
+    models = FilmModels.tiny(seed=0)
+    tr = models.backbone.transformer
+    attach_wan_lora(tr, storymem_state_dict(tr, layers=len(tr.blocks)), alpha=8.0)
+    x = torch.randn(1, models.backbone.config.in_channels, 3, 16, 16)
+    t, text = torch.tensor([500.0]), models.prompt_encoder.encode(["a lighthouse at dusk"])
+    with torch.no_grad():
+        reference = models.backbone(x, t, text)
+    models.enable_model_offload("cpu", stream_blocks=True)
+    assert all(p.device.type == "meta" for p in tr.blocks.parameters())
+    assert any("lora_" in n for n, _ in tr.blocks.named_parameters())
+    with torch.no_grad():
+        streamed = models.backbone(x, t, text)
+    assert torch.equal(streamed, reference)
+    assert all(p.device.type == "meta" for p in tr.blocks.parameters())
