@@ -263,6 +263,54 @@ def test_first_block_step_cache_skips_blocks_and_resets_per_chunk(tiny_models, s
                 t.disable_cache()
 
 
+def test_mag_step_cache_calibrates_then_skips_blocks(tiny_models, tmp_path):
+    """MagCache (diffusers' hook): --step-cache mag_calibrate changes nothing in the film and writes the
+    per-step magnitude ratios to the project; --step-cache mag with those ratios and a loose threshold
+    skips the later steps of every chunk; without ratios it is refused with the way to get them."""
+    import numpy as np
+
+    story = parse_story(small_story(n_scenes=1, shots_per_scene=2))
+    tr = tiny_models.backbone.transformer
+    runs = {"n": 0}
+    handle = tr.blocks[-1].ffn.register_forward_pre_hook(lambda *a: runs.__setitem__("n", runs["n"] + 1))
+    counts = {}
+    try:
+        for mode in ("none", "mag_calibrate"):
+            runs["n"] = 0
+            StoryEngine(tiny_models, tmp_path / mode, story=story, progress=False,
+                        config=config(step_cache=mode, sampler={"num_inference_steps": 5})).generate()
+            counts[mode] = runs["n"]
+        ratios = json.loads((tmp_path / "mag_calibrate" / "mag_ratios.json").read_text())
+        assert ratios["num_inference_steps"] == 5 and len(ratios["mag_ratios"]) == 5
+        assert ratios["mag_ratios"][0] == 1.0 and ratios["trajectories"] >= 2
+        assert counts["mag_calibrate"] == counts["none"]  # calibration skips nothing
+        a, b = (np.asarray(Image.open(tmp_path / m / "storyboard.png")) for m in ("none", "mag_calibrate"))
+        assert np.array_equal(a, b)
+        # a loose threshold: the first step (retention 20 % of 5) runs, then up to 3 are skipped, then one runs
+        runs["n"] = 0
+        StoryEngine(tiny_models, tmp_path / "mag", story=story, progress=False,
+                    config=config(step_cache="mag", step_cache_threshold=10.0, step_cache_mag_ratios=ratios["mag_ratios"],
+                                  sampler={"num_inference_steps": 5})).generate()
+        assert counts["none"] == 5 * runs["n"] / 2
+        with pytest.raises(ValueError, match="mag_calibrate"):
+            StoryEngine(tiny_models, tmp_path / "x", story=story, config=config(step_cache="mag"), progress=False)
+    finally:
+        handle.remove()
+        if tr.is_cache_enabled:
+            tr.disable_cache()
+    # the CLI round trip: calibrate, then pass the file; a file that is not one is refused by name
+    base = ["generate", "examples/lighthouse.json", "--preset", "tiny", "--steps", "3", "--max-shots", "1"]
+    r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "c1"), "--step-cache", "mag_calibrate"])
+    assert r.exit_code == 0 and (tmp_path / "c1" / "mag_ratios.json").is_file(), r.output
+    r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "c2"), "--step-cache", "mag", "--mag-ratios",
+                                 str(tmp_path / "c1" / "mag_ratios.json")])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "c3"), "--step-cache", "mag", "--mag-ratios",
+                                 str(tmp_path / "bad.json")])
+    assert r.exit_code == 2 and "bad.json" in r.output
+
+
 def test_causal_context_model_reuses_context_keys_per_chunk(tmp_path, monkeypatch):
     """A model saved with causal context loads as one, and the engine computes each chunk's context
     keys/values once: every later denoising step of the chunk is a cache hit."""

@@ -87,8 +87,11 @@ def generate(
     offload: str = typer.Option("none", help="none | model: keep the text encoder, transformer(s) and VAE in CPU memory, "
                                 "one at a time on the GPU (small GPUs) | block: as model, but stream each transformer's "
                                 "blocks one at a time (GPUs that cannot hold one transformer; slow)"),
-    step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache: faster, changes the film)"),
-    step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are reused"),
+    step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache) | mag (MagCache, needs "
+                                   "--mag-ratios) | mag_calibrate (writes the project's mag_ratios.json): faster, changes the film"),
+    step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are "
+                                               "reused; mag: accumulated error below which they are"),
+    mag_ratios: Path | None = typer.Option(None, help="--step-cache mag: a mag_ratios.json from a mag_calibrate run"),
     attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
     compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
@@ -167,10 +170,17 @@ def generate(
     sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
     shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
                                                         {"compression": memory_compression}))
+    ratios = None
+    if mag_ratios is not None:
+        try:
+            ratios = json.loads(mag_ratios.read_text())["mag_ratios"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _fail(f"--mag-ratios {mag_ratios}: expected a mag_ratios.json written by --step-cache mag_calibrate ({e})")
     config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
                           shot_cache=shot_cache, continuation=continuation,
                           temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
-                          keyframes=KeyframeConfig(), step_cache=step_cache, step_cache_threshold=step_cache_threshold)
+                          keyframes=KeyframeConfig(), step_cache=step_cache, step_cache_threshold=step_cache_threshold,
+                          step_cache_mag_ratios=ratios)
     if method is not None:
         from filmweaver.methods import method_config
 
@@ -192,6 +202,9 @@ def _report(engine, done):
     finished = sum(1 for r in p.shots if r["status"] == "done")
     stale = [r["number"] for r in p.shots if r["status"] == "stale"]
     console.print(f"generated {len(done)} shot(s); {finished}/{n} done" + (f"; stale: {stale}" if stale else ""))
+    ratios = p.root / "mag_ratios.json"
+    if engine.config.step_cache == "mag_calibrate" and ratios.is_file():
+        console.print(f"MagCache ratios: {ratios} (next: --step-cache mag --mag-ratios {ratios})", highlight=False)
     typer.echo(str(p.root))
 
 

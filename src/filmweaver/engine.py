@@ -16,11 +16,14 @@ selected and added to the bank, and every file is written before the manifest.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -100,10 +103,14 @@ class EngineConfig(BaseModel):
     # keyframe-first baseline: each shot that starts fresh first generates one anchor frame (text +
     # shot cache), then animates from it (the anchor seeds the temporal cache, as MI2V does)
     keyframe_first: bool = False
-    # step caching (diffusers FirstBlockCache): skip the later blocks while the first block's output
-    # residual changes less than the threshold between denoising steps; changes the film, saves time
-    step_cache: Literal["none", "first_block"] = "none"
+    # step caching (diffusers hooks; changes the film, saves time). "first_block" (FirstBlockCache):
+    # skip the later blocks while the first block's output residual changes less than the threshold
+    # between denoising steps. "mag" (MagCache): skip while the accumulated error predicted by the
+    # model's per-step residual magnitude ratios stays under the threshold; the ratios depend on the
+    # model and the step count: "mag_calibrate" skips nothing and prints them for `step_cache_mag_ratios`.
+    step_cache: Literal["none", "first_block", "mag", "mag_calibrate"] = "none"
     step_cache_threshold: float = 0.05
+    step_cache_mag_ratios: list[float] | None = None
 
     def resolve(self, models: FilmModels, explicit: set[str] = frozenset()) -> EngineConfig:
         """Fill the fields nobody set from the model's defaults (resolution, fps, chunk length, steps,
@@ -208,6 +215,7 @@ class StoryEngine:
         if self.m2v and self.config.shot_cache.compression != 1:
             raise ValueError("shot_cache.compression applies to in-context backbones; StoryMem's M2V layout "
                              "takes memory frames at full resolution")
+        self._mag_calibration: MagCalibration | None = None
         self._enable_step_cache()
         if getattr(models.backbone.config, "image_dim", None):
             raise NotImplementedError("Wan2.1-I2V style image-embedding conditioning is not supported yet")
@@ -264,6 +272,7 @@ class StoryEngine:
             self._generate_shot(plan)
             done.append(i)
         self._write_summaries()
+        self._write_mag_calibration()
         return done
 
     def generate_next_shot(self) -> int | None:
@@ -509,22 +518,45 @@ class StoryEngine:
         for tr in self._transformers():
             if tr.is_cache_enabled:
                 tr.disable_cache()
+            if cfg.step_cache == "none":
+                continue
+            # both caches count denoising steps by transformer forwards and compare residuals of the
+            # generated tokens from step to step
+            if not cfg.sampler.batch_cfg:
+                raise ValueError("step_cache needs batched CFG (sampler.batch_cfg): one forward per step")
+            experts = self.models.experts()
+            if any(e.context_attention == "causal" for e in experts):
+                # the context pass runs the blocks too: the cache would compare unrelated residuals
+                raise ValueError(f"step_cache {cfg.step_cache} does not combine with a causal-context model "
+                                 "(its context keys/values are already reused across steps)")
+            if cfg.sampler.memory_guidance_scale != 1.0:
+                raise ValueError(f"step_cache {cfg.step_cache} does not combine with memory guidance (two forwards "
+                                 "a step): pass memory_guidance_scale 1 (--memory-guidance 1)")
+            if any(e._cp_group is not None for e in experts):
+                # each rank would decide on its own shard's residual, and the ranks could diverge
+                raise ValueError(f"step_cache {cfg.step_cache} does not combine with context parallelism")
             if cfg.step_cache == "first_block":
-                if not cfg.sampler.batch_cfg:
-                    raise ValueError("step_cache needs batched CFG (sampler.batch_cfg): one forward per step")
-                experts = self.models.experts()
-                if any(e.context_attention == "causal" for e in experts):
-                    # the context pass runs the blocks too: the cache would compare unrelated residuals
-                    raise ValueError("step_cache first_block does not combine with a causal-context model "
-                                     "(its context keys/values are already reused across steps)")
-                if cfg.sampler.memory_guidance_scale != 1.0:
-                    raise ValueError("step_cache first_block does not combine with memory guidance (two forwards a step)")
-                if any(e._cp_group is not None for e in experts):
-                    # each rank would decide on its own shard's residual, and the ranks could diverge
-                    raise ValueError("step_cache first_block does not combine with context parallelism")
                 from diffusers.hooks import FirstBlockCacheConfig
 
                 tr.enable_cache(FirstBlockCacheConfig(threshold=cfg.step_cache_threshold))
+            else:
+                from diffusers.hooks import MagCacheConfig
+
+                if cfg.step_cache == "mag" and not cfg.step_cache_mag_ratios:
+                    raise ValueError("step_cache mag needs the model's magnitude ratios (step_cache_mag_ratios, "
+                                     "--mag-ratios FILE): run once with --step-cache mag_calibrate, which writes "
+                                     "them to the project's mag_ratios.json")
+                tr.enable_cache(MagCacheConfig(
+                    threshold=cfg.step_cache_threshold, num_inference_steps=cfg.sampler.num_inference_steps,
+                    mag_ratios=None if cfg.step_cache == "mag_calibrate" else list(cfg.step_cache_mag_ratios),
+                    calibrate=cfg.step_cache == "mag_calibrate"))
+        if cfg.step_cache == "mag_calibrate" and self._mag_calibration is None:
+            self._mag_calibration = MagCalibration()
+
+    def _write_mag_calibration(self) -> None:
+        """``mag_ratios.json`` in the project: the mean of every chunk's calibrated ratios so far."""
+        if self._mag_calibration is not None and self._mag_calibration.runs:
+            write_json(self.project.root / "mag_ratios.json", self._mag_calibration.summary())
 
     def _step_cache_scope(self, name: str):
         """A fresh cache state per denoising trajectory (chunk): residuals never cross chunks."""
@@ -616,3 +648,47 @@ class StoryEngine:
         p.manifest["memory_sheet"] = p.rel(p.memory_sheet_path)
         p.save()
 
+
+
+class MagCalibration:
+    """Collects MagCache's calibrated ratios (``step_cache: mag_calibrate``) for every denoising
+    trajectory. Diffusers' hook reports each trajectory's ratios through its logger when the trajectory
+    ends (and then resets its state), so one handler on that logger hands them to every live
+    calibration."""
+
+    _live: weakref.WeakSet[MagCalibration] = weakref.WeakSet()
+    _handler: logging.Handler | None = None
+
+    def __init__(self):
+        self.runs: list[list[float]] = []
+        MagCalibration._live.add(self)
+        if MagCalibration._handler is None:
+            MagCalibration._handler = _MagResultsHandler()
+            log = logging.getLogger("diffusers.hooks.mag_cache")
+            # diffusers' loggers sit at WARNING and the results are INFO records: this logger now lets
+            # INFO through to our handler alone, which passes warnings on to diffusers' own handlers
+            log.setLevel(logging.INFO)
+            log.propagate = False
+            log.addHandler(MagCalibration._handler)
+
+    def summary(self) -> dict:
+        """The per-step mean over the trajectories of the most common length (the step count)."""
+        lengths = [len(r) for r in self.runs]
+        n = max(set(lengths), key=lengths.count)
+        runs = [r for r in self.runs if len(r) == n]
+        return {"mag_ratios": [round(sum(col) / len(col), 6) for col in zip(*runs, strict=True)],
+                "num_inference_steps": n, "trajectories": len(runs)}
+
+
+class _MagResultsHandler(logging.Handler):
+    PREFIX = "MagCache Calibration Results:"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            logging.getLogger("diffusers").handle(record)
+            return
+        msg = record.getMessage()
+        if msg.startswith(self.PREFIX):
+            ratios = [float(x) for x in ast.literal_eval(msg[len(self.PREFIX):].strip())]
+            for calibration in MagCalibration._live:
+                calibration.runs.append(ratios)
