@@ -299,7 +299,8 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
         models.backbone.compile_blocks()
     cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01},
                                  "shot_cache": {"compression": memory_compression}})
-    if compile_blocks if warmup is None else warmup:
+    warmup = compile_blocks if warmup is None else warmup
+    if warmup:
         StoryEngine(models, tempfile.mkdtemp(prefix="filmweaver-bench-warmup-"), story=parse_story(script), config=cfg,
                     progress=False).generate()
     if dev.type == "cuda":
@@ -315,7 +316,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
     return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
             "context_attention": context_attention, "memory_compression": memory_compression,
-            "compile_blocks": compile_blocks, "warmed_up": bool(compile_blocks if warmup is None else warmup),
+            "compile_blocks": compile_blocks, "warmed_up": bool(warmup),
             "offload": offload, "peak_gpu_gib": None if peak is None else round(peak, 2),
             "shots": rows, "last_over_second": None if ratio is None else round(ratio, 3),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}

@@ -272,7 +272,6 @@ class StoryEngine:
             self._generate_shot(plan)
             done.append(i)
         self._write_summaries()
-        self._write_mag_calibration()
         return done
 
     def generate_next_shot(self) -> int | None:
@@ -515,11 +514,7 @@ class StoryEngine:
 
     def _enable_step_cache(self) -> None:
         cfg = self.config
-        for tr in self._transformers():
-            if tr.is_cache_enabled:
-                tr.disable_cache()
-            if cfg.step_cache == "none":
-                continue
+        if cfg.step_cache != "none":
             # both caches count denoising steps by transformer forwards and compare residuals of the
             # generated tokens from step to step
             if not cfg.sampler.batch_cfg:
@@ -535,17 +530,20 @@ class StoryEngine:
             if any(e._cp_group is not None for e in experts):
                 # each rank would decide on its own shard's residual, and the ranks could diverge
                 raise ValueError(f"step_cache {cfg.step_cache} does not combine with context parallelism")
+            if cfg.step_cache == "mag" and not cfg.step_cache_mag_ratios:
+                raise ValueError("step_cache mag needs the model's magnitude ratios (step_cache_mag_ratios, "
+                                 "--mag-ratios FILE): run once with --step-cache mag_calibrate, which writes "
+                                 "them to the project's mag_ratios.json")
+        for tr in self._transformers():
+            if tr.is_cache_enabled:
+                tr.disable_cache()
             if cfg.step_cache == "first_block":
                 from diffusers.hooks import FirstBlockCacheConfig
 
                 tr.enable_cache(FirstBlockCacheConfig(threshold=cfg.step_cache_threshold))
-            else:
+            elif cfg.step_cache in ("mag", "mag_calibrate"):
                 from diffusers.hooks import MagCacheConfig
 
-                if cfg.step_cache == "mag" and not cfg.step_cache_mag_ratios:
-                    raise ValueError("step_cache mag needs the model's magnitude ratios (step_cache_mag_ratios, "
-                                     "--mag-ratios FILE): run once with --step-cache mag_calibrate, which writes "
-                                     "them to the project's mag_ratios.json")
                 tr.enable_cache(MagCacheConfig(
                     threshold=cfg.step_cache_threshold, num_inference_steps=cfg.sampler.num_inference_steps,
                     mag_ratios=None if cfg.step_cache == "mag_calibrate" else list(cfg.step_cache_mag_ratios),
@@ -615,6 +613,7 @@ class StoryEngine:
 
     # -- summaries: film, storyboard, memory sheet -------------------------------------------------
     def _write_summaries(self) -> None:
+        self._write_mag_calibration()
         p = self.project
         done = [r for r in p.shots if r.get("status") in ("done", "stale") and p.shot_video(r["index"]).is_file()]
         if not done:
@@ -647,7 +646,6 @@ class StoryEngine:
         p.manifest["storyboard"] = p.rel(p.storyboard_path)
         p.manifest["memory_sheet"] = p.rel(p.memory_sheet_path)
         p.save()
-
 
 
 class MagCalibration:
