@@ -2,7 +2,7 @@
 
 Run on the device machine (no typer/rich needed there)::
 
-    python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal
+    python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal, flash4
     torchrun --nproc_per_node 2 scripts/gpu_bench.py OUT_DIR cp      # one story on two GPUs
 
 Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time;
@@ -56,6 +56,27 @@ GROUPS = {
          "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --compile --attention _native_cudnn "
          "--warmup 2 --repeats 3"),
     ],
+    "flash4": [  # FlashAttention-4 from the installed flash-attn-4 package (--attention flash4); 2026-11-30
+        ("attn_kernels", dict(kernels=True), "python3 scripts/gpu_bench.py OUT attn_kernels"),
+        ("13b_flash4_compile", dict(shape="1.3b", attention_backend="flash4", compile_blocks=True, memory=(0, 10),
+                                    warmup=3),
+         "filmweaver bench --shape 1.3b --memory 0,10 --attention flash4 --compile --warmup 3"),
+        ("13b_flash4_causal_compile_pool2", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
+                                                 attention_backend="flash4", compile_blocks=True, memory_compression=2,
+                                                 warmup=3),
+         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 2 "
+         "--attention flash4 --compile --warmup 3"),
+        ("13b_story_causal_pool2_flash4", dict(story=10, shape="1.3b", steps=2, context_attention="causal",
+                                               memory_compression=2, attention_backend="flash4", compile_blocks=True),
+         "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --memory-compression 2 "
+         "--attention flash4 --compile"),
+        ("14b_flash4_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal",
+                                           attention_backend="flash4", compile_blocks=True, warmup=2, repeats=3),
+         "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --attention flash4 --compile "
+         "--warmup 2 --repeats 3"),
+        ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10)),
+         "filmweaver bench --shape 1.3b --memory 0,10 --attention flash4"),
+    ],
     "cp": [  # under torchrun on nvidia-h200-x2 (not measured yet); compare with the one-GPU rows
         ("13b_ulysses", dict(shape="1.3b", memory=(0, 10), context_parallel="ulysses"),
          f"{TORCHRUN2} --shape 1.3b --memory 0,10 --context-parallel ulysses"),
@@ -74,6 +95,60 @@ def _story_markdown(res: dict, command: str) -> str:
             f"| shot | memory | context tokens | denoise s |\n|---|---|---|---|\n{rows}\n\nCommand: `{command}`\n")
 
 
+def attention_kernels(tokens: int = 32760, heads: int = 12, head_dim: int = 128, repeats: int = 20) -> dict:
+    """Each attention backend alone at the 1.3B shape's self-attention (one 480x832x81 chunk): its error
+    against float32 attention on fresh random inputs, and its TFLOP/s (4 * S^2 * H * D per call)."""
+    import torch.nn.functional as F
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    from filmweaver.backbone.attention import LOCAL_BACKENDS, set_attention_backend
+
+    class _Probe(torch.nn.Module):  # a stand-in module so set_attention_backend can point one processor
+        def __init__(self):
+            super().__init__()
+            self.processor = type("P", (), {"_attention_backend": None})()
+
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for name in ("native", "_native_cudnn", "_native_flash", "flash4"):
+        try:
+            m = _Probe()
+            if name in LOCAL_BACKENDS:
+                set_attention_backend(m, name)
+            backend = m.processor._attention_backend or name
+            q, k, v = (torch.randn(1, tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+                       for _ in range(3))
+            out = dispatch_attention_fn(q, k, v, backend=backend)
+            ref = F.scaled_dot_product_attention(*(t.float().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+            err = float((out.float() - ref).norm() / ref.norm())
+            for _ in range(3):
+                dispatch_attention_fn(q, k, v, backend=backend)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            times = []
+            for _ in range(repeats):
+                start.record()
+                dispatch_attention_fn(q, k, v, backend=backend)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            sec = sorted(times)[len(times) // 2]
+            rows.append({"backend": name, "rel_error": err, "ms": round(sec * 1000, 3),
+                         "tflops": round(4 * tokens * tokens * heads * head_dim / sec / 1e12, 1)})
+        except Exception as e:  # noqa: BLE001 - a backend missing here is a row that says why
+            rows.append({"backend": name, "error": f"{type(e).__name__}: {e}"[:300]})
+    return {"tokens": tokens, "heads": heads, "head_dim": head_dim, "rows": rows,
+            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+
+def _kernels_markdown(res: dict, command: str) -> str:
+    lines = [f"{res['device']}, self-attention {res['tokens']} tokens x {res['heads']} heads x {res['head_dim']}, bf16",
+             "", "| backend | error vs fp32 | ms | TFLOP/s |", "|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['backend']} | {r.get('rel_error', '-'):.2e} | {r['ms']} | {r['tflops']} |" if "ms" in r
+                     else f"| {r['backend']} | {r['error']} | - | - |")
+    return "\n".join(lines) + f"\n\nCommand: `{command}`\n"
+
+
 def _writes() -> bool:
     import torch.distributed as dist
 
@@ -90,7 +165,10 @@ def main(out: str, only: list[str]) -> None:
         t = time.perf_counter()
         try:
             kw = dict(kw)
-            if "story" in kw:
+            if kw.pop("kernels", False):
+                res = attention_kernels()
+                md = _kernels_markdown(res, command)
+            elif "story" in kw:
                 res = run_story_bench(shots=kw.pop("story"), **kw)
                 md = _story_markdown(res, command)
             else:

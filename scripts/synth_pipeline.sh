@@ -18,6 +18,10 @@ INIT_FROM=${INIT_FROM:-}  # a model directory every DiT arm starts from (dit.ini
 # BENCH_GPUS="2 3": once training ends, run the issue-4 GPU benchmarks (scripts/bench_on_gpus.sh) on those
 # two GPUs while the ablation evaluates on the others (same lease, separate GPUs)
 BENCH_GPUS=${BENCH_GPUS:-}
+# which DiT arms to train and which ablation arms to evaluate (fewer GPUs: train only `full` and evaluate the
+# arms that use its model; the training-recipe arms then keep an earlier run's rows, labelled as such)
+TRAIN_ARMS=${TRAIN_ARMS:-full no_noise no_negatives full_seed1}
+EVAL_ARMS=${EVAL_ARMS:-full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 no_memory_guidance}
 EVAL_GPUS=($(python3 -c "print(*[g for g in range($NGPU) if str(g) not in '$BENCH_GPUS'.split()])"))
 train() { python3 -m filmweaver.train $CFG "$@"; }
 
@@ -26,7 +30,7 @@ if [ -n "$REUSE" ]; then
   for arm in base full no_noise no_negatives full_seed1; do mkdir -p $R/$arm && cp -r $REUSE/vae $REUSE/embedder $R/$arm/; done
 fi
 train -o $R/base --set stop_after=embedder > $R/base.log 2>&1
-for arm in full no_noise no_negatives full_seed1; do
+for arm in $TRAIN_ARMS; do
   mkdir -p $R/$arm
   for part in vae embedder; do [ -d $R/$arm/$part ] || cp -r $R/base/$part $R/$arm/; done
 done
@@ -42,7 +46,7 @@ declare -A ARGS=(
 # one arm per GPU at a time (run 3 put four arms on one H200: the GPU, not the host, was then the
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)
 i=0
-for arm in full no_noise no_negatives full_seed1; do
+for arm in $TRAIN_ARMS; do
   CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=4 setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} ${INIT[*]} > $R/$arm.log 2>&1 &
   i=$((i + 1))
   [ $((i % NGPU)) -eq 0 ] && wait  # a wave per NGPU arms
@@ -61,7 +65,7 @@ if [ -n "$BENCH_GPUS" ]; then
 fi
 
 i=0
-for arm in full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 no_memory_guidance; do
+for arm in $EVAL_ARMS; do
   for k in $(seq 0 $((SHARDS - 1))); do
     CUDA_VISIBLE_DEVICES=${EVAL_GPUS[$((i % ${#EVAL_GPUS[@]}))]} OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
       --stories $STORIES --arms $arm --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &

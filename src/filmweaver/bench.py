@@ -148,7 +148,9 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     bb = build_transformer(shape, dev, dtype)
     bb.context_attention = context_attention
     if attention_backend:
-        bb.transformer.set_attention_backend(attention_backend)
+        from filmweaver.backbone.attention import set_attention_backend
+
+        set_attention_backend(bb.transformer, attention_backend)
     if context_parallel:
         bb.enable_context_parallel(context_parallel)
     if compile_blocks:
@@ -265,7 +267,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
                     steps: int = 4, method: str = "filmweaver", device: str = "cuda",
                     dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None, context_attention: str = "full",
                     memory_compression: int = 1, compile_blocks: bool = False, warmup: bool | None = None,
-                    offload: str = "none") -> dict:
+                    offload: str = "none", attention_backend: str | None = None) -> dict:
     """Generate a ``shots``-shot story with random real-size weights and the engine as users run it;
     report each shot's denoising seconds, context tokens and memory size, shot N / shot 2, and the peak
     GPU memory. ``context_attention`` / ``memory_compression`` / ``compile_blocks``: as in :func:`run_bench`.
@@ -295,6 +297,10 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     project = out_dir or tempfile.mkdtemp(prefix="filmweaver-bench-")
     # random weights rate all frames alike: without dedupe the bank grows as it does with real weights
     models.backbone.context_attention = context_attention
+    if attention_backend:
+        from filmweaver.backbone.attention import set_attention_backend
+
+        set_attention_backend(models.backbone.transformer, attention_backend)
     if compile_blocks:
         models.backbone.compile_blocks()
     cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01},
@@ -316,7 +322,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
     return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
             "context_attention": context_attention, "memory_compression": memory_compression,
-            "compile_blocks": compile_blocks, "warmed_up": bool(warmup),
+            "compile_blocks": compile_blocks, "warmed_up": bool(warmup), "attention_backend": attention_backend or "default",
             "offload": offload, "peak_gpu_gib": None if peak is None else round(peak, 2),
             "shots": rows, "last_over_second": None if ratio is None else round(ratio, 3),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}

@@ -42,10 +42,12 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
 
 def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
     """Runtime choices that do not change what the model computes (up to kernel numerics)."""
+    from filmweaver.backbone.attention import set_attention_backend
+
     for expert in models.experts():
         if attention:
             try:
-                expert.transformer.set_attention_backend(attention)
+                set_attention_backend(expert.transformer, attention)
             except (ValueError, RuntimeError, ImportError) as e:
                 _fail(f"attention backend {attention!r}: {e}")
         if compile_blocks:
@@ -92,7 +94,7 @@ def generate(
     step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are "
                                                "reused; mag: accumulated error below which they are"),
     mag_ratios: Path | None = typer.Option(None, help="--step-cache mag: a mag_ratios.json from a mag_calibrate run"),
-    attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
+    attention: str | None = typer.Option(None, help="attention backend: a diffusers one (flash, _native_cudnn, native, sage...) or flash4 (the installed flash-attn-4 package; Hopper/Blackwell)"),
     compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
@@ -394,7 +396,7 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           memory: str = typer.Option("0,3,10", help="shot-cache keyframe counts to time"),
           temporal: str = typer.Option("no,yes", help="with the temporal cache: no | yes | no,yes"),
           batch: int = typer.Option(1, help="batch per forward (2 = conditional + unconditional, batched CFG)"),
-          attention: str | None = typer.Option(None, help="diffusers attention backend (flash, _native_cudnn, native, sage...)"),
+          attention: str | None = typer.Option(None, help="attention backend: a diffusers one (flash, _native_cudnn, native, sage...) or flash4 (the installed flash-attn-4 package; Hopper/Blackwell)"),
           compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
           context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
           context_attention: str = typer.Option("full", help="full | causal (context attends only to context; its keys/"
@@ -427,7 +429,8 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
     if story:
         result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, _DTYPES[dtype]),
                                  context_attention=context_attention, memory_compression=memory_compression,
-                                 compile_blocks=compile_blocks, warmup=story_warmup, offload=offload)
+                                 compile_blocks=compile_blocks, warmup=story_warmup, offload=offload,
+                                 attention_backend=attention)
         result["command"] = "filmweaver bench " + " ".join(sys.argv[2:])
         if out is not None:
             from filmweaver.io import write_json

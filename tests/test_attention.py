@@ -1,0 +1,73 @@
+"""Attention backend selection: the local FlashAttention-4 route (a stand-in kernel on the CPU)."""
+
+import sys
+import types
+
+import diffusers.models.attention_dispatch  # noqa: F401 - imported before the stand-in module exists
+import pytest
+import torch
+import torch.nn.functional as F
+from test_backbone import inputs, make_transformer
+
+from filmweaver.backbone import attention
+from filmweaver.backbone.wan import ContextKVCache
+from filmweaver.context import ContextFrames
+
+
+def install_fake_flash4(monkeypatch):
+    """A ``flash_attn.cute`` module whose ``flash_attn_func`` is exact attention that counts its calls
+    (the real kernel needs a Hopper GPU); ``flash4_available`` says yes. Installed after diffusers and
+    the model are loaded (their import-time package checks would trip over a module without a spec)."""
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):  # [B, S, H, D], like the real one
+        calls.append((tuple(q.shape), tuple(k.shape), softmax_scale))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             scale=softmax_scale).transpose(1, 2)
+        return out, None  # the real kernel returns (out, lse)
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    pkg = types.ModuleType("flash_attn")
+    pkg.cute = cute
+    monkeypatch.setitem(sys.modules, "flash_attn", pkg)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setattr(attention, "flash4_available", lambda: None)
+    return calls
+
+
+@torch.no_grad()
+def test_flash4_routes_every_attention_layer_and_matches_native(monkeypatch):
+    model = make_transformer(seed=7)
+    model.context_attention = "causal"
+    ctx = [ContextFrames(torch.randn(1, 16, 2, 8, 8), torch.tensor([-3.0, -2.0]), 100.0, 1, "shot")]
+    x, t, e = inputs(b=1, f=3)
+    ref = model(x, t, e, ctx, kv_cache=ContextKVCache())
+    fake_flash4 = install_fake_flash4(monkeypatch)
+    attention.set_attention_backend(model.transformer, "flash4")
+    out = model(x, t, e, ctx, kv_cache=ContextKVCache())
+    # 2 blocks x (self-attention of the context pass + of the generated pass + cross-attention of each)
+    assert len(fake_flash4) == 8
+    gen_tokens, ctx_tokens = 3 * 16, 2 * 16
+    assert {c[0][1] for c in fake_flash4} == {gen_tokens, ctx_tokens}
+    assert any(c[1][1] == gen_tokens + ctx_tokens for c in fake_flash4)  # generated queries see the cached keys
+    assert all(c[2] == pytest.approx(12 ** -0.5) for c in fake_flash4)  # the scale is passed, never None
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_flash4_is_refused_with_the_reason_when_it_cannot_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import fails as if not installed
+    model = make_transformer(seed=8)
+    with pytest.raises(RuntimeError, match="pip install flash-attn-4"):
+        attention.set_attention_backend(model.transformer, "flash4")
+    with pytest.raises(ValueError, match="must be one of"):
+        attention.set_attention_backend(model.transformer, "no_such_backend")
+
+
+def test_flash4_custom_op_traces_with_its_fake_shape(monkeypatch):
+    install_fake_flash4(monkeypatch)
+    q = torch.randn(1, 5, 2, 8)
+    k = v = torch.randn(1, 7, 2, 8)
+    out = torch.compile(lambda a, b, c: attention._flash4_kernel(a, b, c) * 2, fullgraph=True, backend="eager")(q, k, v)
+    ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(out, 2 * ref)
