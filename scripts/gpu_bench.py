@@ -70,10 +70,22 @@ GROUPS = {
                                                memory_compression=2, attention_backend="flash4", compile_blocks=True),
          "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --memory-compression 2 "
          "--attention flash4 --compile"),
+        ("13b_story_causal_pool4_flash4", dict(story=10, shape="1.3b", steps=2, context_attention="causal",
+                                               memory_compression=4, attention_backend="flash4", compile_blocks=True),
+         "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --memory-compression 4 "
+         "--attention flash4 --compile"),
         ("14b_flash4_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal",
                                            attention_backend="flash4", compile_blocks=True, warmup=2, repeats=3),
          "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --attention flash4 --compile "
          "--warmup 2 --repeats 3"),
+        ("13b_flash4_causal_compile_pool4", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
+                                                 attention_backend="flash4", compile_blocks=True, memory_compression=4,
+                                                 warmup=3),
+         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 4 "
+         "--attention flash4 --compile --warmup 3"),
+        ("14b_flash4_compile", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                    compile_blocks=True, warmup=2, repeats=3),
+         "filmweaver bench --shape 14b --memory 0 --temporal no --attention flash4 --compile --warmup 2 --repeats 3"),
         ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10)),
          "filmweaver bench --shape 1.3b --memory 0,10 --attention flash4"),
     ],
