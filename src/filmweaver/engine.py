@@ -217,8 +217,18 @@ class StoryEngine:
                              "takes memory frames at full resolution")
         self._mag_calibration: MagCalibration | None = None
         self._enable_step_cache()
-        if getattr(models.backbone.config, "image_dim", None):
-            raise NotImplementedError("Wan2.1-I2V style image-embedding conditioning is not supported yet")
+        # Wan2.1-I2V: the CLIP image tokens of each shot's conditioning image join the text (see
+        # _image_condition); the noisy/mask/condition channel layout is StoryMem's M2V one
+        self.image_conditioned = bool(getattr(models.backbone.config, "image_dim", None))
+        self._image_embeds: torch.Tensor | None = None  # set per shot by _image_condition
+        if self.image_conditioned and (models.image_encoder is None or not self.m2v):
+            raise ValueError("an image-conditioned (Wan2.1-I2V) transformer needs its CLIP vision tower "
+                             "(image_encoder/ and image_processor/ in the model directory) and the I2V input layout "
+                             f"({2 * models.codec.latent_channels + 4} input channels)")
+        if self.image_conditioned and models.prompt_encoder.max_sequence_length != 512:
+            # diffusers' Wan cross-attention takes everything before the last 512 tokens as image tokens
+            raise ValueError("an image-conditioned (Wan2.1-I2V) transformer needs 512 text tokens, the prompt "
+                             f"encoder makes {models.prompt_encoder.max_sequence_length}")
         if models.embedder is None:
             raise ValueError("memory needs an image/text embedder: pass --embedder (a CLIP hub id or directory)")
 
@@ -397,6 +407,7 @@ class StoryEngine:
                 temporal.push(carried.to(backbone.device))
                 continuation = cfg.continuation
         shot_ctx = self._shot_context(bank, retrieved, temporal.capacity)
+        image_source, self._image_embeds = self._image_condition(i, bank, retrieved, continuation, prior_latents)
         t_memory = time.perf_counter() - t_start
 
         # 2. Text, then the chunks.
@@ -475,6 +486,7 @@ class StoryEngine:
             "status": "done", "fingerprint": plan.fingerprint, "num_chunks": plan.num_chunks,
             "num_latent_frames": all_latents.shape[2], "num_frames": frames.shape[0], "fps": cfg.fps,
             "continuation": continuation, "chunks": chunk_log,
+            **({"image_condition": image_source} if self.image_conditioned else {}),
             "shot_cache": [self._describe_retrieved(bank, r, ctx_pos) for r, ctx_pos in
                            zip(retrieved, self._memory_positions(len(retrieved), temporal.capacity).tolist(), strict=True)],
             "keyframes": kf_records, "keyframe_threshold": sel.threshold,
@@ -488,6 +500,32 @@ class StoryEngine:
             record["made_stale"] = [s + 1 for s in stale]
         p.save()
         return record
+
+    def _image_condition(self, index: int, bank: KeyframeBank, retrieved: list[RetrievedKeyframe],
+                         continuation: str | None, prior_latents: torch.Tensor | None) -> tuple[str | None, torch.Tensor | None]:
+        """For an image-conditioned backbone (Wan2.1-I2V): the shot's conditioning image and its CLIP
+        image tokens ``[1, L_img, image_dim]``, else ``(None, None)``.
+
+        The image is what the shot should look like it continues from: the last frame already made
+        (an extension's, or the previous shot's for a ``cut: false`` continuation), else the retrieved
+        keyframe most similar to the prompt (who and where), else a black frame (the first shot: the
+        release model always sees an image; pass ``--first-shot-model`` with a text-to-video release to
+        generate it without one)."""
+        if not self.image_conditioned:
+            return None, None
+        if prior_latents is not None:  # extending this shot: its own last frame so far
+            image, source = load_file(str(self.project.shot_state(index)))["tail_frames"][-1], "its own last frame"
+        elif continuation is not None:
+            image, source = load_file(str(self.project.shot_state(index - 1)))["tail_frames"][-1], f"shot {index}'s last frame"
+        elif retrieved:
+            best = max(retrieved, key=lambda r: -math.inf if r.similarity is None else r.similarity)
+            entry = bank.entries[best.bank_index]
+            image, source = entry.image, f"keyframe {entry.name}"
+        else:
+            image, source = torch.zeros(3, self.config.height, self.config.width), "none (black frame)"
+        backbone = self.models.backbone
+        embeds = self.models.image_encoder.encode(image[None].float()).to(backbone.device, backbone.dtype)
+        return source, embeds
 
     def _prior_chunks(self, prior_latents: torch.Tensor) -> int:
         return math.ceil(prior_latents.shape[2] / self.config.chunk_frames)
@@ -605,9 +643,11 @@ class StoryEngine:
         memory = torch.cat(mem, dim=2).to(backbone.device, dtype) if mem else None
         positions = torch.cat(pos) if pos else None
 
+        image = self._image_embeds  # Wan2.1-I2V: the shot's CLIP image tokens (None otherwise)
+
         def velocity(x, t, text):
             x_in, ctx = m2v_inputs(x.to(dtype), memory, fixed, positions)
-            return backbone(x_in, t, text.to(dtype), context=ctx).float()
+            return backbone(x_in, t, text.to(dtype), context=ctx, encoder_hidden_states_image=image).float()
 
         return velocity
 

@@ -33,6 +33,8 @@ WAN_LAYOUT = {
     "tokenizer": [],
     "scheduler": ["scheduler_config.json"],
 }
+# what an image-to-video transformer (Wan2.1-I2V: ``image_dim`` in its config) needs besides
+IMAGE_LAYOUT = {"image_encoder": ["config.json"], "image_processor": ["preprocessor_config.json"]}
 
 
 # What the built-in synthetic-world model was trained for: EngineConfig defaults (dotted keys reach
@@ -57,8 +59,9 @@ WAN_PRESETS: dict[str, dict] = {
     "wan2.1-t2v-1.3b": {"hub_id": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0}},
     "wan2.1-t2v-14b": {"hub_id": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
                        "defaults": {**_WAN480, "height": 720, "width": 1280, "sampler.shift": 5.0}},
-    "wan2.1-i2v-14b-480p": {"hub_id": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0},
-                            "needs": "the CLIP-vision image embedding of Wan2.1-I2V, which filmweaver does not wire in yet"},
+    # I2V: the engine conditions each shot on an image (a cut: false shot's previous frame, else its best
+    # retrieved keyframe) through the CLIP vision tower and the I2V channel layout (see the engine)
+    "wan2.1-i2v-14b-480p": {"hub_id": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0}},
     "wan2.2-ti2v-5b": {"hub_id": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
                        "defaults": dict(height=704, width=1280, fps=24, chunk_frames=31, num_inference_steps=50,
                                         guidance_scale=5.0, **{"sampler.shift": 5.0})},
@@ -86,6 +89,9 @@ class FilmModels:
     # the memory-conditioned (M2V) backbone for the rest. Same VAE and text encoder (Wan2.2 T2V/I2V A14B).
     first_shot_backbone: object | None = None
     offload: object | None = None  # a filmweaver.offload.ModelOffload once enable_model_offload ran
+    # Wan2.1-I2V: the CLIP vision tower whose image tokens join the text in cross-attention (the
+    # transformer has ``image_dim``); None for every other backbone
+    image_encoder: object | None = None
 
     def backbones(self) -> list:
         """Every backbone the engine may run: the main one, and the first-shot one if loaded."""
@@ -247,6 +253,11 @@ class FilmModels:
             from diffusers import UniPCMultistepScheduler
 
             scheduler_config = dict(UniPCMultistepScheduler.load_config(id_or_path, subfolder="scheduler"))
+        image_encoder = None
+        if getattr(backbone.config, "image_dim", None):
+            from filmweaver.backbone.image_encoder import WanImageEncoder
+
+            image_encoder = WanImageEncoder.from_pretrained(id_or_path, device=device)  # float32, as released
         emb = None
         if embedder is not None:
             emb = CLIPEmbedder.from_pretrained(embedder, device=device)
@@ -262,6 +273,7 @@ class FilmModels:
             model_id=extra.get("model_id", str(id_or_path)),
             trained=extra.get("trained", True),
             defaults=defaults or extra.get("defaults", dict(_WAN480)),
+            image_encoder=image_encoder,
         )
 
     def enable_model_offload(self, device: str, stream_blocks: bool = False) -> None:
@@ -281,6 +293,8 @@ class FilmModels:
             else:
                 manager.attach(expert)
         manager.attach(self.codec.vae)
+        if self.image_encoder is not None:
+            manager.attach(self.image_encoder.model)
         if self.embedder is not None and hasattr(self.embedder, "model"):
             self.embedder.model.to(device)
         self.offload = manager
@@ -309,6 +323,8 @@ class FilmModels:
                 "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
                 "transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": self.backbone.boundary_ratio}))
         save(self.codec.vae, root / "vae")
+        if self.image_encoder is not None:
+            self.image_encoder.save_pretrained(root)
         save(self.prompt_encoder.text_encoder, root / "text_encoder")
         self.prompt_encoder.tokenizer.save_pretrained(root / "tokenizer")
         from filmweaver.sampler import SamplerConfig, make_scheduler
@@ -388,20 +404,31 @@ def check_wan_directory(root: Path, components: tuple[str, ...] | None = None) -
     layout = {k: v for k, v in WAN_LAYOUT.items() if components is None or k in components}
     if (index.get("transformer_2") or [None])[0] is not None:
         layout["transformer_2"] = ["config.json"]
+    if components is None and _transformer_config(root).get("image_dim"):  # Wan2.1-I2V: its CLIP vision tower
+        layout.update(IMAGE_LAYOUT)
     for sub, files in layout.items():
         d = root / sub
         if not d.is_dir():
             missing.append(f"{sub}/")
             continue
         missing += [f"{sub}/{f}" for f in files if not (d / f).is_file()]
-        if sub in ("transformer", "transformer_2", "vae", "text_encoder") and not any(d.glob("*.safetensors")):
+        if sub in ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder") and not any(d.glob("*.safetensors")):
             missing.append(f"{sub}/*.safetensors (weights)")
     if missing:
         raise ModelLoadError(
             f"{root} is not a complete diffusers Wan directory; missing: {', '.join(missing)}. Expected layout: "
-            "transformer/ (config.json + safetensors), vae/, text_encoder/, tokenizer/, scheduler/scheduler_config.json "
-            "(as saved by WanPipeline.save_pretrained or downloaded from Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."
+            "transformer/ (config.json + safetensors), vae/, text_encoder/, tokenizer/, scheduler/scheduler_config.json, "
+            "and for image-to-video transformers (image_dim set) image_encoder/ + image_processor/ "
+            "(as saved by WanPipeline / WanImageToVideoPipeline.save_pretrained or downloaded from Wan-AI/*-Diffusers)."
         )
+
+
+def _transformer_config(root: Path) -> dict:
+    path = root / "transformer" / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def load_models(preset: str | None = None, model: str | None = None, embedder: str | None = None,

@@ -467,8 +467,8 @@ class ContextWanTransformer(nn.Module):
         else:
             temb, tproj, text, image = tr.condition_embedder(timestep, encoder_hidden_states, encoder_hidden_states_image)
             tproj = tproj.unflatten(1, (6, -1))  # [B, 6, D]
-        if image is not None:
-            text = torch.cat([image, text], dim=1)
+        if image is not None:  # Wan2.1-I2V: image tokens first (one image shared across a CFG batch)
+            text = torch.cat([image.expand(text.shape[0], -1, -1), text], dim=1)
 
         n_ctx = n_tokens - n_gen
         if self._context_attention == "causal" and n_ctx:
