@@ -440,8 +440,6 @@ def load_models(preset: str | None = None, model: str | None = None, embedder: s
     it, with its release settings). ``model`` without a Wan preset: any diffusers Wan hub id/directory."""
     if preset in WAN_PRESETS:
         spec = WAN_PRESETS[preset]
-        if "needs" in spec:
-            raise ModelLoadError(f"preset {preset} needs {spec['needs']}")
         return FilmModels.from_pretrained(model or spec["hub_id"], embedder=embedder, device=device, dtype=dtype,
                                           lora=lora, lora_2=lora_2, vae_tiling=vae_tiling,
                                           defaults=dict(spec["defaults"]))
