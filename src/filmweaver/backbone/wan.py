@@ -317,16 +317,18 @@ class ContextWanTransformer(nn.Module):
         return (self._cp_shard(hidden, 1), self._cp_shard(tproj, 1) if per_token else tproj,
                 tuple(self._cp_shard(r, 1) for r in rotary))
 
-    def compile_blocks(self) -> None:
+    def compile_blocks(self, dynamic: bool | None = None, backend: str = "inductor") -> None:
         """``torch.compile`` the repeated transformer blocks (diffusers' regional compilation).
 
         One block code object is specialised per (attention mode, token count): no context, and with
         causal context the context pass and the generated pass, for every context size a run meets.
-        That exceeds dynamo's default of 8 recompiles, so the limit is raised."""
+        That exceeds dynamo's default of 8 recompiles, so the limit is raised. ``dynamic=True`` (training,
+        where every batch mode and memory size is another token count) compiles token-count-generic
+        graphs instead of one per shape."""
         import torch._dynamo
 
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.transformer.compile_repeated_blocks(fullgraph=True)
+        self.transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic, backend=backend)
 
     @property
     def config(self):

@@ -110,6 +110,9 @@ class DiTPhase(_Cfg):
     # start the DiT phase from a saved model directory (its transformer, context projections and text
     # encoder; same architecture) instead of random weights: continue a shipped model's training
     init_from: str | None = None
+    # torch.compile the repeated transformer blocks with dynamic token counts (fused elementwise work:
+    # the small synthetic model's step is many small kernels). Off by default: not yet measured on a GPU.
+    compile_blocks: bool = False
     stages: list[Stage] = Field(default_factory=lambda: [
         Stage(name="temporal", steps=1000, modes={"text": 0.3, "temporal": 0.7}, long_takes=0.7),
         Stage(name="memory", steps=4000, modes={"text": 0.15, "temporal": 0.15, "shot": 0.35, "both": 0.35}),

@@ -131,6 +131,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         text_encoder.requires_grad_(dcfg.train_text_encoder)
     for expert in models.experts():
         expert.context_attention = dcfg.context_attention
+        if dcfg.compile_blocks:
+            expert.compile_blocks(dynamic=True)
     module = CacheGuidedDenoiser(models.backbone, text_encoder).to(device)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
     e_ids, e_mask = models.prompt_encoder.tokenize([""])
