@@ -7,7 +7,7 @@ Run on the device machine (no typer/rich needed there)::
 
 Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time;
 under torchrun rank 0 writes); a failing case is logged and the next one runs. Every row's command is
-the equivalent ``filmweaver bench`` invocation, which is what the tables quote.
+the equivalent ``filmweaver bench`` invocation (:func:`bench_command`), which is what the tables quote.
 """
 
 import json
@@ -21,81 +21,83 @@ import torch
 from filmweaver.bench import markdown_rows, run_bench, run_story_bench
 
 TORCHRUN2 = "torchrun --nproc_per_node 2 -m filmweaver.cli bench"
-GROUPS = {
+# run_bench / run_story_bench keyword -> the `filmweaver bench` option that sets it, in the order quoted
+_FLAGS = [("shape", "--shape"), ("story", "--story"), ("steps", "--steps"), ("memory", "--memory"),
+          ("temporal", "--temporal"), ("batch", "--batch"), ("context_timestep", "--context-timestep"),
+          ("context_attention", "--context-attention"), ("memory_compression", "--memory-compression"),
+          ("attention_backend", "--attention"), ("compile_blocks", "--compile"),
+          ("context_parallel", "--context-parallel"), ("offload", "--offload"), ("warmup", "--warmup"),
+          ("repeats", "--repeats")]
+
+
+def bench_command(kw: dict) -> str:
+    """The command line equivalent to one case (what BENCHMARKS.md quotes for its rows)."""
+    if kw.get("kernels"):
+        return "python3 scripts/gpu_bench.py OUT attn_kernels"
+    out = [TORCHRUN2 if kw.get("context_parallel") else "filmweaver bench"]
+    for key, flag in _FLAGS:
+        if key not in kw or (key == "compile_blocks" and not kw[key]):
+            continue
+        v = kw[key]
+        if key == "memory":
+            v = ",".join(str(m) for m in v)
+        elif key == "temporal":
+            v = ",".join("yes" if t else "no" for t in v)
+        elif key == "context_timestep":
+            v = "shared" if v is None else v
+        out.append(flag if key == "compile_blocks" else f"{flag} {v}")
+    return " ".join(out)
+
+GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N) / attention_kernels (kernels=True)
     "wan": [  # measured 2026-11-21 (reports/bench-h200/)
-        ("13b_native", dict(shape="1.3b"), "filmweaver bench --shape 1.3b --memory 0,3,10 --temporal no,yes"),
-        ("13b_cudnn", dict(shape="1.3b", attention_backend="_native_cudnn", memory=(0, 10)),
-         "filmweaver bench --shape 1.3b --memory 0,10 --attention _native_cudnn"),
-        ("13b_shared_t", dict(shape="1.3b", context_timestep=None, memory=(0, 10)),
-         "filmweaver bench --shape 1.3b --memory 0,10 --context-timestep shared"),
-        ("13b_cfg2", dict(shape="1.3b", batch=2, memory=(0, 10), temporal=(False, True)),
-         "filmweaver bench --shape 1.3b --memory 0,10 --batch 2"),
-        ("13b_story", dict(story=10, shape="1.3b", steps=2), "filmweaver bench --shape 1.3b --story 10 --steps 2"),
-        ("13b_compile", dict(shape="1.3b", compile_blocks=True, memory=(0, 10), warmup=3),
-         "filmweaver bench --shape 1.3b --memory 0,10 --compile --warmup 3"),
-        ("14b_native", dict(shape="14b", memory=(0, 10), warmup=1, repeats=3),
-         "filmweaver bench --shape 14b --memory 0,10 --warmup 1 --repeats 3"),
+        ("13b_native", dict(shape="1.3b", memory=(0, 3, 10), temporal=(False, True))),
+        ("13b_cudnn", dict(shape="1.3b", attention_backend="_native_cudnn", memory=(0, 10))),
+        ("13b_shared_t", dict(shape="1.3b", context_timestep=None, memory=(0, 10))),
+        ("13b_cfg2", dict(shape="1.3b", batch=2, memory=(0, 10), temporal=(False, True))),
+        ("13b_story", dict(story=10, shape="1.3b", steps=2)),
+        ("13b_compile", dict(shape="1.3b", compile_blocks=True, memory=(0, 10), warmup=3)),
+        ("14b_native", dict(shape="14b", memory=(0, 10), warmup=1, repeats=3)),
     ],
-    "causal": [  # causal context with reused keys/values; the first, story and 14B cases are not measured yet
+    "causal": [  # causal context with reused keys/values (2026-11-21; the block-offload story is not measured yet)
         ("13b_causal_compile_pool2", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
-                                          compile_blocks=True, memory_compression=2, warmup=3),
-         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 2 --compile --warmup 3"),
-        ("13b_story_causal", dict(story=10, shape="1.3b", steps=2, context_attention="causal", compile_blocks=True),
-         "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --compile"),
-        ("13b_story_offload", dict(story=4, shape="1.3b", steps=2, offload="model"),
-         "filmweaver bench --shape 1.3b --story 4 --steps 2 --offload model"),
-        ("13b_story_block_offload", dict(story=4, shape="1.3b", steps=2, offload="block"),  # not measured yet
-         "filmweaver bench --shape 1.3b --story 4 --steps 2 --offload block"),
-        ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal"),
-         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal"),
-        ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal", compile_blocks=True,
-                                    warmup=3),
-         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --compile --warmup 3"),
-        ("14b_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal", compile_blocks=True,
-                                    attention_backend="_native_cudnn", warmup=2, repeats=3),
-         "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --compile --attention _native_cudnn "
-         "--warmup 2 --repeats 3"),
+                                     compile_blocks=True, memory_compression=2, warmup=3)),
+        ("13b_story_causal", dict(story=10, shape="1.3b", steps=2, context_attention="causal",
+                             compile_blocks=True)),
+        ("13b_story_offload", dict(story=4, shape="1.3b", steps=2, offload="model")),
+        ("13b_story_block_offload", dict(story=4, shape="1.3b", steps=2, offload="block")),
+        ("13b_causal", dict(shape="1.3b", memory=(0, 10), context_attention="causal")),
+        ("13b_causal_compile", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
+                               compile_blocks=True, warmup=3)),
+        ("14b_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal",
+                               compile_blocks=True, attention_backend="_native_cudnn", warmup=2, repeats=3)),
     ],
     "flash4": [  # FlashAttention-4 from the installed flash-attn-4 package (--attention flash4); 2026-11-30
-        ("attn_kernels", dict(kernels=True), "python3 scripts/gpu_bench.py OUT attn_kernels"),
-        ("13b_flash4_compile", dict(shape="1.3b", attention_backend="flash4", compile_blocks=True, memory=(0, 10),
-                                    warmup=3),
-         "filmweaver bench --shape 1.3b --memory 0,10 --attention flash4 --compile --warmup 3"),
+        ("attn_kernels", dict(kernels=True)),
+        ("13b_flash4_compile", dict(shape="1.3b", attention_backend="flash4", compile_blocks=True,
+                               memory=(0, 10), warmup=3)),
         ("13b_flash4_causal_compile_pool2", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
-                                                 attention_backend="flash4", compile_blocks=True, memory_compression=2,
-                                                 warmup=3),
-         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 2 "
-         "--attention flash4 --compile --warmup 3"),
+                                            attention_backend="flash4", compile_blocks=True,
+                                            memory_compression=2, warmup=3)),
         ("13b_story_causal_pool2_flash4", dict(story=10, shape="1.3b", steps=2, context_attention="causal",
-                                               memory_compression=2, attention_backend="flash4", compile_blocks=True),
-         "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --memory-compression 2 "
-         "--attention flash4 --compile"),
+                                          memory_compression=2, attention_backend="flash4",
+                                          compile_blocks=True)),
         ("13b_story_causal_pool4_flash4", dict(story=10, shape="1.3b", steps=2, context_attention="causal",
-                                               memory_compression=4, attention_backend="flash4", compile_blocks=True),
-         "filmweaver bench --shape 1.3b --story 10 --steps 2 --context-attention causal --memory-compression 4 "
-         "--attention flash4 --compile"),
+                                          memory_compression=4, attention_backend="flash4",
+                                          compile_blocks=True)),
         ("14b_flash4_causal_compile", dict(shape="14b", memory=(0, 10), context_attention="causal",
-                                           attention_backend="flash4", compile_blocks=True, warmup=2, repeats=3),
-         "filmweaver bench --shape 14b --memory 0,10 --context-attention causal --attention flash4 --compile "
-         "--warmup 2 --repeats 3"),
+                                      attention_backend="flash4", compile_blocks=True, warmup=2, repeats=3)),
         ("13b_flash4_causal_compile_pool4", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
-                                                 attention_backend="flash4", compile_blocks=True, memory_compression=4,
-                                                 warmup=3),
-         "filmweaver bench --shape 1.3b --memory 0,10 --context-attention causal --memory-compression 4 "
-         "--attention flash4 --compile --warmup 3"),
+                                            attention_backend="flash4", compile_blocks=True,
+                                            memory_compression=4, warmup=3)),
         ("14b_flash4_compile", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
-                                    compile_blocks=True, warmup=2, repeats=3),
-         "filmweaver bench --shape 14b --memory 0 --temporal no --attention flash4 --compile --warmup 2 --repeats 3"),
-        ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10)),
-         "filmweaver bench --shape 1.3b --memory 0,10 --attention flash4"),
+                               compile_blocks=True, warmup=2, repeats=3)),
+        ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10))),
     ],
-    "cp": [  # under torchrun on nvidia-h200-x2 (not measured yet); compare with the one-GPU rows
-        ("13b_ulysses", dict(shape="1.3b", memory=(0, 10), context_parallel="ulysses"),
-         f"{TORCHRUN2} --shape 1.3b --memory 0,10 --context-parallel ulysses"),
-        ("13b_ring_cudnn", dict(shape="1.3b", memory=(0, 10), context_parallel="ring", attention_backend="_native_cudnn"),
-         f"{TORCHRUN2} --shape 1.3b --memory 0,10 --context-parallel ring --attention _native_cudnn"),
-        ("14b_ulysses", dict(shape="14b", memory=(0, 10), context_parallel="ulysses", warmup=1, repeats=3),
-         f"{TORCHRUN2} --shape 14b --memory 0,10 --context-parallel ulysses --warmup 1 --repeats 3"),
+    "cp": [  # under torchrun on two GPUs; compare with the one-GPU rows
+        ("13b_ulysses", dict(shape="1.3b", memory=(0, 10), context_parallel="ulysses")),
+        ("13b_ring_cudnn", dict(shape="1.3b", memory=(0, 10), context_parallel="ring",
+                           attention_backend="_native_cudnn")),
+        ("14b_ulysses", dict(shape="14b", memory=(0, 10), context_parallel="ulysses", warmup=1, repeats=3)),
     ],
 }
 
@@ -173,8 +175,9 @@ def main(out: str, only: list[str]) -> None:
     names = set(only)
     cases = [c for group, cs in GROUPS.items() for c in cs
              if (not names and group != "cp") or group in names or c[0] in names]
-    for name, kw, command in cases:
+    for name, kw in cases:
         t = time.perf_counter()
+        command = bench_command(kw)
         try:
             kw = dict(kw)
             if kw.pop("kernels", False):
