@@ -109,3 +109,26 @@ def test_video_encoding_is_repeatable(tmp_path):
     first = read_video(tmp_path / "v0.mp4")[0]
     assert all(torch.equal(first, read_video(tmp_path / f"v{i}.mp4")[0]) for i in range(1, 12))
     assert len({(tmp_path / f"v{i}.mp4").read_bytes() for i in range(12)}) == 1
+
+
+def test_half_precision_save_covers_embedder_and_context_projections(tmp_path):
+    """``save_pretrained(dtype=float16)`` (what training ships) halves every stored weight, the CLIP
+    embedder and the context projections included, and they load back in float32 for the CPU."""
+    from safetensors import safe_open
+
+    models = FilmModels.synth_architecture(size="test", transformer={"layers": 3, "heads": 3})
+    assert len(models.backbone.transformer.blocks) == 3 and models.backbone.config.num_attention_heads == 3
+    with pytest.raises(ValueError, match="unknown"):
+        FilmModels.synth_architecture(size="test", transformer={"width": 3})
+    models.save_pretrained(tmp_path / "m", dtype=torch.float16)
+    for f in [tmp_path / "m" / "transformer" / "context_projections.safetensors",
+              *(tmp_path / "m" / "embedder").glob("*.safetensors")]:
+        with safe_open(str(f), "pt") as sf:
+            assert {sf.get_tensor(k).dtype for k in sf.keys()} == {torch.float16}, f
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert next(loaded.embedder.model.parameters()).dtype == torch.float32
+    assert len(loaded.backbone.transformer.blocks) == 3
+    img = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.embedder.embed_images(img), models.embedder.embed_images(img), atol=2e-3, rtol=0)
+    for a, b in zip(loaded.backbone.context_proj.parameters(), models.backbone.context_proj.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)

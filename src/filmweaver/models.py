@@ -165,10 +165,12 @@ class FilmModels:
 
     # -- the synthetic-world architecture (trained by `filmweaver train`, shipped as the default) --------
     @classmethod
-    def synth_architecture(cls, seed: int = 0, device: str = "cpu", size: str = "small") -> FilmModels:
+    def synth_architecture(cls, seed: int = 0, device: str = "cpu", size: str = "small",
+                           transformer: dict[str, int] | None = None) -> FilmModels:
         """The untrained architecture of the built-in model: a compact Wan transformer, a compact Wan
         VAE (4x spatial, no temporal compression), a small UMT5 over the synthetic grammar's words and a
-        small CLIP for keyframe selection and retrieval. ``size="test"`` is a miniature for unit tests."""
+        small CLIP for keyframe selection and retrieval. ``size="test"`` is a miniature for unit tests.
+        ``transformer`` overrides the transformer's ``heads``, ``head_dim``, ``layers`` or ``ffn``."""
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import CLIPConfig, CLIPModel, UMT5Config, UMT5EncoderModel
 
@@ -177,6 +179,10 @@ class FilmModels:
 
         dims = {"small": dict(heads=4, head_dim=64, layers=6, ffn=768, text=128, vae=32, clip=128, clip_layers=4),
                 "test": dict(heads=2, head_dim=12, layers=2, ffn=32, text=32, vae=8, clip=32, clip_layers=1)}[size]
+        unknown = set(transformer or {}) - {"heads", "head_dim", "layers", "ffn"}
+        if unknown:
+            raise ValueError(f"transformer sizes: unknown {sorted(unknown)} (heads, head_dim, layers, ffn)")
+        dims.update(transformer or {})
         torch.manual_seed(seed)
         tokenizer = word_level_tokenizer(grammar_words(), model_max_length=40)
         vocab = len(tokenizer)
@@ -302,8 +308,9 @@ class FilmModels:
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write the diffusers Wan layout (+ context projections, embedder and filmweaver.json).
 
-        ``dtype`` (e.g. ``torch.float16``) stores the transformer, VAE and text encoder weights in
-        that precision (they load back in the dtype asked for at load time)."""
+        ``dtype`` (e.g. ``torch.float16``) stores the transformer (and its context projections), VAE,
+        text encoder and CLIP embedder weights in that precision (they load back in the dtype asked for
+        at load time)."""
         root = Path(directory)
 
         def save(module, path):
@@ -317,7 +324,7 @@ class FilmModels:
         experts = getattr(self.backbone, "experts", [self.backbone])
         for name, expert in zip(("transformer", "transformer_2"), experts, strict=False):
             save(expert.transformer, root / name)
-            expert.save_context_projections(root / name)
+            expert.save_context_projections(root / name, dtype=dtype or torch.float32)
         if len(experts) > 1:
             (root / "model_index.json").write_text(json.dumps({
                 "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
@@ -331,7 +338,7 @@ class FilmModels:
 
         make_scheduler(SamplerConfig(), self.scheduler_config).save_pretrained(root / "scheduler")
         if isinstance(self.embedder, CLIPEmbedder):
-            self.embedder.model.save_pretrained(root / "embedder")
+            save(self.embedder.model, root / "embedder")  # loads back in float32 (CLIPEmbedder.from_pretrained)
             self.embedder.tokenizer.save_pretrained(root / "embedder")
             (root / "embedder" / "preprocessor_config.json").write_text(json.dumps({
                 "image_mean": self.embedder.mean.flatten().tolist(), "image_std": self.embedder.std.flatten().tolist(),

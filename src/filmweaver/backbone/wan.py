@@ -344,10 +344,10 @@ class ContextWanTransformer(nn.Module):
 
         return execution_device(self) or self.transformer.device
 
-    def save_context_projections(self, directory: str | Path) -> None:
+    def save_context_projections(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.context_proj.state_dict().items()}
+        state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.context_proj.state_dict().items()}
         save_file(state, str(Path(directory) / CONTEXT_PROJ_FILE))
 
     def load_context_projections(self, directory: str | Path) -> bool:

@@ -24,6 +24,9 @@ class ModelSource(_Cfg):
     kind: Literal["synth-small", "synth-test", "pretrained"] = "synth-small"
     path: str | None = None
     embedder: str | None = None
+    # synth kinds: override the transformer's size (heads, head_dim, layers, ffn), e.g.
+    # {heads: 5, layers: 8, ffn: 960}; scripts/synth_cpu_step_cost.py times candidates on a CPU
+    transformer: dict[str, int] | None = None
 
 
 class LoraConfig(_Cfg):

@@ -35,7 +35,8 @@ def build_models(cfg: TrainConfig, device) -> FilmModels:
         if not src.path:
             raise ValueError("model.kind: pretrained needs model.path (a diffusers Wan directory or hub id)")
         return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device))
-    return FilmModels.synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1])
+    return FilmModels.synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1],
+                                         transformer=src.transformer)
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
