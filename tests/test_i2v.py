@@ -45,6 +45,7 @@ def test_each_shot_is_conditioned_on_the_image_it_continues_from(tmp_path):
     engine = StoryEngine(models, tmp_path / "p", story=parse_story(story), progress=False)
     engine.generate()
     shots = engine.project.shots
+    assert engine.project.manifest["model"]["image_encoder"] == "tiny-clip-vision"
     assert [s["image_condition"] for s in shots][0] == "none (black frame)"
     assert shots[1]["image_condition"] == "shot 1's last frame" and shots[3]["image_condition"] == "shot 3's last frame"
     assert shots[2]["image_condition"].startswith("keyframe ")

@@ -342,6 +342,8 @@ class StoryEngine:
                       "base_dir": self.story.base_dir}
         m["model"] = {"id": self.models.model_id, "trained": self.models.trained,
                       "embedder": self.models.embedder_id, "layout": "m2v" if self.m2v else "context"}
+        if self.image_conditioned:
+            m["model"]["image_encoder"] = self.models.image_encoder.model_id
         if not self.models.trained:
             m["model"]["warning"] = UNTRAINED_BANNER
         m["config"] = self.config.model_dump(mode="json")
