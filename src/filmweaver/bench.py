@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from filmweaver.backbone.attention import set_attention_backend
+
 # WanTransformer3DModel configs of the releases (diffusers' transformer/config.json)
 SHAPES: dict[str, dict] = {
     "1.3b": dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960, text_dim=4096,
@@ -148,8 +150,6 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     bb = build_transformer(shape, dev, dtype)
     bb.context_attention = context_attention
     if attention_backend:
-        from filmweaver.backbone.attention import set_attention_backend
-
         set_attention_backend(bb.transformer, attention_backend)
     if context_parallel:
         bb.enable_context_parallel(context_parallel)
@@ -298,8 +298,6 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     # random weights rate all frames alike: without dedupe the bank grows as it does with real weights
     models.backbone.context_attention = context_attention
     if attention_backend:
-        from filmweaver.backbone.attention import set_attention_backend
-
         set_attention_backend(models.backbone.transformer, attention_backend)
     if compile_blocks:
         models.backbone.compile_blocks()

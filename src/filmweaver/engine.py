@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -375,12 +376,18 @@ class StoryEngine:
         required = [i for i, e in enumerate(bank) if e.kind == "reference" and e.label in wanted]
         return self.policy.select(bank, text_emb, required)
 
+    def _tail_frames(self, index: int) -> torch.Tensor:
+        """The last decoded frames ``[k, 3, H, W]`` of shot ``index`` (from its state file, without
+        reading its latents)."""
+        with safe_open(str(self.project.shot_state(index)), "pt") as f:
+            return f.get_tensor("tail_frames")
+
     def _continuation_frames(self, index: int) -> torch.Tensor | None:
         """Latents carried over from the previous shot for a ``cut: false`` shot (MI2V / MM2V)."""
         mode = self.config.continuation
         if mode == "none" or index == 0:
             return None
-        tail = load_file(str(self.project.shot_state(index - 1)))["tail_frames"]  # [k, 3, H, W]
+        tail = self._tail_frames(index - 1)
         codec = self.models.codec
         if mode == "mi2v":
             return codec.encode_images(tail[-1:]).cpu()  # [1, C, 1, h, w]
@@ -516,9 +523,9 @@ class StoryEngine:
         if not self.image_conditioned:
             return None, None
         if prior_latents is not None:  # extending this shot: its own last frame so far
-            image, source = load_file(str(self.project.shot_state(index)))["tail_frames"][-1], "its own last frame"
+            image, source = self._tail_frames(index)[-1], "its own last frame"
         elif continuation is not None:
-            image, source = load_file(str(self.project.shot_state(index - 1)))["tail_frames"][-1], f"shot {index}'s last frame"
+            image, source = self._tail_frames(index - 1)[-1], f"shot {index}'s last frame"
         elif retrieved:
             best = max(retrieved, key=lambda r: -math.inf if r.similarity is None else r.similarity)
             entry = bank.entries[best.bank_index]
