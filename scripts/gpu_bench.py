@@ -2,7 +2,7 @@
 
 Run on the device machine (no typer/rich needed there)::
 
-    python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal, flash4
+    python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal, flash4, tflops
     torchrun --nproc_per_node 2 scripts/gpu_bench.py OUT_DIR cp      # one story on two GPUs
 
 Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time;
@@ -25,9 +25,12 @@ TORCHRUN2 = "torchrun --nproc_per_node 2 -m filmweaver.cli bench"
 _FLAGS = [("shape", "--shape"), ("story", "--story"), ("steps", "--steps"), ("memory", "--memory"),
           ("temporal", "--temporal"), ("batch", "--batch"), ("context_timestep", "--context-timestep"),
           ("context_attention", "--context-attention"), ("memory_compression", "--memory-compression"),
-          ("attention_backend", "--attention"), ("compile_blocks", "--compile"),
+          ("attention_backend", "--attention"), ("compile_blocks", "--compile"), ("compile_mode", "--compile-mode"),
+          ("fuse_qkv", "--fuse-qkv"),
           ("context_parallel", "--context-parallel"), ("offload", "--offload"), ("warmup", "--warmup"),
           ("repeats", "--repeats")]
+
+_SWITCHES = {"compile_blocks", "fuse_qkv"}  # flags without a value
 
 
 def bench_command(kw: dict) -> str:
@@ -36,7 +39,7 @@ def bench_command(kw: dict) -> str:
         return "python3 scripts/gpu_bench.py OUT attn_kernels"
     out = [TORCHRUN2 if kw.get("context_parallel") else "filmweaver bench"]
     for key, flag in _FLAGS:
-        if key not in kw or (key == "compile_blocks" and not kw[key]):
+        if key not in kw or (key in _SWITCHES and not kw[key]):
             continue
         v = kw[key]
         if key == "memory":
@@ -45,7 +48,7 @@ def bench_command(kw: dict) -> str:
             v = ",".join("yes" if t else "no" for t in v)
         elif key == "context_timestep":
             v = "shared" if v is None else v
-        out.append(flag if key == "compile_blocks" else f"{flag} {v}")
+        out.append(flag if key in _SWITCHES else f"{flag} {v}")
     return " ".join(out)
 
 GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N) / attention_kernels (kernels=True)
@@ -92,6 +95,20 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("14b_flash4_compile", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
                                compile_blocks=True, warmup=2, repeats=3)),
         ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10))),
+    ],
+    "tflops": [  # the >= 700 TFLOP/s target (14B, one H200): fused q/k/v products, autotuned GEMMs; 2026-11-30
+        ("14b_flash4_compile_fused", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                     compile_blocks=True, fuse_qkv=True, warmup=2, repeats=3)),
+        ("14b_flash4_compile_again", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                     compile_blocks=True, warmup=2, repeats=3)),
+        ("14b_flash4_autotune_fused", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                      compile_blocks=True, compile_mode="max-autotune-no-cudagraphs",
+                                      fuse_qkv=True, warmup=2, repeats=3)),
+        ("14b_flash4_compile_fused_cfg2", dict(shape="14b", memory=(0,), temporal=(False,), batch=2,
+                                          attention_backend="flash4", compile_blocks=True, fuse_qkv=True,
+                                          warmup=2, repeats=3)),
+        ("13b_flash4_compile_fused", dict(shape="1.3b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                     compile_blocks=True, fuse_qkv=True, warmup=3)),
     ],
     "cp": [  # under torchrun on two GPUs; compare with the one-GPU rows
         ("13b_ulysses", dict(shape="1.3b", memory=(0, 10), context_parallel="ulysses")),

@@ -71,3 +71,39 @@ def test_flash4_custom_op_traces_with_its_fake_shape(monkeypatch):
     out = torch.compile(lambda a, b, c: attention._flash4_kernel(a, b, c) * 2, fullgraph=True, backend="eager")(q, k, v)
     ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(out, 2 * ref)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("context_attention", ["full", "causal"])
+def test_fused_qkv_gives_the_same_forward_with_context(context_attention):
+    model = make_transformer(seed=9)
+    model.context_attention = context_attention
+    ctx = [ContextFrames(torch.randn(1, 16, 2, 8, 8), torch.tensor([-3.0, -2.0]), 100.0, 1, "shot")]
+    x, t, e = inputs(b=2, f=3)
+    ref = model(x, t, e, ctx, kv_cache=ContextKVCache())
+    model.fuse_qkv()
+    attn1, attn2 = model.transformer.blocks[0].attn1, model.transformer.blocks[0].attn2
+    assert attn1.fused_projections and attn1.to_qkv.out_features == 3 * attn1.to_q.out_features
+    assert attn2.fused_projections and attn2.to_kv.out_features == 2 * attn2.to_k.out_features
+    # the fused product is what runs: zeroing the separate projections changes nothing
+    for blk in model.transformer.blocks:
+        for lin in (blk.attn1.to_q, blk.attn1.to_k, blk.attn1.to_v, blk.attn2.to_k, blk.attn2.to_v):
+            lin.weight.zero_()
+    torch.testing.assert_close(model(x, t, e, ctx, kv_cache=ContextKVCache()), ref, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_fused_qkv_merges_a_lora_adapter_first():
+    from peft import LoraConfig
+
+    model = make_transformer(seed=10)
+    model.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    x, t, e = inputs(b=1, f=2)
+    with_lora = model(x, t, e)
+    model.transformer.disable_adapters()
+    without = model(x, t, e)
+    model.transformer.enable_adapters()
+    assert (with_lora - without).abs().max() > 1e-3  # the adapter matters
+    model.fuse_qkv()
+    torch.testing.assert_close(model(x, t, e), with_lora, atol=1e-5, rtol=1e-4)

@@ -118,7 +118,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
               device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
               compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
               progress: bool = True, context_attention: str = "full", context_parallel: str | None = None,
-              memory_compression: int = 1) -> dict:
+              memory_compression: int = 1, fuse_qkv: bool = False, compile_mode: str | None = None) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
@@ -131,7 +131,9 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
 
     ``context_parallel`` (``"ulysses"`` / ``"ring"``, under ``torchrun``): every forward's tokens are
     split over the ranks; each rank times the same forward (rank 0 reports). ``memory_compression``:
-    each keyframe spatially pooled into 2x2 / 4x4 base patches (``shot_cache.compression``)."""
+    each keyframe spatially pooled into 2x2 / 4x4 base patches (``shot_cache.compression``).
+    ``fuse_qkv``: one q/k/v matrix product per block (:meth:`ContextWanTransformer.fuse_qkv`);
+    ``compile_mode``: torch.compile's mode for the compiled blocks."""
     from filmweaver.context import ContextFrames
     from filmweaver.memory.shot_cache import memory_positions
     from filmweaver.memory.temporal_cache import TemporalCache
@@ -153,8 +155,10 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
         set_attention_backend(bb.transformer, attention_backend)
     if context_parallel:
         bb.enable_context_parallel(context_parallel)
+    if fuse_qkv:
+        bb.fuse_qkv()
     if compile_blocks:
-        bb.compile_blocks()
+        bb.compile_blocks(mode=compile_mode)
     cfg = SHAPES[shape]
     c = cfg["in_channels"]
     lf, lh, lw = 1 + (frames - 1) // 4, height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space
@@ -197,7 +201,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
                 print(json.dumps(asdict(case)), flush=True)
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
-           "compile_repeated_blocks": compile_blocks, "context_timestep": context_timestep,
+           "compile_repeated_blocks": compile_blocks, "compile_mode": compile_mode if compile_blocks else None,
+           "fused_qkv": fuse_qkv, "context_timestep": context_timestep,
            "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
            "memory_compression": memory_compression,
            "warmup": warmup,
@@ -226,7 +231,9 @@ def markdown_rows(result: dict, command: str) -> str:
                      f"{c['seconds']:.3f} | {c['vs_no_context'] if c['vs_no_context'] is not None else '-'} | "
                      f"{'-' if first is None else f'{first:.3f}'} | {flops} |")
     lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']}, "
-              f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}, "
+              f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}"
+              f"{' (' + env['compile_mode'] + ')' if env.get('compile_mode') else ''}, "
+              f"fused q/k/v: {env.get('fused_qkv', False)}, "
               f"context parallel: {env.get('context_parallel') or 'no'} x {env.get('world_size', 1)}, batch "
               f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
     return "\n".join(lines) + "\n"

@@ -317,18 +317,34 @@ class ContextWanTransformer(nn.Module):
         return (self._cp_shard(hidden, 1), self._cp_shard(tproj, 1) if per_token else tproj,
                 tuple(self._cp_shard(r, 1) for r in rotary))
 
-    def compile_blocks(self, dynamic: bool | None = None, backend: str = "inductor") -> None:
+    def fuse_qkv(self) -> None:
+        """One matrix product for self-attention's q, k, v (and cross-attention's k, v) per block instead
+        of three (two): diffusers' ``fuse_qkv_projections``, which our processors read through
+        ``_get_qkv_projections``. The same numbers up to bf16 rounding of the concatenated product.
+
+        A LoRA adapter attached with peft lives on ``to_q`` / ``to_k`` / ``to_v``, which the fused
+        projection bypasses, so adapters are merged into the base weights first (they cannot be
+        switched off afterwards). Idempotent."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.transformer.modules():
+            if isinstance(module, BaseTunerLayer) and not module.merged:
+                module.merge()
+        self.transformer.fuse_qkv_projections()
+
+    def compile_blocks(self, dynamic: bool | None = None, backend: str = "inductor", mode: str | None = None) -> None:
         """``torch.compile`` the repeated transformer blocks (diffusers' regional compilation).
 
         One block code object is specialised per (attention mode, token count): no context, and with
         causal context the context pass and the generated pass, for every context size a run meets.
         That exceeds dynamo's default of 8 recompiles, so the limit is raised. ``dynamic=True`` (training,
         where every batch mode and memory size is another token count) compiles token-count-generic
-        graphs instead of one per shape."""
+        graphs instead of one per shape. ``mode``: torch.compile's (``"max-autotune-no-cudagraphs"``
+        also times Triton matrix-product templates against cuBLAS and fuses their epilogues)."""
         import torch._dynamo
 
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic, backend=backend)
+        self.transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
 
     @property
     def config(self):
