@@ -204,21 +204,26 @@ def test_training_smoke_loss_decreases_on_a_fixed_batch(context_attention):
     assert losses[-1] < 0.6 * losses[0]
 
 
-def test_fit_schedule_shrinks_stages_in_proportion_and_never_grows():
+def test_fit_schedule_fits_the_stages_ahead_in_proportion_within_the_configured_steps():
     from filmweaver.train.dit import fit_schedule
 
     plan = {"total": 10_000, "bounds": [2_000, 10_000]}
-    fit_schedule(plan, 600, 5_000)  # measured at step 600: half of the plan fits
+    fit_schedule(plan, 600, 5_000, 10_000)  # measured at step 600: half of the plan fits
     assert plan == {"total": 5_000, "bounds": [1_000, 5_000]}
-    fit_schedule(plan, 3_000, 4_000)  # later (stage 1 over): only the future shrinks, the past stays
+    fit_schedule(plan, 3_000, 4_000, 10_000)  # later (stage 1 over): only the future shrinks, the past stays
     assert plan == {"total": 4_000, "bounds": [1_000, 4_000]}
-    fit_schedule(plan, 3_500, 9_000)  # faster than thought: the plan never grows
-    assert plan["total"] == 4_000
-    fit_schedule(plan, 3_900, 10)  # deadline already passed: end at the next step, not in the past
+    fit_schedule(plan, 3_500, 9_000, 10_000)  # faster than thought (a slow window is over): it grows back
+    assert plan == {"total": 9_000, "bounds": [1_000, 9_000]}
+    fit_schedule(plan, 3_600, 50_000, 10_000)  # but never past the configured steps
+    assert plan == {"total": 10_000, "bounds": [1_000, 10_000]}
+    fit_schedule(plan, 3_900, 10, 10_000)  # deadline already passed: end at the next step, not in the past
     assert plan["total"] == 3_901 and plan["bounds"] == [1_000, 3_901]
     plan = {"total": 10_000, "bounds": [2_000, 10_000]}
-    fit_schedule(plan, 600, 1_000)  # stage 1 would end before now: it ends at the next step
+    fit_schedule(plan, 600, 1_000, 10_000)  # stage 1 would end before now: it ends at the next step
     assert plan["bounds"] == [601, 1_000]
+    plan = {"total": 1_000, "bounds": [200, 1_000]}
+    fit_schedule(plan, 100, 10_000, 10_000)  # a stage still ahead grows with the plan
+    assert plan == {"total": 10_000, "bounds": [2_000, 10_000]}
 
 
 def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):

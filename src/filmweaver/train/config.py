@@ -124,9 +124,9 @@ class DiTPhase(_Cfg):
     augment: Augment = Field(default_factory=Augment)
     lora: LoraConfig | None = None
     max_minutes: float | None = None  # safety stop: end the phase (and save) after this long
-    # With max_minutes: once the step rate is measured (steps 100-400), shrink the planned steps (every
-    # stage in proportion) to what fits in the time left, so the LR schedule decays fully by the end
-    # on any GPU instead of being cut off mid-schedule.
+    # With max_minutes: the step rate is measured every 500 steps (from step 100) and the planned steps
+    # ahead are fitted (every stage in proportion, at most the configured steps) to what fits in the time
+    # left, so the LR schedule decays fully by the end on any GPU instead of being cut off mid-schedule.
     fit_steps_to_time: bool = False
 
 

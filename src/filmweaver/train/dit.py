@@ -145,8 +145,9 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     empty_ids, empty_mask = empty_ids.to(device), empty_mask.to(device)
     deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     # fit_steps_to_time: measure the step rate over windows of FIT_WINDOW steps (after 100 warm-up
-    # steps) and shrink the plan to what fits before the deadline; re-measured every window, because
-    # later stages (longer contexts) can be slower than the first
+    # steps) and fit the plan to what fits before the deadline; re-measured every window, because
+    # later stages (longer contexts) can be slower than the first and a window that compiled a graph
+    # is slower than the ones after it. The cosine learning rate follows the fitted plan.
     window = (step + 100, None) if cfg.fit_steps_to_time and deadline else None
     # region-weighted loss: one weight per coverage layer (character, props); decided on the host once
     # (a per-step check of a device tensor would synchronise)
@@ -165,7 +166,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             if window[1] is not None:
                 rate = FIT_WINDOW / (now - window[1])
                 before = plan["total"]
-                fit_schedule(plan, step, int(step + 0.97 * rate * (deadline - now)))
+                fit_schedule(plan, step, int(step + 0.97 * rate * (deadline - now)), planned)
                 plan["steps_per_second"] = round(rate, 2)
                 if plan["total"] != before:
                     bar.total = plan["total"]
@@ -254,10 +255,13 @@ def region_mse(se: torch.Tensor, coverage: torch.Tensor | None, layers: int) -> 
     return list(num / den)
 
 
-def fit_schedule(plan: dict, step: int, fitted_total: int) -> None:
-    """Shrink ``plan`` (``total`` and stage ``bounds``) to ``fitted_total`` steps, every stage in proportion,
-    never below ``step`` (a stage already under way is not skipped). Never grows the plan."""
-    fitted_total = max(step + 1, min(plan["total"], fitted_total))
+def fit_schedule(plan: dict, step: int, fitted_total: int, ceiling: int) -> None:
+    """Set ``plan`` (``total`` and stage ``bounds``) to ``fitted_total`` steps, the stages still ahead
+    scaled in proportion, never below ``step`` (a stage already under way is not skipped) and never above
+    ``ceiling`` (the configured steps). It grows back as well as shrinks: one slow window (compiling a
+    new batch mode's graph, a neighbour on the host) must not cut the whole run short, as it cut run 6
+    to a third of its steps (reports/synth-small/device_runs.md)."""
+    fitted_total = max(step + 1, min(ceiling, fitted_total))
     ratio = fitted_total / plan["total"]
     plan["bounds"] = [b if b <= step else max(step + 1, int(round(b * ratio))) for b in plan["bounds"]]
     plan["bounds"][-1] = fitted_total
