@@ -5,7 +5,7 @@
 #   FA4=1 . scripts/device_setup.sh; bash scripts/bench_one_gpu.sh 1 runs/bench runs/pack/bench.tgz tflops
 set -uo pipefail
 GPU=$1; D=$2; PACK=$3; shift 3
-mkdir -p "$D"
+mkdir -p "$D" "$(dirname "$PACK")"
 CASES=$(python3 -c "import sys; sys.path.insert(0, 'scripts'); import gpu_bench as g
 print(*[n for a in sys.argv[1:] for n, _ in g.GROUPS.get(a, [(a, None)])])" "$@")
 for c in $CASES; do

@@ -25,7 +25,7 @@ EVAL_ARMS=${EVAL_ARMS:-full no_shot_cache no_temporal_cache no_noise_aug no_nega
 EVAL_GPUS=($(python3 -c "print(*[g for g in range($NGPU) if str(g) not in '$BENCH_GPUS'.split()])"))
 train() { python3 -m filmweaver.train $CFG "$@"; }
 
-mkdir -p $R
+mkdir -p $R $R/pack  # pack exists from the start: helpers beside the pipeline (bench_one_gpu.sh) write into it
 if [ -n "$REUSE" ]; then
   for arm in base full no_noise no_negatives full_seed1; do mkdir -p $R/$arm && cp -r $REUSE/vae $REUSE/embedder $R/$arm/; done
 fi
@@ -55,7 +55,6 @@ wait
 [ -n "$REUSE" ] && cp -r $REUSE/probe $R/full/model/
 # pack the model now: a device machine can go back at any time, and scripts/device_wait.sh copies
 # whatever is in $R/pack on every call
-mkdir -p $R/pack
 tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
 tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.log
 echo TRAINING-DONE
