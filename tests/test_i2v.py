@@ -67,6 +67,35 @@ def test_each_shot_is_conditioned_on_the_image_it_continues_from(tmp_path):
     assert (a - b).abs().max() > 1e-4
 
 
+def test_an_extension_is_conditioned_on_the_shots_own_last_frame_and_memory_guidance_keeps_the_image(tmp_path):
+    from safetensors.torch import load_file
+
+    from filmweaver.engine import EngineConfig, StoryEngine
+    from filmweaver.script import parse_story
+
+    models = tiny_i2v_models(seed=3)
+    seen_images, seen_tokens = [], []
+    encode = models.image_encoder.encode
+    models.image_encoder.encode = lambda images: (seen_images.append(images.clone()), encode(images))[1]
+    models.backbone.register_forward_hook(
+        lambda mod, args, kwargs, out: seen_tokens.append(kwargs.get("encoder_hidden_states_image")), with_kwargs=True)
+    story = small_story(n_scenes=2, shots_per_scene=1)  # two cuts: shot 2 has shot 1's keyframes in memory
+    config = EngineConfig(sampler={"memory_guidance_scale": 2.0})
+    engine = StoryEngine(models, tmp_path / "p", story=parse_story(story), config=config, progress=False)
+    engine.generate()
+    assert engine.project.shots[1]["image_condition"].startswith("keyframe ")
+    # shot 2 ran the forwards with and without its keyframes (memory guidance): all saw its image tokens
+    assert engine.config.sampler.memory_guidance_scale == 2.0
+    assert all(t is not None and t.shape == (1, IMAGE_TOKENS, IMAGE_DIM) for t in seen_tokens)
+    last_before = load_file(str(engine.project.shot_state(1)))["tail_frames"][-1]
+    seen_images.clear()
+    seen_tokens.clear()
+    engine.extend_shot(1)
+    assert engine.project.shots[1]["image_condition"] == "its own last frame"
+    assert len(seen_images) == 1 and torch.equal(seen_images[0][0], last_before.float())
+    assert seen_tokens and all(t is not None for t in seen_tokens)
+
+
 def test_i2v_directory_loads_its_image_encoder_and_names_what_is_missing(tmp_path):
     models = tiny_i2v_models(seed=1)
     models.save_pretrained(tmp_path / "m")

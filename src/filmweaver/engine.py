@@ -221,7 +221,6 @@ class StoryEngine:
         # Wan2.1-I2V: the CLIP image tokens of each shot's conditioning image join the text (see
         # _image_condition); the noisy/mask/condition channel layout is StoryMem's M2V one
         self.image_conditioned = bool(getattr(models.backbone.config, "image_dim", None))
-        self._image_embeds: torch.Tensor | None = None  # set per shot by _image_condition
         if self.image_conditioned and (models.image_encoder is None or not self.m2v):
             raise ValueError("an image-conditioned (Wan2.1-I2V) transformer needs its CLIP vision tower "
                              "(image_encoder/ and image_processor/ in the model directory) and the I2V input layout "
@@ -416,7 +415,7 @@ class StoryEngine:
                 temporal.push(carried.to(backbone.device))
                 continuation = cfg.continuation
         shot_ctx = self._shot_context(bank, retrieved, temporal.capacity)
-        image_source, self._image_embeds = self._image_condition(i, bank, retrieved, continuation, prior_latents)
+        image_source, image = self._image_condition(i, bank, retrieved, continuation, prior_latents)
         t_memory = time.perf_counter() - t_start
 
         # 2. Text, then the chunks.
@@ -436,9 +435,9 @@ class StoryEngine:
             context = present_at_timestep(list(shot_ctx), torch.Generator(device="cpu").manual_seed(seed + 17))
             noise = torch.randn((1, c_lat, 1, h, w), generator=torch.Generator(device="cpu").manual_seed(seed))
             with self._step_cache_scope(f"shot{i}-anchor"):
-                anchor = self.sampler.sample(self._velocity_fn(context), noise.to(backbone.device), text, negative,
+                anchor = self.sampler.sample(self._velocity_fn(context, image), noise.to(backbone.device), text, negative,
                                              progress=self.progress, desc="anchor frame",
-                                             velocity_without_memory=self._velocity_without_memory(context))
+                                             velocity_without_memory=self._velocity_without_memory(context, image))
             temporal.push(anchor)
             continuation = "keyframe_first"
             chunk_log.append({"chunk": "anchor", "mode": MODES[(bool(shot_ctx), False)], "seed": seed,
@@ -454,11 +453,11 @@ class StoryEngine:
             mode = MODES[(bool(shot_ctx), len(temporal) > 0)]
             gen = torch.Generator(device="cpu").manual_seed(seed)
             noise = torch.randn((1, c_lat, cfg.chunk_frames, h, w), generator=gen, dtype=torch.float32)
-            velocity = self._velocity_fn(context)
+            velocity = self._velocity_fn(context, image)
             with self._step_cache_scope(f"shot{i}-chunk{c}"):
                 latents = self.sampler.sample(velocity, noise.to(backbone.device), text, negative,
                                               progress=self.progress, desc=f"chunk {c + 1}/{plan.num_chunks}",
-                                              velocity_without_memory=self._velocity_without_memory(context))
+                                              velocity_without_memory=self._velocity_without_memory(context, image))
             temporal.push(latents)
             chunks.append(latents.cpu())
             chunk_log.append({"chunk": c, "mode": mode, "seed": seed, "seconds": round(time.perf_counter() - t0, 3),
@@ -614,14 +613,16 @@ class StoryEngine:
                 stack.enter_context(tr.cache_context(name))
         return stack
 
-    def _velocity_without_memory(self, context: list[ContextFrames]):
+    def _velocity_without_memory(self, context: list[ContextFrames], image: torch.Tensor | None = None):
         """The velocity without the shot-cache keyframes (memory guidance), or None when it is off or
         there are no keyframes in ``context``."""
         if self.config.sampler.memory_guidance_scale == 1.0 or not any(b.kind == "shot" for b in context):
             return None
-        return self._velocity_fn([b for b in context if b.kind != "shot"])
+        return self._velocity_fn([b for b in context if b.kind != "shot"], image)
 
-    def _velocity_fn(self, context: list[ContextFrames]):
+    def _velocity_fn(self, context: list[ContextFrames], image: torch.Tensor | None = None):
+        """``velocity(x, t, text)`` of the backbone with ``context`` (and, for Wan2.1-I2V, the shot's CLIP
+        image tokens ``image [1, L_img, image_dim]`` from :meth:`_image_condition`)."""
         backbone = self.models.backbone
         dtype = backbone.dtype
         first_shot = self.models.first_shot_backbone
@@ -652,7 +653,6 @@ class StoryEngine:
         memory = torch.cat(mem, dim=2).to(backbone.device, dtype) if mem else None
         positions = torch.cat(pos) if pos else None
 
-        image = self._image_embeds  # Wan2.1-I2V: the shot's CLIP image tokens (None otherwise)
 
         def velocity(x, t, text):
             x_in, ctx = m2v_inputs(x.to(dtype), memory, fixed, positions)
