@@ -19,6 +19,7 @@ held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 
 from filmweaver.eval.metrics import seam_ratio
 from filmweaver.synth.stories import story_from_script
-from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, LOCATION_ATTRIBUTES
+from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, CHARACTER_HEIGHT, LOCATION_ATTRIBUTES
 
 IDENTITY_CHANCE = float(np.mean([1 / len(v) for v in CHARACTER_ATTRIBUTES.values()]))
 EVAL_FIRST_SEED = 1_000_000  # held out: training uses seeds < 1,000,000
@@ -68,6 +69,7 @@ def evaluate_project(project_dir: str | Path, script: dict, probe, chunk_frames:
             "shot": i, "restates_character": g["restates_character"], "restates_location": g["restates_location"],
             "match": {k: read[k] == truth[k] for k in ALL_ATTRIBUTES},
             "read": {k: ALL_ATTRIBUTES[k][read[k]] for k in ALL_ATTRIBUTES},
+            "truth": {k: ALL_ATTRIBUTES[k][truth[k]] for k in ALL_ATTRIBUTES}, "framing": spec.framing,
             "num_chunks": shot["num_chunks"], "seam_ratio": seam_ratio(frames, chunk_frames),
             "seconds": shot["timings"]["total_s"], "modes": sorted({c["mode"] for c in shot["chunks"]}),
         })
@@ -105,6 +107,13 @@ def summarize(records: list[dict]) -> dict:
         "shots": len(records),
         "identity_by_attribute": {k: rate(ident, [k]) for k in char},
         "adherence_by_attribute": {**{k: rate(adh_c, [k]) for k in char}, **{k: rate(adh_l, [k]) for k in loc}},
+        # where identity is lost: by the later shot's framing (a wide shot draws the character small), and
+        # the most frequent (true -> read) confusions per character attribute
+        "identity_by_framing": {f: {"rate": rate(rows, char), "shots": len(rows)}
+                                for f in ("wide", "medium", "close")
+                                if (rows := [r for r in ident if r.get("framing") == f])},
+        "identity_confusions": {k: Counter(f"{r['truth'][k]} -> {r['read'][k]}" for r in ident
+                                           if "truth" in r and not r["match"][k]).most_common(3) for k in char},
     }
 
 
@@ -191,6 +200,18 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
 
             lines.append(f"| {r['arm']} | " + " | ".join(pct(s["identity_by_attribute"][a]) for a in char) + " | "
                          + " | ".join(pct(s["adherence_by_attribute"][a]) for a in attrs) + " |")
+    framed = [r for r in results if r["summary"].get("identity_by_framing")]
+    if framed:
+        heights = " / ".join(f"{100 * CHARACTER_HEIGHT[f]:.0f}" for f in ("wide", "medium", "close"))
+        lines += ["", f"Identity by the later shot's framing (the character is drawn at {heights} % of the frame "
+                  "height), and the most frequent misreads on identity shots (true -> read, shots):", "",
+                  "| arm | wide | medium | close | most frequent misreads |", "|---|---|---|---|---|"]
+        for r in framed:
+            s = r["summary"]
+            cells = [f"{100 * s['identity_by_framing'][f]['rate']:.0f}% ({s['identity_by_framing'][f]['shots']})"
+                     if f in s["identity_by_framing"] else "-" for f in ("wide", "medium", "close")]
+            worst = sorted((n, c) for k in s["identity_confusions"] for c, n in s["identity_confusions"][k])[::-1][:4]
+            lines.append(f"| {r['arm']} | " + " | ".join(cells) + " | " + ", ".join(f"{c} ({n})" for n, c in worst) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
