@@ -26,11 +26,11 @@ _FLAGS = [("shape", "--shape"), ("story", "--story"), ("steps", "--steps"), ("me
           ("temporal", "--temporal"), ("batch", "--batch"), ("context_timestep", "--context-timestep"),
           ("context_attention", "--context-attention"), ("memory_compression", "--memory-compression"),
           ("attention_backend", "--attention"), ("compile_blocks", "--compile"), ("compile_mode", "--compile-mode"),
-          ("fuse_qkv", "--fuse-qkv"),
+          ("fuse_qkv", "--fuse-qkv"), ("fuse_ffn", "--fuse-ffn"),
           ("context_parallel", "--context-parallel"), ("offload", "--offload"), ("warmup", "--warmup"),
           ("repeats", "--repeats")]
 
-_SWITCHES = {"compile_blocks", "fuse_qkv"}  # flags without a value
+_SWITCHES = {"compile_blocks", "fuse_qkv", "fuse_ffn"}  # flags without a value
 
 
 def bench_command(kw: dict) -> str:
@@ -97,6 +97,11 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10))),
     ],
     "tflops": [  # the >= 700 TFLOP/s target (14B, one H200): fused q/k/v products, autotuned GEMMs; 2026-11-30
+        # not measured yet: the FFN's bias + GELU as a cuBLASLt epilogue (--fuse-ffn), against the plain row again
+        ("14b_flash4_compile_fuse_ffn", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                        compile_blocks=True, fuse_ffn=True, warmup=2, repeats=5)),
+        ("14b_flash4_compile_plain", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                                     compile_blocks=True, warmup=2, repeats=5)),
         ("14b_flash4_compile_fused", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
                                      compile_blocks=True, fuse_qkv=True, warmup=2, repeats=3)),
         ("14b_flash4_compile_again", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",

@@ -107,3 +107,27 @@ def test_fused_qkv_merges_a_lora_adapter_first():
     assert (with_lora - without).abs().max() > 1e-3  # the adapter matters
     model.fuse_qkv()
     torch.testing.assert_close(model(x, t, e), with_lora, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_fused_ffn_gelu_keeps_the_forward_the_weights_and_a_lora():
+    from peft import LoraConfig
+
+    from filmweaver.backbone.wan import BiasGELUProjection
+
+    model = make_transformer(seed=11)
+    model.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["ffn.net.0.proj"]))
+    keys = set(model.state_dict())
+    x, t, e = inputs(b=2, f=2)
+    ref = model(x, t, e)
+    model.fuse_ffn_gelu()
+    acts = [blk.ffn.net[0] for blk in model.transformer.blocks]
+    assert all(isinstance(a, BiasGELUProjection) for a in acts)
+    # the adapter was merged into the projection the fused call reads; the weights keep their names
+    assert {k for k in model.state_dict() if "lora" not in k} == {k.replace("base_layer.", "") for k in keys if "lora" not in k}
+    torch.testing.assert_close(model(x, t, e), ref, atol=1e-5, rtol=1e-4)
+    # the single call itself (on the CPU the op applies the exact GELU; cuBLASLt's epilogue on CUDA the
+    # tanh one Wan uses): bias, transposition and the [B, N, in] -> [B, N, out] reshape are right
+    h = torch.randn(2, 5, acts[0].proj.in_features)
+    torch.testing.assert_close(acts[0].fused(h), F.gelu(F.linear(h, acts[0].proj.weight, acts[0].proj.bias)),
+                               atol=1e-5, rtol=1e-5)

@@ -118,7 +118,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
               device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
               compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
               progress: bool = True, context_attention: str = "full", context_parallel: str | None = None,
-              memory_compression: int = 1, fuse_qkv: bool = False, compile_mode: str | None = None) -> dict:
+              memory_compression: int = 1, fuse_qkv: bool = False, compile_mode: str | None = None,
+              fuse_ffn: bool = False) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
@@ -133,6 +134,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     split over the ranks; each rank times the same forward (rank 0 reports). ``memory_compression``:
     each keyframe spatially pooled into 2x2 / 4x4 base patches (``shot_cache.compression``).
     ``fuse_qkv``: one q/k/v matrix product per block (:meth:`ContextWanTransformer.fuse_qkv`);
+    ``fuse_ffn``: the FFN's up-projection and GELU in one cuBLASLt call (:meth:`~ContextWanTransformer.fuse_ffn_gelu`);
     ``compile_mode``: torch.compile's mode for the compiled blocks."""
     from filmweaver.context import ContextFrames
     from filmweaver.memory.shot_cache import memory_positions
@@ -157,6 +159,8 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
         bb.enable_context_parallel(context_parallel)
     if fuse_qkv:
         bb.fuse_qkv()
+    if fuse_ffn:
+        bb.fuse_ffn_gelu()
     if compile_blocks:
         bb.compile_blocks(mode=compile_mode)
     cfg = SHAPES[shape]
@@ -202,7 +206,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
            "compile_repeated_blocks": compile_blocks, "compile_mode": compile_mode if compile_blocks else None,
-           "fused_qkv": fuse_qkv, "context_timestep": context_timestep,
+           "fused_qkv": fuse_qkv, "fused_ffn_gelu": fuse_ffn, "context_timestep": context_timestep,
            "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
            "memory_compression": memory_compression,
            "warmup": warmup,
@@ -233,7 +237,7 @@ def markdown_rows(result: dict, command: str) -> str:
     lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']}, "
               f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}"
               f"{' (' + env['compile_mode'] + ')' if env.get('compile_mode') else ''}, "
-              f"fused q/k/v: {env.get('fused_qkv', False)}, "
+              f"fused q/k/v: {env.get('fused_qkv', False)}, fused FFN GELU: {env.get('fused_ffn_gelu', False)}, "
               f"context parallel: {env.get('context_parallel') or 'no'} x {env.get('world_size', 1)}, batch "
               f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
     return "\n".join(lines) + "\n"

@@ -40,13 +40,16 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
     return models
 
 
-def _speed_options(models, attention: str | None, compile_blocks: bool, fuse_qkv: bool = False) -> None:
+def _speed_options(models, attention: str | None, compile_blocks: bool, fuse_qkv: bool = False,
+                   fuse_ffn: bool = False) -> None:
     """Runtime choices that do not change what the model computes (up to kernel numerics)."""
     from filmweaver.backbone.attention import set_attention_backend
 
     for expert in models.experts():
         if fuse_qkv:
             expert.fuse_qkv()
+        if fuse_ffn:
+            expert.fuse_ffn_gelu()
         if attention:
             try:
                 set_attention_backend(expert.transformer, attention)
@@ -99,6 +102,7 @@ def generate(
     attention: str | None = typer.Option(None, help="attention backend: a diffusers one (flash, _native_cudnn, native, sage...) or flash4 (the installed flash-attn-4 package; Hopper/Blackwell)"),
     compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
     fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="one q/k/v matrix product per attention layer (LoRA adapters are merged in first)"),
+    fuse_ffn: bool = typer.Option(False, "--fuse-ffn", help="CUDA: each FFN's up-projection and GELU in one cuBLASLt call (LoRA adapters are merged in first)"),
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
@@ -161,7 +165,7 @@ def generate(
             _fail(str(e))
     if offload != "none":
         models.enable_model_offload(device, stream_blocks=offload == "block")
-    _speed_options(models, attention, compile_blocks, fuse_qkv)
+    _speed_options(models, attention, compile_blocks, fuse_qkv, fuse_ffn)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel
 
@@ -403,6 +407,7 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
           compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
           compile_mode: str | None = typer.Option(None, help="--compile: torch.compile mode (e.g. max-autotune-no-cudagraphs)"),
           fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="one q/k/v matrix product per attention layer"),
+          fuse_ffn: bool = typer.Option(False, "--fuse-ffn", help="CUDA: each FFN's up-projection and GELU in one cuBLASLt call"),
           context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
           context_attention: str = typer.Option("full", help="full | causal (context attends only to context; its keys/"
                                                 "values are computed once per chunk and reused at every step)"),
@@ -448,7 +453,8 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
                        getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
                        None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
                        progress=False, context_attention=context_attention, context_parallel=context_parallel,
-                       memory_compression=memory_compression, fuse_qkv=fuse_qkv, compile_mode=compile_mode)
+                       memory_compression=memory_compression, fuse_qkv=fuse_qkv, compile_mode=compile_mode,
+                       fuse_ffn=fuse_ffn)
     if context_parallel:
         import torch.distributed as dist
 

@@ -139,6 +139,29 @@ class ContextKVAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class BiasGELUProjection(nn.Module):
+    """``gelu_tanh(x @ W^T + b)`` of an FFN's up-projection ``proj`` (``[.., in] -> [.., out]``) as one
+    ``torch._addmm_activation`` call: on CUDA, cuBLASLt's bias + GELU epilogue (tanh approximation,
+    applied to the fp32 accumulator), so the ``[N, out]`` activations are written once instead of
+    written, read and written again. torch.compile keeps the call as an extern kernel. Off CUDA that
+    op applies the exact GELU, so there the stock computation runs instead. ``proj`` keeps its name:
+    the state dict is unchanged (``ffn.net.0.proj.weight``)."""
+
+    def __init__(self, proj: nn.Linear):
+        super().__init__()
+        self.proj = proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            return F.gelu(self.proj(x), approximate="tanh")
+        return self.fused(x)
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The single call (the activation its device's op applies: tanh-GELU on CUDA, exact on CPU)."""
+        y = torch._addmm_activation(self.proj.bias, x.reshape(-1, x.shape[-1]), self.proj.weight.t(), use_gelu=True)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's interleaved rotary embedding (``x [B, N, heads, d]``, tables ``[1, N, 1, d]``)."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
@@ -317,6 +340,28 @@ class ContextWanTransformer(nn.Module):
         return (self._cp_shard(hidden, 1), self._cp_shard(tproj, 1) if per_token else tproj,
                 tuple(self._cp_shard(r, 1) for r in rotary))
 
+    def fuse_ffn_gelu(self) -> None:
+        """Each block's FFN up-projection and its tanh-GELU in one cuBLASLt call (bias + GELU epilogue,
+        :class:`BiasGELUProjection`) instead of a matrix product followed by a separate elementwise
+        pass over the ``[N, ffn_dim]`` activations. CUDA only does the fusing; elsewhere the module
+        computes the stock way. LoRA adapters are merged first (see :meth:`fuse_qkv`). Idempotent."""
+        from diffusers.models.activations import GELU
+
+        self._merge_adapters()
+        for blk in self.transformer.blocks:
+            act = blk.ffn.net[0]
+            if isinstance(act, GELU) and act.proj.bias is not None:
+                if act.approximate != "tanh":
+                    raise ValueError(f"fuse_ffn_gelu needs the tanh-approximate GELU Wan uses, got {act.approximate!r}")
+                blk.ffn.net[0] = BiasGELUProjection(getattr(act.proj, "base_layer", act.proj))
+
+    def _merge_adapters(self) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.transformer.modules():
+            if isinstance(module, BaseTunerLayer) and not module.merged:
+                module.merge()
+
     def fuse_qkv(self) -> None:
         """One matrix product for self-attention's q, k, v (and cross-attention's k, v) per block instead
         of three (two): diffusers' ``fuse_qkv_projections``, which our processors read through
@@ -325,11 +370,7 @@ class ContextWanTransformer(nn.Module):
         A LoRA adapter attached with peft lives on ``to_q`` / ``to_k`` / ``to_v``, which the fused
         projection bypasses, so adapters are merged into the base weights first (they cannot be
         switched off afterwards). Idempotent."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in self.transformer.modules():
-            if isinstance(module, BaseTunerLayer) and not module.merged:
-                module.merge()
+        self._merge_adapters()
         self.transformer.fuse_qkv_projections()
 
     def compile_blocks(self, dynamic: bool | None = None, backend: str = "inductor", mode: str | None = None) -> None:
