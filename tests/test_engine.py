@@ -492,3 +492,17 @@ def test_memory_guidance_combines_three_branches_and_only_acts_with_keyframes(ti
         films[m] = [load_file(str(engine.project.shot_state(i)))["latents"] for i in range(2)]
     assert torch.equal(films[1.0][0], films[2.0][0])  # shot 1 has no keyframes: nothing to guide on
     assert not torch.allclose(films[1.0][1], films[2.0][1])  # shot 2 does
+
+
+def test_cli_fused_projections_combine_with_block_offload_and_keep_the_film(tmp_path):
+    """--fuse-qkv / --fuse-ffn add or replace modules, so they happen before --offload block snapshots
+    the block weights (after it, the new q/k/v module would hold weights the hooks never bring in)."""
+    import numpy as np
+
+    story = str(ST_BENCH / "black.json")
+    base = ["generate", story, "--preset", "tiny", "--max-shots", "2"]
+    plain = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "plain")])
+    fused = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "fused"), "--fuse-qkv", "--fuse-ffn", "--offload", "block"])
+    assert plain.exit_code == 0 and fused.exit_code == 0, fused.output
+    a, b = (np.asarray(read_video(tmp_path / d / "shots" / "shot_002.mp4")[0], dtype=np.float32) for d in ("plain", "fused"))
+    assert a.shape == b.shape and np.abs(a - b).mean() < 1.0  # the same film up to float rounding (of 255)

@@ -40,16 +40,21 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
     return models
 
 
-def _speed_options(models, attention: str | None, compile_blocks: bool, fuse_qkv: bool = False,
-                   fuse_ffn: bool = False) -> None:
-    """Runtime choices that do not change what the model computes (up to kernel numerics)."""
-    from filmweaver.backbone.attention import set_attention_backend
-
+def _fuse_options(models, fuse_qkv: bool, fuse_ffn: bool) -> None:
+    """Fused projections (the same numbers up to rounding). They replace or add modules, so they come
+    before any offloading, which snapshots each module's weights."""
     for expert in models.experts():
         if fuse_qkv:
             expert.fuse_qkv()
         if fuse_ffn:
             expert.fuse_ffn_gelu()
+
+
+def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
+    """Runtime choices that do not change what the model computes (up to kernel numerics)."""
+    from filmweaver.backbone.attention import set_attention_backend
+
+    for expert in models.experts():
         if attention:
             try:
                 set_attention_backend(expert.transformer, attention)
@@ -163,9 +168,10 @@ def generate(
             models.load_first_shot_model(first_shot_model, getattr(torch, _DTYPES[dtype]), load_device)
         except (ModelLoadError, OSError) as e:
             _fail(str(e))
+    _fuse_options(models, fuse_qkv, fuse_ffn)
     if offload != "none":
         models.enable_model_offload(device, stream_blocks=offload == "block")
-    _speed_options(models, attention, compile_blocks, fuse_qkv, fuse_ffn)
+    _speed_options(models, attention, compile_blocks)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel
 
