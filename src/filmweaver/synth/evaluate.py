@@ -43,6 +43,8 @@ ARMS = {
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
     # the synthetic models' default has guidance on the shot cache too (memory_guidance_scale 2): without it
     "no_memory_guidance": ("full", {"sampler": {"memory_guidance_scale": 1.0}}),
+    # a candidate default: +4.6 points of identity on the tuning stories (reports/synth-small/guidance_tuning.md)
+    "memory_guidance_3": ("full", {"sampler": {"memory_guidance_scale": 3.0}}),
 }
 
 
