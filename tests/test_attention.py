@@ -83,12 +83,20 @@ def test_fused_qkv_gives_the_same_forward_with_context(context_attention):
     ref = model(x, t, e, ctx, kv_cache=ContextKVCache())
     model.fuse_qkv()
     attn1, attn2 = model.transformer.blocks[0].attn1, model.transformer.blocks[0].attn2
-    assert attn1.fused_projections and attn1.to_qkv.out_features == 3 * attn1.to_q.out_features
-    assert attn2.fused_projections and attn2.to_kv.out_features == 2 * attn2.to_k.out_features
-    # the fused product is what runs: zeroing the separate projections changes nothing
+    inner = attn2.to_q.out_features  # cross-attention keeps its query projection
+    assert attn1.fused_projections and attn1.to_qkv.out_features == 3 * inner
+    assert attn2.fused_projections and attn2.to_kv.out_features == 2 * inner
+    # the fused product is what runs, and the separate projections are gone (their weights freed);
+    # cross-attention keeps its own query projection
+    from filmweaver.backbone.wan import FusedAway
+
     for blk in model.transformer.blocks:
-        for lin in (blk.attn1.to_q, blk.attn1.to_k, blk.attn1.to_v, blk.attn2.to_k, blk.attn2.to_v):
-            lin.weight.zero_()
+        assert all(isinstance(m, FusedAway) for m in (blk.attn1.to_q, blk.attn1.to_k, blk.attn1.to_v,
+                                                       blk.attn2.to_k, blk.attn2.to_v))
+        assert isinstance(blk.attn2.to_q, torch.nn.Linear)
+    assert not any(".to_k." in n or ".attn1.to_q." in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(model(x, t, e, ctx, kv_cache=ContextKVCache()), ref, atol=1e-5, rtol=1e-4)
+    model.fuse_qkv()  # idempotent
     torch.testing.assert_close(model(x, t, e, ctx, kv_cache=ContextKVCache()), ref, atol=1e-5, rtol=1e-4)
 
 

@@ -124,3 +124,18 @@ def test_i2v_backbone_without_its_image_encoder_or_512_text_tokens_is_refused(tm
     models.prompt_encoder.max_sequence_length = 64
     with pytest.raises(ValueError, match="512 text tokens"):
         StoryEngine(models, tmp_path / "b", story=story, progress=False)
+
+
+@torch.no_grad()
+def test_fused_projections_keep_the_i2v_forward_with_its_image_keys_and_values():
+    from filmweaver.backbone.wan import FusedAway
+
+    bb = tiny_i2v_models(seed=4).backbone
+    x, tt, text = torch.randn(1, 36, 2, 8, 8), torch.tensor([500.0]), torch.randn(1, 512, 32)
+    image = torch.randn(1, IMAGE_TOKENS, IMAGE_DIM)
+    ref = bb(x, tt, text, encoder_hidden_states_image=image)
+    bb.fuse_qkv()
+    bb.fuse_ffn_gelu()
+    attn2 = bb.transformer.blocks[0].attn2
+    assert isinstance(attn2.add_k_proj, FusedAway) and attn2.to_added_kv.out_features == 2 * attn2.to_q.out_features
+    torch.testing.assert_close(bb(x, tt, text, encoder_hidden_states_image=image), ref, atol=1e-5, rtol=1e-4)

@@ -139,6 +139,18 @@ class ContextKVAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class FusedAway(nn.Module):
+    """Stands where a projection was before :meth:`ContextWanTransformer.fuse_qkv` folded it into a
+    fused one: it holds no weights, and calling it is an error rather than a silent wrong answer."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{self.name} was fused into a joint projection (fuse_qkv); nothing should call it")
+
+
 class BiasGELUProjection(nn.Module):
     """``gelu_tanh(x @ W^T + b)`` of an FFN's up-projection ``proj`` (``[.., in] -> [.., out]``) as one
     ``torch._addmm_activation`` call: on CUDA, cuBLASLt's bias + GELU epilogue (tanh approximation,
@@ -369,9 +381,19 @@ class ContextWanTransformer(nn.Module):
 
         A LoRA adapter attached with peft lives on ``to_q`` / ``to_k`` / ``to_v``, which the fused
         projection bypasses, so adapters are merged into the base weights first (they cannot be
-        switched off afterwards). Idempotent."""
+        switched off afterwards). The separate projections are then dropped (:class:`FusedAway`):
+        diffusers keeps them, which costs the 14B model about 10 GB for weights nothing reads. Idempotent."""
+        from diffusers.models.transformers.transformer_wan import WanAttention
+
         self._merge_adapters()
         self.transformer.fuse_qkv_projections()
+        for attn in self.transformer.modules():
+            if isinstance(attn, WanAttention) and attn.fused_projections:
+                names = ["to_k", "to_v"] + ([] if attn.is_cross_attention else ["to_q"])  # cross: q stays
+                if getattr(attn, "to_added_kv", None) is not None:  # Wan2.1-I2V's image keys/values
+                    names += ["add_k_proj", "add_v_proj"]
+                for name in names:
+                    setattr(attn, name, FusedAway(name))
 
     def compile_blocks(self, dynamic: bool | None = None, backend: str = "inductor", mode: str | None = None) -> None:
         """``torch.compile`` the repeated transformer blocks (diffusers' regional compilation).
