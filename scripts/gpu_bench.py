@@ -51,6 +51,10 @@ def bench_command(kw: dict) -> str:
         out.append(flag if key in _SWITCHES else f"{flag} {v}")
     return " ".join(out)
 
+# one 14B forward without context, FlashAttention-4, compiled blocks: the base of the TFLOP/s cases
+_14B_FLASH4_COMPILED = dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
+                            compile_blocks=True, warmup=2, repeats=3)
+
 GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N) / attention_kernels (kernels=True)
     "wan": [  # measured 2026-11-21 (reports/bench-h200/)
         ("13b_native", dict(shape="1.3b", memory=(0, 3, 10), temporal=(False, True))),
@@ -98,20 +102,13 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
     ],
     "tflops": [  # the >= 700 TFLOP/s target (14B, one H200): fused q/k/v products, autotuned GEMMs; 2026-11-30
         # not measured yet: the FFN's bias + GELU as a cuBLASLt epilogue (--fuse-ffn), against the plain row again
-        ("14b_flash4_compile_fuse_ffn", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
-                                        compile_blocks=True, fuse_ffn=True, warmup=2, repeats=5)),
-        ("14b_flash4_compile_plain", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
-                                     compile_blocks=True, warmup=2, repeats=5)),
-        ("14b_flash4_compile_fused", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
-                                     compile_blocks=True, fuse_qkv=True, warmup=2, repeats=3)),
-        ("14b_flash4_compile_again", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
-                                     compile_blocks=True, warmup=2, repeats=3)),
-        ("14b_flash4_autotune_fused", dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
-                                      compile_blocks=True, compile_mode="max-autotune-no-cudagraphs",
-                                      fuse_qkv=True, warmup=2, repeats=3)),
-        ("14b_flash4_compile_fused_cfg2", dict(shape="14b", memory=(0,), temporal=(False,), batch=2,
-                                          attention_backend="flash4", compile_blocks=True, fuse_qkv=True,
-                                          warmup=2, repeats=3)),
+        ("14b_flash4_compile_fuse_ffn", dict(_14B_FLASH4_COMPILED, fuse_ffn=True, repeats=5)),
+        ("14b_flash4_compile_plain", dict(_14B_FLASH4_COMPILED, repeats=5)),
+        ("14b_flash4_compile_fused", dict(_14B_FLASH4_COMPILED, fuse_qkv=True)),
+        ("14b_flash4_compile_again", dict(_14B_FLASH4_COMPILED)),
+        ("14b_flash4_autotune_fused", dict(_14B_FLASH4_COMPILED, compile_mode="max-autotune-no-cudagraphs",
+                                           fuse_qkv=True)),
+        ("14b_flash4_compile_fused_cfg2", dict(_14B_FLASH4_COMPILED, batch=2, fuse_qkv=True)),
         ("13b_flash4_compile_fused", dict(shape="1.3b", memory=(0,), temporal=(False,), attention_backend="flash4",
                                      compile_blocks=True, fuse_qkv=True, warmup=3)),
     ],

@@ -653,7 +653,6 @@ class StoryEngine:
         memory = torch.cat(mem, dim=2).to(backbone.device, dtype) if mem else None
         positions = torch.cat(pos) if pos else None
 
-
         def velocity(x, t, text):
             x_in, ctx = m2v_inputs(x.to(dtype), memory, fixed, positions)
             return backbone(x_in, t, text.to(dtype), context=ctx, encoder_hidden_states_image=image).float()

@@ -384,8 +384,7 @@ def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora:
 def _model_index(root: Path, id_or_path: str, local: bool) -> dict:
     """``model_index.json`` (which components exist, Wan2.2's ``boundary_ratio``); {} if there is none."""
     if local:
-        path = root / "model_index.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return _json_or_empty(root / "model_index.json")
     try:  # a hub id the user named: its index is part of the download they asked for
         from huggingface_hub import hf_hub_download
 
@@ -411,7 +410,7 @@ def check_wan_directory(root: Path, components: tuple[str, ...] | None = None) -
     layout = {k: v for k, v in WAN_LAYOUT.items() if components is None or k in components}
     if (index.get("transformer_2") or [None])[0] is not None:
         layout["transformer_2"] = ["config.json"]
-    if components is None and _transformer_config(root).get("image_dim"):  # Wan2.1-I2V: its CLIP vision tower
+    if components is None and _json_or_empty(root / "transformer" / "config.json").get("image_dim"):  # Wan2.1-I2V: its CLIP vision tower
         layout.update(IMAGE_LAYOUT)
     for sub, files in layout.items():
         d = root / sub
@@ -430,8 +429,8 @@ def check_wan_directory(root: Path, components: tuple[str, ...] | None = None) -
         )
 
 
-def _transformer_config(root: Path) -> dict:
-    path = root / "transformer" / "config.json"
+def _json_or_empty(path: Path) -> dict:
+    """A JSON file's contents, or {} where it is missing or unreadable (the layout check names it)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -27,7 +27,13 @@ import torch
 
 from filmweaver.eval.metrics import seam_ratio
 from filmweaver.synth.stories import story_from_script
-from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, CHARACTER_HEIGHT, LOCATION_ATTRIBUTES
+from filmweaver.synth.world import (
+    ALL_ATTRIBUTES,
+    CHARACTER_ATTRIBUTES,
+    CHARACTER_HEIGHT,
+    FRAMINGS,
+    LOCATION_ATTRIBUTES,
+)
 
 IDENTITY_CHANCE = float(np.mean([1 / len(v) for v in CHARACTER_ATTRIBUTES.values()]))
 EVAL_FIRST_SEED = 1_000_000  # held out: training uses seeds < 1,000,000
@@ -112,7 +118,7 @@ def summarize(records: list[dict]) -> dict:
         # where identity is lost: by the later shot's framing (a wide shot draws the character small), and
         # the most frequent (true -> read) confusions per character attribute
         "identity_by_framing": {f: {"rate": rate(rows, char), "shots": len(rows)}
-                                for f in ("wide", "medium", "close")
+                                for f in FRAMINGS
                                 if (rows := [r for r in ident if r.get("framing") == f])},
         "identity_confusions": {k: Counter(f"{r['truth'][k]} -> {r['read'][k]}" for r in ident
                                            if "truth" in r and not r["match"][k]).most_common(3) for k in char},
@@ -204,14 +210,14 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
                          + " | ".join(pct(s["adherence_by_attribute"][a]) for a in attrs) + " |")
     framed = [r for r in results if r["summary"].get("identity_by_framing")]
     if framed:
-        heights = " / ".join(f"{100 * CHARACTER_HEIGHT[f]:.0f}" for f in ("wide", "medium", "close"))
+        heights = " / ".join(f"{100 * CHARACTER_HEIGHT[f]:.0f}" for f in FRAMINGS)
         lines += ["", f"Identity by the later shot's framing (the character is drawn at {heights} % of the frame "
                   "height), and the most frequent misreads on identity shots (true -> read, shots):", "",
-                  "| arm | wide | medium | close | most frequent misreads |", "|---|---|---|---|---|"]
+                  "| arm | " + " | ".join(FRAMINGS) + " | most frequent misreads |", "|---" * (len(FRAMINGS) + 2) + "|"]
         for r in framed:
             s = r["summary"]
             cells = [f"{100 * s['identity_by_framing'][f]['rate']:.0f}% ({s['identity_by_framing'][f]['shots']})"
-                     if f in s["identity_by_framing"] else "-" for f in ("wide", "medium", "close")]
+                     if f in s["identity_by_framing"] else "-" for f in FRAMINGS]
             worst = sorted((n, c) for k in s["identity_confusions"] for c, n in s["identity_confusions"][k])[::-1][:4]
             lines.append(f"| {r['arm']} | " + " | ".join(cells) + " | " + ", ".join(f"{c} ({n})" for n, c in worst) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")

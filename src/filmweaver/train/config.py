@@ -114,8 +114,9 @@ class DiTPhase(_Cfg):
     # encoder; same architecture) instead of random weights: continue a shipped model's training
     init_from: str | None = None
     # torch.compile the repeated transformer blocks with dynamic token counts (fused elementwise work:
-    # the small synthetic model's step is many small kernels). Off by default: one 45 s check on an H200
-    # gave the same losses at ~1.35x the steps a second (reports/synth-small/device_runs.md), not yet a full run.
+    # the small synthetic model's step is many small kernels). Off by default; configs/synth-small.yaml
+    # turns it on: same losses at 1.2-1.35x the steps a second on an H200 after ~50 s of compiling
+    # (reports/synth-small/device_runs.md).
     compile_blocks: bool = False
     stages: list[Stage] = Field(default_factory=lambda: [
         Stage(name="temporal", steps=1000, modes={"text": 0.3, "temporal": 0.7}, long_takes=0.7),
