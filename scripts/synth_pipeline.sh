@@ -27,7 +27,7 @@ train() { python3 -m filmweaver.train $CFG "$@"; }
 
 mkdir -p $R $R/pack  # pack exists from the start: helpers beside the pipeline (bench_one_gpu.sh) write into it
 if [ -n "$REUSE" ]; then
-  for arm in base full no_noise no_negatives full_seed1; do mkdir -p $R/$arm && cp -r $REUSE/vae $REUSE/embedder $R/$arm/; done
+  for arm in base $TRAIN_ARMS; do mkdir -p $R/$arm && cp -r $REUSE/vae $REUSE/embedder $R/$arm/; done
 fi
 train -o $R/base --set stop_after=embedder > $R/base.log 2>&1
 for arm in $TRAIN_ARMS; do
@@ -42,6 +42,9 @@ declare -A ARGS=(
   [no_noise]="--set dit.augment.noise_shot_cache=null --set dit.augment.noise_temporal_cache=null --set probe=null"
   [no_negatives]="--set dit.augment.negative_sampling=0 --set probe=null"
   [full_seed1]="--set seed=1 --set probe=null"
+  # the character's weight in the loss doubled (with props_loss_weight 3 beside it the character's share
+  # of the weighted loss fell below run 4's): evaluate it as full@char6, no_shot_cache@char6, ...
+  [char6]="--set dit.character_loss_weight=6 --set probe=null"
 )
 # one arm per GPU at a time (run 3 put four arms on one H200: the GPU, not the host, was then the
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)
@@ -56,6 +59,11 @@ wait
 # pack the model now: a device machine can go back at any time, and scripts/device_wait.sh copies
 # whatever is in $R/pack on every call
 tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
+# the other arms' models without the parts they share with full (vae, embedder, probe)
+for arm in $TRAIN_ARMS; do
+  [ "$arm" = full ] || tar czf - -C $R/$arm --exclude model/vae --exclude model/embedder --exclude model/probe model \
+    | split -b 15m - $R/pack/model-$arm.tgz.part-
+done
 tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.log
 echo TRAINING-DONE
 if [ -n "$BENCH_GPUS" ]; then

@@ -13,7 +13,9 @@ story's ground truth:
   boundaries divided by the median change inside chunks (1.0 = seamless).
 
 ``python -m filmweaver.synth.evaluate RUNS_DIR OUT_DIR`` runs the ablation arms (:data:`ARMS`) on
-held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``.
+held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``. An arm may name the
+training run whose model it uses, ``ARM@RUN`` (``no_shot_cache@char6``: the no-shot-cache settings on
+``RUNS/char6/model``), so one ablation compares several trained models.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ ARMS = {
     # a candidate default: +4.6 points of identity on the tuning stories (reports/synth-small/guidance_tuning.md)
     "memory_guidance_3": ("full", {"sampler": {"memory_guidance_scale": 3.0}}),
 }
+
+
+def resolve_arm(arm: str) -> tuple[str, dict]:
+    """``ARM`` or ``ARM@RUN`` -> (training run directory name, engine overrides)."""
+    name, _, run = arm.partition("@")
+    if name not in ARMS:
+        raise SystemExit(f"unknown arm {name!r} in {arm!r}: expected one of {', '.join(ARMS)} (optionally @RUN)")
+    run_name, overrides = ARMS[name]
+    return run or run_name, overrides
 
 
 def _majority(pred: torch.Tensor) -> int:
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out", help="where projects and the report go")
     ap.add_argument("--stories", type=int, default=50)
     ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
-    ap.add_argument("--arms", nargs="*", default=list(ARMS))
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), help="arms of ARMS, each optionally ARM@RUN")
     ap.add_argument("--probe", default=None, help="probe directory (default: RUNS/full/model/probe)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shard", default="0/1", help="K/N: run the K-th of N interleaved shares of the stories "
@@ -291,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="merge arm results already in OUT into the report")
     args = ap.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
+    for arm in args.arms:
+        resolve_arm(arm)  # a misspelt arm fails now, not after the others have run
     k, n = (int(x) for x in args.shard.split("/"))
     if not 0 <= k < n:
         ap.error(f"--shard {args.shard}: expected K/N with 0 <= K < N")
@@ -300,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         for arm in args.arms:
             path = out / (f"arm_{arm}.json" if n == 1 else f"arm_{arm}.shard{k}of{n}.json")
             if not path.is_file():
-                run_name, overrides = ARMS[arm]
+                run_name, overrides = resolve_arm(arm)
                 res = run_arm(arm, runs / run_name / "model", overrides, stories[k::n], out / "projects", probe,
                               args.device)
                 path.parent.mkdir(parents=True, exist_ok=True)
