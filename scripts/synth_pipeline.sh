@@ -42,9 +42,8 @@ declare -A ARGS=(
   [no_noise]="--set dit.augment.noise_shot_cache=null --set dit.augment.noise_temporal_cache=null --set probe=null"
   [no_negatives]="--set dit.augment.negative_sampling=0 --set probe=null"
   [full_seed1]="--set seed=1 --set probe=null"
-  # the character's weight in the loss doubled (with props_loss_weight 3 beside it the character's share
-  # of the weighted loss fell below run 4's): evaluate it as full@char6, no_shot_cache@char6, ...
-  [char6]="--set dit.character_loss_weight=6 --set probe=null"
+  # run 7 compared the character weight 3 against 6 (6 is in the config since): another recipe arm goes
+  # here, and is evaluated as ARM@NAME (full@NAME, no_shot_cache@NAME, ...)
 )
 # one arm per GPU at a time (run 3 put four arms on one H200: the GPU, not the host, was then the
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)
@@ -80,7 +79,7 @@ for arm in $EVAL_ARMS; do
   done
 done
 wait $(jobs -p | grep -vx "${BENCH_PID:-none}") || true  # the evaluations (the benchmarks may still run)
-python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only > $R/eval_report.log 2>&1
+python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only --arms $EVAL_ARMS > $R/eval_report.log 2>&1
 
 P=$R/eval/projects/full
 tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \

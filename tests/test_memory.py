@@ -67,6 +67,23 @@ def test_topk_retrieves_by_prompt_similarity():
     assert [c.bank_index for c in chosen] == [0, 2] and chosen[1].role == "required"
 
 
+def test_topk_per_shot_cap_lets_other_shots_in():
+    """Three near-duplicate keyframes of shot 1 would take every slot; with ``per_shot=1`` the best of
+    each shot comes first, and free slots still fill from the rest when there are too few shots."""
+    bank = KeyframeBank([kf(unit(0.6, 0.8, 0), 0), kf(unit(1, 0.1, 0), 1), kf(unit(1, 0.12, 0), 1),
+                         kf(unit(1, 0.14, 0), 1), kf(unit(0, 0, 1), 2)], dedupe_threshold=2)
+    prompt = unit(1, 0, 0)
+    assert [c.bank_index for c in TopKRetrieval(k=3).select(bank, prompt)] == [1, 2, 3]
+    assert [c.bank_index for c in TopKRetrieval(k=3, per_shot=1).select(bank, prompt)] == [0, 1, 4]
+    assert [c.bank_index for c in TopKRetrieval(k=4, per_shot=1).select(bank, prompt)] == [0, 1, 2, 4]
+    assert [c.bank_index for c in TopKRetrieval(k=3, per_shot=2).select(bank, prompt)] == [0, 1, 2]
+    # required entries stay, and user references (source_shot -1) are not capped
+    refs = KeyframeBank([kf(unit(1, 0, 0), -1), kf(unit(1, 0.05, 0), -1), *bank.entries], dedupe_threshold=2)
+    chosen = TopKRetrieval(k=3, per_shot=1).select(refs, prompt, required=[6])
+    assert [c.bank_index for c in chosen] == [0, 1, 6] and chosen[2].role == "required"
+    assert make_shot_cache_policy("topk", k=3, per_shot=1).per_shot == 1
+
+
 def test_sink_window():
     bank = KeyframeBank([kf(unit(1, 0), s) for s in range(12)], dedupe_threshold=2)
     chosen = SinkWindowMemory(sink=3, max_size=6).select(bank)

@@ -111,6 +111,8 @@ def generate(
     embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
+    per_shot: int | None = typer.Option(None, min=1, help="topk: at most this many keyframes from one earlier shot "
+                                        "(the model's default if unset; none: no cap)"),
     memory_compression: int | None = typer.Option(None, help="pool each keyframe into 2x2 or 4x4 patches: 4x / 16x fewer "
                                                   "memory tokens (model default if unset)"),
     steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
@@ -184,7 +186,8 @@ def generate(
                  memory_guidance_scale=memory_guidance)
     sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
     shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
-                                                        {"compression": memory_compression}))
+                                                        {"compression": memory_compression}),
+                                 **({} if per_shot is None else {"per_shot": per_shot}))
     ratios = None
     if mag_ratios is not None:
         try:

@@ -62,6 +62,7 @@ UNTRAINED_BANNER = "UNTRAINED MODEL: random weights, output is noise (engine dem
 class ShotCacheConfig(BaseModel):
     policy: Literal["topk", "sink_window", "none"] = "topk"
     k: int = 3  # topk: keyframes retrieved per shot
+    per_shot: int | None = Field(None, ge=1)  # topk: at most this many from one earlier shot (None: no cap)
     sink: int = 3  # sink_window: first keyframes kept forever
     max_size: int = 10  # sink_window: total memory size
     gap: float = 0.0  # extra temporal distance between memory and video (StoryMem's S)
@@ -207,7 +208,7 @@ class StoryEngine:
         self.sampler = FlowMatchSampler(cfg.sampler, models.scheduler_config,
                                         boundary=getattr(models.backbone, "boundary", None))
         self.policy = make_shot_cache_policy(cfg.shot_cache.policy, cfg.shot_cache.k, cfg.shot_cache.sink,
-                                             cfg.shot_cache.max_size)
+                                             cfg.shot_cache.max_size, cfg.shot_cache.per_shot)
         kcfg = cfg.keyframes
         self.selector = KeyframeSelector(kcfg.max_per_shot, kcfg.start_threshold, kcfg.threshold_step,
                                          ContrastScorer() if kcfg.quality_scorer == "contrast" else None,

@@ -2,7 +2,9 @@
 
 Two policies behind one interface:
 
-* ``topk`` (FilmWeaver): ``C_shot = argtopk_{kf in bank} cos(phi_T(prompt), phi_I(kf))``.
+* ``topk`` (FilmWeaver): ``C_shot = argtopk_{kf in bank} cos(phi_T(prompt), phi_I(kf))``; optionally
+  at most ``per_shot`` keyframes from any one earlier shot (the near-duplicate frames of one shot can
+  otherwise take every slot, crowding out the shot that introduced a character).
 * ``sink_window`` (StoryMem): the first ``sink`` keyframes are kept forever, the most recent fill the
   rest up to ``max_size``; the oldest sliding ones drop first.
 
@@ -53,6 +55,7 @@ def _similarities(bank: KeyframeBank, prompt_embedding: torch.Tensor | None) -> 
 @dataclass
 class TopKRetrieval:
     k: int = 3
+    per_shot: int | None = None  # at most this many keyframes of one source shot while others are left
     name: str = "topk"
 
     def select(self, bank, prompt_embedding=None, required=None):
@@ -62,6 +65,18 @@ class TopKRetrieval:
         required = list(dict.fromkeys(required or []))[: self.k]
         rest = sorted((i for i in range(len(bank)) if i not in required), key=lambda i: -sims[i])
         chosen = {i: "required" for i in required}
+        if self.per_shot is not None:
+            # the most similar keyframes under the cap first; slots still free (fewer shots than
+            # k / per_shot) go to the best of the rest, so a small bank still fills k
+            taken: dict[int, int] = {}
+            capped = []
+            for i in rest:
+                shot = bank.entries[i].source_shot
+                if shot < 0 or taken.get(shot, 0) < self.per_shot:  # user references are not capped
+                    capped.append(i)
+                    taken[shot] = taken.get(shot, 0) + 1
+            first = set(capped)
+            rest = capped + [i for i in rest if i not in first]
         for i in rest[: max(0, self.k - len(required))]:
             chosen[i] = "retrieved"
         return [RetrievedKeyframe(i, sims[i], chosen[i]) for i in sorted(chosen)]
@@ -92,9 +107,10 @@ class SinkWindowMemory:
         return [RetrievedKeyframe(i, sims[i], roles[i]) for i in sorted(roles)]
 
 
-def make_shot_cache_policy(name: str, k: int = 3, sink: int = 3, max_size: int = 10) -> ShotCachePolicy:
+def make_shot_cache_policy(name: str, k: int = 3, sink: int = 3, max_size: int = 10,
+                           per_shot: int | None = None) -> ShotCachePolicy:
     if name == "topk":
-        return TopKRetrieval(k=k)
+        return TopKRetrieval(k=k, per_shot=per_shot)
     if name == "sink_window":
         return SinkWindowMemory(sink=sink, max_size=max_size)
     if name == "none":

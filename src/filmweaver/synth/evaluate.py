@@ -183,6 +183,8 @@ def run_arm(arm: str, model_dir: str | Path, overrides: dict, stories: list[dict
 
 
 def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
+    """``report.json``, ``report.md`` and ``ablation.png`` for ``results`` (one per arm, in table order; the
+    first is the reference arm, highlighted in the figure)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({"meta": meta, "arms": results}, indent=1))
@@ -249,7 +251,7 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
             err = np.array([[v - r["summary"]["identity_ci95"][0], r["summary"]["identity_ci95"][1] - v]
                             for v, r in zip(vals, results, strict=True)]).T
         ax.bar(range(len(names)), vals, yerr=err, capsize=2,
-               color=["#2b6cb0" if n == "full" else "#a0aec0" for n in names])
+               color=["#2b6cb0" if i == 0 else "#a0aec0" for i in range(len(names))])  # the first arm: the reference
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title)
         if key in ("identity", "adherence"):
