@@ -139,3 +139,20 @@ def test_fused_ffn_gelu_keeps_the_forward_the_weights_and_a_lora():
     h = torch.randn(2, 5, acts[0].proj.in_features)
     torch.testing.assert_close(acts[0].fused(h), F.gelu(F.linear(h, acts[0].proj.weight, acts[0].proj.bias)),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fuse", ["fuse_qkv", "fuse_ffn_gelu"])
+def test_a_model_fused_for_inference_is_not_saved(tmp_path, fuse):
+    """Fused weights (joint q/k/v, merged adapters) are a layout ``from_pretrained`` does not read:
+    saving one is refused with the reason, before anything is written."""
+    from filmweaver.models import FilmModels
+
+    tiny_models = FilmModels.tiny(seed=0)  # its own: fusing changes the model (the fixture is shared)
+    tiny_models.save_pretrained(tmp_path / "before")  # an unfused model saves
+    assert (tmp_path / "before" / "transformer" / "config.json").is_file()
+    assert not tiny_models.backbone.fused_for_inference
+    getattr(tiny_models.backbone, fuse)()
+    assert tiny_models.backbone.fused_for_inference
+    with pytest.raises(ValueError, match="fused for inference"):
+        tiny_models.save_pretrained(tmp_path / "after")
+    assert not (tmp_path / "after").exists()

@@ -312,6 +312,11 @@ class FilmModels:
         text encoder and CLIP embedder weights in that precision (they load back in the dtype asked for
         at load time)."""
         root = Path(directory)
+        experts = getattr(self.backbone, "experts", [self.backbone])
+        if any(getattr(e, "fused_for_inference", False) for e in experts):
+            raise ValueError(f"cannot save to {root}: the transformer was fused for inference (--fuse-qkv / "
+                             "--fuse-ffn: joint q/k/v weights, LoRA adapters merged), a layout from_pretrained "
+                             "does not read; save the model before fusing it, or load it again")
 
         def save(module, path):
             if dtype is None:
@@ -321,7 +326,6 @@ class FilmModels:
             module.to(dtype).save_pretrained(path)
             module.to(orig)
 
-        experts = getattr(self.backbone, "experts", [self.backbone])
         for name, expert in zip(("transformer", "transformer_2"), experts, strict=False):
             save(expert.transformer, root / name)
             expert.save_context_projections(root / name, dtype=dtype or torch.float32)

@@ -395,6 +395,13 @@ class ContextWanTransformer(nn.Module):
                 for name in names:
                     setattr(attn, name, FusedAway(name))
 
+    @property
+    def fused_for_inference(self) -> bool:
+        """Whether :meth:`fuse_qkv` or :meth:`fuse_ffn_gelu` ran: the weights are then in a layout (joint
+        q/k/v products, merged adapters) that ``from_pretrained`` does not read back."""
+        return any(getattr(m, "fused_projections", False) or isinstance(m, BiasGELUProjection)
+                   for m in self.transformer.modules())
+
     def compile_blocks(self, dynamic: bool | None = None, backend: str = "inductor", mode: str | None = None) -> None:
         """``torch.compile`` the repeated transformer blocks (diffusers' regional compilation).
 
