@@ -386,3 +386,69 @@ def test_an_arm_can_name_the_training_run_whose_model_it_uses():
     assert resolve_arm("no_noise_aug") == ("no_noise", {})
     with pytest.raises(SystemExit, match="no_such_arm"):
         resolve_arm("no_such_arm@char6")
+
+
+@pytest.fixture(scope="module")
+def small_rendered_set():
+    return render_dataset(12, 2, first_seed=5, shot_frames=(8, 12), long_take_frames=16, workers=1, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["text", "temporal", "shot", "both"])
+def test_store_batches_hold_the_frames_their_mode_promises(mode, small_rendered_set):
+    """Every latent holds its own global frame index, so each frame of a batch says where it came
+    from: the chunk lies inside its shot, the history is the frames right before it (or, at the start
+    of a continuing shot, the previous shot's last frame), memory comes from earlier shots of the same
+    story except the counted negatives, and the coverage is that of the chunk's frames."""
+    from filmweaver.train.data import LatentStore
+
+    data = small_rendered_set
+    n = len(data.frames)
+    latents = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 2, 2, 2).contiguous()
+    coverage = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 2, 2, 2).contiguous()
+    store = LatentStore(latents, data, coverage=coverage)
+    shot_of = np.repeat(np.arange(data.num_shots), data.shot_length)
+    rng = np.random.default_rng(0)
+    negatives = relevant = starts = 0
+    for _ in range(30):
+        k = int(rng.integers(1, 4))
+        batch = store.sample(mode, 16, 4, 6, k, rng, long_takes=0.5, negative_sampling=0.4)
+        assert batch.target.shape == (16, 2, 4, 2, 2) and batch.coverage.shape == (16, 4, 2, 2, 2)
+        for i, s in enumerate(batch.shot_index.tolist()):
+            frames = batch.target[i, 0, :, 0, 0].long().numpy()
+            first = int(frames[0])
+            assert (np.diff(frames) == 1).all() and (shot_of[frames] == s).all()
+            assert torch.equal(batch.coverage[i, :, 0, 0, 0], batch.target[i, 0, :, 0, 0])
+            if mode in ("text", "shot"):
+                assert first == data.shot_start[s]
+            if mode in ("shot", "both"):
+                assert store.position[s] > 0
+            if mode in ("temporal", "both"):
+                hist = batch.history[i][0, :, 0, 0].long().numpy()
+                if first == data.shot_start[s]:  # a continuing shot's first chunk: MI2V
+                    assert not data.shot_cut[s] and hist.tolist() == [first - 1] and shot_of[first - 1] == s - 1
+                    starts += 1
+                else:
+                    assert hist[-1] == first - 1 and (np.diff(hist) == 1).all() and len(hist) <= 6
+                    assert (shot_of[hist] == s).all()
+            if batch.memory is None:
+                continue
+            assert batch.memory.shape == (16, 2, k, 2, 2)
+            story = data.shot_story[s]
+            for f in batch.memory[i, 0, :, 0, 0].long().tolist():
+                e = shot_of[f]
+                assert f in (data.shot_start[e], *range(data.shot_start[e], data.shot_start[e] + data.shot_length[e]))
+                if data.shot_story[e] == story:
+                    assert store.position[e] < store.position[s]  # an earlier shot of the story
+                    relevant += 1
+                else:
+                    assert data.shot_story[e] >= 0  # negatives are other stories' shots, never long takes
+                    negatives += 1
+        # the count the batch reports is the slots from other stories
+        if batch.memory is not None:
+            stories = data.shot_story[shot_of[batch.memory[:, 0, :, 0, 0].long().numpy()]]
+            assert batch.negatives == int((stories != data.shot_story[batch.shot_index.numpy()][:, None]).sum())
+            assert (stories == data.shot_story[batch.shot_index.numpy()][:, None]).any(1).all()  # one stays relevant
+    if mode in ("shot", "both"):
+        assert negatives > 0 and relevant > negatives
+    if mode == "both":
+        assert starts > 0  # continuing shots' first chunks are drawn

@@ -61,6 +61,36 @@ class LatentStore:
         self.take_ids = np.nonzero(story < 0)[0]
         self.later_shot_ids = np.array([s for s in self.story_shot_ids if self.position[s] > 0])
         self.continuation_ids = np.array([s for s in self.later_shot_ids if not data.shot_cut[s]])
+        self._index_memory_sources()
+
+    def _index_memory_sources(self) -> None:
+        """Padded tables for drawing a whole batch's memory at once (no per-sample Python).
+
+        Row ``r`` of ``_earlier`` / ``_earlier_cdf`` belongs to shot ``later_shot_ids[r]``: its story's
+        earlier shots and the cumulative probability of drawing each (a shot at the same location
+        counts 3x, as prompt retrieval prefers it); padding has probability 0. ``_story_table`` holds
+        every story's shots (padded with -1) for negatives."""
+        data = self.data
+        later = self.later_shot_ids
+        width = max([self.position[int(s)] for s in later], default=1)
+        self._earlier = np.zeros((len(later), width), dtype=np.int64)
+        self._earlier_cdf = np.ones((len(later), width))
+        for r, s in enumerate(later.tolist()):
+            earlier = self.story_shots[int(data.shot_story[s])][: self.position[s]]
+            w = np.array([3.0 if data.shot_location[e] == data.shot_location[s] else 1.0 for e in earlier])
+            self._earlier[r, : len(earlier)] = earlier
+            self._earlier_cdf[r, : len(earlier)] = np.cumsum(w) / w.sum()
+            self._earlier_cdf[r, len(earlier) - 1] = 1.0  # exactly: a draw in [0, 1) never lands in the padding
+        self._later_row = np.full(len(data.shot_story), -1, dtype=np.int64)
+        self._later_row[later] = np.arange(len(later))
+        most = max((len(v) for v in self.story_shots.values()), default=1)
+        self._story_table = np.full((len(self.story_ids), most), -1, dtype=np.int64)
+        self._story_count = np.zeros(len(self.story_ids), dtype=np.int64)
+        for i, story in enumerate(self.story_ids.tolist()):
+            shots = self.story_shots[story]
+            self._story_table[i, : len(shots)] = shots
+            self._story_count[i] = len(shots)
+        self._story_slot = {int(story): i for i, story in enumerate(self.story_ids.tolist())}
 
     @classmethod
     @torch.no_grad()
@@ -89,76 +119,92 @@ class LatentStore:
         return cls(out, data, coverage=latent_coverage(data.coverage, (h, w), device, dtype))
 
     # -- sampling ------------------------------------------------------------------------------------
-    def _frames(self, shot: int, first: int, count: int) -> torch.Tensor:
-        """``[C, count, h, w]`` latents of ``shot`` from frame ``first``."""
-        a = int(self.start[shot]) + first
-        return self.latents[a : a + count].permute(1, 0, 2, 3)
-
-    def _coverage(self, shot: int, first: int, count: int) -> torch.Tensor:
-        a = int(self.start[shot]) + first
-        return self.coverage[a : a + count]
+    def _gather(self, frame_index: np.ndarray, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of ``table`` (default: the latents) at global frame indices ``[...]`` -> ``[..., *row]``,
+        one indexing op on the table's device."""
+        table = self.latents if table is None else table
+        return table[to_device(torch.from_numpy(frame_index), table.device)]
 
     def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
                long_takes: float = 0.0, negative_sampling: float = 0.0) -> Batch:
-        targets, cover, shots, hist, mems, negatives = [], [], [], [], [], 0
-        for _ in range(batch_size):
-            if mode == "text":
-                s = int(rng.choice(self.story_shot_ids))
-                f0 = 0
-            elif mode == "temporal":
-                pool = self.take_ids if (len(self.take_ids) and rng.random() < long_takes) else self.story_shot_ids
-                s = int(rng.choice(pool))
-                f0 = self._inner_start(s, chunk, rng)
-            elif mode == "shot":
-                s = int(rng.choice(self.later_shot_ids))
-                f0 = 0
-            else:  # both
-                s = int(rng.choice(self.later_shot_ids))
-                f0 = self._inner_start(s, chunk, rng)
-            targets.append(self._frames(s, f0, chunk))
-            if self.coverage is not None:
-                cover.append(self._coverage(s, f0, chunk))
-            shots.append(s)
-            if mode in ("temporal", "both"):
-                if f0 == 0:  # the first chunk of a cut: false shot continues from the previous shot (MI2V)
-                    prev = s - 1
-                    hist.append(self._frames(prev, int(self.length[prev]) - 1, 1))
-                else:
-                    a = max(0, f0 - history)
-                    hist.append(self._frames(s, a, f0 - a))
-            if mode in ("shot", "both"):
-                m, n_neg = self._memory(s, num_memory, rng, negative_sampling)
-                mems.append(m)
-                negatives += n_neg
-        return Batch(mode, torch.stack(targets), torch.tensor(shots), hist or None,
-                     torch.stack(mems) if mems else None, negatives, torch.stack(cover) if cover else None)
+        """A batch of ``mode``, drawn for the whole batch at once (a per-sample Python loop cost ~10 ms
+        a memory batch on the training host, which bounds the step rate of this small model)."""
+        b = batch_size
+        if mode == "text":
+            shots, f0 = rng.choice(self.story_shot_ids, size=b), np.zeros(b, dtype=np.int64)
+        elif mode == "temporal":
+            shots = rng.choice(self.story_shot_ids, size=b)
+            if len(self.take_ids):
+                takes = rng.random(b) < long_takes
+                shots = np.where(takes, rng.choice(self.take_ids, size=b), shots)
+            f0 = self._inner_starts(shots, chunk, rng)
+        elif mode == "shot":
+            shots, f0 = rng.choice(self.later_shot_ids, size=b), np.zeros(b, dtype=np.int64)
+        else:  # both
+            shots = rng.choice(self.later_shot_ids, size=b)
+            f0 = self._inner_starts(shots, chunk, rng)
+        first = self.start[shots] + f0  # global index of each chunk's first frame
+        window = first[:, None] + np.arange(chunk)  # [B, chunk]
+        target = self._gather(window).permute(0, 2, 1, 3, 4)  # [B, C, chunk, h, w]
+        cover = None
+        if self.coverage is not None:
+            cover = self._gather(window, self.coverage)  # [B, chunk, L, h, w]
+        hist = None
+        if mode in ("temporal", "both"):
+            # f0 == 0 (the first chunk of a cut: false shot) continues from the previous shot's last
+            # frame (MI2V); otherwise up to `history` frames of the shot before the chunk
+            begin = np.where(f0 == 0, self.start[np.maximum(shots - 1, 0)] + self.length[np.maximum(shots - 1, 0)] - 1,
+                             first - np.minimum(f0, history))
+            count = np.where(f0 == 0, 1, np.minimum(f0, history))
+            flat = np.repeat(begin - (np.cumsum(count) - count), count) + np.arange(count.sum())
+            frames = self._gather(flat)  # [sum(count), C, h, w]
+            hist = [h.permute(1, 0, 2, 3) for h in torch.split(frames, count.tolist())]
+        mem, negatives = None, 0
+        if mode in ("shot", "both"):
+            mem, negatives = self._memory(shots, num_memory, rng, negative_sampling)
+        return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover)
 
-    def _inner_start(self, s: int, chunk: int, rng: np.random.Generator) -> int:
-        n = int(self.length[s])
-        if not self.data.shot_cut[s] and self.data.shot_story[s] >= 0 and rng.random() < 0.25:
-            return 0
-        return int(rng.integers(1, max(2, n - chunk + 1)))
+    def _inner_starts(self, shots: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
+        """A chunk start inside each shot; a continuing story shot (``cut: false``) starts at 0 a quarter
+        of the time (its first chunk, conditioned on the previous shot's last frame)."""
+        n = self.length[shots]
+        start = rng.integers(1, np.maximum(2, n - chunk + 1))
+        continuing = ~self.data.shot_cut[shots] & (self.data.shot_story[shots] >= 0) & (rng.random(len(shots)) < 0.25)
+        return np.where(continuing, 0, start)
 
-    def _memory(self, s: int, k: int, rng: np.random.Generator, negative_sampling: float) -> tuple[torch.Tensor, int]:
-        story = int(self.data.shot_story[s])
-        earlier = self.story_shots[story][: self.position[s]]
-        loc = self.data.shot_location[s]
-        weights = np.array([3.0 if self.data.shot_location[e] == loc else 1.0 for e in earlier])
-        picks = rng.choice(earlier, size=k, p=weights / weights.sum())
-        frames, n_neg = [], 0
-        keep = int(rng.integers(k))  # at least one slot stays relevant
-        for j, e in enumerate(picks):
-            if j != keep and rng.random() < negative_sampling:
-                other = int(rng.choice(self.story_ids))
-                while other == story and len(self.story_ids) > 1:
-                    other = int(rng.choice(self.story_ids))
-                e = int(rng.choice(self.story_shots[other]))
-                n_neg += 1
-            n = int(self.length[e])
-            fi = 0 if rng.random() < 0.5 else int(rng.integers(n))
-            frames.append(self._frames(int(e), fi, 1))
-        # story order (negatives fall where they were drawn), as retrieval returns bank order
-        return torch.cat(frames, dim=1), n_neg
+    def _memory(self, shots: np.ndarray, k: int, rng: np.random.Generator,
+                negative_sampling: float) -> tuple[torch.Tensor, int]:
+        """``[B, C, k, h, w]`` keyframes of earlier shots of each sample's story (with replacement,
+        same-location shots 3x as likely), a random slot but one of each sample replaced with
+        probability ``negative_sampling`` by a keyframe of another story. Each keyframe is the
+        shot's first frame half of the time, else a random frame of it. Returns the number of negatives."""
+        b = len(shots)
+        rows = self._later_row[shots]
+        draw = rng.random((b, k))
+        pick = (draw[:, :, None] > self._earlier_cdf[rows][:, None, :]).sum(-1)  # inverse CDF, [B, k]
+        source = np.take_along_axis(self._earlier[rows], pick, axis=1)
+        keep = rng.integers(k, size=b)  # at least one slot stays relevant
+        negative = (rng.random((b, k)) < negative_sampling) & (np.arange(k)[None, :] != keep[:, None])
+        if negative.any() and len(self.story_ids) > 1:
+            own = np.array([self._story_slot[int(x)] for x in self.data.shot_story[shots].tolist()])
+            other = rng.integers(len(self.story_ids) - 1, size=(b, k))
+            other += other >= own[:, None]  # uniform over the other stories
+            shot_in = (rng.random((b, k)) * self._story_count[other]).astype(np.int64)
+            source = np.where(negative, self._story_table[other, shot_in], source)
+        else:
+            negative[:] = False
+        n = self.length[source]
+        frame = np.where(rng.random((b, k)) < 0.5, 0, (rng.random((b, k)) * n).astype(np.int64))
+        # slots in drawing order, negatives where they fell, as retrieval returns bank order
+        mem = self._gather(self.start[source] + frame).permute(0, 2, 1, 3, 4)  # [B, C, k, h, w]
+        return mem, int(negative.sum())
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host -> device without a stream sync (a copy from pageable memory waits for the device)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def latent_coverage(coverage, latent_hw: tuple[int, int], device, dtype=torch.float16,

@@ -24,7 +24,7 @@ from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.synth.world import COVERAGE_LAYERS
 from filmweaver.text import embed_token_ids
 from filmweaver.train.config import DiTPhase
-from filmweaver.train.data import Batch, LatentStore
+from filmweaver.train.data import Batch, LatentStore, to_device
 
 FIT_WINDOW = 500  # steps per rate measurement (fit_steps_to_time)
 
@@ -64,7 +64,7 @@ def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_tempora
             cache.push(torch.stack([batch.history[i] for i in idx]))
             groups.append(cache.context(0.0))
             order += idx
-        inverse = _to_device(torch.argsort(torch.tensor(order)), groups[0][0].latents.device)
+        inverse = to_device(torch.argsort(torch.tensor(order)), groups[0][0].latents.device)
         for j, first in enumerate(groups[0]):
             lat = torch.cat([g[j].latents for g in groups])[inverse]
             if t_temporal is not None:
@@ -72,13 +72,6 @@ def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_tempora
             blocks.append(ContextFrames(lat, first.positions, 0.0 if t_temporal is None else t_temporal,
                                         first.compression, kind="temporal"))
     return blocks
-
-
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """Host -> device without a stream sync (a copy from pageable memory waits for the device)."""
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def sample_timesteps(n: int, shift: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -186,7 +179,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,
                             _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None,
                             memory_compression=cfg.memory_compression)
-        shot_index = _to_device(batch.shot_index, device)
+        shot_index = to_device(batch.shot_index, device)
         ids, mask = prompt_ids[shot_index], prompt_mask[shot_index]
         drop = torch.rand(b, device=device) < aug.text_dropout
         ids = torch.where(drop[:, None], empty_ids, ids)
