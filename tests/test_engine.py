@@ -506,3 +506,25 @@ def test_cli_fused_projections_combine_with_block_offload_and_keep_the_film(tmp_
     assert plain.exit_code == 0 and fused.exit_code == 0, fused.output
     a, b = (np.asarray(read_video(tmp_path / d / "shots" / "shot_002.mp4")[0], dtype=np.float32) for d in ("plain", "fused"))
     assert a.shape == b.shape and np.abs(a - b).mean() < 1.0  # the same film up to float rounding (of 255)
+
+
+def test_per_shot_cap_reaches_the_engine_retrieval(tiny_models, tmp_path):
+    """``shot_cache.per_shot``: the engine's retrieval takes at most that many keyframes of one earlier
+    shot while other shots have some (what each shot retrieved is in the manifest)."""
+    story = parse_story(small_story(n_scenes=1, shots_per_scene=4))
+    sources = {}
+    for cap in (None, 1):  # None: the default, no cap
+        # every frame a keyframe, none deduplicated: each shot leaves several in the bank
+        cfg = EngineConfig(shot_cache=ShotCacheConfig(k=3, per_shot=cap),
+                           keyframes=KeyframeConfig(start_threshold=1.01, max_per_shot=50, dedupe_threshold=1.01))
+        engine = StoryEngine(tiny_models, tmp_path / f"cap{cap}", story=story, config=cfg, progress=False)
+        assert engine.policy.per_shot == cap
+        engine.generate()
+        m = manifest(tmp_path / f"cap{cap}")
+        assert max(len(r["keyframes"]) for r in m["shots"][:3]) > 1  # shots left several keyframes
+        sources[cap] = [[x["source_shot"] for x in r["shot_cache"]] for r in m["shots"]]
+    # (source shots are 1-based) one earlier shot: every slot from it; two: one each and the third slot
+    # filled; three: one each. Which retrieval crowds without the cap is test_memory's (constructed
+    # embeddings; the tiny model's random CLIP does not crowd)
+    assert sources[1][1] == [1, 1, 1] and sorted(set(sources[1][2])) == [1, 2] and len(sources[1][2]) == 3
+    assert sources[1][3] == [1, 2, 3]
