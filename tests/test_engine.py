@@ -528,3 +528,27 @@ def test_per_shot_cap_reaches_the_engine_retrieval(tiny_models, tmp_path):
     # embeddings; the tiny model's random CLIP does not crowd)
     assert sources[1][1] == [1, 1, 1] and sorted(set(sources[1][2])) == [1, 2] and len(sources[1][2]) == 3
     assert sources[1][3] == [1, 2, 3]
+
+
+def test_character_anchors_keep_the_shot_that_introduced_a_character(tiny_models, tmp_path):
+    """``shot_cache.anchor_characters``: a later shot naming a sheet character (in its prompt or its
+    ``characters``) always has the first keyframe of the earliest shot naming it; shots that do not
+    name it, and runs without the option, retrieve by similarity alone."""
+    prompts = ["a dog runs on the beach", "Fox, a red fox, walks in the snow", "the dog digs a hole",
+               "Fox sleeps under a tree", "a storm over the sea"]
+    data = {"story_name": "anchors", "story_overview": "a fox and a dog",
+            "characters": [{"name": "Fox", "description": "a red fox"}],
+            "scenes": [{"scene_num": 1, "video_prompts": prompts, "cut": [True] * 5}]}
+    data["scenes"][0]["shots"] = [{}, {}, {}, {}, {"characters": ["Fox"]}]  # shot 5 names Fox by option
+    story = parse_story(data)
+    roles = {}
+    for anchor in (False, True):
+        out = tmp_path / f"anchor{anchor}"
+        cfg = config(shot_cache=ShotCacheConfig(k=1, anchor_characters=anchor))
+        StoryEngine(tiny_models, out, story=story, config=cfg, progress=False).generate()
+        roles[anchor] = [[(x["source_shot"], x["role"]) for x in r["shot_cache"]] for r in manifest(out)["shots"]]
+    assert all(role == "retrieved" for shot in roles[False] for _, role in shot)
+    on = roles[True]
+    assert on[3] == [(2, "required")] and on[4] == [(2, "required")]  # shot 2 (1-based) introduced Fox
+    assert [role for _, role in on[2]] == ["retrieved"]  # the dog's shot: similarity alone
+    assert on[1] == roles[False][1]  # Fox's first shot has no earlier shot of Fox

@@ -113,6 +113,9 @@ def generate(
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
     per_shot: int | None = typer.Option(None, min=1, help="topk: at most this many keyframes from one earlier shot "
                                         "(the model's default if unset; none: no cap)"),
+    anchor_characters: bool | None = typer.Option(None, "--anchor-characters/--no-anchor-characters",
+                                                  help="keep the first keyframe of the shot that introduced each "
+                                                  "named sheet character in memory (the model's default if unset)"),
     memory_compression: int | None = typer.Option(None, help="pool each keyframe into 2x2 or 4x4 patches: 4x / 16x fewer "
                                                   "memory tokens (model default if unset)"),
     steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
@@ -187,7 +190,8 @@ def generate(
     sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
     shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
                                                         {"compression": memory_compression}),
-                                 **({} if per_shot is None else {"per_shot": per_shot}))
+                                 **({} if per_shot is None else {"per_shot": per_shot}),
+                                 **({} if anchor_characters is None else {"anchor_characters": anchor_characters}))
     ratios = None
     if mag_ratios is not None:
         try:

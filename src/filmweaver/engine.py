@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 import weakref
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ class ShotCacheConfig(BaseModel):
     policy: Literal["topk", "sink_window", "none"] = "topk"
     k: int = 3  # topk: keyframes retrieved per shot
     per_shot: int | None = Field(None, ge=1)  # topk: at most this many from one earlier shot (None: no cap)
+    # a character of the story's sheet that the shot names (its `characters`, or its name in the prompt)
+    # and that has no reference image: the first keyframe of the earliest shot naming it is always in
+    # memory, as a reference image would be (the shot that introduced a character usually describes it)
+    anchor_characters: bool = False
     sink: int = 3  # sink_window: first keyframes kept forever
     max_size: int = 10  # sink_window: total memory size
     gap: float = 0.0  # extra temporal distance between memory and video (StoryMem's S)
@@ -374,7 +379,37 @@ class StoryEngine:
         text_emb = self.models.embedder.embed_texts([plan.prompt])[0]
         wanted = set(plan.shot.options.characters) | ({plan.shot.options.location} - {None})
         required = [i for i, e in enumerate(bank) if e.kind == "reference" and e.label in wanted]
+        if self.config.shot_cache.anchor_characters:
+            required += [i for i in self._character_anchors(plan, bank) if i not in required]
         return self.policy.select(bank, text_emb, required)
+
+    def _named_characters(self, plan: ShotPlan) -> set[str]:
+        """Sheet characters a shot names: its ``characters`` option, or the name as a word of its prompt."""
+        named = set(plan.shot.options.characters)
+        for c in self.story.characters:
+            if re.search(rf"\b{re.escape(c.name)}\b", plan.prompt):
+                named.add(c.name)
+        return named
+
+    def _character_anchors(self, plan: ShotPlan, bank: KeyframeBank) -> list[int]:
+        """Bank indices of each named character's anchor: the first keyframe of the earliest earlier
+        shot that names it (characters with a reference image in the bank have that instead)."""
+        with_reference = {e.label for e in bank if e.kind == "reference"}
+        todo = self._named_characters(plan) - with_reference
+        if not todo:
+            return []
+        plans = {p.shot.index: p for p in self.plan()}
+        anchors = []
+        for i, e in enumerate(bank):  # bank order is story order
+            if not todo:
+                break
+            if e.kind == "reference" or e.source_shot not in plans:
+                continue
+            found = todo & self._named_characters(plans[e.source_shot])
+            if found:
+                anchors.append(i)
+                todo -= found
+        return anchors
 
     def _tail_frames(self, index: int) -> torch.Tensor:
         """The last decoded frames ``[k, 3, H, W]`` of shot ``index`` (from its state file, without
