@@ -42,8 +42,11 @@ declare -A ARGS=(
   [no_noise]="--set dit.augment.noise_shot_cache=null --set dit.augment.noise_temporal_cache=null --set probe=null"
   [no_negatives]="--set dit.augment.negative_sampling=0 --set probe=null"
   [full_seed1]="--set seed=1 --set probe=null"
-  # run 7 compared the character weight 3 against 6 (6 is in the config since): another recipe arm goes
-  # here, and is evaluated as ARM@NAME (full@NAME, no_shot_cache@NAME, ...)
+  # recipe arms beside full are evaluated as ARM@NAME (full@NAME, no_shot_cache@NAME, ...). Run 7 compared
+  # the character weight 3 against 6 (6 is in the config since). shot_heavy: more of the memory stage's
+  # batches start a later shot from memory alone (the only batches where identity must come from the
+  # shot cache: in `both` batches the temporal cache already shows the character)
+  [shot_heavy]="--set dit.stages.1.modes.shot=0.55 --set dit.stages.1.modes.both=0.25 --set dit.stages.1.modes.text=0.1 --set dit.stages.1.modes.temporal=0.1 --set probe=null"
 )
 # one arm per GPU at a time (run 3 put four arms on one H200: the GPU, not the host, was then the
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)

@@ -452,3 +452,15 @@ def test_store_batches_hold_the_frames_their_mode_promises(mode, small_rendered_
         assert negatives > 0 and relevant > negatives
     if mode == "both":
         assert starts > 0  # continuing shots' first chunks are drawn
+
+
+def test_config_overrides_reach_list_items_and_name_a_bad_key(tmp_path):
+    from filmweaver.train.config import load_train_config
+
+    cfg = load_train_config("configs/synth-small.yaml", ["dit.stages.1.modes.shot=0.5", "dit.batch_size=64",
+                                                         "dit.augment.noise_shot_cache=null"])
+    assert cfg.dit.stages[1].modes["shot"] == 0.5 and cfg.dit.stages[1].modes["both"] == 0.35
+    assert cfg.dit.batch_size == 64 and cfg.dit.augment.noise_shot_cache is None
+    for bad in ("dit.stages.7.steps=1", "dit.stages.x.steps=1", "dit.batch_size.deeper=1"):
+        with pytest.raises(ValueError, match="does not name a setting"):
+            load_train_config("configs/synth-small.yaml", [bad])

@@ -312,6 +312,8 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
         cfg = load_train_config(config, overrides)
     except ValidationError as e:
         _fail(f"{config}: invalid training config:\n{e}")
+    except ValueError as e:  # a --set key that names nothing
+        _fail(str(e))
     summary = run_training(cfg)
     console.print(f"[bold green]done:[/] model in {Path(cfg.output_dir) / 'model'}; "
                   f"timings {summary['timings']}", highlight=False)
