@@ -145,7 +145,7 @@ class LatentStore:
             f0 = self._inner_starts(shots, chunk, rng)
         first = self.start[shots] + f0  # global index of each chunk's first frame
         window = first[:, None] + np.arange(chunk)  # [B, chunk]
-        target = self._gather(window).permute(0, 2, 1, 3, 4)  # [B, C, chunk, h, w]
+        target = self._gather(window).permute(0, 2, 1, 3, 4).contiguous()  # [B, C, chunk, h, w]
         cover = None
         if self.coverage is not None:
             cover = self._gather(window, self.coverage)  # [B, chunk, L, h, w]
@@ -196,7 +196,7 @@ class LatentStore:
         n = self.length[source]
         frame = np.where(rng.random((b, k)) < 0.5, 0, (rng.random((b, k)) * n).astype(np.int64))
         # slots in drawing order, negatives where they fell, as retrieval returns bank order
-        mem = self._gather(self.start[source] + frame).permute(0, 2, 1, 3, 4)  # [B, C, k, h, w]
+        mem = self._gather(self.start[source] + frame).permute(0, 2, 1, 3, 4).contiguous()  # [B, C, k, h, w]
         return mem, int(negative.sum())
 
 
