@@ -12,4 +12,8 @@ parser.add_argument("-o", "--output-dir")
 parser.add_argument("--set", dest="overrides", action="append", default=[])
 args = parser.parse_args()
 overrides = args.overrides + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-print(run_training(load_train_config(args.config, overrides))["timings"])
+try:
+    cfg = load_train_config(args.config, overrides)
+except ValueError as e:  # a --set key that names nothing, or an invalid config: the message, no traceback
+    raise SystemExit(f"error: {e}") from None
+print(run_training(cfg)["timings"])
