@@ -313,7 +313,7 @@ class FilmModels:
         at load time)."""
         root = Path(directory)
         experts = getattr(self.backbone, "experts", [self.backbone])
-        if any(getattr(e, "fused_for_inference", False) for e in experts):
+        if any(e.fused_for_inference for e in experts):
             raise ValueError(f"cannot save to {root}: the transformer was fused for inference (--fuse-qkv / "
                              "--fuse-ffn: joint q/k/v weights, LoRA adapters merged), a layout from_pretrained "
                              "does not read; save the model before fusing it, or load it again")

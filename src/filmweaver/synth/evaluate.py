@@ -53,7 +53,7 @@ ARMS = {
     "no_memory_guidance": ("full", {"sampler": {"memory_guidance_scale": 1.0}}),
     # a candidate default: +4.6 points of identity on the tuning stories (reports/synth-small/guidance_tuning.md)
     "memory_guidance_3": ("full", {"sampler": {"memory_guidance_scale": 3.0}}),
-    # candidates from run 7's model on the tuning stories: +4.7 and +3.3 identity points (guidance_tuning.md)
+    # candidates from run 7's model on the tuning stories: +4.6 and +3.2 identity points (guidance_tuning.md)
     "memory_guidance_4": ("full", {"sampler": {"memory_guidance_scale": 4.0}}),
     "k2_memory_guidance_3": ("full", {"shot_cache": {"k": 2}, "sampler": {"memory_guidance_scale": 3.0}}),
 }

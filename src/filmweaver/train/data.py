@@ -60,7 +60,6 @@ class LatentStore:
         self.story_shot_ids = np.nonzero(story >= 0)[0]
         self.take_ids = np.nonzero(story < 0)[0]
         self.later_shot_ids = np.array([s for s in self.story_shot_ids if self.position[s] > 0])
-        self.continuation_ids = np.array([s for s in self.later_shot_ids if not data.shot_cut[s]])
         self._index_memory_sources()
 
     def _index_memory_sources(self) -> None:
@@ -69,7 +68,7 @@ class LatentStore:
         Row ``r`` of ``_earlier`` / ``_earlier_cdf`` belongs to shot ``later_shot_ids[r]``: its story's
         earlier shots and the cumulative probability of drawing each (a shot at the same location
         counts 3x, as prompt retrieval prefers it); padding has probability 0. ``_story_table`` holds
-        every story's shots (padded with -1) for negatives."""
+        every story's shots (padded with -1) for negatives, ``_story_row`` a story id's row in it."""
         data = self.data
         later = self.later_shot_ids
         width = max([self.position[int(s)] for s in later], default=1)
@@ -90,7 +89,8 @@ class LatentStore:
             shots = self.story_shots[story]
             self._story_table[i, : len(shots)] = shots
             self._story_count[i] = len(shots)
-        self._story_slot = {int(story): i for i, story in enumerate(self.story_ids.tolist())}
+        self._story_row = np.full(int(data.shot_story.max(initial=-1)) + 1, -1, dtype=np.int64)  # story id -> row
+        self._story_row[self.story_ids] = np.arange(len(self.story_ids))
 
     @classmethod
     @torch.no_grad()
@@ -153,8 +153,8 @@ class LatentStore:
         if mode in ("temporal", "both"):
             # f0 == 0 (the first chunk of a cut: false shot) continues from the previous shot's last
             # frame (MI2V); otherwise up to `history` frames of the shot before the chunk
-            begin = np.where(f0 == 0, self.start[np.maximum(shots - 1, 0)] + self.length[np.maximum(shots - 1, 0)] - 1,
-                             first - np.minimum(f0, history))
+            prev = np.maximum(shots - 1, 0)
+            begin = np.where(f0 == 0, self.start[prev] + self.length[prev] - 1, first - np.minimum(f0, history))
             count = np.where(f0 == 0, 1, np.minimum(f0, history))
             flat = np.repeat(begin - (np.cumsum(count) - count), count) + np.arange(count.sum())
             frames = self._gather(flat)  # [sum(count), C, h, w]
@@ -186,7 +186,7 @@ class LatentStore:
         keep = rng.integers(k, size=b)  # at least one slot stays relevant
         negative = (rng.random((b, k)) < negative_sampling) & (np.arange(k)[None, :] != keep[:, None])
         if negative.any() and len(self.story_ids) > 1:
-            own = np.array([self._story_slot[int(x)] for x in self.data.shot_story[shots].tolist()])
+            own = self._story_row[self.data.shot_story[shots]]
             other = rng.integers(len(self.story_ids) - 1, size=(b, k))
             other += other >= own[:, None]  # uniform over the other stories
             shot_in = (rng.random((b, k)) * self._story_count[other]).astype(np.int64)
