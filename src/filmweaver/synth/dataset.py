@@ -62,7 +62,8 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
                    progress: bool = True) -> RenderedSet:
     jobs = [(_render_story, (first_seed + i, list(shot_frames), height, width)) for i in range(num_stories)]
     jobs += [(_render_take, (first_seed + 10_000_000 + i, long_take_frames, height, width)) for i in range(num_long_takes)]
-    workers = workers or os.cpu_count() or 1
+    # the cores this process may run on (taskset, a container's CPU set), not the machine's count
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(_call, jobs, chunksize=8), total=len(jobs), desc="render", disable=not progress))

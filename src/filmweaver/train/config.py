@@ -45,7 +45,7 @@ class SynthData(_Cfg):
     first_seed: int = 0  # stories use seeds first_seed .. first_seed + num_stories - 1 (evaluation uses others)
     height: int = 64
     width: int = 64
-    workers: int = 0  # 0 = all CPU cores
+    workers: int = 0  # 0 = every CPU core this process may use (its affinity: taskset, a container)
     cache_dir: str | None = None  # keep the rendered frames here (.npy) and reuse them (ablation runs share one)
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One nvidia-h200-x2 lease used as two one-GPU machines (device_runs.md, "Lease C"):
+#   GPU 0 on cores 0-15 (what the nvidia-h200 kind has: one H200, 16 cores): the one-command
+#     reproduction, timed (scripts/synth_repro.sh, nothing reused);
+#   GPU 1 on cores 16-31: the 50 held-out stories on the *shipped* model for the guidance candidates
+#     (full, memory_guidance_4, k2_memory_guidance_3), then the issue-4 14B FlashAttention-4 cases.
+# Every result lands in runs/pack (scripts/device_wait.sh copies it on each call).
+#   bash scripts/repro_x2.sh repro   # call 1 (needs carry piece 1: diffusers, pydantic)
+#   bash scripts/repro_x2.sh gpu1    # call 5 (needs PyAV, the last piece; FA4 for the benchmark)
+set -uo pipefail
+mkdir -p runs/pack
+case $1 in
+  repro)
+    CUDA_VISIBLE_DEVICES=0 setsid nohup taskset -c 0-15 bash scripts/synth_repro.sh > runs/pipeline.out 2>&1 < /dev/null &
+    ;;
+  gpu1)
+    R=runs/shipped
+    mkdir -p $R/full && cp -r src/filmweaver/weights/synth-small $R/full/model
+    ARMS="full memory_guidance_4 k2_memory_guidance_3"
+    SHARDS=5
+    cat > runs/gpu1.sh <<EOF
+set -u
+export CUDA_VISIBLE_DEVICES=1
+for arm in $ARMS; do
+  for k in \$(seq 0 $((SHARDS - 1))); do
+    OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval --stories 50 --arms \$arm \\
+      --shard \$k/$SHARDS > $R/eval_\${arm}_\$k.log 2>&1 &
+  done
+done
+wait
+python3 -m filmweaver.synth.evaluate $R $R/eval --stories 50 --report-only --arms $ARMS > $R/eval_report.log 2>&1
+tar czf runs/pack/report-shipped.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*.log
+echo EVAL-DONE
+FA4=1 . scripts/device_setup.sh
+bash scripts/bench_one_gpu.sh 1 runs/bench runs/pack/bench.tgz 14b_flash4_compile_fuse_ffn 14b_flash4_compile_plain
+echo GPU1-DONE
+EOF
+    . scripts/device_setup.sh
+    setsid nohup taskset -c 16-31 bash runs/gpu1.sh > runs/gpu1.out 2>&1 < /dev/null &
+    ;;
+esac
