@@ -168,6 +168,26 @@ def test_summarize_identity_only_counts_unrestated_later_shots():
     assert summarize(one)["identity_ci95"] == [0.5, 0.5]
 
 
+def test_identity_as_drawn_follows_the_introducing_shot_not_the_script():
+    """A character drawn wrong in its first described shot and copied faithfully after: identity against
+    the script is 0, as drawn 1; a second character of the same story is compared with its own intro."""
+    truth = {"shape": "round", "colour": "red", "pattern": "plain", "accessory": "none"}
+    other = {"shape": "square", "colour": "blue", "pattern": "dotted", "accessory": "hat"}
+    drawn = {"shape": "triangle", "colour": "green", "pattern": "striped", "accessory": "scarf"}
+
+    def rec(shot, restates, who, read):
+        match = {k: read[k] == who[k] for k in who} | {"props": True, "ground": True, "time": True}
+        return {"story": "a", "shot": shot, "restates_character": restates, "restates_location": True,
+                "match": match, "truth": who, "read": read, "seam_ratio": 1.0, "seconds": 1.0}
+
+    records = [rec(0, True, truth, drawn), rec(1, False, truth, drawn), rec(2, False, truth, drawn),
+               rec(3, True, other, other), rec(4, False, other, {**other, "shape": "round"})]
+    s = summarize(records)
+    assert s["identity"] == pytest.approx(3 / 12)  # only the second character's three right attributes
+    assert s["identity_as_drawn"] == pytest.approx((8 + 3) / 12)
+    assert summarize([rec(1, False, truth, truth)])["identity_as_drawn"] is None  # no introducing shot
+
+
 @pytest.mark.parametrize("context_attention", ["full", "causal"])
 def test_training_smoke_loss_decreases_on_a_fixed_batch(context_attention):
     """The real objective (caches, negatives, asymmetric noise) on the miniature architecture, with
@@ -289,6 +309,31 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
         init_dit_from(FilmModels.synth_architecture(size="small"), str(model))
 
 
+def test_time_budget_shrinks_the_dit_and_a_spent_budget_keeps_the_earlier_phases(tmp_path):
+    """``time_budget_minutes``: the DiT gets what the earlier phases left (at most its own cap); a budget
+    spent before the DiT is a clear error, and the rerun resumes at the DiT (VAE, embedder, probe kept)."""
+    from filmweaver.train.config import load_train_config
+    from filmweaver.train.run import SAVE_RESERVE_MINUTES, dit_minutes, run_training
+
+    cfg = load_train_config("configs/synth-test.yaml", ["time_budget_minutes=24", "dit.max_minutes=15"])
+    assert dit_minutes(cfg, 0) == 15  # the DiT's own cap while the budget is larger
+    assert dit_minutes(cfg, 12 * 60) == pytest.approx(12 - SAVE_RESERVE_MINUTES)  # what the budget leaves
+    assert dit_minutes(load_train_config("configs/synth-test.yaml", ["dit.max_minutes=15"]), 20 * 60) == 15
+    with pytest.raises(RuntimeError, match="resumes at the DiT"):
+        dit_minutes(cfg, 23 * 60)
+
+    out = tmp_path / "run"
+    spent = load_train_config("configs/synth-test.yaml", [f"output_dir={out}", "time_budget_minutes=0.01"])
+    with pytest.raises(RuntimeError, match="time_budget_minutes=0.01"):
+        run_training(spent, progress=False)
+    kept = {p: (out / p).stat().st_mtime_ns for p in ("vae/config.json", "embedder/config.json", "probe/probe.json")}
+    assert not (out / "log.jsonl").exists() and not (out / "model").exists()  # the DiT never started
+    summary = run_training(load_train_config("configs/synth-test.yaml", [f"output_dir={out}"]), progress=False)
+    assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # reused, not retrained
+    assert "vae" not in summary and "probe" not in summary and summary["dit"]["steps"] == 12
+    assert (out / "model" / "probe" / "probe.safetensors").is_file()  # the probe travels with the model
+
+
 def test_builtin_model_is_the_default_and_is_small():
     from filmweaver.models import BUILTIN_MODEL_DIR, load_models
 
@@ -301,7 +346,7 @@ def test_builtin_model_is_the_default_and_is_small():
     # the tuned memory guidance is the model's default; a caller's setting still wins
     from filmweaver.engine import EngineConfig
 
-    assert EngineConfig().resolve(models).sampler.memory_guidance_scale == 2.0
+    assert EngineConfig().resolve(models).sampler.memory_guidance_scale == 4.0
     assert EngineConfig(sampler={"memory_guidance_scale": 1.0}).resolve(models).sampler.memory_guidance_scale == 1.0
 
 

@@ -39,11 +39,12 @@ IMAGE_LAYOUT = {"image_encoder": ["config.json"], "image_processor": ["preproces
 
 # What the built-in synthetic-world model was trained for: EngineConfig defaults (dotted keys reach
 # into sections; the shot cache is shown at the low end of its training noise, 100-400).
-# Memory guidance 2 (one more forward a step while keyframes are in memory): +6.4 points of identity on
-# the 16 tuning stories and +5.0 on the 50 reported ones with run 4's model (reports/synth-small/guidance_tuning.md).
+# Memory guidance (one more forward a step while keyframes are in memory): 2 gained 6.4 points of identity
+# on the 16 tuning stories and 5.0 on the 50 reported ones with run 4's model; 4 gained another 4.6 and
+# 2.6 with run 7's (reports/synth-small/guidance_tuning.md).
 SYNTH_DEFAULTS = {"height": 64, "width": 64, "fps": 8, "chunk_frames": 4, "num_inference_steps": 12,
                   "guidance_scale": 3.0, "sampler.shift": 3.0, "sampler.scheduler": "unipc",
-                  "sampler.memory_guidance_scale": 2.0,
+                  "sampler.memory_guidance_scale": 4.0,
                   "shot_cache.timestep": 100.0, "temporal_cache.timestep": 0.0, "keyframes.dedupe_threshold": 0.98}
 
 

@@ -6,15 +6,17 @@ Phases (each skipped when its output exists in ``output_dir``):
 2. ``vae``: train the compact video VAE (from-scratch models only), then set Wan's latent
    normalisation (per-channel mean/std) from the data -> ``vae/``;
 3. ``embedder``: train the small CLIP used for keyframe selection and retrieval -> ``embedder/``;
-4. ``dit``: the cache-guided objective, stage by stage (full training, or LoRA on a pretrained
-   transformer) -> ``checkpoint/``, ``log.jsonl``;
-5. ``probe``: the attribute probe for the ground-truth metrics -> ``model/probe/``;
-6. save the whole model in the diffusers layout -> ``model/`` (loadable with ``--model``).
+4. ``probe``: the attribute probe for the ground-truth metrics -> ``probe/``;
+5. ``dit``: the cache-guided objective, stage by stage (full training, or LoRA on a pretrained
+   transformer) -> ``checkpoint/``, ``log.jsonl``. It is the last phase so that a run-wide
+   ``time_budget_minutes`` can give it whatever time the others left;
+6. save the whole model in the diffusers layout, the probe inside -> ``model/`` (loadable with ``--model``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +29,23 @@ from filmweaver.backbone.vae import LatentCodec
 from filmweaver.models import FilmModels
 from filmweaver.synth.dataset import render_dataset
 from filmweaver.train.config import TrainConfig
+
+SAVE_RESERVE_MINUTES = 0.5  # kept back from a run's time budget for what follows the DiT (save, plot)
+
+
+def dit_minutes(cfg: TrainConfig, elapsed_s: float) -> float | None:
+    """The DiT phase's time limit: ``dit.max_minutes``, shrunk to what ``time_budget_minutes`` leaves
+    after ``elapsed_s`` seconds of earlier phases. Raises when too little is left to train at all."""
+    cap = cfg.dit.max_minutes
+    if cfg.time_budget_minutes is None:
+        return cap
+    left = cfg.time_budget_minutes - elapsed_s / 60 - SAVE_RESERVE_MINUTES
+    if left < 1.0:
+        raise RuntimeError(
+            f"time_budget_minutes={cfg.time_budget_minutes}: the phases before the DiT took {elapsed_s / 60:.1f} "
+            f"minutes, leaving {max(left, 0):.1f} for the DiT (at least 1 is needed). Their outputs are kept: run "
+            "again with a larger budget (or without one) and the run resumes at the DiT.")
+    return left if cap is None else min(cap, left)
 
 
 def build_models(cfg: TrainConfig, device) -> FilmModels:
@@ -50,7 +69,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     summary: dict = {"config": cfg.model_dump(mode="json"), "device": str(device)}
     timings = {}
-    t = time.perf_counter()
+    t = run_start = time.perf_counter()
 
     # 1. data
     d = cfg.data
@@ -100,14 +119,25 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         timings["embedder_s"] = round(time.perf_counter() - t, 1)
 
     if cfg.stop_after == "embedder":
-        summary["timings"] = timings
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+        return _finish(out, summary, timings)
 
-    # 4. DiT
+    # 4. probe (before the DiT: it needs only the frames and the VAE, and the DiT can then take the rest
+    # of a time budget). Trained on the main process; the others wait for it.
+    probe_dir = out / "probe"
+    if cfg.probe is not None and scratch and not (probe_dir / "probe.json").is_file():
+        t = time.perf_counter()
+        if accelerator.is_main_process:
+            summary["probe"] = train_probe_phase(models, data, cfg, device, probe_dir, progress)
+        accelerator.wait_for_everyone()
+        timings["probe_s"] = round(time.perf_counter() - t, 1)
+    if cfg.stop_after == "probe":
+        return _finish(out, summary, timings)
+
+    # 5. DiT
     from filmweaver.train.data import LatentStore
     from filmweaver.train.dit import CacheGuidedDenoiser, train_dit
 
+    dit_minutes(cfg, time.perf_counter() - run_start)  # a spent budget fails here, before encoding and compiling
     t = time.perf_counter()
     store = LatentStore.encode(data, models.codec, device, progress=progress,
                                dtype=torch.float16 if device.type == "cuda" else torch.float32)
@@ -137,20 +167,28 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     module = CacheGuidedDenoiser(models.backbone, text_encoder).to(device)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
     e_ids, e_mask = models.prompt_encoder.tokenize([""])
+    minutes = dit_minutes(cfg, time.perf_counter() - run_start)
+    if minutes != dcfg.max_minutes:
+        accelerator.print(f"time_budget_minutes={cfg.time_budget_minutes}: the DiT gets {minutes:.1f} minutes")
+        dcfg = dcfg.model_copy(update={"max_minutes": minutes})
+    summary["dit_max_minutes"] = minutes
     summary["dit"] = train_dit(module, store, ids, mask, e_ids, e_mask, dcfg, accelerator, out, cfg.seed,
                                cfg.log_every, cfg.checkpoint_every, progress)
     timings["dit_s"] = round(time.perf_counter() - t, 1)
     del store
 
-    # 5. save the model (EMA weights), then 6. the probe inside it
+    # 6. save the model (EMA weights) with the probe inside it
     model_dir = out / "model"
     if accelerator.is_main_process:
         save_trained_model(models, cfg, model_dir)
+        if (probe_dir / "probe.json").is_file():
+            shutil.copytree(probe_dir, model_dir / "probe", dirs_exist_ok=True)
         plot_loss(out / "log.jsonl", out / "loss.png")
-        if cfg.probe is not None and scratch and cfg.stop_after != "dit":
-            t = time.perf_counter()
-            summary["probe"] = train_probe_phase(models, data, cfg, device, model_dir, progress)
-            timings["probe_s"] = round(time.perf_counter() - t, 1)
+    timings["total_s"] = round(time.perf_counter() - run_start, 1)
+    return _finish(out, summary, timings)
+
+
+def _finish(out: Path, summary: dict, timings: dict) -> dict:
     summary["timings"] = timings
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -242,7 +280,7 @@ def train_embedder(models: FilmModels, data, cfg: TrainConfig, device, progress:
     return {"steps": ec.steps, "final_loss": float(np.mean(losses[-50:]))}
 
 
-def train_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, model_dir: Path, progress: bool) -> dict:
+def train_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, probe_dir: Path, progress: bool) -> dict:
     from filmweaver.synth.probe import train_probe
 
     pc = cfg.probe
@@ -252,7 +290,7 @@ def train_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, model_
                           d.height, d.width, d.workers, progress)
     probe, acc = train_probe(data.frames, data.frame_labels(), held.frames, held.frame_labels(), models.codec,
                              pc.steps, pc.batch_size, pc.lr, device, cfg.seed, progress)
-    probe.save(model_dir / "probe", acc)
+    probe.save(probe_dir, acc)
     return acc
 
 
