@@ -21,14 +21,7 @@ case $1 in
     cat > runs/gpu1.sh <<EOF
 set -u
 export CUDA_VISIBLE_DEVICES=1
-for arm in $ARMS; do
-  for k in \$(seq 0 $((SHARDS - 1))); do
-    OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval --stories 50 --arms \$arm \\
-      --shard \$k/$SHARDS > $R/eval_\${arm}_\$k.log 2>&1 &
-  done
-done
-wait
-python3 -m filmweaver.synth.evaluate $R $R/eval --stories 50 --report-only --arms $ARMS > $R/eval_report.log 2>&1
+bash scripts/synth_eval.sh $R $R/eval "$ARMS" $SHARDS
 tar czf runs/pack/report-shipped.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*.log
 echo EVAL-DONE
 FA4=1 . scripts/device_setup.sh

@@ -73,16 +73,7 @@ if [ -n "$BENCH_GPUS" ]; then
   BENCH_PID=$!
 fi
 
-i=0
-for arm in $EVAL_ARMS; do
-  for k in $(seq 0 $((SHARDS - 1))); do
-    CUDA_VISIBLE_DEVICES=${EVAL_GPUS[$((i % ${#EVAL_GPUS[@]}))]} OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval \
-      --stories $STORIES --arms $arm --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &
-    i=$((i + 1))
-  done
-done
-wait $(jobs -p | grep -vx "${BENCH_PID:-none}") || true  # the evaluations (the benchmarks may still run)
-python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only --arms $EVAL_ARMS > $R/eval_report.log 2>&1
+STORIES=$STORIES bash scripts/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS "${EVAL_GPUS[*]}"
 
 P=$R/eval/projects/full
 tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \

@@ -20,14 +20,7 @@ tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
 tar czf $R/pack/train.tgz $R/full/log.jsonl $R/full/summary.json $R/full/loss.png $R/repro.log $R/pack/wall.txt
 echo TRAINING-DONE
 if [ -n "$EVAL_ARMS" ] && [ $rc -eq 0 ]; then
-  for arm in $EVAL_ARMS; do
-    for k in $(seq 0 $((SHARDS - 1))); do
-      OMP_NUM_THREADS=1 python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --arms $arm \
-        --shard $k/$SHARDS > $R/eval_${arm}_$k.log 2>&1 &
-    done
-  done
-  wait
-  python3 -m filmweaver.synth.evaluate $R $R/eval --stories $STORIES --report-only --arms $EVAL_ARMS > $R/eval_report.log 2>&1
+  STORIES=$STORIES bash scripts/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS
   tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png
 fi
 echo ALL-DONE
