@@ -312,22 +312,27 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
 def test_time_budget_shrinks_the_dit_and_a_spent_budget_keeps_the_earlier_phases(tmp_path):
     """``time_budget_minutes``: the DiT gets what the earlier phases left (at most its own cap); a budget
     spent before the DiT is a clear error, and the rerun resumes at the DiT (VAE, embedder, probe kept)."""
+    from typer.testing import CliRunner
+
+    from filmweaver.cli import app
     from filmweaver.train.config import load_train_config
-    from filmweaver.train.run import SAVE_RESERVE_MINUTES, dit_minutes, run_training
+    from filmweaver.train.run import SAVE_RESERVE_MINUTES, TimeBudgetSpent, dit_minutes, run_training
 
     cfg = load_train_config("configs/synth-test.yaml", ["time_budget_minutes=24", "dit.max_minutes=15"])
     assert dit_minutes(cfg, 0) == 15  # the DiT's own cap while the budget is larger
     assert dit_minutes(cfg, 12 * 60) == pytest.approx(12 - SAVE_RESERVE_MINUTES)  # what the budget leaves
     assert dit_minutes(load_train_config("configs/synth-test.yaml", ["dit.max_minutes=15"]), 20 * 60) == 15
-    with pytest.raises(RuntimeError, match="resumes at the DiT"):
+    with pytest.raises(TimeBudgetSpent, match="resumes at the DiT"):
         dit_minutes(cfg, 23 * 60)
 
     out = tmp_path / "run"
     spent = load_train_config("configs/synth-test.yaml", [f"output_dir={out}", "time_budget_minutes=0.01"])
-    with pytest.raises(RuntimeError, match="time_budget_minutes=0.01"):
+    with pytest.raises(TimeBudgetSpent, match="time_budget_minutes=0.01"):
         run_training(spent, progress=False)
     kept = {p: (out / p).stat().st_mtime_ns for p in ("vae/config.json", "embedder/config.json", "probe/probe.json")}
     assert not (out / "log.jsonl").exists() and not (out / "model").exists()  # the DiT never started
+    res = CliRunner().invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out), "--set", "time_budget_minutes=0.01"])
+    assert res.exit_code != 0 and "time_budget_minutes=0.01" in res.output and "Traceback" not in res.output
     summary = run_training(load_train_config("configs/synth-test.yaml", [f"output_dir={out}"]), progress=False)
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # reused, not retrained
     assert "vae" not in summary and "probe" not in summary and summary["dit"]["steps"] == 12

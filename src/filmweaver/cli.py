@@ -303,7 +303,7 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
     from pydantic import ValidationError
 
     from filmweaver.train.config import load_train_config
-    from filmweaver.train.run import run_training
+    from filmweaver.train.run import TimeBudgetSpent, run_training
 
     if not config.is_file():
         _fail(f"{config}: no such config file")
@@ -314,7 +314,10 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
         _fail(f"{config}: invalid training config:\n{e}")
     except ValueError as e:  # a --set key that names nothing
         _fail(str(e))
-    summary = run_training(cfg)
+    try:
+        summary = run_training(cfg)
+    except TimeBudgetSpent as e:
+        _fail(str(e))
     console.print(f"[bold green]done:[/] model in {Path(cfg.output_dir) / 'model'}; "
                   f"timings {summary['timings']}", highlight=False)
 

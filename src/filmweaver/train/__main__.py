@@ -4,7 +4,7 @@ for machines where only the core dependencies are installed."""
 import argparse
 
 from filmweaver.train.config import load_train_config
-from filmweaver.train.run import run_training
+from filmweaver.train.run import TimeBudgetSpent, run_training
 
 parser = argparse.ArgumentParser(prog="python -m filmweaver.train")
 parser.add_argument("config")
@@ -16,4 +16,7 @@ try:
     cfg = load_train_config(args.config, overrides)
 except ValueError as e:  # a --set key that names nothing, or an invalid config: the message, no traceback
     raise SystemExit(f"error: {e}") from None
-print(run_training(cfg)["timings"])
+try:
+    print(run_training(cfg)["timings"])
+except TimeBudgetSpent as e:
+    raise SystemExit(f"error: {e}") from None

@@ -33,6 +33,10 @@ from filmweaver.train.config import TrainConfig
 SAVE_RESERVE_MINUTES = 0.5  # kept back from a run's time budget for what follows the DiT (save, plot)
 
 
+class TimeBudgetSpent(RuntimeError):
+    """``time_budget_minutes`` left too little for the DiT (the earlier phases' outputs are kept)."""
+
+
 def dit_minutes(cfg: TrainConfig, elapsed_s: float) -> float | None:
     """The DiT phase's time limit: ``dit.max_minutes``, shrunk to what ``time_budget_minutes`` leaves
     after ``elapsed_s`` seconds of earlier phases. Raises when too little is left to train at all."""
@@ -41,7 +45,7 @@ def dit_minutes(cfg: TrainConfig, elapsed_s: float) -> float | None:
         return cap
     left = cfg.time_budget_minutes - elapsed_s / 60 - SAVE_RESERVE_MINUTES
     if left < 1.0:
-        raise RuntimeError(
+        raise TimeBudgetSpent(
             f"time_budget_minutes={cfg.time_budget_minutes}: the phases before the DiT took {elapsed_s / 60:.1f} "
             f"minutes, leaving {max(left, 0):.1f} for the DiT (at least 1 is needed). Their outputs are kept: run "
             "again with a larger budget (or without one) and the run resumes at the DiT.")
