@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The documented one-command reproduction of the built-in model on one GPU, timed as one command:
-# `python3 -m filmweaver.train configs/synth-small.yaml` from scratch (render, VAE, CLIP embedder, DiT,
-# probe; nothing reused). The wall time goes to $RUNS/pack/wall.txt, the model (split in <16 MB parts)
-# and logs to $RUNS/pack as soon as training ends; then, if EVAL_ARMS is set, those arms of the
-# ablation on $STORIES held-out stories (SHARDS processes each) and their report.
+# `python3 -m filmweaver.train configs/synth-small.yaml` from scratch (render, VAE, CLIP embedder, probe,
+# then the DiT within the config's time budget; nothing reused). The wall time goes to
+# $RUNS/pack/wall.txt, the model (split in <16 MB parts) and logs to $RUNS/pack as soon as training
+# ends; then, if EVAL_ARMS is set, those arms of the ablation on $STORIES held-out stories (SHARDS
+# processes each) and their report.
 #   setsid nohup bash scripts/synth_repro.sh > runs/pipeline.out 2>&1 < /dev/null &   # scripts/device_wait.sh waits on it
 set -uo pipefail
 R=${RUNS:-runs}

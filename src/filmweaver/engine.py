@@ -399,12 +399,13 @@ class StoryEngine:
         if not todo:
             return []
         plans = {p.shot.index: p for p in self.plan()}
-        anchors = []
-        for i, e in enumerate(bank):  # bank order is story order
+        anchors, seen = [], set()
+        for i, e in enumerate(bank):  # bank order is story order: a shot's first keyframe comes first
             if not todo:
                 break
-            if e.kind == "reference" or e.source_shot not in plans:
+            if e.kind == "reference" or e.source_shot in seen or e.source_shot not in plans:
                 continue
+            seen.add(e.source_shot)  # its other keyframes name the same characters: one look per shot
             found = todo & self._named_characters(plans[e.source_shot])
             if found:
                 anchors.append(i)

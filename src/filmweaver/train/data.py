@@ -156,6 +156,7 @@ class LatentStore:
             prev = np.maximum(shots - 1, 0)
             begin = np.where(f0 == 0, self.start[prev] + self.length[prev] - 1, first - np.minimum(f0, history))
             count = np.where(f0 == 0, 1, np.minimum(f0, history))
+            # every sample's range begin .. begin + count - 1, concatenated without a Python loop
             flat = np.repeat(begin - (np.cumsum(count) - count), count) + np.arange(count.sum())
             frames = self._gather(flat)  # [sum(count), C, h, w]
             hist = [h.permute(1, 0, 2, 3) for h in torch.split(frames, count.tolist())]
