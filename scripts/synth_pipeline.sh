@@ -11,6 +11,8 @@ set -euo pipefail
 R=${RUNS:-runs}
 REUSE=${REUSE:-}
 NGPU=${NGPU:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
+GPU_IDS=(${GPU_IDS:-$(seq 0 $((NGPU - 1)))})  # physical GPU indices (GPU_IDS="1": one GPU of a lease shared with another job)
+SETS=${SETS:-}  # --set overrides for every training call (SETS="--set data.cache_dir=..." beside another run)
 CFG=${CFG:-configs/synth-small.yaml}
 STORIES=${STORIES:-50}
 SHARDS=${SHARDS:-2}  # evaluation processes per arm (the tiny model is host-bound: more processes, more GPU use)
@@ -22,8 +24,8 @@ BENCH_GPUS=${BENCH_GPUS:-}
 # arms that use its model; the training-recipe arms then keep an earlier run's rows, labelled as such)
 TRAIN_ARMS=${TRAIN_ARMS:-full no_noise no_negatives full_seed1}
 EVAL_ARMS=${EVAL_ARMS:-full no_shot_cache no_temporal_cache no_noise_aug no_negative_sampling sink_window full_seed1 no_memory_guidance}
-EVAL_GPUS=($(python3 -c "print(*[g for g in range($NGPU) if str(g) not in '$BENCH_GPUS'.split()])"))
-train() { python3 -m filmweaver.train $CFG "$@"; }
+EVAL_GPUS=($(python3 -c "print(*[g for g in '${GPU_IDS[*]}'.split() if g not in '$BENCH_GPUS'.split()])"))
+train() { python3 -m filmweaver.train $CFG $SETS "$@"; }
 
 mkdir -p $R $R/pack  # pack exists from the start: helpers beside the pipeline (bench_one_gpu.sh) write into it
 if [ -n "$REUSE" ]; then
@@ -52,15 +54,19 @@ declare -A ARGS=(
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)
 i=0
 for arm in $TRAIN_ARMS; do
-  CUDA_VISIBLE_DEVICES=$((i % NGPU)) OMP_NUM_THREADS=4 setsid python3 -m filmweaver.train $CFG -o $R/$arm ${ARGS[$arm]} ${INIT[*]} > $R/$arm.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=${GPU_IDS[$((i % NGPU))]} OMP_NUM_THREADS=4 setsid python3 -m filmweaver.train $CFG $SETS -o $R/$arm ${ARGS[$arm]} ${INIT[*]} > $R/$arm.log 2>&1 &
   i=$((i + 1))
   [ $((i % NGPU)) -eq 0 ] && wait  # a wave per NGPU arms
 done
 wait
-[ -n "$REUSE" ] && cp -r $REUSE/probe $R/full/model/
+# the reused model is arm `full` when that arm is not retrained (it is the model REUSE was trained as)
+if [ -n "$REUSE" ]; then
+  mkdir -p $R/full; [ -d $R/full/model ] || cp -r $REUSE $R/full/model
+  cp -r $REUSE/probe $R/full/model/
+fi
 # pack the model now: a device machine can go back at any time, and scripts/device_wait.sh copies
 # whatever is in $R/pack on every call
-tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
+[[ " $TRAIN_ARMS " == *" full "* ]] && tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
 # the other arms' models without the parts they share with full (vae, embedder, probe)
 for arm in $TRAIN_ARMS; do
   [ "$arm" = full ] || tar czf - -C $R/$arm --exclude model/vae --exclude model/embedder --exclude model/probe model \
