@@ -5,10 +5,10 @@
 #   GPU 1 on cores 16-31: the 50 held-out stories on the *shipped* model for the guidance candidates
 #     (full, memory_guidance_4, k2_memory_guidance_3), then the issue-4 14B FlashAttention-4 cases.
 # Every result lands in runs/pack (scripts/device_wait.sh copies it on each call).
-# Lease E (device_runs.md) gives GPU 1 a training lever instead: arm `shot_heavy` (scripts/synth_pipeline.sh)
+# Lease E (device_runs.md, run 8) gave GPU 1 a training arm instead: a recipe arm of scripts/synth_pipeline.sh
 # on the shipped VAE, embedder and probe, its own data cache, then the held-out stories on its model.
-#   bash scripts/repro_x2.sh repro        # call 1 (needs carry piece 1: diffusers, pydantic)
-#   bash scripts/repro_x2.sh shot_heavy   # call 1 too (PyAV, the last piece, is there before it evaluates)
+#   bash scripts/repro_x2.sh repro          # call 1 (needs carry piece 1: diffusers, pydantic)
+#   bash scripts/repro_x2.sh train_arm ARM  # call 1 too (PyAV, the last piece, is there before it evaluates)
 #   bash scripts/repro_x2.sh gpu1         # call 5 (needs PyAV, the last piece; FA4 for the benchmark)
 set -uo pipefail
 mkdir -p runs/pack
@@ -16,9 +16,9 @@ case $1 in
   repro)
     CUDA_VISIBLE_DEVICES=0 setsid nohup taskset -c 0-15 bash scripts/synth_repro.sh > runs/pipeline.out 2>&1 < /dev/null &
     ;;
-  shot_heavy)
+  train_arm)
     RUNS=runs/sh GPU_IDS=1 NGPU=1 SHARDS=7 SETS="--set data.cache_dir=runs/sh/data-cache" \
-      REUSE=src/filmweaver/weights/synth-small TRAIN_ARMS=shot_heavy EVAL_ARMS="full@shot_heavy no_shot_cache@shot_heavy" \
+      REUSE=src/filmweaver/weights/synth-small TRAIN_ARMS=$2 EVAL_ARMS="full@$2 no_shot_cache@$2" \
       setsid nohup taskset -c 16-31 bash scripts/synth_pipeline.sh > runs/gpu1.out 2>&1 < /dev/null &
     ;;
   gpu1)

@@ -45,10 +45,9 @@ declare -A ARGS=(
   [no_negatives]="--set dit.augment.negative_sampling=0 --set probe=null"
   [full_seed1]="--set seed=1 --set probe=null"
   # recipe arms beside full are evaluated as ARM@NAME (full@NAME, no_shot_cache@NAME, ...). Run 7 compared
-  # the character weight 3 against 6 (6 is in the config since). shot_heavy: more of the memory stage's
-  # batches start a later shot from memory alone (the only batches where identity must come from the
-  # shot cache: in `both` batches the temporal cache already shows the character)
-  [shot_heavy]="--set dit.stages.1.modes.shot=0.55 --set dit.stages.1.modes.both=0.25 --set dit.stages.1.modes.text=0.1 --set dit.stages.1.modes.temporal=0.1 --set probe=null"
+  # the character weight 3 against 6 (6 is in the config since); run 8 trained 55 % memory-only later-shot
+  # starts in the memory stage (in the config since). shot35: that stage's mix before run 8
+  [shot35]="--set dit.stages.1.modes.shot=0.35 --set dit.stages.1.modes.both=0.35 --set dit.stages.1.modes.text=0.15 --set dit.stages.1.modes.temporal=0.15 --set probe=null"
 )
 # one arm per GPU at a time (run 3 put four arms on one H200: the GPU, not the host, was then the
 # bottleneck, each arm got 2.7 steps/s instead of 5.5, and one arm ran out of memory)

@@ -507,10 +507,37 @@ def test_store_batches_hold_the_frames_their_mode_promises(mode, small_rendered_
 def test_config_overrides_reach_list_items_and_name_a_bad_key(tmp_path):
     from filmweaver.train.config import load_train_config
 
+    base = load_train_config("configs/synth-small.yaml")
     cfg = load_train_config("configs/synth-small.yaml", ["dit.stages.1.modes.shot=0.5", "dit.batch_size=64",
                                                          "dit.augment.noise_shot_cache=null"])
-    assert cfg.dit.stages[1].modes["shot"] == 0.5 and cfg.dit.stages[1].modes["both"] == 0.35
+    assert base.dit.stages[1].modes["shot"] != 0.5 and cfg.dit.stages[1].modes["shot"] == 0.5
+    assert cfg.dit.stages[1].modes["both"] == base.dit.stages[1].modes["both"]  # its sibling keeps its value
     assert cfg.dit.batch_size == 64 and cfg.dit.augment.noise_shot_cache is None
     for bad in ("dit.stages.7.steps=1", "dit.stages.x.steps=1", "dit.batch_size.deeper=1"):
         with pytest.raises(ValueError, match="does not name a setting"):
             load_train_config("configs/synth-small.yaml", [bad])
+
+
+def test_paired_identity_difference_pairs_shots_by_story_and_needs_the_same_shots(tmp_path):
+    from filmweaver.synth.evaluate import paired_identity_difference, write_report
+
+    keys = ("shape", "colour", "pattern", "accessory", "props", "ground", "time")
+
+    def rec(story, shot, hits, restates=False):  # the first `hits` character attributes read right
+        match = {k: i < hits or i >= 4 for i, k in enumerate(keys)}
+        return {"story": story, "shot": shot, "restates_character": restates, "restates_location": True,
+                "match": match, "seam_ratio": 1.0, "seconds": 1.0}
+
+    ref = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 2) for s in "abcd"]
+    better = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 3) for s in "abcd"]  # one more attribute every shot
+    p = paired_identity_difference(ref, better)
+    assert p["difference"] == 0.25 and p["ci95"] == [0.25, 0.25]  # the same gain in every story: no spread
+    mixed = [rec(s, 0, 4, True) for s in "abcd"] + [rec("a", 1, 4), rec("b", 1, 0), rec("c", 1, 2), rec("d", 1, 2)]
+    p = paired_identity_difference(ref, mixed)
+    assert p["difference"] == 0.0 and p["ci95"][0] < 0 < p["ci95"][1]
+    assert paired_identity_difference(ref, better[:-1]) is None  # a shot missing: not the same stories
+    assert paired_identity_difference(ref, [rec(s, 1, 2) for s in "abce"]) is None
+    write_report([{"arm": "full", "summary": summarize(ref), "records": ref},
+                  {"arm": "other", "summary": summarize(better), "records": better}], tmp_path, {})
+    md = (tmp_path / "report.md").read_text()
+    assert "identity vs full (paired 95%)" in md and "| other | 75.0% (75-75) | +25.0 (+25.0 to +25.0) |" in md

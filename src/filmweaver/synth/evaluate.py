@@ -177,6 +177,34 @@ def _story_bootstrap(rows: list[dict], keys: list[str], resamples: int = 2000, s
     return [float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))]
 
 
+def paired_identity_difference(reference: list[dict], records: list[dict], resamples: int = 4000,
+                               seed: int = 0) -> dict | None:
+    """Identity of ``records`` minus that of ``reference`` on the same shots, with a paired 95% interval
+    (whole stories resampled together for both arms, so story-to-story difficulty cancels out: a much
+    tighter interval than comparing two unpaired ones). ``None`` unless both arms scored exactly the same
+    identity shots (the same held-out stories)."""
+    char = list(CHARACTER_ATTRIBUTES)
+
+    def by_story(recs):
+        shots = {(str(r.get("story")), r["shot"]): r for r in recs if r["shot"] > 0 and not r["restates_character"]}
+        return shots
+
+    a, b = by_story(reference), by_story(records)
+    if not a or a.keys() != b.keys():
+        return None
+    stories = sorted({s for s, _ in a})
+    index = {s: i for i, s in enumerate(stories)}
+    delta, counts = np.zeros(len(stories)), np.zeros(len(stories))
+    for key, r in a.items():
+        i = index[key[0]]
+        delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in char)
+        counts[i] += len(char)
+    pick = np.random.default_rng(seed).integers(len(stories), size=(resamples, len(stories)))
+    diffs = delta[pick].sum(1) / counts[pick].sum(1)
+    return {"difference": float(delta.sum() / counts.sum()),
+            "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]}
+
+
 def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), max_shots: int = 8) -> list[dict]:
     from filmweaver.synth.stories import make_story
 
@@ -216,11 +244,23 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
     cols = [("identity", "identity (attr.)"), ("identity_all_attributes", "identity (all 4)"),
             ("identity_as_drawn", "identity (as drawn)"), ("location", "location"), ("adherence", "adherence"), ("seam_ratio", "seam ratio"),
             ("seconds_per_shot", "s / shot")]
+    # each arm against the first on the same shots (paired), where the arms share their stories
+    paired = [paired_identity_difference(results[0]["records"], r["records"])
+              if i and "records" in r and "records" in results[0] else None for i, r in enumerate(results)]
+    show_paired = any(p is not None for p in paired)
+    if show_paired:
+        cols.insert(1, ("paired", f"identity vs {results[0]['arm']} (paired 95%)"))
+        for r, p in zip(results, paired, strict=True):
+            r["summary"]["identity_vs_first_arm"] = p
     lines = ["| arm | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for r in results:
+    for r, p in zip(results, paired, strict=True):
         s = r["summary"]
         cells = []
         for key, _ in cols:
+            if key == "paired":
+                cells.append("-" if p is None else f"{100 * p['difference']:+.1f} ({100 * p['ci95'][0]:+.1f} to "
+                             f"{100 * p['ci95'][1]:+.1f})")
+                continue
             v = s.get(key)
             cell = "-" if v is None else (f"{v:.2f}" if key in ("seam_ratio", "seconds_per_shot") else f"{100 * v:.1f}%")
             if key == "identity" and s.get("identity_ci95"):
