@@ -37,6 +37,22 @@ def test_render_is_deterministic_and_attributes_change_pixels():
     assert not np.array_equal(a, blue) and not np.array_equal(a, night)
 
 
+def test_paint_writes_what_a_full_frame_blend_would_to_the_bit():
+    # the renderer paints by indexed writes; the data cache and every run since run 1 used a full-frame blend
+    from filmweaver.synth.world import _paint
+
+    rng = np.random.default_rng(0)
+    img = rng.random((16, 16, 3), dtype=np.float32)
+    mask = rng.random((16, 16)) < 0.4
+    rgb = np.array((215, 40, 40)) * np.asarray((0.55, 0.6, 0.8), np.float32)  # a lit colour, as the renderer passes
+    m = mask[..., None] * 1.0
+    blend = (img * (1 - m) + np.asarray(rgb, dtype=np.float32)[None, None] / 255.0 * m).astype(np.float32)
+    before = img.copy()
+    _paint(img, mask, rgb)
+    assert np.array_equal(img, blend)
+    assert np.array_equal(img[~mask], before[~mask]) and np.allclose(img[mask], rgb / 255.0)
+
+
 def test_coverage_layers_cover_exactly_the_character_and_the_props():
     loc = Location("village", "sand", "dusk", 7)
     kw = dict(framing="medium", camera="static", action="wave", num_frames=4, seed=2)
