@@ -53,6 +53,16 @@ def test_paint_writes_what_a_full_frame_blend_would_to_the_bit():
     assert np.array_equal(img[~mask], before[~mask]) and np.allclose(img[mask], rgb / 255.0)
 
 
+def test_box_mean_is_reshape_mean_to_the_bit():
+    from filmweaver.synth.world import _box_mean
+
+    rng = np.random.default_rng(1)
+    img = rng.random((128, 96, 3), dtype=np.float32)
+    assert np.array_equal(_box_mean(img, 2), img.reshape(64, 2, 48, 2, 3).mean(axis=(1, 3)))
+    masks = rng.random((12, 9, 2)) < 0.5
+    assert np.array_equal(_box_mean(masks, 3), masks.reshape(4, 3, 3, 3, 2).mean(axis=(1, 3)))
+
+
 def test_coverage_layers_cover_exactly_the_character_and_the_props():
     loc = Location("village", "sand", "dusk", 7)
     kw = dict(framing="medium", camera="static", action="wave", num_frames=4, seed=2)
