@@ -9,6 +9,8 @@
 # on the shipped VAE, embedder and probe, its own data cache, then the held-out stories on its model.
 #   bash scripts/repro_x2.sh repro          # call 1 (needs carry piece 1: diffusers, pydantic)
 #   bash scripts/repro_x2.sh train_arm ARM  # call 1 too (PyAV, the last piece, is there before it evaluates)
+#   bash scripts/repro_x2.sh vae_check      # call 1 too: GPU 1 runs render -> VAE -> embedder -> probe at
+#                                           # VAE batch 64 x 1,000 and 128 x 500 steps (a VAE step is launch-bound)
 #   bash scripts/repro_x2.sh gpu1         # call 5 (needs PyAV, the last piece; FA4 for the benchmark)
 set -uo pipefail
 mkdir -p runs/pack
@@ -20,6 +22,23 @@ case $1 in
     RUNS=runs/sh GPU_IDS=1 NGPU=1 SHARDS=7 SETS="--set data.cache_dir=runs/sh/data-cache" \
       REUSE=src/filmweaver/weights/synth-small TRAIN_ARMS=$2 EVAL_ARMS="full@$2 no_shot_cache@$2" \
       setsid nohup taskset -c 16-31 bash scripts/synth_pipeline.sh > runs/gpu1.out 2>&1 < /dev/null &
+    ;;
+  vae_check)
+    # the phases before the DiT only (stop_after=probe), their times in summary.json; the probe's VAE-roundtrip
+    # accuracy ("probe" -> "vae") is the bar (99.6 % on shape at batch 32 x 2,000 steps)
+    mkdir -p runs/pack1
+    cat > runs/gpu1.sh <<'EOF'
+set -u
+export CUDA_VISIBLE_DEVICES=1
+for v in "64 1000" "128 500"; do
+  set -- $v
+  python3 -m filmweaver.train configs/synth-small.yaml -o runs/vae_b$1 --set stop_after=probe \
+    --set vae.batch_size=$1 --set vae.steps=$2 --set data.cache_dir=runs/sh/data-cache > runs/vae_b$1.log 2>&1
+done
+tar czf runs/pack1/vae_check.tgz runs/vae_b*/summary.json runs/vae_b*.log
+echo GPU1-DONE
+EOF
+    setsid nohup taskset -c 16-31 bash runs/gpu1.sh > runs/gpu1.out 2>&1 < /dev/null &
     ;;
   gpu1)
     R=runs/shipped
