@@ -4,6 +4,7 @@ Run on the device machine (no typer/rich needed there)::
 
     python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal, flash4, tflops
     torchrun --nproc_per_node 2 scripts/gpu_bench.py OUT_DIR cp      # one story on two GPUs
+    python3 scripts/gpu_bench.py OUT_DIR 13b_cfg2 14b_cfg2          # the CFG-parallel rows' one-GPU baselines
 
 Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time;
 under torchrun rank 0 writes); a failing case is logged and the next one runs. Every row's command is
@@ -27,17 +28,18 @@ _FLAGS = [("shape", "--shape"), ("story", "--story"), ("steps", "--steps"), ("me
           ("context_attention", "--context-attention"), ("memory_compression", "--memory-compression"),
           ("attention_backend", "--attention"), ("compile_blocks", "--compile"), ("compile_mode", "--compile-mode"),
           ("fuse_qkv", "--fuse-qkv"), ("fuse_ffn", "--fuse-ffn"),
-          ("context_parallel", "--context-parallel"), ("offload", "--offload"), ("warmup", "--warmup"),
+          ("context_parallel", "--context-parallel"), ("cfg_parallel", "--cfg-parallel"), ("offload", "--offload"),
+          ("warmup", "--warmup"),
           ("repeats", "--repeats")]
 
-_SWITCHES = {"compile_blocks", "fuse_qkv", "fuse_ffn"}  # flags without a value
+_SWITCHES = {"compile_blocks", "fuse_qkv", "fuse_ffn", "cfg_parallel"}  # flags without a value
 
 
 def bench_command(kw: dict) -> str:
     """The command line equivalent to one case (what BENCHMARKS.md quotes for its rows)."""
     if kw.get("kernels"):
         return "python3 scripts/gpu_bench.py OUT attn_kernels"
-    out = [TORCHRUN2 if kw.get("context_parallel") else "filmweaver bench"]
+    out = [TORCHRUN2 if kw.get("context_parallel") or kw.get("cfg_parallel") else "filmweaver bench"]
     for key, flag in _FLAGS:
         if key not in kw or (key in _SWITCHES and not kw[key]):
             continue
@@ -64,6 +66,8 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("13b_story", dict(story=10, shape="1.3b", steps=2)),
         ("13b_compile", dict(shape="1.3b", compile_blocks=True, memory=(0, 10), warmup=3)),
         ("14b_native", dict(shape="14b", memory=(0, 10), warmup=1, repeats=3)),
+        # batched CFG at 14B: the one-GPU baseline of 14b_cfg_parallel (not measured yet)
+        ("14b_cfg2", dict(shape="14b", batch=2, memory=(0, 10), temporal=(False, True), warmup=1, repeats=3)),
     ],
     "causal": [  # causal context with reused keys/values (2026-11-21; the block-offload story is not measured yet)
         ("13b_causal_compile_pool2", dict(shape="1.3b", memory=(0, 10), context_attention="causal",
@@ -120,7 +124,13 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         # not measured yet: ring + cuDNN (the 1.3B configuration that reaches 1.8x) at the 14B shape
         ("14b_ring_cudnn", dict(shape="14b", memory=(0, 10), context_parallel="ring",
                            attention_backend="_native_cudnn", warmup=1, repeats=3)),
+        # CFG parallelism: one guided step of one story (batch 2) split into its two branches, one a GPU;
+        # compare with the one-GPU batch-2 rows (13b_cfg2, 14b_cfg2)
+        ("13b_cfg_parallel", dict(shape="1.3b", batch=2, memory=(0, 10), temporal=(False, True), cfg_parallel=True)),
+        ("14b_cfg_parallel", dict(shape="14b", batch=2, memory=(0, 10), temporal=(False, True), cfg_parallel=True,
+                                  warmup=1, repeats=3)),
     ],
+
 }
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from filmweaver.bench import SHAPES, forward_flops, run_bench
@@ -119,3 +120,18 @@ def test_markdown_rows_reports_context_parallel_flops_per_gpu():
     two = markdown_rows({"env": {**env, "context_parallel": "ulysses", "world_size": 2}, "cases": [case]}, "cmd")
     assert "| 912.4 |" in one and "per GPU" not in one
     assert "2 GPUs together (per GPU)" in two and "| 912.4 (456.2) |" in two and "ulysses x 2" in two
+    cfg = markdown_rows({"env": {**env, "cfg_parallel": True, "world_size": 2}, "cases": [{**case, "batch": 2}]}, "cmd")
+    assert "CFG parallel: yes x 2, batch 2" in cfg and "context parallel" not in cfg
+
+
+def test_cfg_parallel_bench_needs_an_even_batch_and_torchrun():
+    from filmweaver.bench import run_bench
+
+    kw = dict(shape="tiny", height=32, width=32, frames=5, memory=(0,), temporal=(False,), device="cpu",
+              dtype=torch.float32, warmup=0, repeats=1, progress=False)
+    with pytest.raises(ValueError, match="odd"):
+        run_bench(batch=1, cfg_parallel=True, **kw)
+    with pytest.raises(ValueError, match="do not combine"):
+        run_bench(batch=2, cfg_parallel=True, context_parallel="ulysses", **kw)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        run_bench(batch=2, cfg_parallel=True, **kw)

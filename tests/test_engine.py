@@ -372,6 +372,52 @@ def test_generate_with_context_parallelism_on_two_cpu_ranks(tmp_path):
     assert r.exit_code != 0 and "torchrun" in r.output
 
 
+def test_cfg_parallel_sampling_splits_the_branches_and_matches_one_process(tmp_path):
+    """Two CPU ranks (gloo): rank 0 runs only the conditional forward, rank 1 only the unconditional one,
+    and both end with the single-process (batched CFG) latents, with and without memory guidance."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cfg.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+                        os.path.join(os.path.dirname(__file__), "cfg_worker.py"), str(out)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["cfg"]["max_diff"] == 0.0 and r["cfg"]["branches"] == [["text"], ["negative"]]
+    assert r["cfg"]["forwards"] == [4, 4]  # one batch-1 forward a step on each rank (4 steps)
+    # memory guidance: its extra forward (empty prompt, no keyframes) runs on both ranks
+    assert r["memory_guidance"]["max_diff"] == 0.0 and r["memory_guidance"]["branches"] == [["negative", "text"], ["negative"]]
+
+
+def test_generate_with_cfg_parallelism_on_two_cpu_ranks(tmp_path):
+    """`torchrun --nproc_per_node 2 ... generate --cfg-parallel`: the same film as one process, rank 0 writes it."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    single, parallel = tmp_path / "one", tmp_path / "two"
+    r = CliRunner().invoke(app, ["generate", "examples/lighthouse.json", "-o", str(single), "--preset", "tiny"])
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
+                        "-m", "filmweaver.cli", "generate", "examples/lighthouse.json", "-o", str(parallel), "--preset",
+                        "tiny", "--cfg-parallel"], capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((parallel / "manifest.json").read_text())["shots"][-1]["status"] == "done"
+    a = np.asarray(Image.open(single / "storyboard.png"), dtype=np.float32)
+    b = np.asarray(Image.open(parallel / "storyboard.png"), dtype=np.float32)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 0.5  # batch-1 and batch-2 forwards: float reordering at most
+    assert not [d for d in os.listdir(tmp_path) if d.startswith("filmweaver-rank")]
+    for flags, message in ((["--cfg-parallel"], "torchrun"),
+                           (["--cfg-parallel", "--context-parallel", "ulysses"], "do not combine")):
+        r = CliRunner().invoke(app, ["generate", "examples/lighthouse.json", "-o", str(tmp_path / "x"), "--preset",
+                                     "tiny", *flags])
+        assert r.exit_code != 0 and message in r.output
+
+
 def _two_cut_shots(models, out, **settings) -> StoryEngine:
     """Generate two cut shots (the second with the first's keyframes in memory, no temporal cache)."""
     story = parse_story(small_story(n_scenes=2, shots_per_scene=1))

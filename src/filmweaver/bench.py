@@ -119,7 +119,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
               compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
               progress: bool = True, context_attention: str = "full", context_parallel: str | None = None,
               memory_compression: int = 1, fuse_qkv: bool = False, compile_mode: str | None = None,
-              fuse_ffn: bool = False) -> dict:
+              fuse_ffn: bool = False, cfg_parallel: bool = False) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
@@ -135,7 +135,12 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     each keyframe spatially pooled into 2x2 / 4x4 base patches (``shot_cache.compression``).
     ``fuse_qkv``: one q/k/v matrix product per block (:meth:`ContextWanTransformer.fuse_qkv`);
     ``fuse_ffn``: the FFN's up-projection and GELU in one cuBLASLt call (:meth:`~ContextWanTransformer.fuse_ffn_gelu`);
-    ``compile_mode``: torch.compile's mode for the compiled blocks."""
+    ``compile_mode``: torch.compile's mode for the compiled blocks.
+
+    ``cfg_parallel`` (two ranks under ``torchrun``; ``batch`` even, 2 = one guided step of one story):
+    each rank runs half the batch (one branch of classifier-free guidance) and the outputs are
+    all-gathered, as :meth:`~filmweaver.sampler.FlowMatchSampler.enable_cfg_parallel` samples; compare
+    with ``batch`` 2 on one GPU (batched CFG)."""
     from filmweaver.context import ContextFrames
     from filmweaver.memory.shot_cache import memory_positions
     from filmweaver.memory.temporal_cache import TemporalCache
@@ -144,13 +149,19 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     from filmweaver.backbone.wan import ContextKVCache
 
     world = 1
-    if context_parallel:
+    if context_parallel and cfg_parallel:
+        raise ValueError("context and CFG parallelism do not combine yet: choose one")
+    if cfg_parallel and batch % 2:
+        raise ValueError(f"CFG parallelism splits the batch in two branches: batch {batch} is odd")
+    if context_parallel or cfg_parallel:
         import torch.distributed as dist
 
-        from filmweaver.parallel import init_context_parallel
+        from filmweaver.parallel import init_distributed
 
-        device, _ = init_context_parallel(device)
+        device, _ = init_distributed(device, "--cfg-parallel" if cfg_parallel else f"--context-parallel {context_parallel}")
         dev, world = torch.device(device), dist.get_world_size()
+        if cfg_parallel and world != 2:
+            raise ValueError(f"CFG parallelism runs on two ranks, not {world}")
     bb = build_transformer(shape, dev, dtype)
     bb.context_attention = context_attention
     if attention_backend:
@@ -169,9 +180,17 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     if cfg["in_channels"] == 48:  # Wan2.2 TI2V-5B VAE: 16x space
         lh, lw = height // 16, width // 16
     g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(batch, c, lf, lh, lw, generator=g, device=dev, dtype=dtype)
-    text = torch.randn(batch, TEXT_TOKENS, cfg["text_dim"], generator=g, device=dev, dtype=dtype)
-    t = torch.full((batch,), 500.0, device=dev)
+    local = batch // 2 if cfg_parallel else batch  # this rank's share: one guidance branch under CFG parallelism
+    x = torch.randn(local, c, lf, lh, lw, generator=g, device=dev, dtype=dtype)
+    text = torch.randn(local, TEXT_TOKENS, cfg["text_dim"], generator=g, device=dev, dtype=dtype)
+    t = torch.full((local,), 500.0, device=dev)
+
+    def step(ctx, cache):
+        out = bb(x, t, text, context=ctx, kv_cache=cache)
+        if cfg_parallel:  # the other branch's velocities, as the sampler gathers them every step
+            both = [torch.empty_like(out) for _ in range(2)]
+            dist.all_gather(both, out.contiguous())
+        return out
     cases = []
     base_seconds = None
     for tc in temporal:
@@ -189,12 +208,12 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
             n_gen = lf * (lh // 2) * (lw // 2)
             reuse = context_attention == "causal" and n_ctx > 0 and context_timestep is not None
             cache = ContextKVCache()  # filled by the first (warm-up) call when reused
-            seconds = _time(lambda ctx=ctx, cache=cache: bb(x, t, text, context=ctx, kv_cache=cache), dev, warmup, repeats)
+            seconds = _time(lambda ctx=ctx, cache=cache: step(ctx, cache), dev, warmup, repeats)
             flops = forward_flops(cfg, n_gen + n_ctx, n_gen, batch, n_query=n_gen if reuse else None)
             case = BenchCase(shape, height, width, frames, m, tc, batch, n_gen + n_ctx, n_ctx, round(seconds, 4),
                              float(f"{flops / seconds / 1e12:.4g}"), context_attention=context_attention)
             if reuse:
-                first = _time(lambda ctx=ctx: bb(x, t, text, context=ctx, kv_cache=ContextKVCache()), dev, 0, repeats)
+                first = _time(lambda ctx=ctx: step(ctx, ContextKVCache()), dev, 0, repeats)
                 case.first_forward_seconds = round(first, 4)
             if not m and not tc:
                 base_seconds = seconds
@@ -208,6 +227,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
            "compile_repeated_blocks": compile_blocks, "compile_mode": compile_mode if compile_blocks else None,
            "fused_qkv": fuse_qkv, "fused_ffn_gelu": fuse_ffn, "context_timestep": context_timestep,
            "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
+           "cfg_parallel": cfg_parallel,
            "memory_compression": memory_compression,
            "warmup": warmup,
            "repeats": repeats}
@@ -238,7 +258,8 @@ def markdown_rows(result: dict, command: str) -> str:
               f"attention {env['attention_backend']}, compiled blocks: {env['compile_repeated_blocks']}"
               f"{' (' + env['compile_mode'] + ')' if env.get('compile_mode') else ''}, "
               f"fused q/k/v: {env.get('fused_qkv', False)}, fused FFN GELU: {env.get('fused_ffn_gelu', False)}, "
-              f"context parallel: {env.get('context_parallel') or 'no'} x {env.get('world_size', 1)}, batch "
+              f"{'CFG' if env.get('cfg_parallel') else 'context'} parallel: "
+              f"{'yes' if env.get('cfg_parallel') else env.get('context_parallel') or 'no'} x {env.get('world_size', 1)}, batch "
               f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
     return "\n".join(lines) + "\n"
 

@@ -135,6 +135,8 @@ def generate(
     force: bool = typer.Option(False, help="regenerate everything, even finished shots"),
     context_parallel: str | None = typer.Option(None, help="ulysses | ring: one story on several GPUs, every forward's "
                                                 "tokens split over the ranks of `torchrun --nproc_per_node N`"),
+    cfg_parallel: bool = typer.Option(False, "--cfg-parallel", help="one story on two GPUs (`torchrun --nproc_per_node 2`): "
+                                      "the conditional and unconditional forwards of guidance on one GPU each"),
     device: str = typer.Option("cpu"), dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
 ):
     """Generate a film from a script into a project directory; finished shots are kept on rerun."""
@@ -146,13 +148,15 @@ def generate(
     except ScriptError as e:
         _fail(str(e), code=1)
     rank, scratch = 0, None
-    if context_parallel:
+    if context_parallel and cfg_parallel:
+        _fail("--context-parallel and --cfg-parallel do not combine yet: choose one")
+    if context_parallel or cfg_parallel:
         import tempfile
 
-        from filmweaver.parallel import init_context_parallel
+        from filmweaver.parallel import init_distributed
 
         try:
-            device, rank = init_context_parallel(device)
+            device, rank = init_distributed(device, "--cfg-parallel" if cfg_parallel else f"--context-parallel {context_parallel}")
         except RuntimeError as e:
             _fail(str(e))
         if rank:  # only rank 0 writes the project
@@ -160,8 +164,8 @@ def generate(
             out = Path(scratch.name)
     if offload not in ("none", "model", "block"):
         _fail(f"--offload {offload!r}: choose none, model or block")
-    if offload == "block" and (compile_blocks or context_parallel):
-        _fail("--offload block streams the blocks through hooks: it does not combine with --compile or --context-parallel")
+    if offload == "block" and (compile_blocks or context_parallel or cfg_parallel):
+        _fail("--offload block streams the blocks through hooks: it does not combine with --compile or parallelism")
     load_device = "cpu" if offload != "none" else device
     models = _load_models(preset, model, embedder, load_device, dtype, lora, lora_2, vae_tiling)
     if first_shot_model:
@@ -211,6 +215,11 @@ def generate(
         except ValueError as e:
             _fail(str(e))
     engine = _engine(models, out, story=story, config=config, progress=rank == 0)
+    if cfg_parallel:
+        try:
+            engine.sampler.enable_cfg_parallel()
+        except ValueError as e:
+            _fail(str(e))
     done = engine.generate(force=force, max_shots=max_shots)
     if rank == 0:
         _report(engine, done)
@@ -431,6 +440,9 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
                                                 "values are computed once per chunk and reused at every step)"),
           context_parallel: str | None = typer.Option(None, help="ulysses | ring: split every forward over the GPUs of "
                                                       "`torchrun --nproc_per_node N` (rank 0 reports)"),
+          cfg_parallel: bool = typer.Option(False, "--cfg-parallel", help="two ranks under torchrun, half the batch each "
+                                            "plus the all-gather (a guided step of one story: --batch 2; compare with "
+                                            "--batch 2 on one GPU)"),
           memory_compression: int = typer.Option(1, help="keyframes pooled into 2x2 or 4x4 patches (shot_cache.compression)"),
           repeats: int = 5, warmup: int = 2,
           device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
@@ -466,14 +478,17 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
             write_json(out, result)
         typer.echo(json.dumps(result, indent=1))
         return
-    result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
-                       tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
-                       getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
-                       None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
-                       progress=False, context_attention=context_attention, context_parallel=context_parallel,
-                       memory_compression=memory_compression, fuse_qkv=fuse_qkv, compile_mode=compile_mode,
-                       fuse_ffn=fuse_ffn)
-    if context_parallel:
+    try:
+        result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
+                           tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
+                           getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
+                           None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
+                           progress=False, context_attention=context_attention, context_parallel=context_parallel,
+                           memory_compression=memory_compression, fuse_qkv=fuse_qkv, compile_mode=compile_mode,
+                           fuse_ffn=fuse_ffn, cfg_parallel=cfg_parallel)
+    except (ValueError, RuntimeError) as e:  # a bad combination, or a parallel flag outside torchrun
+        _fail(str(e))
+    if context_parallel or cfg_parallel:
         import torch.distributed as dist
 
         if dist.get_rank():

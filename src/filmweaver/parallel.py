@@ -1,9 +1,13 @@
-"""One story on several GPUs: context parallelism under ``torchrun`` (see
-:meth:`filmweaver.backbone.wan.ContextWanTransformer.enable_context_parallel`).
+"""One story on several GPUs under ``torchrun``, two ways:
 
-Every rank runs the same engine with the same seeds; each transformer forward splits its tokens over
-the ranks, so all ranks hold identical latents after every step. Rank 0 writes the project; the
-others write to a scratch directory that is removed at the end.
+- context parallelism (:meth:`filmweaver.backbone.wan.ContextWanTransformer.enable_context_parallel`):
+  each transformer forward splits its tokens over the ranks (Ulysses or ring attention);
+- CFG parallelism (:meth:`filmweaver.sampler.FlowMatchSampler.enable_cfg_parallel`): two ranks, the
+  conditional branch of classifier-free guidance on one and the unconditional on the other, one
+  all-gather of the velocities a step.
+
+Every rank runs the same engine with the same seeds, so all ranks hold identical latents after every
+step. Rank 0 writes the project; the others write to a scratch directory that is removed at the end.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ import os
 import torch
 
 
-def init_context_parallel(device: str) -> tuple[str, int]:
+def init_distributed(device: str, flag: str = "--context-parallel ulysses") -> tuple[str, int]:
     """Initialise the process group from torchrun's environment (NCCL on CUDA, gloo on CPU) and pin
     this rank's GPU. Returns ``(device for this rank, rank)``."""
     import torch.distributed as dist
 
     if "RANK" not in os.environ:
-        raise RuntimeError("context parallelism runs under torchrun: "
-                           "torchrun --nproc_per_node N -m filmweaver.cli generate ... --context-parallel ulysses")
+        raise RuntimeError(f"{flag} runs under torchrun: torchrun --nproc_per_node N -m filmweaver.cli COMMAND ... {flag}")
     cuda = device.startswith("cuda")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
