@@ -567,3 +567,11 @@ def test_paired_identity_difference_pairs_shots_by_story_and_needs_the_same_shot
                   {"arm": "other", "summary": summarize(better), "records": better}], tmp_path, {})
     md = (tmp_path / "report.md").read_text()
     assert "identity vs full (paired 95%)" in md and "| other | 75.0% (75-75) | +25.0 (+25.0 to +25.0) |" in md
+
+
+def test_report_only_without_results_says_where_it_looked(tmp_path):
+    from filmweaver.synth.evaluate import main
+
+    with pytest.raises(SystemExit, match="no results in .*out for full"):
+        main([str(tmp_path), str(tmp_path / "out"), "--stories", "2", "--report-only", "--arms", "full",
+              "--probe", "src/filmweaver/weights/synth-small/probe", "--device", "cpu"])

@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         if n > 1:
             return  # one share of many: `--report-only` merges them once all are done
     results = [r for r in (merge_shards(out, arm) for arm in args.arms) if r is not None]
+    if not results:
+        raise SystemExit(f"no results in {out} for {', '.join(args.arms)} (expected arm_ARM.json or its shards)")
     for r in results:  # summaries from the records, so a report written by an older version gains new metrics
         r["summary"] = summarize(r["records"])
     write_report(results, out, {"stories": args.stories, "first_seed": args.first_seed,
