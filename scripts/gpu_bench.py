@@ -130,7 +130,6 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("14b_cfg_parallel", dict(shape="14b", batch=2, memory=(0, 10), temporal=(False, True), cfg_parallel=True,
                                   warmup=1, repeats=3)),
     ],
-
 }
 
 

@@ -148,16 +148,14 @@ def generate(
     except ScriptError as e:
         _fail(str(e), code=1)
     rank, scratch = 0, None
-    if context_parallel and cfg_parallel:
-        _fail("--context-parallel and --cfg-parallel do not combine yet: choose one")
     if context_parallel or cfg_parallel:
         import tempfile
 
         from filmweaver.parallel import init_distributed
 
         try:
-            device, rank = init_distributed(device, "--cfg-parallel" if cfg_parallel else f"--context-parallel {context_parallel}")
-        except RuntimeError as e:
+            device, rank = init_distributed(device, context_parallel, cfg_parallel)
+        except (ValueError, RuntimeError) as e:
             _fail(str(e))
         if rank:  # only rank 0 writes the project
             scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")

@@ -17,16 +17,24 @@ import os
 import torch
 
 
-def init_distributed(device: str, flag: str = "--context-parallel ulysses") -> tuple[str, int]:
-    """Initialise the process group from torchrun's environment (NCCL on CUDA, gloo on CPU) and pin
-    this rank's GPU. Returns ``(device for this rank, rank)``."""
+def init_distributed(device: str, context_parallel: str | None = None, cfg_parallel: bool = False) -> tuple[str, int]:
+    """Initialise the process group from torchrun's environment (NCCL on CUDA, gloo on CPU) for
+    ``context_parallel`` (any number of ranks) or ``cfg_parallel`` (two ranks), and pin this rank's GPU.
+    Returns ``(device for this rank, rank)``. A combination, a start outside torchrun or a CFG split over
+    other than two ranks is a clear error (ValueError / RuntimeError)."""
     import torch.distributed as dist
 
+    if context_parallel and cfg_parallel:
+        raise ValueError("--context-parallel and --cfg-parallel do not combine yet: choose one")
+    flag = "--cfg-parallel" if cfg_parallel else f"--context-parallel {context_parallel}"
     if "RANK" not in os.environ:
         raise RuntimeError(f"{flag} runs under torchrun: torchrun --nproc_per_node N -m filmweaver.cli COMMAND ... {flag}")
     cuda = device.startswith("cuda")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+    if cfg_parallel and dist.get_world_size() != 2:
+        raise ValueError(f"--cfg-parallel splits guidance's two branches over two ranks, not {dist.get_world_size()}: "
+                         "torchrun --nproc_per_node 2")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)

@@ -119,6 +119,11 @@ def _as_drawn(records: list[dict], keys: list[str]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _is_identity_shot(r: dict) -> bool:
+    """A later shot whose prompt does not restate the character: only memory can keep its identity."""
+    return r["shot"] > 0 and not r["restates_character"]
+
+
 def summarize(records: list[dict]) -> dict:
     """Aggregate metrics over the shot records of many stories."""
     char, loc = list(CHARACTER_ATTRIBUTES), list(LOCATION_ATTRIBUTES)
@@ -127,7 +132,7 @@ def summarize(records: list[dict]) -> dict:
         vals = [r["match"][k] for r in rows for k in keys]
         return float(np.mean(vals)) if vals else None
 
-    ident = [r for r in records if r["shot"] > 0 and not r["restates_character"]]
+    ident = [r for r in records if _is_identity_shot(r)]
     locs = [r for r in records if not r["restates_location"]]
     adh_c = [r for r in records if r["restates_character"]]
     adh_l = [r for r in records if r["restates_location"]]
@@ -172,8 +177,13 @@ def _story_bootstrap(rows: list[dict], keys: list[str], resamples: int = 2000, s
         groups.setdefault(str(r.get("story", i)), []).extend(float(r["match"][k]) for k in keys)
     hits = np.array([sum(v) for v in groups.values()])
     counts = np.array([len(v) for v in groups.values()])
-    pick = np.random.default_rng(seed).integers(len(hits), size=(resamples, len(hits)))
-    rates = hits[pick].sum(1) / counts[pick].sum(1)
+    return _resampled_interval(hits, counts, resamples, seed)
+
+
+def _resampled_interval(per_story: np.ndarray, counts: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """95% interval of ``sum(per_story) / sum(counts)`` ``[S]`` over stories drawn with replacement."""
+    pick = np.random.default_rng(seed).integers(len(per_story), size=(resamples, len(per_story)))
+    rates = per_story[pick].sum(1) / counts[pick].sum(1)
     return [float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))]
 
 
@@ -185,11 +195,10 @@ def paired_identity_difference(reference: list[dict], records: list[dict], resam
     identity shots (the same held-out stories)."""
     char = list(CHARACTER_ATTRIBUTES)
 
-    def by_story(recs):
-        shots = {(str(r.get("story")), r["shot"]): r for r in recs if r["shot"] > 0 and not r["restates_character"]}
-        return shots
+    def identity_shots(recs):  # (story, shot) -> record
+        return {(str(r.get("story")), r["shot"]): r for r in recs if _is_identity_shot(r)}
 
-    a, b = by_story(reference), by_story(records)
+    a, b = identity_shots(reference), identity_shots(records)
     if not a or a.keys() != b.keys():
         return None
     stories = sorted({s for s, _ in a})
@@ -199,10 +208,7 @@ def paired_identity_difference(reference: list[dict], records: list[dict], resam
         i = index[key[0]]
         delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in char)
         counts[i] += len(char)
-    pick = np.random.default_rng(seed).integers(len(stories), size=(resamples, len(stories)))
-    diffs = delta[pick].sum(1) / counts[pick].sum(1)
-    return {"difference": float(delta.sum() / counts.sum()),
-            "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]}
+    return {"difference": float(delta.sum() / counts.sum()), "ci95": _resampled_interval(delta, counts, resamples, seed)}
 
 
 def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), max_shots: int = 8) -> list[dict]:
