@@ -544,16 +544,18 @@ def test_config_overrides_reach_list_items_and_name_a_bad_key(tmp_path):
             load_train_config("configs/synth-small.yaml", [bad])
 
 
+def _shot_record(story, shot, hits, restates=False):
+    """An evaluation record whose first ``hits`` character attributes were read right (location all right)."""
+    keys = ("shape", "colour", "pattern", "accessory", "props", "ground", "time")
+    match = {k: i < hits or i >= 4 for i, k in enumerate(keys)}
+    return {"story": story, "shot": shot, "restates_character": restates, "restates_location": True,
+            "match": match, "seam_ratio": 1.0, "seconds": 1.0}
+
+
 def test_paired_identity_difference_pairs_shots_by_story_and_needs_the_same_shots(tmp_path):
     from filmweaver.synth.evaluate import paired_identity_difference, write_report
 
-    keys = ("shape", "colour", "pattern", "accessory", "props", "ground", "time")
-
-    def rec(story, shot, hits, restates=False):  # the first `hits` character attributes read right
-        match = {k: i < hits or i >= 4 for i, k in enumerate(keys)}
-        return {"story": story, "shot": shot, "restates_character": restates, "restates_location": True,
-                "match": match, "seam_ratio": 1.0, "seconds": 1.0}
-
+    rec = _shot_record
     ref = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 2) for s in "abcd"]
     better = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 3) for s in "abcd"]  # one more attribute every shot
     p = paired_identity_difference(ref, better)
@@ -575,3 +577,32 @@ def test_report_only_without_results_says_where_it_looked(tmp_path):
     with pytest.raises(SystemExit, match="no results in .*out for full"):
         main([str(tmp_path), str(tmp_path / "out"), "--stories", "2", "--report-only", "--arms", "full",
               "--probe", "src/filmweaver/weights/synth-small/probe", "--device", "cpu"])
+
+
+def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
+    from filmweaver.synth.evaluate import EVAL_FIRST_SEED, main, write_report
+
+    rec = _shot_record
+    ref = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 2) for s in "abcd"]
+    better = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 3) for s in "abcd"]
+    old = tmp_path / "old"
+    write_report([{"arm": "full", "summary": summarize(ref), "records": ref}], old,
+                 {"stories": 2, "first_seed": EVAL_FIRST_SEED})
+    out = tmp_path / "new"
+    out.mkdir()
+    (out / "arm_full.json").write_text(json.dumps({"arm": "full", "records": better}))
+    common = [str(tmp_path), str(out), "--stories", "2", "--report-only", "--arms", "full",
+              "--probe", "src/filmweaver/weights/synth-small/probe", "--device", "cpu"]
+    main([*common, "--from-report", f"{old}/report.json:full=full@old"])
+    md = (out / "report.md").read_text()
+    assert "| full@old | 50.0% (50-50) | -25.0 (-25.0 to -25.0) |" in md  # the new model first, paired per shot
+    assert json.loads((out / "arm_full@old.json").read_text())["imported_from"] == f"{old}/report.json:full"
+    (out / "arm_full.json").write_text(json.dumps({"arm": "full", "records": better}))
+    with pytest.raises(SystemExit, match="also an arm evaluated here"):  # would overwrite the new results
+        main([*common, "--from-report", f"{old}/report.json:full"])
+    with pytest.raises(SystemExit, match="no arm 'sink_window'.*it has full"):
+        main([*common, "--from-report", f"{old}/report.json:sink_window"])
+    with pytest.raises(SystemExit, match="covers 2 stories from seed .*this evaluation 3"):
+        main([*common[:3], "3", *common[4:], "--from-report", f"{old}/report.json:full=x"])
+    with pytest.raises(SystemExit):  # imported arms are not run: only with --report-only
+        main([str(tmp_path), str(out), "--arms", "full", "--from-report", f"{old}/report.json:full=x"])

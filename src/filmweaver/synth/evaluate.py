@@ -358,6 +358,42 @@ def merge_shards(out: Path, arm: str) -> dict | None:
     return merged
 
 
+def import_arm(spec: str, out: Path, stories: int, first_seed: int, taken: list[str] = ()) -> str:
+    """``REPORT:ARM=NAME`` (``=NAME`` optional): copy arm ``ARM`` of a committed ``report.json[.gz]`` into
+    ``out/arm_NAME.json``, so a new model is compared (paired, shot by shot) with one evaluated before
+    without evaluating it again. The report must cover the same stories, and NAME must not be one of
+    ``taken`` (the arms evaluated here). Returns NAME."""
+    import gzip
+
+    path, sep, arm = spec.rpartition(":")
+    if not sep or not arm:
+        raise SystemExit(f"--from-report {spec!r}: expected REPORT:ARM or REPORT:ARM=NAME")
+    arm, _, name = arm.partition("=")
+    name = name or arm
+    if name in taken:
+        raise SystemExit(f"--from-report {spec!r}: {name!r} is also an arm evaluated here; name the import "
+                         f"another way (REPORT:{arm}=OTHER_NAME)")
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+            report = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--from-report {spec!r}: cannot read {path}: {e}") from None
+    meta = report.get("meta", {})
+    if (meta.get("stories"), meta.get("first_seed")) != (stories, first_seed):
+        raise SystemExit(f"--from-report {spec!r}: {path} covers {meta.get('stories')} stories from seed "
+                         f"{meta.get('first_seed')}, this evaluation {stories} from {first_seed}")
+    arms = {a["arm"]: a for a in report.get("arms", [])}
+    if arm not in arms:
+        raise SystemExit(f"--from-report {spec!r}: no arm {arm!r} in {path} (it has {', '.join(arms)})")
+    target = out / f"arm_{name}.json"
+    if target.is_file() and "imported_from" not in json.loads(target.read_text()):
+        raise SystemExit(f"--from-report {spec!r}: {target} holds results evaluated here; name the import "
+                         f"another way (REPORT:{arm}=OTHER_NAME)")
+    out.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({**arms[arm], "arm": name, "imported_from": f"{path}:{arm}"}))
+    return name
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -374,8 +410,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shard", default="0/1", help="K/N: run the K-th of N interleaved shares of the stories "
                     "(parallel processes); --report-only merges the shares")
     ap.add_argument("--report-only", action="store_true", help="merge arm results already in OUT into the report")
+    ap.add_argument("--from-report", action="append", default=[], metavar="REPORT:ARM[=NAME]",
+                    help="with --report-only: add arm ARM of an earlier report.json[.gz] on the same stories as "
+                    "NAME (after the --arms), e.g. reports/synth-small/run9/report.json.gz:full=full@run9")
     args = ap.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
+    if args.from_report and not args.report_only:
+        ap.error("--from-report needs --report-only (imported arms are not run)")
     for arm in args.arms:
         resolve_arm(arm)  # a misspelt arm fails now, not after the others have run
     k, n = (int(x) for x in args.shard.split("/"))
@@ -394,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
                 path.write_text(json.dumps(res))
         if n > 1:
             return  # one share of many: `--report-only` merges them once all are done
-    results = [r for r in (merge_shards(out, arm) for arm in args.arms) if r is not None]
+    imported = [import_arm(spec, out, args.stories, args.first_seed, taken=args.arms) for spec in args.from_report]
+    results = [r for r in (merge_shards(out, arm) for arm in [*args.arms, *imported]) if r is not None]
     if not results:
         raise SystemExit(f"no results in {out} for {', '.join(args.arms)} (expected arm_ARM.json or its shards)")
     for r in results:  # summaries from the records, so a report written by an older version gains new metrics
