@@ -17,7 +17,9 @@ story's ground truth:
 ``python -m filmweaver.synth.evaluate RUNS_DIR OUT_DIR`` runs the ablation arms (:data:`ARMS`) on
 held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``. An arm may name the
 training run whose model it uses, ``ARM@RUN`` (``no_shot_cache@char6``: the no-shot-cache settings on
-``RUNS/char6/model``), so one ablation compares several trained models.
+``RUNS/char6/model``), so one ablation compares several trained models. ``--report-only
+--from-report REPORT:ARM=NAME`` adds an arm of an earlier report on the same stories (the shipped
+model's, say) to the table, paired shot by shot with the first arm, without generating it again.
 """
 
 from __future__ import annotations
