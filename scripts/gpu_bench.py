@@ -66,7 +66,7 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("13b_story", dict(story=10, shape="1.3b", steps=2)),
         ("13b_compile", dict(shape="1.3b", compile_blocks=True, memory=(0, 10), warmup=3)),
         ("14b_native", dict(shape="14b", memory=(0, 10), warmup=1, repeats=3)),
-        # batched CFG at 14B: the one-GPU baseline of 14b_cfg_parallel (not measured yet)
+        # batched CFG at 14B: the one-GPU baseline of 14b_cfg_parallel (2026-11-30, lease G)
         ("14b_cfg2", dict(shape="14b", batch=2, memory=(0, 10), temporal=(False, True), warmup=1, repeats=3)),
     ],
     "causal": [  # causal context with reused keys/values (2026-11-21; the block-offload story is not measured yet)
@@ -105,7 +105,7 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("13b_flash4", dict(shape="1.3b", attention_backend="flash4", memory=(0, 10))),
     ],
     "tflops": [  # the >= 700 TFLOP/s target (14B, one H200): fused q/k/v products, autotuned GEMMs; 2026-11-30
-        # not measured yet: the FFN's bias + GELU as a cuBLASLt epilogue (--fuse-ffn), against the plain row again
+        # the FFN's bias + GELU as a cuBLASLt epilogue (--fuse-ffn), against the plain row again (third lease)
         ("14b_flash4_compile_fuse_ffn", dict(_14B_FLASH4_COMPILED, fuse_ffn=True, repeats=5)),
         ("14b_flash4_compile_plain", dict(_14B_FLASH4_COMPILED, repeats=5)),
         ("14b_flash4_compile_fused", dict(_14B_FLASH4_COMPILED, fuse_qkv=True)),
@@ -121,11 +121,11 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
         ("13b_ring_cudnn", dict(shape="1.3b", memory=(0, 10), context_parallel="ring",
                            attention_backend="_native_cudnn")),
         ("14b_ulysses", dict(shape="14b", memory=(0, 10), context_parallel="ulysses", warmup=1, repeats=3)),
-        # not measured yet: ring + cuDNN (the 1.3B configuration that reaches 1.8x) at the 14B shape
+        # ring + cuDNN (the 1.3B configuration that reaches 1.8x) at the 14B shape (lease G: 1.76-1.89x)
         ("14b_ring_cudnn", dict(shape="14b", memory=(0, 10), context_parallel="ring",
                            attention_backend="_native_cudnn", warmup=1, repeats=3)),
         # CFG parallelism: one guided step of one story (batch 2) split into its two branches, one a GPU;
-        # compare with the one-GPU batch-2 rows (13b_cfg2, 14b_cfg2)
+        # compare with the one-GPU batch-2 rows (13b_cfg2, 14b_cfg2); lease G: 1.99-2.02x
         ("13b_cfg_parallel", dict(shape="1.3b", batch=2, memory=(0, 10), temporal=(False, True), cfg_parallel=True)),
         ("14b_cfg_parallel", dict(shape="14b", batch=2, memory=(0, 10), temporal=(False, True), cfg_parallel=True,
                                   warmup=1, repeats=3)),
