@@ -155,6 +155,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
         import torch.distributed as dist
 
         from filmweaver.parallel import init_distributed
+        from filmweaver.sampler import gather_cfg_branches
 
         device, _ = init_distributed(device, context_parallel, cfg_parallel)
         dev, world = torch.device(device), dist.get_world_size()
@@ -184,8 +185,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     def step(ctx, cache):
         out = bb(x, t, text, context=ctx, kv_cache=cache)
         if cfg_parallel:  # the other branch's velocities, as the sampler gathers them every step
-            both = [torch.empty_like(out) for _ in range(2)]
-            dist.all_gather(both, out.contiguous())
+            gather_cfg_branches(out)
         return out
     cases = []
     base_seconds = None

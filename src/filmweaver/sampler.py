@@ -30,6 +30,16 @@ class SamplerConfig(BaseModel):
     memory_guidance_scale: float = 1.0
 
 
+def gather_cfg_branches(mine: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CFG parallelism's one exchange a step: this rank's branch ``[B, ...]`` all-gathered over the two
+    ranks of ``group`` -> ``(rank 0's, rank 1's)``, the conditional and the unconditional velocities."""
+    import torch.distributed as dist
+
+    both = [torch.empty_like(mine) for _ in range(2)]
+    dist.all_gather(both, mine.contiguous(), group=group)
+    return both[0], both[1]
+
+
 def make_scheduler(cfg: SamplerConfig, base_config: dict | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
@@ -84,10 +94,8 @@ class FlowMatchSampler:
         """``(v_cond, v_uncond)``, each ``[B, C, F, h, w]``, with one branch computed on each rank."""
         import torch.distributed as dist
 
-        mine = velocity(latents, t, text if dist.get_rank(self.cfg_group) == 0 else negative_text).contiguous()
-        both = [torch.empty_like(mine) for _ in range(2)]
-        dist.all_gather(both, mine, group=self.cfg_group)
-        return both[0], both[1]
+        mine = velocity(latents, t, text if dist.get_rank(self.cfg_group) == 0 else negative_text)
+        return gather_cfg_branches(mine, self.cfg_group)
 
     def guidance_at(self, t: float) -> float:
         low = self.boundary is not None and self.cfg.guidance_scale_2 is not None and float(t) < self.boundary
