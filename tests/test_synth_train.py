@@ -334,6 +334,34 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         init_dit_from(FilmModels.synth_architecture(size="small"), str(model))
 
+    # export-ema: the last checkpoint's EMA weights alone make the model the run saved (the run stops at
+    # its last checkpoint, and the saved model is the EMA); a tensor that does not fit is named
+    from safetensors.torch import load_file, save_file
+
+    from filmweaver.train.dit import EMA
+
+    ema_file = out / "checkpoint" / "ema.safetensors"
+    shadows = load_file(str(ema_file))
+    assert any(k.startswith("backbone.transformer.") for k in shadows)  # stored by parameter name
+    res = runner.invoke(app, ["export-ema", str(ema_file), str(model), str(tmp_path / "exported")])
+    assert res.exit_code == 0, res.output
+    exported, saved = FilmModels.from_pretrained(str(tmp_path / "exported")), FilmModels.from_pretrained(str(model))
+    for mine, theirs in [(exported.backbone.transformer, saved.backbone.transformer),
+                         (exported.backbone.context_proj, saved.backbone.context_proj),
+                         (exported.prompt_encoder.text_encoder, saved.prompt_encoder.text_encoder)]:
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert all(torch.equal(a[k].half(), b[k].half()) for k in a)
+    assert (tmp_path / "exported" / "probe" / "probe.safetensors").is_file() and exported.trained
+    name = next(iter(shadows))
+    save_file({name: torch.zeros(3, 3)}, tmp_path / "bad.safetensors")
+    res = runner.invoke(app, ["export-ema", str(tmp_path / "bad.safetensors"), str(model), str(tmp_path / "x")])
+    assert res.exit_code != 0 and name in res.output and "Traceback" not in res.output
+    # checkpoints from before the shadows were named (p0, p1, ...) still resume
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    ema = EMA(params, 0.9, names=["a.w", "b.w"])
+    ema.load_state_dict({"p0": torch.ones(2), "p1": torch.full((3,), 2.0)})
+    assert torch.equal(ema.shadow[1], torch.full((3,), 2.0)) and set(ema.state_dict()) == {"a.w", "b.w"}
+
 
 def test_time_budget_shrinks_the_dit_and_a_spent_budget_keeps_the_earlier_phases(tmp_path):
     """``time_budget_minutes``: the DiT gets what the earlier phases left (at most its own cap); a budget

@@ -329,6 +329,24 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
                   f"timings {summary['timings']}", highlight=False)
 
 
+@app.command("export-ema")
+def export_ema_(ema: Path = typer.Argument(..., help="a run's checkpoint/ema.safetensors (or a half-precision copy)"),
+                base: str = typer.Argument(..., help="model directory giving the architecture, VAE, embedder and probe"),
+                out: Path = typer.Argument(..., help="where to write the model"),
+                model_id: str | None = typer.Option(None, help="the model id to record (default: BASE's + the file name)")):
+    """A model from a DiT checkpoint's EMA weights: a run that stopped early, or one looked at midway."""
+    from filmweaver.models import ModelLoadError
+    from filmweaver.train.run import export_ema
+
+    if not ema.is_file():
+        _fail(f"{ema}: no such file")
+    try:
+        info = export_ema(ema, base, out, model_id)
+    except (ValueError, OSError, ModelLoadError) as e:
+        _fail(str(e))
+    console.print(f"[bold green]done:[/] {info['tensors']} tensors -> {out} ({info['model_id']})", highlight=False)
+
+
 def _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device):
     from filmweaver.eval.judges import EvalSetupError
     from filmweaver.eval.run import EvalConfig, Judges

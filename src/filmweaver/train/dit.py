@@ -88,10 +88,25 @@ def _uniform(n: int, lo_hi, device) -> torch.Tensor | None:
 
 
 class EMA:
-    def __init__(self, params: list[nn.Parameter], decay: float):
+    """Exponential moving average of the trained parameters (fp32 shadows). ``names``: the parameters'
+    names in the module, the keys the checkpoint stores the shadows under (so a checkpoint's EMA alone
+    makes a model: :func:`filmweaver.train.run.export_ema`)."""
+
+    def __init__(self, params: list[nn.Parameter], decay: float, names: list[str] | None = None):
         self.params = params
         self.decay = decay
         self.shadow = [p.detach().float().clone() for p in params]
+        self.names = names or [f"p{i}" for i in range(len(params))]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: s.cpu().contiguous() for n, s in zip(self.names, self.shadow, strict=True)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # checkpoints written before the shadows were named store them by position (p0, p1, ...)
+        keys = self.names if self.names[0] in state else [f"p{i}" for i in range(len(self.shadow))]
+        for k, s in zip(keys, self.shadow, strict=True):
+            s.copy_(state[k].to(s))
 
     @torch.no_grad()
     def update(self) -> None:
@@ -112,13 +127,14 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     ``[1, L]`` the empty prompt (text dropout for classifier-free guidance).
     """
     device = accelerator.device
-    params = [p for p in module.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     planned = sum(s.steps for s in cfg.stages)
     plan = {"total": planned, "bounds": np.cumsum([s.steps for s in cfg.stages]).tolist()}  # mutable: fit_steps_to_time
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, cfg.warmup_steps)) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, plan["total"]) / max(1, plan["total"])))))
-    ema = EMA(params, cfg.ema_decay)
+    ema = EMA(params, cfg.ema_decay, names=[n for n, _ in named])
     ckpt_dir = out_dir / "checkpoint"
     step, log = 0, []
     if (ckpt_dir / "state.json").is_file():
@@ -271,7 +287,7 @@ def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int, plan: dic
     with atomic_path(d / "trainable.safetensors") as tmp:
         save_file(trainable, tmp)
     with atomic_path(d / "ema.safetensors") as tmp:
-        save_file({f"p{i}": s.cpu().contiguous() for i, s in enumerate(ema.shadow)}, tmp)
+        save_file(ema.state_dict(), tmp)
     with atomic_path(d / "optimizer.pt") as tmp:
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
     with atomic_path(d / "state.json") as tmp:
@@ -286,9 +302,7 @@ def _load_checkpoint(d: Path, module, opt, sched, ema: EMA, plan: dict | None = 
     with torch.no_grad():
         for n, t in trainable.items():
             named[n].copy_(t.to(named[n]))
-    shadow = load_file(str(d / "ema.safetensors"))
-    for i, s in enumerate(ema.shadow):
-        s.copy_(shadow[f"p{i}"].to(s))
+    ema.load_state_dict(load_file(str(d / "ema.safetensors")))
     state = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

@@ -215,6 +215,46 @@ def init_dit_from(models: FilmModels, model_dir: str) -> None:
         dst.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
 
 
+def export_ema(ema_file: str | Path, base_model: str | Path, out_dir: str | Path, model_id: str | None = None) -> dict:
+    """A loadable model from a DiT checkpoint's EMA weights alone: ``ema_file`` (a run's
+    ``checkpoint/ema.safetensors``, or a half-precision copy of it) into ``base_model``'s architecture,
+    whose VAE, embedder, tokenizer, scheduler and probe it keeps. For a run that stopped before its end
+    (a lease that went away) or to look at a run midway. Full-training checkpoints only: LoRA
+    checkpoints hold adapter weights. Returns ``{"tensors": N, "model_id": ...}``.
+
+    Every tensor must name a parameter of the transformer, its context projections or the text encoder
+    with the same shape (the error names the first that does not); the base model's own weights stay
+    where the checkpoint has none (the text encoder, when it was frozen)."""
+    from safetensors.torch import load_file
+
+    from filmweaver.train.dit import CacheGuidedDenoiser
+
+    ema = load_file(str(ema_file))
+    if any(k.startswith("p") and k[1:].isdigit() for k in ema):
+        raise ValueError(f"{ema_file}: the EMA weights are stored by position (a checkpoint written before "
+                         "they were named): resume the run from its checkpoint to save its model instead")
+    if any("lora_" in k for k in ema):
+        raise ValueError(f"{ema_file}: a LoRA checkpoint (adapter weights); export_ema takes full-training ones")
+    models = FilmModels.from_pretrained(str(base_model), device="cpu")
+    module = CacheGuidedDenoiser(models.backbone, models.prompt_encoder.text_encoder)
+    params = dict(module.named_parameters())
+    for k, t in ema.items():
+        if k not in params or params[k].shape != t.shape:
+            why = "no such parameter" if k not in params else f"shape {tuple(t.shape)}, the model's {tuple(params[k].shape)}"
+            raise ValueError(f"{ema_file}: tensor {k} does not fit {base_model} ({why})")
+    with torch.no_grad():
+        for k, t in ema.items():
+            params[k].copy_(t.to(params[k].dtype))
+    models.trained = True
+    models.model_id = model_id or f"{models.model_id}+{Path(ema_file).stem}"
+    out = Path(out_dir)
+    models.save_pretrained(out, dtype=torch.float16)
+    probe = Path(base_model) / "probe"
+    if probe.is_dir():
+        shutil.copytree(probe, out / "probe", dirs_exist_ok=True)
+    return {"tensors": len(ema), "model_id": models.model_id}
+
+
 def train_vae(vae, data, cfg: TrainConfig, device, progress: bool) -> dict:
     """Reconstruction (L1 + L2) with a small KL term, on random ``clip_frames``-frame clips."""
     vc = cfg.vae
