@@ -4,12 +4,20 @@ benchmark."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import typer
-from rich.console import Console
+# torch's OpenMP threads spin at every barrier by default; on a CPU that other processes also use they
+# take turns with those processes and a film takes 2-10x longer (the main job: 96 s instead of 31 with
+# one busy process on 2 cores, 621 s with two). Waiting passively: 50 s and 57 s, for ~2 s more on an
+# idle CPU (BENCHMARKS.md, "CPU threads under load"). Read when torch is first imported, which the
+# commands do lazily, after this; OMP_WAIT_POLICY=ACTIVE in the environment keeps spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from filmweaver.script import ScriptError, load_story
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from filmweaver.script import ScriptError, load_story  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Story script in, consistent multi-shot film out.")

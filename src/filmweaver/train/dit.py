@@ -27,6 +27,7 @@ from filmweaver.train.config import DiTPhase
 from filmweaver.train.data import Batch, LatentStore, to_device
 
 FIT_WINDOW = 500  # steps per rate measurement (fit_steps_to_time)
+SYNC_EVERY = 50  # steps between the ranks' joint deadline checks (several processes)
 
 
 class CacheGuidedDenoiser(nn.Module):
@@ -147,6 +148,12 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     aug = cfg.augment
     rng = np.random.default_rng([seed, step, accelerator.process_index])
     torch.manual_seed(seed * 1000 + step + accelerator.process_index)
+    # several processes (data parallel: each rank draws its own batches, DDP averages the gradients):
+    # every rank takes the step's batch mode and memory size from one generator they share, so all
+    # ranks use the same parameters in a step (a mode without keyframes leaves the shot-cache
+    # projections unused); one process keeps the single generator it always had
+    world = accelerator.num_processes
+    mode_rng = rng if world == 1 else np.random.default_rng([seed, step])
     bar = tqdm(total=plan["total"], initial=step, desc="dit", disable=not (progress and accelerator.is_main_process))
     t0, running = time.perf_counter(), []
     model.train()
@@ -163,7 +170,10 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     region_weights = (torch.tensor([cfg.character_loss_weight, cfg.props_loss_weight], device=device)
                       if cfg.character_loss_weight > 0 or cfg.props_loss_weight > 0 else None)
     while step < plan["total"]:
-        if deadline is not None and time.perf_counter() > deadline:
+        # the deadline: checked every step by one process; by all ranks together every SYNC_EVERY steps
+        # (one small collective, so that every rank stops at the same step)
+        if deadline is not None and (world == 1 or step % SYNC_EVERY == 0) and \
+                _agree(float(time.perf_counter() > deadline), "max", accelerator) > 0:
             accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{plan['total']}")
             if accelerator.is_main_process:
                 _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
@@ -175,7 +185,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             if window[1] is not None:
                 rate = FIT_WINDOW / (now - window[1])
                 before = plan["total"]
-                fit_schedule(plan, step, int(step + 0.97 * rate * (deadline - now)), planned)
+                fitted = _agree(step + 0.97 * rate * (deadline - now), "min", accelerator)  # the slowest rank's
+                fit_schedule(plan, step, int(fitted), planned)
                 plan["steps_per_second"] = round(rate, 2)
                 if plan["total"] != before:
                     bar.total = plan["total"]
@@ -183,8 +194,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             window = (step + FIT_WINDOW, now)
         stage = cfg.stages[int(np.searchsorted(plan["bounds"], step, side="right"))]
         modes, weights = zip(*stage.modes.items(), strict=True)
-        mode = str(rng.choice(modes, p=np.array(weights) / sum(weights)))
-        k = int(rng.integers(1, cfg.max_memory + 1))
+        mode = str(mode_rng.choice(modes, p=np.array(weights) / sum(weights)))
+        k = int(mode_rng.integers(1, cfg.max_memory + 1))
         batch = store.sample(mode, cfg.batch_size, cfg.chunk_frames, history, k, rng, stage.long_takes,
                              aug.negative_sampling)
         b = batch.target.shape[0]
@@ -236,9 +247,31 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
     bar.close()
     ema.copy_to()  # the shipped weights are the EMA weights
-    return {"steps": step, "planned_steps": planned, "scheduled_steps": plan["total"],
+    in_sync = _ranks_agree(params, accelerator) if world > 1 else None
+    return {"steps": step, "processes": world, "ranks_in_sync": in_sync, "planned_steps": planned, "scheduled_steps": plan["total"],
             "stage_ends": [int(b) for b in plan["bounds"]], "steps_per_second": plan.get("steps_per_second"),
             "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _agree(value: float, op: str, accelerator) -> float:
+    """``value`` reduced over all ranks (``"min"`` or ``"max"``); the value itself on one process.
+    Every rank must call it at the same step (it is a collective)."""
+    if accelerator.num_processes == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _ranks_agree(params: list[nn.Parameter], accelerator) -> bool:
+    """Whether every rank ended with the same weights (data parallel keeps them identical: a check
+    that costs one small all-gather at the end of training)."""
+    with torch.no_grad():
+        fingerprint = torch.stack([p.detach().double().sum() for p in params]).sum()
+        seen = accelerator.gather(fingerprint.reshape(1))
+    return bool(torch.all(seen == seen[0]))
 
 
 def region_weighted_mean(se: torch.Tensor, coverage: torch.Tensor | None = None,

@@ -16,6 +16,7 @@ Phases (each skipped when its output exists in ``output_dir``):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -63,12 +64,21 @@ def build_models(cfg: TrainConfig, device) -> FilmModels:
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no")
+    # several processes (`accelerate launch` / `torchrun`): the phases before the DiT run on the main
+    # process (the others wait and load what it saved), the DiT is data parallel. A step's batch mode
+    # can leave parameters unused (no keyframes: the shot-cache projections), hence find_unused_parameters.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:  # each process would train alone on the same files
+        raise RuntimeError(f"launched as {launched} processes, but accelerate sees one (on a machine without a GPU, "
+                           "set ACCELERATE_USE_CPU=1 or use `accelerate launch --cpu`)")
+    if accelerator.is_main_process:
+        (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     device = accelerator.device
     torch.manual_seed(cfg.seed)
     summary: dict = {"config": cfg.model_dump(mode="json"), "device": str(device)}
@@ -96,15 +106,14 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     if scratch and cfg.vae is not None:
         t = time.perf_counter()
         vae_dir = out / "vae"
-        if (vae_dir / "config.json").is_file():
-            from diffusers import AutoencoderKLWan
-
-            models.codec = LatentCodec(AutoencoderKLWan.from_pretrained(vae_dir).to(device))
-        else:
+        if not (vae_dir / "config.json").is_file() and accelerator.is_main_process:
             summary["vae"] = train_vae(models.codec.vae, data, cfg, device, progress)
             set_latent_statistics(models.codec.vae, data, device)
             models.codec.vae.save_pretrained(vae_dir)
-            models.codec = LatentCodec(models.codec.vae)
+        accelerator.wait_for_everyone()
+        from diffusers import AutoencoderKLWan
+
+        models.codec = LatentCodec(AutoencoderKLWan.from_pretrained(vae_dir).to(device))
         timings["vae_s"] = round(time.perf_counter() - t, 1)
     models.codec.vae.requires_grad_(False).eval()
 
@@ -112,18 +121,18 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     if scratch and cfg.embedder is not None:
         t = time.perf_counter()
         emb_dir = out / "embedder"
-        if (emb_dir / "config.json").is_file():
-            from transformers import CLIPModel
-
-            models.embedder.model = CLIPModel.from_pretrained(emb_dir).to(device)
-        else:
+        if not (emb_dir / "config.json").is_file() and accelerator.is_main_process:
             summary["embedder"] = train_embedder(models, data, cfg, device, progress)
             models.embedder.model.save_pretrained(emb_dir)
+        accelerator.wait_for_everyone()
+        from transformers import CLIPModel
+
+        models.embedder.model = CLIPModel.from_pretrained(emb_dir).to(device)
         models.embedder.model.eval().requires_grad_(False)
         timings["embedder_s"] = round(time.perf_counter() - t, 1)
 
     if cfg.stop_after == "embedder":
-        return _finish(out, summary, timings)
+        return _finish(out, summary, timings, accelerator.is_main_process)
 
     # 4. probe (before the DiT: it needs only the frames and the VAE, and the DiT can then take the rest
     # of a time budget). Trained on the main process; the others wait for it.
@@ -135,7 +144,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         accelerator.wait_for_everyone()
         timings["probe_s"] = round(time.perf_counter() - t, 1)
     if cfg.stop_after == "probe":
-        return _finish(out, summary, timings)
+        return _finish(out, summary, timings, accelerator.is_main_process)
 
     # 5. DiT
     from filmweaver.train.data import LatentStore
@@ -189,12 +198,13 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             shutil.copytree(probe_dir, model_dir / "probe", dirs_exist_ok=True)
         plot_loss(out / "log.jsonl", out / "loss.png")
     timings["total_s"] = round(time.perf_counter() - run_start, 1)
-    return _finish(out, summary, timings)
+    return _finish(out, summary, timings, accelerator.is_main_process)
 
 
-def _finish(out: Path, summary: dict, timings: dict) -> dict:
+def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict:
     summary["timings"] = timings
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if write:  # the main process's (several processes would write the same file at once)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
