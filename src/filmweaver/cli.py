@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 # torch's OpenMP threads spin at every barrier by default; on a CPU that other processes also use they
-# take turns with those processes and a film takes 2-10x longer (the main job: 96 s instead of 31 with
-# one busy process on 2 cores, 621 s with two). Waiting passively: 50 s and 57 s, for ~2 s more on an
-# idle CPU (BENCHMARKS.md, "CPU threads under load"). Read when torch is first imported, which the
-# commands do lazily, after this; OMP_WAIT_POLICY=ACTIVE in the environment keeps spinning.
+# take turns with those processes and a film takes 2-4x longer (the main job on 2 cores: 33 s idle,
+# 95 s beside one busy process, 128 s beside two). Waiting passively: 50-56 s and 57 s, for about 4.6 s
+# more on an idle CPU (BENCHMARKS.md, "CPU threads under load"). Read when torch is first imported,
+# which the commands do lazily, after this; OMP_WAIT_POLICY set in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
