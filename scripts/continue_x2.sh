@@ -9,6 +9,7 @@
 #   3. EVAL_ARMS (ARM@A / ARM@B, 8 processes an arm over both GPUs); the comparison with the shipped model
 #      is made afterwards from its committed report (`evaluate --report-only --from-report`).
 # An arm is NAME:EXTRA (EXTRA: --set overrides for that arm). Lease G (run 9) was the defaults with BENCH=1.
+# DDP=1 trains arm A alone on both GPUs, data parallel (twice the samples a step; not yet timed on GPUs).
 # Everything that comes back is in runs/pack (scripts/device_wait.sh copies it on every call).
 #   bash scripts/device_carry.sh A >/dev/null; . scripts/device_setup.sh; bash scripts/continue_x2.sh  # call 1
 #   bash scripts/device_carry.sh B >/dev/null; . scripts/device_setup.sh; bash scripts/device_wait.sh 540
@@ -18,8 +19,10 @@ INIT=${INIT:-src/filmweaver/weights/synth-small}
 DIT_MIN=${DIT_MIN:-12}
 ARM_A=${ARM_A:-cont:}
 ARM_B=${ARM_B:-cont_lo:--set dit.lr=1.5e-4}
+DDP=${DDP:-0}  # 1: arm A alone, data parallel on both GPUs (torchrun); ARM_B is not trained
 A=${ARM_A%%:*}; B=${ARM_B%%:*}
-EVAL_ARMS=${EVAL_ARMS:-full@$A full@$B}
+[ "$DDP" = 1 ] && B=
+EVAL_ARMS=${EVAL_ARMS:-full@$A${B:+ full@$B}}
 mkdir -p runs/pack runs/bench runs/base runs/ev/full
 for d in base $A $B; do mkdir -p runs/$d && cp -r $INIT/vae $INIT/embedder runs/$d/; done
 cp -r src/filmweaver/weights/synth-small runs/ev/full/model  # the evaluation's probe (RUNS/full/model/probe)
@@ -46,11 +49,16 @@ fi
 wait \$RENDER
 echo RENDER-DONE \$(date +%T)
 C="--set probe=null --set dit.init_from=$INIT --set dit.stages.0.steps=0 --set dit.max_minutes=$DIT_MIN"
-CUDA_VISIBLE_DEVICES=0 OMP_NUM_THREADS=4 taskset -c 0-15 python3 -m filmweaver.train configs/synth-small.yaml \
-  -o runs/$A \$C ${ARM_A#*:} > runs/$A.log 2>&1 &
-CUDA_VISIBLE_DEVICES=1 OMP_NUM_THREADS=4 taskset -c 16-31 python3 -m filmweaver.train configs/synth-small.yaml \
-  -o runs/$B \$C ${ARM_B#*:} > runs/$B.log 2>&1 &
-wait
+if [ "$DDP" = 1 ]; then
+  OMP_NUM_THREADS=4 python3 -m torch.distributed.run --nproc_per_node 2 -m filmweaver.train configs/synth-small.yaml \
+    -o runs/$A \$C ${ARM_A#*:} > runs/$A.log 2>&1
+else
+  CUDA_VISIBLE_DEVICES=0 OMP_NUM_THREADS=4 taskset -c 0-15 python3 -m filmweaver.train configs/synth-small.yaml \
+    -o runs/$A \$C ${ARM_A#*:} > runs/$A.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 OMP_NUM_THREADS=4 taskset -c 16-31 python3 -m filmweaver.train configs/synth-small.yaml \
+    -o runs/$B \$C ${ARM_B#*:} > runs/$B.log 2>&1 &
+  wait
+fi
 echo TRAINING-DONE \$(date +%T)
 tar czf runs/pack/train.tgz runs/*/log.jsonl runs/*/summary.json runs/*/loss.png runs/*.log
 for arm in $A $B; do
