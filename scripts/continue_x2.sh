@@ -28,6 +28,7 @@ for d in base $A $B; do mkdir -p runs/$d && cp -r $INIT/vae $INIT/embedder runs/
 cp -r src/filmweaver/weights/synth-small runs/ev/full/model  # the evaluation's probe (RUNS/full/model/probe)
 cat > runs/continue.sh <<EOF
 set -u
+PACK=runs/pack; source scripts/pack.sh
 pack_bench() { tar czf runs/pack/bench.tgz.tmp runs/bench && mv runs/pack/bench.tgz.tmp runs/pack/bench.tgz; }
 date +%T > runs/wall.txt
 taskset -c 8-31 python3 -m filmweaver.train configs/synth-small.yaml -o runs/base --set stop_after=embedder \
@@ -62,7 +63,7 @@ fi
 echo TRAINING-DONE \$(date +%T)
 tar czf runs/pack/train.tgz runs/*/log.jsonl runs/*/summary.json runs/*/loss.png runs/*.log
 for arm in $A $B; do
-  tar czf - -C runs/\$arm --exclude model/vae --exclude model/embedder model | split -b 15m - runs/pack/model-\$arm.tgz.part-
+  pack_model runs/\$arm --exclude model/vae --exclude model/embedder
   mkdir -p runs/ev/\$arm && cp -r runs/\$arm/model runs/ev/\$arm/model
 done
 bash scripts/synth_eval.sh runs/ev runs/ev/eval "$EVAL_ARMS" 8 "0 1"

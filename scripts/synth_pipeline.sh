@@ -65,11 +65,11 @@ if [ -n "$REUSE" ]; then
 fi
 # pack the model now: a device machine can go back at any time, and scripts/device_wait.sh copies
 # whatever is in $R/pack on every call
-[[ " $TRAIN_ARMS " == *" full "* ]] && tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
+PACK=$R/pack; source scripts/pack.sh
+[[ " $TRAIN_ARMS " == *" full "* ]] && pack_model $R/full
 # the other arms' models without the parts they share with full (vae, embedder, probe)
 for arm in $TRAIN_ARMS; do
-  [ "$arm" = full ] || tar czf - -C $R/$arm --exclude model/vae --exclude model/embedder --exclude model/probe model \
-    | split -b 15m - $R/pack/model-$arm.tgz.part-
+  [ "$arm" = full ] || pack_model $R/$arm --exclude model/vae --exclude model/embedder --exclude model/probe
 done
 tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.log
 echo TRAINING-DONE

@@ -17,7 +17,7 @@ start=$(date +%s)
 python3 -m filmweaver.train $CFG -o $R/full "$@" > $R/repro.log 2>&1
 rc=$?
 echo "rc=$rc wall_s=$(( $(date +%s) - start )) cmd=python3 -m filmweaver.train $CFG $*" | tee $R/pack/wall.txt
-tar czf - -C $R/full model | split -b 15m - $R/pack/model.tgz.part-
+PACK=$R/pack; source scripts/pack.sh; pack_model $R/full
 tar czf $R/pack/train.tgz $R/full/log.jsonl $R/full/summary.json $R/full/loss.png $R/repro.log $R/pack/wall.txt
 echo TRAINING-DONE
 if [ -n "$EVAL_ARMS" ] && [ $rc -eq 0 ]; then
