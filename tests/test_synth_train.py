@@ -270,6 +270,13 @@ def test_summary_breaks_identity_down_by_framing_and_names_the_misreads(tmp_path
     md = (tmp_path / "report.md").read_text()
     assert "| full | 62% (2) | - | 100% (1) | none -> hat (2), round -> square (1) |" in md
     assert "30 / 46 / 64 %" in md
+    # by the true value: the one character here has no accessory, read as a hat in 2 of 3 shots
+    assert s["identity_by_value"]["accessory"] == {"none": {"rate": 1 / 3, "shots": 3}}
+    assert s["identity_by_value"]["shape"] == {"round": {"rate": 2 / 3, "shots": 3}}
+    more = records + [rec(f"d{i}", "close", {}) for i in range(3)]  # 6 shots: values with >= 5 shots are listed
+    write_report([{"arm": "full", "summary": summarize(more)}], tmp_path, {})
+    assert "| full | accessory none 67% (6), shape round 83% (6), colour red 100% (6), pattern plain 100% (6) |" in \
+        (tmp_path / "report.md").read_text()
 
 
 def test_fit_schedule_fits_the_stages_ahead_in_proportion_within_the_configured_steps():

@@ -163,6 +163,11 @@ def summarize(records: list[dict]) -> dict:
         "identity_by_framing": {f: {"rate": rate(rows, char), "shots": len(rows)}
                                 for f in FRAMINGS
                                 if (rows := [r for r in ident if r.get("framing") == f])},
+        # per true value of each character attribute (is one shape, colour or "no accessory" the hard one?)
+        "identity_by_value": {k: {v: {"rate": rate(rows, [k]), "shots": len(rows)}
+                                  for v in CHARACTER_ATTRIBUTES[k]
+                                  if (rows := [r for r in ident if "truth" in r and r["truth"][k] == v])}
+                              for k in char},
         "identity_confusions": {k: Counter(f"{r['truth'][k]} -> {r['read'][k]}" for r in ident
                                            if "truth" in r and not r["match"][k]).most_common(3) for k in char},
     }
@@ -307,6 +312,15 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
                      if f in s["identity_by_framing"] else "-" for f in FRAMINGS]
             worst = sorted((n, c) for k in s["identity_confusions"] for c, n in s["identity_confusions"][k])[::-1][:4]
             lines.append(f"| {r['arm']} | " + " | ".join(cells) + " | " + ", ".join(f"{c} ({n})" for n, c in worst) + " |")
+    valued = [r for r in results if r["summary"].get("identity_by_value")]
+    if valued:
+        lines += ["", "The hardest character values: identity on later unrestated shots by the character's true "
+                  "value, the four lowest (rate, shots) of values with at least 5 shots:", "",
+                  "| arm | hardest values |", "|---|---|"]
+        for r in valued:
+            cells = sorted((v["rate"], f"{k} {val}", v["shots"]) for k, d in r["summary"]["identity_by_value"].items()
+                           for val, v in d.items() if v["shots"] >= 5)[:4]
+            lines.append(f"| {r['arm']} | " + ", ".join(f"{name} {100 * rt:.0f}% ({n})" for rt, name, n in cells) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
