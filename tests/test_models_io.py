@@ -25,6 +25,19 @@ def test_save_and_load_pretrained_roundtrip(tiny_models, tmp_path):
     assert torch.allclose(loaded.embedder.embed_texts([prompt]), tiny_models.embedder.embed_texts([prompt]), atol=1e-6)
 
 
+def test_a_saved_model_does_not_record_where_it_was_loaded_from(tiny_models, tmp_path):
+    """diffusers puts the load path in a model's config; saving again (export-ema, training from a
+    shipped model) must not carry a local path into the new model's files."""
+    tiny_models.save_pretrained(tmp_path / "a")
+    loaded = FilmModels.from_pretrained(str(tmp_path / "a"))
+    assert loaded.backbone.transformer.config.get("_name_or_path")  # what would leak
+    loaded.save_pretrained(tmp_path / "b", dtype=torch.float16)
+    for config in (tmp_path / "b").glob("*/config.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config
+    again = FilmModels.from_pretrained(str(tmp_path / "b"))
+    assert again.model_id == tiny_models.model_id
+
+
 def test_incomplete_directory_names_missing_file(tiny_models, tmp_path):
     tiny_models.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "scheduler" / "scheduler_config.json").unlink()

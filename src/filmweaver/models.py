@@ -322,10 +322,15 @@ class FilmModels:
         def save(module, path):
             if dtype is None:
                 module.save_pretrained(path)
-                return
-            orig = next(module.parameters()).dtype
-            module.to(dtype).save_pretrained(path)
-            module.to(orig)
+            else:
+                orig = next(module.parameters()).dtype
+                module.to(dtype).save_pretrained(path)
+                module.to(orig)
+            # diffusers records where a model was loaded from; a saved model should not carry that path
+            config = Path(path) / "config.json"
+            if config.is_file() and "_name_or_path" in (cfg := json.loads(config.read_text())):
+                del cfg["_name_or_path"]
+                config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
         for name, expert in zip(("transformer", "transformer_2"), experts, strict=False):
             save(expert.transformer, root / name)
