@@ -359,6 +359,10 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
         a, b = mine.state_dict(), theirs.state_dict()
         assert all(torch.equal(a[k].half(), b[k].half()) for k in a)
     assert (tmp_path / "exported" / "probe" / "probe.safetensors").is_file() and exported.trained
+    for part in ("vae", "embedder"):  # not in the EMA: the base model's files, unchanged (no half cast)
+        files = sorted(p.relative_to(model / part) for p in (model / part).rglob("*") if p.is_file())
+        assert files and all((model / part / f).read_bytes() == (tmp_path / "exported" / part / f).read_bytes()
+                             for f in files), part
     name = next(iter(shadows))
     save_file({name: torch.zeros(3, 3)}, tmp_path / "bad.safetensors")
     res = runner.invoke(app, ["export-ema", str(tmp_path / "bad.safetensors"), str(model), str(tmp_path / "x")])

@@ -259,9 +259,12 @@ def export_ema(ema_file: str | Path, base_model: str | Path, out_dir: str | Path
     models.model_id = model_id or f"{models.model_id}+{Path(ema_file).stem}"
     out = Path(out_dir)
     models.save_pretrained(out, dtype=torch.float16)
-    probe = Path(base_model) / "probe"
-    if probe.is_dir():
-        shutil.copytree(probe, out / "probe", dirs_exist_ok=True)
+    # what the EMA does not hold stays the base model's files, byte for byte: saving would cast the VAE
+    # and CLIP embedder to half precision (the shipped embedder is float32) and rewrite their configs
+    for part in ("vae", "embedder", "probe"):
+        if (Path(base_model) / part).is_dir():
+            shutil.rmtree(out / part, ignore_errors=True)
+            shutil.copytree(Path(base_model) / part, out / part)
     return {"tensors": len(ema), "model_id": models.model_id}
 
 
