@@ -5,7 +5,8 @@
 #   call at once with rc 3 instead of waiting out the seconds on a machine where nothing runs.
 # - While a training run has no packed model yet, its newest DiT checkpoint's EMA weights come back too,
 #   in half precision (pack/ema-RUN-stepN.safetensors, ~15 MB for synth-small), so a lease that goes
-#   away mid-run still leaves a model: `filmweaver export-ema FILE BASE_MODEL OUT` makes it loadable.
+#   away mid-run still leaves a model: `filmweaver export-ema FILE BASE_MODEL OUT` makes it loadable
+#   (or scripts/ema_into_tree.sh FILE, to continue it on the next call); pack/logs.tgz has the logs so far.
 R=${RUNS:-runs}
 if [ ! -f $R/pipeline.out ]; then
   echo "NO PIPELINE: $R/pipeline.out does not exist: this is a fresh machine (the earlier one went back);"
@@ -35,6 +36,9 @@ while [ $SECONDS -lt $end ] && ! grep -q ALL-DONE $R/pipeline.out 2>/dev/null; d
   sleep 30
 done
 snapshot_ema
+# the training logs too, every call (lease I lost them with the machine): small, and what a run's table needs
+ls $R/*/log.jsonl >/dev/null 2>&1 && mkdir -p $R/pack && tar czf $R/pack/logs.tgz.tmp $R/*/log.jsonl $R/*/summary.json \
+  $R/*.log 2>/dev/null; [ -f $R/pack/logs.tgz.tmp ] && mv $R/pack/logs.tgz.tmp $R/pack/logs.tgz
 echo "== $(date +%T) pipeline:"; tail -3 $R/pipeline.out 2>/dev/null
 for f in $R/*.log; do echo "== $f"; tail -c 400 $f | tr '\r' '\n' | tail -2; done
 for f in $R/*/log.jsonl; do echo "== $f"; tail -1 $f; done
