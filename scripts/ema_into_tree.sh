@@ -12,16 +12,11 @@ W=src/filmweaver/weights/synth-small
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 filmweaver export-ema "$EMA" "$W" "$TMP/model" | tail -1
+# the trained weights and the model id export-ema recorded (BASE's + the file name); the VAE, embedder,
+# tokenizer and probe are the base's own files already
 for f in transformer/diffusion_pytorch_model.safetensors transformer/context_projections.safetensors \
-         text_encoder/model.safetensors transformer/config.json; do
+         text_encoder/model.safetensors transformer/config.json filmweaver.json; do
   cp "$TMP/model/$f" "$W/$f"
 done
-python3 - "$W/filmweaver.json" "$(basename "$EMA" .safetensors)" <<'PY'
-import json, sys
-path, tag = sys.argv[1:]
-meta = json.load(open(path))
-meta["model_id"] = f"{meta['model_id']}+{tag}"
-open(path, "w").write(json.dumps(meta, indent=2) + "\n")
-PY
 git status --short -- "$W"
 echo "the working tree's synth-small now holds $EMA; restore: git checkout -- $W"
