@@ -4,8 +4,10 @@ import pytest
 from helpers import small_story
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_models():
+    """A fresh tiny preset per test (built in ~30 ms): tests may change its settings (model id,
+    attention mode, fusion) without leaking them into others."""
     from filmweaver.models import FilmModels
 
     return FilmModels.tiny(seed=0)

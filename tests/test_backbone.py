@@ -213,14 +213,12 @@ def test_context_parallel_ulysses_matches_one_process(tmp_path):
     attention; each rank's output equals the single-process forward, full and causal context."""
     import json
     import os
-    import subprocess
-    import sys
+
+    from helpers import torchrun
 
     out = tmp_path / "cp.json"
     worker = os.path.join(os.path.dirname(__file__), "cp_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                        worker, str(out)], capture_output=True, text=True, timeout=600, env=env)
+    r = torchrun(2, worker, str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["full"]["max_diff"] < 1e-5

@@ -651,23 +651,19 @@ def test_training_on_two_processes_is_data_parallel_and_stops_together(tmp_path)
     """`torchrun --nproc_per_node 2 -m filmweaver.train` (CPU, gloo): the phases before the DiT run once,
     the DiT is data parallel (each rank draws its own batches, yet all ranks end with the same weights),
     and a time limit stops every rank at the same step (a rank stopping alone would hang the others)."""
-    import os
-    import subprocess
-    import sys
+    from helpers import torchrun
 
     from filmweaver.train.dit import SYNC_EVERY
 
     out = tmp_path / "run"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "filmweaver.train",
-           "configs/synth-test.yaml", "-o", str(out), "--set", "dit.stages.1.steps=100000", "--set", "dit.max_minutes=0.05"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    cmd = ["-m", "filmweaver.train", "configs/synth-test.yaml", "-o", str(out), "--set", "dit.stages.1.steps=100000",
+           "--set", "dit.max_minutes=0.05"]
+    res = torchrun(2, *cmd, env={"ACCELERATE_USE_CPU": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     dit = json.loads((out / "summary.json").read_text())["dit"]
     assert dit["processes"] == 2 and dit["ranks_in_sync"] is True
     assert 0 < dit["steps"] < dit["planned_steps"] and dit["steps"] % SYNC_EVERY == 0  # the joint check
     assert (out / "model" / "transformer").is_dir() and (out / "vae" / "config.json").is_file()
     # launched as two processes that accelerate does not see as one group: refused, not two racing runs
-    env.pop("ACCELERATE_USE_CPU")
-    res = subprocess.run(cmd[:-4] + ["-o", str(tmp_path / "other")], env=env, capture_output=True, text=True, timeout=600)
+    res = torchrun(2, *cmd[:3], "-o", str(tmp_path / "other"), env={"ACCELERATE_USE_CPU": None})
     assert res.returncode != 0 and "accelerate sees one" in res.stderr

@@ -14,6 +14,8 @@ from pathlib import Path
 # which the commands do lazily, after this; OMP_WAIT_POLICY set in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from typing import Annotated  # noqa: E402
+
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
@@ -21,10 +23,32 @@ from filmweaver.script import ScriptError, load_story  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Story script in, consistent multi-shot film out.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+def _version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"filmweaver {version('filmweaver')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bars, warnings and errors only"),
+          verbose: bool = typer.Option(False, "-v", "--verbose", help="say more (each step's details)"),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """Story script in, consistent multi-shot film out."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    log = logging.getLogger("filmweaver")
+    log.handlers[:] = [RichHandler(console=console, show_time=False, show_path=False, markup=False)]
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
 
 
 def _fail(message: str, code: int = 2):
@@ -32,15 +56,83 @@ def _fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None, vae_tiling=False):
-    import torch
+# -- options every generating command shares -------------------------------------------------------
+# Which weights make the film (recorded in the project; follow-up commands reuse it when not given).
+Preset = Annotated[str | None, typer.Option(help="synth (built-in, the default for a new project), tiny (random, for "
+                   "tests), or a Wan release: wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b, "
+                   "wan2.2-i2v-a14b (hub id, or --model DIR); follow-ups: the project's")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="diffusers Wan hub id or local directory")]
+Embedder = Annotated[str | None, typer.Option(help="CLIP hub id or directory for keyframes and retrieval")]
+Lora = Annotated[str | None, typer.Option(help="LoRA file for the transformer (Wan or diffusers key names; "
+                                          "StoryMem's backbone_high_noise.pth)")]
+Lora2 = Annotated[str | None, typer.Option(help="LoRA file for the second expert of Wan2.2 A14B (StoryMem's "
+                                           "backbone_low_noise.pth)")]
+FirstShot = Annotated[str | None, typer.Option(help="StoryMem: a T2V Wan (hub id or dir, e.g. "
+                      "Wan-AI/Wan2.2-T2V-A14B-Diffusers) for chunks with nothing in memory; only its transformer(s) load")]
+# How they run (any command, never recorded).
+Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")]
+Dtype = Annotated[str, typer.Option(help="float32 | bfloat16 | float16 (or fp32, bf16, fp16)")]
+Offload = Annotated[str, typer.Option(help="none | model: keep the text encoder, transformer(s) and VAE in CPU "
+                    "memory, one at a time on the GPU (small GPUs) | block: as model, but stream each transformer's "
+                    "blocks one at a time (GPUs that cannot hold one transformer; slow)")]
+Attention = Annotated[str | None, typer.Option(help="attention backend: a diffusers one (flash, _native_cudnn, native, "
+                      "sage...) or flash4 (the installed flash-attn-4 package; Hopper/Blackwell)")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the repeated transformer blocks")]
+VaeTiling = Annotated[bool, typer.Option("--vae-tiling", help="decode/encode in tiles (less GPU memory at high "
+                                         "resolution)")]
+FuseQkv = Annotated[bool, typer.Option("--fuse-qkv", help="one q/k/v matrix product per attention layer (LoRA "
+                                       "adapters are merged in first)")]
+FuseFfn = Annotated[bool, typer.Option("--fuse-ffn", help="CUDA: each FFN's up-projection and GELU in one cuBLASLt "
+                                       "call (LoRA adapters are merged in first)")]
+Force = Annotated[bool, typer.Option("--force", help="regenerate everything, even finished shots (and replace the "
+                                     "project's story and models)")]
 
-    from filmweaver.models import ModelLoadError, load_models
+
+def _runtime(device: str, dtype: str, offload: str = "none", attention: str | None = None, compile_blocks: bool = False,
+             vae_tiling: bool = False, fuse_qkv: bool = False, fuse_ffn: bool = False):
+    """Checked runtime options (device resolved), before anything loads."""
+    from pydantic import ValidationError
+
+    from filmweaver.runtime import DTYPES, RuntimeOptions, SetupError
+
+    if dtype not in DTYPES:
+        _fail(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    try:
+        return RuntimeOptions(device=device, dtype=DTYPES[dtype], offload=offload, attention=attention,
+                              compile_blocks=compile_blocks, vae_tiling=vae_tiling, fuse_qkv=fuse_qkv,
+                              fuse_ffn=fuse_ffn).check()
+    except ValidationError as e:
+        err = e.errors()[0]
+        _fail(f"--{str(err['loc'][0]).replace('_', '-')} {err.get('input')!r}: {err['msg']}")
+    except SetupError as e:
+        _fail(str(e))
+
+
+def _model_setup(project_root: Path | None, force: bool, **given):
+    """The model setup for a command: a project's recorded one (checked against what was given), or a
+    new one from the options (``None`` = not given)."""
+    from filmweaver.project import Project, ProjectError
+    from filmweaver.runtime import ModelSetup, SetupError
+
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        recorded = None
+        if project_root is not None and not force:
+            recorded = Project(project_root).manifest.get("model", {}).get("setup")
+        if recorded is not None:
+            return ModelSetup.model_validate(recorded).reconcile(given)
+        return ModelSetup.from_options(**given)
+    except (SetupError, ProjectError) as e:
+        _fail(str(e))
+
+
+def _load_models(setup, runtime):
+    from filmweaver.models import ModelLoadError
+    from filmweaver.runtime import SetupError, load_film_models
 
     try:
-        models = load_models(preset=preset, model=model, embedder=embedder, device=device,
-                             dtype=getattr(torch, _DTYPES[dtype]), lora=lora, lora_2=lora_2, vae_tiling=vae_tiling)
-    except (ModelLoadError, OSError) as e:
+        models = load_film_models(setup, runtime)
+    except (ModelLoadError, SetupError, OSError) as e:
         _fail(str(e))
     if not models.trained:
         console.print(f"[bold yellow]warning:[/] {models.model_id} is an UNTRAINED random model: the film will be "
@@ -48,28 +140,16 @@ def _load_models(preset, model, embedder, device, dtype, lora=None, lora_2=None,
     return models
 
 
-def _fuse_options(models, fuse_qkv: bool, fuse_ffn: bool) -> None:
-    """Fused projections (the same numbers up to rounding). They replace or add modules, so they come
-    before any offloading, which snapshots each module's weights."""
-    for expert in models.experts():
-        if fuse_qkv:
-            expert.fuse_qkv()
-        if fuse_ffn:
-            expert.fuse_ffn_gelu()
+def _lock(out: Path):
+    """The project's writer lock, taken before any model loads (a second writer is refused at once)."""
+    from filmweaver.project import ProjectError, ProjectLock
 
-
-def _speed_options(models, attention: str | None, compile_blocks: bool) -> None:
-    """Runtime choices that do not change what the model computes (up to kernel numerics)."""
-    from filmweaver.backbone.attention import set_attention_backend
-
-    for expert in models.experts():
-        if attention:
-            try:
-                set_attention_backend(expert.transformer, attention)
-            except (ValueError, RuntimeError, ImportError) as e:
-                _fail(f"attention backend {attention!r}: {e}")
-        if compile_blocks:
-            expert.compile_blocks()
+    lock = ProjectLock(out)
+    try:
+        lock.acquire()
+    except (ProjectError, OSError) as e:
+        _fail(str(e))
+    return lock
 
 
 @app.command()
@@ -96,30 +176,19 @@ def _engine(models, out, story=None, config=None, progress=True):
 def generate(
     script: Path = typer.Argument(..., help="story script (ST-Bench JSON)"),
     out: Path = typer.Option(..., "-o", "--out", help="project directory (created; rerun to resume)"),
-    preset: str = typer.Option("synth", help="synth (built-in, trained on the synthetic world), tiny (random, for tests), or a Wan "
-                               "release: wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b (hub id, or --model DIR)"),
-    model: str | None = typer.Option(None, help="diffusers Wan hub id or local directory"),
-    lora: str | None = typer.Option(None, help="LoRA file for the transformer (Wan or diffusers key names; StoryMem's backbone_high_noise.pth)"),
-    lora_2: str | None = typer.Option(None, help="LoRA file for the second expert of Wan2.2 A14B (StoryMem's backbone_low_noise.pth)"),
-    first_shot_model: str | None = typer.Option(None, help="StoryMem: a T2V Wan (hub id or dir, e.g. Wan-AI/Wan2.2-T2V-A14B-Diffusers) "
-                                                "for chunks with nothing in memory; only its transformer(s) load"),
-    vae_tiling: bool = typer.Option(False, help="decode/encode in tiles (less GPU memory at high resolution)"),
-    offload: str = typer.Option("none", help="none | model: keep the text encoder, transformer(s) and VAE in CPU memory, "
-                                "one at a time on the GPU (small GPUs) | block: as model, but stream each transformer's "
-                                "blocks one at a time (GPUs that cannot hold one transformer; slow)"),
+    preset: Preset = None, model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None,
+    lora_2: Lora2 = None, first_shot_model: FirstShot = None,
+    device: Device = "auto", dtype: Dtype = "float32", offload: Offload = "none", attention: Attention = None,
+    compile_blocks: Compile = False, vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False,
+    fuse_ffn: FuseFfn = False,
     step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache) | mag (MagCache, needs "
                                    "--mag-ratios) | mag_calibrate (writes the project's mag_ratios.json): faster, changes the film"),
     step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are "
                                                "reused; mag: accumulated error below which they are"),
     mag_ratios: Path | None = typer.Option(None, help="--step-cache mag: a mag_ratios.json from a mag_calibrate run"),
-    attention: str | None = typer.Option(None, help="attention backend: a diffusers one (flash, _native_cudnn, native, sage...) or flash4 (the installed flash-attn-4 package; Hopper/Blackwell)"),
-    compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
-    fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="one q/k/v matrix product per attention layer (LoRA adapters are merged in first)"),
-    fuse_ffn: bool = typer.Option(False, "--fuse-ffn", help="CUDA: each FFN's up-projection and GELU in one cuBLASLt call (LoRA adapters are merged in first)"),
-    embedder: str | None = typer.Option(None, help="CLIP hub id or directory for keyframes and retrieval"),
     policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
     k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
-    per_shot: int | None = typer.Option(None, min=1, help="topk: at most this many keyframes from one earlier shot "
+    per_shot: int | None = typer.Option(None, help="topk: at most this many keyframes from one earlier shot "
                                         "(the model's default if unset; none: no cap)"),
     anchor_characters: bool | None = typer.Option(None, "--anchor-characters/--no-anchor-characters",
                                                   help="keep the first keyframe of the shot that introduced each "
@@ -138,16 +207,17 @@ def generate(
     continuation: str = typer.Option("mi2v", help="cut: false shots continue by mi2v | mm2v | none"),
     method: str | None = typer.Option(None, help="a named method (independent | storymem | filmweaver | keyframe_first); "
                                       "its memory settings replace --policy/--k/--continuation"),
-    no_temporal_cache: bool = typer.Option(False, help="ablation: no temporal cache"),
+    no_temporal_cache: bool = typer.Option(False, "--no-temporal-cache", help="ablation: no temporal cache"),
     max_shots: int | None = typer.Option(None, help="stop after this many shots (rerun to continue)"),
-    force: bool = typer.Option(False, help="regenerate everything, even finished shots"),
+    force: Force = False,
     context_parallel: str | None = typer.Option(None, help="ulysses | ring: one story on several GPUs, every forward's "
                                                 "tokens split over the ranks of `torchrun --nproc_per_node N`"),
     cfg_parallel: bool = typer.Option(False, "--cfg-parallel", help="one story on two GPUs (`torchrun --nproc_per_node 2`): "
                                       "the conditional and unconditional forwards of guidance on one GPU each"),
-    device: str = typer.Option("cpu"), dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
 ):
     """Generate a film from a script into a project directory; finished shots are kept on rerun."""
+    from pydantic import ValidationError
+
     from filmweaver.engine import EngineConfig, KeyframeConfig, ShotCacheConfig, TemporalCacheConfig
     from filmweaver.sampler import SamplerConfig
 
@@ -155,6 +225,41 @@ def generate(
         story = load_story(script)
     except ScriptError as e:
         _fail(str(e), code=1)
+    if max_shots is not None and max_shots < 1:
+        _fail(f"--max-shots {max_shots}: expected at least 1")
+    # the film's settings, checked before anything loads (only what the user gave counts as set: the rest
+    # comes from the model's defaults, EngineConfig.resolve)
+    given = dict(scheduler=scheduler, shift=shift, num_inference_steps=steps, guidance_scale=guidance,
+                 memory_guidance_scale=memory_guidance)
+    ratios = None
+    if mag_ratios is not None:
+        try:
+            ratios = json.loads(mag_ratios.read_text())["mag_ratios"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _fail(f"--mag-ratios {mag_ratios}: expected a mag_ratios.json written by --step-cache mag_calibrate ({e})")
+    try:
+        sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
+        shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
+                                                            {"compression": memory_compression}),
+                                     **({} if per_shot is None else {"per_shot": per_shot}),
+                                     **({} if anchor_characters is None else {"anchor_characters": anchor_characters}))
+        config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
+                              shot_cache=shot_cache, continuation=continuation,
+                              temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
+                              keyframes=KeyframeConfig(), step_cache=step_cache,
+                              step_cache_threshold=step_cache_threshold, step_cache_mag_ratios=ratios)
+    except ValidationError as e:
+        _fail(_option_error(e))
+    if method is not None:
+        from filmweaver.methods import method_config
+
+        try:
+            config = method_config(method, config.model_dump(mode="json", exclude_unset=True))
+        except ValueError as e:
+            _fail(str(e))
+    runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
+    if offload == "block" and (context_parallel or cfg_parallel):
+        _fail("--offload block streams the blocks through hooks: it does not combine with parallelism")
     rank, scratch = 0, None
     if context_parallel or cfg_parallel:
         import tempfile
@@ -162,62 +267,23 @@ def generate(
         from filmweaver.parallel import init_distributed
 
         try:
-            device, rank = init_distributed(device, context_parallel, cfg_parallel)
+            device, rank = init_distributed(runtime.device, context_parallel, cfg_parallel)
         except (ValueError, RuntimeError) as e:
             _fail(str(e))
+        runtime = runtime.model_copy(update={"device": device})
         if rank:  # only rank 0 writes the project
             scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")
             out = Path(scratch.name)
-    if offload not in ("none", "model", "block"):
-        _fail(f"--offload {offload!r}: choose none, model or block")
-    if offload == "block" and (compile_blocks or context_parallel or cfg_parallel):
-        _fail("--offload block streams the blocks through hooks: it does not combine with --compile or parallelism")
-    load_device = "cpu" if offload != "none" else device
-    models = _load_models(preset, model, embedder, load_device, dtype, lora, lora_2, vae_tiling)
-    if first_shot_model:
-        import torch
-
-        from filmweaver.models import ModelLoadError
-
-        try:
-            models.load_first_shot_model(first_shot_model, getattr(torch, _DTYPES[dtype]), load_device)
-        except (ModelLoadError, OSError) as e:
-            _fail(str(e))
-    _fuse_options(models, fuse_qkv, fuse_ffn)
-    if offload != "none":
-        models.enable_model_offload(device, stream_blocks=offload == "block")
-    _speed_options(models, attention, compile_blocks)
+    lock = _lock(out)
+    _check_project_story(out, story, force)
+    setup = _model_setup(out, force, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                         first_shot_model=first_shot_model)
+    models = _load_models(setup, runtime)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel
 
         try:
             enable_context_parallel(models, context_parallel)
-        except ValueError as e:
-            _fail(str(e))
-    # only what the user gave counts as set: the rest comes from the model's defaults (EngineConfig.resolve)
-    given = dict(scheduler=scheduler, shift=shift, num_inference_steps=steps, guidance_scale=guidance,
-                 memory_guidance_scale=memory_guidance)
-    sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
-    shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
-                                                        {"compression": memory_compression}),
-                                 **({} if per_shot is None else {"per_shot": per_shot}),
-                                 **({} if anchor_characters is None else {"anchor_characters": anchor_characters}))
-    ratios = None
-    if mag_ratios is not None:
-        try:
-            ratios = json.loads(mag_ratios.read_text())["mag_ratios"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            _fail(f"--mag-ratios {mag_ratios}: expected a mag_ratios.json written by --step-cache mag_calibrate ({e})")
-    config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
-                          shot_cache=shot_cache, continuation=continuation,
-                          temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
-                          keyframes=KeyframeConfig(), step_cache=step_cache, step_cache_threshold=step_cache_threshold,
-                          step_cache_mag_ratios=ratios)
-    if method is not None:
-        from filmweaver.methods import method_config
-
-        try:
-            config = method_config(method, config.model_dump(mode="json", exclude_unset=True))
         except ValueError as e:
             _fail(str(e))
     engine = _engine(models, out, story=story, config=config, progress=rank == 0)
@@ -226,11 +292,49 @@ def generate(
             engine.sampler.enable_cfg_parallel()
         except ValueError as e:
             _fail(str(e))
-    done = engine.generate(force=force, max_shots=max_shots)
+    done = _run(engine, lambda: engine.generate(force=force, max_shots=max_shots))
     if rank == 0:
         _report(engine, done)
+    lock.release()
     if scratch is not None:
         scratch.cleanup()
+
+
+# the config field behind each generate option, for messages that name the option
+_OPTION_OF = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "memory_guidance_scale":
+              "--memory-guidance", "compression": "--memory-compression", "shot_chunks": "--chunks",
+              "enabled": "--no-temporal-cache", "step_cache_mag_ratios": "--mag-ratios"}
+
+
+def _option_error(e) -> str:
+    """A pydantic error about the film's settings as one line naming the command-line option."""
+    err = e.errors()[0]
+    field = str(err["loc"][-1])
+    option = _OPTION_OF.get(field, "--" + field.replace("_", "-"))
+    return f"{option} {err.get('input')!r}: {err['msg']}"
+
+
+def _check_project_story(out: Path, story, force: bool) -> None:
+    from filmweaver.project import Project, ProjectError
+
+    try:
+        if not force:
+            Project(out).check_same_story(story)
+    except ProjectError as e:
+        _fail(str(e))
+
+
+def _run(engine, operation):
+    """Run an engine operation; the errors a user can act on become one line."""
+    from filmweaver.project import ProjectError
+
+    try:
+        return operation()
+    except (ProjectError, IndexError, ValueError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{engine.project.root}: {e.strerror or e} while writing the project (nothing finished was lost; "
+              "rerun the command to resume)")
 
 
 def _report(engine, done):
@@ -245,38 +349,55 @@ def _report(engine, done):
     typer.echo(str(p.root))
 
 
-def _open(out: Path, preset, model, embedder, device, dtype):
-    from filmweaver.project import Project
+def _open(out: Path, runtime, **given):
+    """Reopen a project for a follow-up command: the lock, its recorded models (``given`` options must
+    agree with them), its own story and settings."""
+    from filmweaver.project import Project, ProjectError
 
-    if not (out / "manifest.json").is_file():
+    if not out.is_dir() or not ((out / "manifest.json").is_file() or (out / "manifest.backup.json").is_file()):
         _fail(f"{out} is not a filmweaver project (no manifest.json)")
-    project = Project(out)
-    models = _load_models(preset, model, embedder, device, dtype)
-    return _engine(models, project)
+    _lock(out)
+    try:
+        project = Project(out)
+    except ProjectError as e:
+        _fail(str(e))
+    if not project.exists:
+        _fail(f"{out}: {project.recovered}; generate it again from its script")
+    setup = _model_setup(out, False, **given)
+    return _engine(_load_models(setup, runtime), project)
 
 
 @app.command("next")
-def next_shot(out: Path = typer.Argument(..., help="project directory"), preset: str = "synth",
-              model: str | None = None, embedder: str | None = None, device: str = "cpu", dtype: str = "float32"):
-    """Generate the next pending (or stale) shot of a project."""
-    engine = _open(out, preset, model, embedder, device, dtype)
-    index = engine.generate_next_shot()
+def next_shot(out: Path = typer.Argument(..., help="project directory"), preset: Preset = None,
+              model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None, lora_2: Lora2 = None,
+              first_shot_model: FirstShot = None, device: Device = "auto", dtype: Dtype = "float32",
+              offload: Offload = "none", attention: Attention = None, compile_blocks: Compile = False,
+              vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False, fuse_ffn: FuseFfn = False):
+    """Generate the next pending (or stale) shot of a project, with the models it was made with."""
+    runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
+    engine = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                   first_shot_model=first_shot_model)
+    index = _run(engine, engine.generate_next_shot)
     _report(engine, [] if index is None else [index])
 
 
 @app.command()
 def extend(out: Path = typer.Argument(..., help="project directory"),
            shot: int = typer.Option(..., help="shot number (1-based)"),
-           chunks: int = typer.Option(1, help="chunks to add"), preset: str = "synth", model: str | None = None,
-           embedder: str | None = None, device: str = "cpu", dtype: str = "float32"):
+           chunks: int = typer.Option(1, help="chunks to add (at least 1)"), preset: Preset = None,
+           model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None, lora_2: Lora2 = None,
+           first_shot_model: FirstShot = None, device: Device = "auto", dtype: Dtype = "float32",
+           offload: Offload = "none", attention: Attention = None, compile_blocks: Compile = False,
+           vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False, fuse_ffn: FuseFfn = False):
     """Extend a finished shot by N chunks (temporal cache carries its motion); later shots go stale."""
-    from filmweaver.project import ProjectError
-
-    engine = _open(out, preset, model, embedder, device, dtype)
-    try:
-        engine.extend_shot(shot - 1, chunks)
-    except (ProjectError, IndexError) as e:
-        _fail(str(e))
+    if chunks < 1:
+        _fail(f"--chunks {chunks}: expected at least 1 chunk to add")
+    if shot < 1:
+        _fail(f"--shot {shot}: shots are numbered from 1")
+    runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
+    engine = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                   first_shot_model=first_shot_model)
+    _run(engine, lambda: engine.extend_shot(shot - 1, chunks))
     _report(engine, [shot - 1])
 
 
@@ -285,23 +406,37 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
                shot: int = typer.Option(..., help="shot number (1-based)"),
                prompt: str | None = typer.Option(None, help="new prompt for this shot"),
                seed: int | None = typer.Option(None, help="new seed for this shot"),
-               preset: str = "synth", model: str | None = None, embedder: str | None = None,
-               device: str = "cpu", dtype: str = "float32"):
+               preset: Preset = None, model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None,
+               lora_2: Lora2 = None, first_shot_model: FirstShot = None, device: Device = "auto",
+               dtype: Dtype = "float32", offload: Offload = "none", attention: Attention = None,
+               compile_blocks: Compile = False, vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False,
+               fuse_ffn: FuseFfn = False):
     """Regenerate one shot (memory rebuilt from the shots before it); later shots are marked stale."""
-    from filmweaver.project import ProjectError
-
-    engine = _open(out, preset, model, embedder, device, dtype)
-    try:
-        engine.regenerate_shot(shot - 1, prompt=prompt, seed=seed)
-    except (ProjectError, IndexError) as e:
-        _fail(str(e))
+    if shot < 1:
+        _fail(f"--shot {shot}: shots are numbered from 1")
+    runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
+    engine = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                   first_shot_model=first_shot_model)
+    _run(engine, lambda: engine.regenerate_shot(shot - 1, prompt=prompt, seed=seed))
     _report(engine, [shot - 1])
 
 
 @app.command()
 def info(out: Path = typer.Argument(..., help="project directory")):
-    """Print a project's shots, status, modes and memory."""
-    m = json.loads((out / "manifest.json").read_text())
+    """Print a project's shots, status, modes and memory (no lock: safe while another command writes)."""
+    from filmweaver.project import Project, ProjectError
+
+    if not out.is_dir() or not ((out / "manifest.json").is_file() or (out / "manifest.backup.json").is_file()):
+        _fail(f"{out} is not a filmweaver project (no manifest.json)")
+    try:
+        project = Project(out)
+    except ProjectError as e:
+        _fail(str(e))
+    if not project.exists:
+        _fail(f"{out}: {project.recovered}")
+    if project.recovered:
+        console.print(f"[bold yellow]warning:[/] {project.recovered}", highlight=False)
+    m = project.manifest
     typer.echo(f"{m['story']['name']} | model {m['model']['id']} (trained: {m['model']['trained']})")
     for r in m.get("shots", []):
         modes = ",".join(c["mode"] for c in r["chunks"])
@@ -401,7 +536,8 @@ def eval_(run_dir: Path = typer.Argument(..., help="a generated project director
 def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story scripts (*.json), e.g. ST-Bench"),
               out: Path = typer.Option(..., "-o", "--out", help="benchmark directory (rerun to resume)"),
               methods: str = typer.Option("independent,storymem,filmweaver,keyframe_first", help="comma-separated methods"),
-              preset: str = typer.Option("synth"), model: str | None = typer.Option(None), embedder: str | None = None,
+              preset: Preset = None, model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None,
+              lora_2: Lora2 = None, first_shot_model: FirstShot = None,
               stories: int | None = typer.Option(None, help="only the first N scripts (sorted by name)"),
               max_shots: int | None = typer.Option(None, help="only the first N shots of each story"),
               steps: int | None = typer.Option(None, help="denoising steps per chunk (model default if unset)"),
@@ -411,13 +547,16 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
               aesthetic_clip: str | None = None, aesthetic_head: str | None = None, inception: str | None = None,
               probe: str = typer.Option("none", help=_PROBE_HELP), video_embedder: str | None = None,
               detector: str | None = None, metrics: str | None = None,
-              device: str = typer.Option("cpu"), dtype: str = typer.Option("float32")):
+              device: Device = "auto", dtype: Dtype = "float32", offload: Offload = "none", attention: Attention = None,
+              compile_blocks: Compile = False, vae_tiling: VaeTiling = False):
     """Generate every story with every method, score them, write report.json / report.md / report.html.
 
     Under torchrun (one process per GPU) the (story, method) pairs are shared out and rank 0 writes
     the report: `torchrun --nproc_per_node 2 -m filmweaver.cli benchmark DIR -o OUT --device cuda`."""
     from filmweaver.eval.benchmark import run_benchmark, shard_from_env, story_scripts
 
+    runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling)
+    device = runtime.device
     rank, world, local_rank = shard_from_env()
     if world > 1:
         import torch.distributed as dist
@@ -425,13 +564,16 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
         dist.init_process_group("gloo")  # a barrier between shards; the work itself is independent
         if device == "cuda":
             device = f"cuda:{local_rank}"
+            runtime = runtime.model_copy(update={"device": device})
 
     try:
         scripts = story_scripts(scripts_dir, stories)
     except FileNotFoundError as e:
         _fail(str(e))
     judges = _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device)
-    models = _load_models(preset, model, embedder, device, dtype)
+    setup = _model_setup(None, True, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                         first_shot_model=first_shot_model)
+    models = _load_models(setup, runtime)
     settings = {"shot_chunks": chunks, "seed": seed}
     if steps is not None:
         settings["sampler"] = {"num_inference_steps": steps}
@@ -485,13 +627,14 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
     import torch
 
     from filmweaver.bench import SHAPES, markdown_rows, run_bench, run_story_bench
+    from filmweaver.runtime import DTYPES
 
     if shape not in SHAPES:
         _fail(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
     if story:
-        result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, _DTYPES[dtype]),
+        result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, DTYPES[dtype]),
                                  context_attention=context_attention, memory_compression=memory_compression,
                                  compile_blocks=compile_blocks, warmup=story_warmup, offload=offload,
                                  attention_backend=attention)
@@ -505,7 +648,7 @@ def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b 
     try:
         result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
                            tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
-                           getattr(torch, _DTYPES[dtype]), attention, compile_blocks,
+                           getattr(torch, DTYPES[dtype]), attention, compile_blocks,
                            None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
                            progress=False, context_attention=context_attention, context_parallel=context_parallel,
                            memory_compression=memory_compression, fuse_qkv=fuse_qkv, compile_mode=compile_mode,

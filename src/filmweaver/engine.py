@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -52,9 +53,11 @@ from filmweaver.memory.keyframes import ContrastScorer, Keyframe, KeyframeBank, 
 from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.models import FilmModels
-from filmweaver.project import Project, ProjectError
+from filmweaver.project import Project, ProjectError, ProjectLock, file_digest
 from filmweaver.sampler import FlowMatchSampler, SamplerConfig
-from filmweaver.script import Shot, StoryScript, parse_story
+from filmweaver.script import Shot, StoryScript
+
+log = logging.getLogger("filmweaver")
 
 MODES = {(False, False): "text", (False, True): "temporal", (True, False): "shot", (True, True): "both"}
 UNTRAINED_BANNER = "UNTRAINED MODEL: random weights, output is noise (engine demo / test preset)"
@@ -175,6 +178,19 @@ class ShotPlan:
         return self.base_chunks + self.extra_chunks
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _cached_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -196,8 +212,7 @@ class StoryEngine:
         if story is None:
             if not p.story_path.is_file():
                 raise ProjectError(f"{p.root} has no story.json: generate the project from a script first")
-            story = parse_story(json.loads(p.story_path.read_text()), file=p.story_path,
-                                base_dir=p.manifest.get("story", {}).get("base_dir"))
+            story = p.load_story()
         self.story = story
         if config is None and p.exists:
             config = EngineConfig.model_validate(p.manifest["config"])
@@ -256,6 +271,8 @@ class StoryEngine:
     def plan(self) -> list[ShotPlan]:
         overrides = self.project.manifest.get("overrides", {})
         settings = self.config.model_dump(mode="json")
+        # reference images seed every shot's memory: their contents are part of every shot's inputs
+        references = [(kind, name, _digest(path)) for kind, name, path in self.story.references()]
         plans = []
         for shot in self.story.shots():
             ov = overrides.get(str(shot.index), {})
@@ -267,42 +284,68 @@ class StoryEngine:
             base = self.chunks_for(shot)
             neg = shot.negative_prompt or ""
             fp = _fingerprint(prompt, neg, seed, shot.cut, base, shot.options.characters, shot.options.location,
-                              settings, self.models.model_id)
+                              settings, self.models.model_id, *([references] if references else []))
             plans.append(ShotPlan(shot, prompt, neg, seed, base, ov.get("extra_chunks", 0), fp))
         return plans
 
-    # -- public operations ---------------------------------------------------------------------------
+    # -- public operations (each holds the project's lock: one writer at a time) ----------------------
     def generate(self, force: bool = False, max_shots: int | None = None) -> list[int]:
         """Generate every shot not already done (all with ``force``). Returns the indices generated."""
-        self._start_project(force)
-        plans = self.plan()
-        if max_shots is not None:
-            plans = plans[:max_shots]
-        done = []
-        bar = tqdm(plans, desc="shots", disable=not self.progress)
-        for plan in bar:
-            i = plan.shot.index
-            if not force and self.project.is_done(i, plan.fingerprint):
-                continue
-            bar.set_postfix_str(f"shot {plan.shot.number}")
-            self._generate_shot(plan)
-            done.append(i)
-        self._write_summaries()
-        return done
+        with ProjectLock(self.project.root):
+            self._start_project(force)
+            plans = self.plan()
+            if max_shots is not None:
+                plans = plans[:max_shots]
+            done = []
+            bar = tqdm(plans, desc="shots", disable=not self.progress)
+            for plan in bar:
+                i = plan.shot.index
+                if not force and self._is_current(plan):
+                    continue
+                bar.set_postfix_str(f"shot {plan.shot.number}")
+                self._generate_shot(plan)
+                done.append(i)
+            self._write_summaries()
+            return done
 
     def generate_next_shot(self) -> int | None:
         """Generate the first shot that is not done (pending or stale). Returns its index, or None."""
-        self._start_project(False)
-        for plan in self.plan():
-            if not self.project.is_done(plan.shot.index, plan.fingerprint):
-                self._generate_shot(plan)
-                self._write_summaries()
-                return plan.shot.index
-        return None
+        with ProjectLock(self.project.root):
+            self._start_project(False)
+            for plan in self.plan():
+                if not self._is_current(plan):
+                    self._generate_shot(plan)
+                    self._write_summaries()
+                    return plan.shot.index
+            return None
 
     def regenerate_shot(self, index: int, prompt: str | None = None, seed: int | None = None) -> None:
         """Regenerate shot ``index`` (0-based) with an optional new prompt or seed. Memory is rebuilt
         from the shots before it; later shots are marked stale (they saw the old version)."""
+        with ProjectLock(self.project.root):
+            self._tidy()
+            self._regenerate_shot(index, prompt, seed)
+
+    def extend_shot(self, index: int, chunks: int = 1) -> None:
+        """Extend a finished shot by ``chunks`` chunks: the temporal cache is refilled from the shot's
+        own latents and the shot cache is retrieved as it was. Later shots are marked stale."""
+        if chunks < 1:
+            raise ValueError(f"chunks: expected at least 1 chunk to add, got {chunks}")
+        with ProjectLock(self.project.root):
+            self._tidy()
+            self._extend_shot(index, chunks)
+
+    def _is_current(self, plan: ShotPlan) -> bool:
+        """Done from these inputs with intact files; a damaged shot is reported and redone."""
+        p, i = self.project, plan.shot.index
+        if p.is_done(i, plan.fingerprint):
+            return True
+        rec = p.shot_record(i)
+        if rec is not None and rec.get("status") == "done" and rec.get("fingerprint") == plan.fingerprint:
+            log.warning("shot %d: %s; generating it again", plan.shot.number, p.shot_problem(i))
+        return False
+
+    def _regenerate_shot(self, index: int, prompt: str | None, seed: int | None) -> None:
         self._check_index(index)
         self._require_done_before(index)
         ov = self.project.manifest.setdefault("overrides", {}).setdefault(str(index), {})
@@ -314,9 +357,7 @@ class StoryEngine:
         self._generate_shot(self.plan()[index])
         self._write_summaries()
 
-    def extend_shot(self, index: int, chunks: int = 1) -> None:
-        """Extend a finished shot by ``chunks`` chunks: the temporal cache is refilled from the shot's
-        own latents and the shot cache is retrieved as it was. Later shots are marked stale."""
+    def _extend_shot(self, index: int, chunks: int) -> None:
         self._check_index(index)
         if not self.project.is_done(index):
             raise ProjectError(f"shot {index + 1} is not finished; generate it before extending it")
@@ -337,17 +378,30 @@ class StoryEngine:
         if missing:
             raise ProjectError(f"shots {missing} before shot {index + 1} are not finished: run generate first")
 
+    def _tidy(self) -> None:
+        """Under the lock, before writing: say what was recovered, remove what a killed run left."""
+        p = self.project
+        if p.recovered:
+            log.warning("%s: %s", p.root, p.recovered)
+            p.recovered = None
+        for part in p.remove_partial_files():
+            log.info("removed %s, left by an interrupted write", part)
+
     def _start_project(self, force: bool) -> None:
+        """Under the lock: tidy up, take in the story, record the setup."""
         p = self.project
         m = p.manifest
+        self._tidy()
         if force or not p.exists:
             m.clear()
-            p.root.mkdir(parents=True, exist_ok=True)
-            write_json(p.story_path, self.story.model_dump(mode="json", exclude_none=True))
-        m["story"] = {"name": self.story.story_name, "overview": self.story.story_overview,
-                      "base_dir": self.story.base_dir}
+        else:
+            p.check_same_story(self.story)
+        self.story = p.import_story(self.story)
+        m["story"] = {"name": self.story.story_name, "overview": self.story.story_overview, "base_dir": "."}
         m["model"] = {"id": self.models.model_id, "trained": self.models.trained,
                       "embedder": self.models.embedder_id, "layout": "m2v" if self.m2v else "context"}
+        if self.models.setup is not None:
+            m["model"]["setup"] = self.models.setup.model_dump(mode="json")
         if self.image_conditioned:
             m["model"]["image_encoder"] = self.models.image_encoder.model_id
         if not self.models.trained:
@@ -358,11 +412,16 @@ class StoryEngine:
     def _load_bank(self, index: int) -> KeyframeBank:
         """The bank as it stood before shot ``index``, with the story's reference images first."""
         p = self.project
+        bank = None
         if bank_exists(p.bank_dir):
-            bank = KeyframeBank.load(p.bank_dir).before_shot(index)
-            bank.dedupe_threshold = self.config.keyframes.dedupe_threshold
-        else:
-            bank = KeyframeBank(dedupe_threshold=self.config.keyframes.dedupe_threshold)
+            try:
+                bank = KeyframeBank.load(p.bank_dir).before_shot(index)
+            except Exception as e:  # noqa: BLE001 - any damage to derived data: rebuild it from the shots
+                log.warning("%s: the keyframe bank is damaged (%s: %s); rebuilding it from the shots", p.bank_dir,
+                            type(e).__name__, str(e)[:120])
+        if bank is None or not self._bank_matches_shots(bank, index):
+            bank = self._bank_from_shots(index)
+        bank.dedupe_threshold = self.config.keyframes.dedupe_threshold
         if not any(e.kind == "reference" for e in bank) and self.story.references():
             refs = self.story.references()
             images = torch.stack([load_image(path, (self.config.height, self.config.width)) for _, _, path in refs])
@@ -372,6 +431,29 @@ class StoryEngine:
                            for j, ((_, name, _), img, emb, lat) in enumerate(zip(refs, images, embs, lats, strict=True))]
             bank.entries = ref_entries + bank.entries
         return bank
+
+    def _bank_keyframes(self, index: int) -> list[tuple[dict, int]]:
+        """(keyframe record, frame index) of every keyframe the finished shots before ``index`` added."""
+        return [(k, r["index"]) for r in self.project.shots if r["index"] < index and r.get("status") == "done"
+                for k in r.get("keyframes", []) if k.get("added_to_bank")]
+
+    def _bank_matches_shots(self, bank: KeyframeBank, index: int) -> bool:
+        names = [e.name for e in bank if e.kind != "reference"]
+        return names == [k["name"] for k, _ in self._bank_keyframes(index)]
+
+    def _bank_from_shots(self, index: int) -> KeyframeBank:
+        """The bank before shot ``index``, rebuilt from the shots' state files and keyframe PNGs (exactly
+        what the bank held: its pictures are those PNGs, its tensors are kept in the states)."""
+        p, entries = self.project, []
+        for k, shot_index in self._bank_keyframes(index):
+            with safe_open(str(p.shot_state(shot_index)), "pt") as f:
+                if f"bank.{k['frame_index']}.embedding" not in f.keys():
+                    raise ProjectError(f"{p.root}: the keyframe bank is damaged and shot {shot_index + 1} predates "
+                                       "rebuildable banks: regenerate from that shot, or generate --force")
+                emb, lat = f.get_tensor(f"bank.{k['frame_index']}.embedding"), f.get_tensor(f"bank.{k['frame_index']}.latent")
+            entries.append(Keyframe(load_image(p.keyframe_png(k["name"])), emb, lat, source_shot=shot_index,
+                                    frame_index=k["frame_index"]))
+        return KeyframeBank(entries, self.config.keyframes.dedupe_threshold)
 
     def _shot_cache(self, plan: ShotPlan, bank: KeyframeBank) -> list[RetrievedKeyframe]:
         if len(bank) == 0 or self.config.shot_cache.policy == "none":
@@ -510,19 +592,28 @@ class StoryEngine:
         sel = self.selector.select(embs, frames)
         kf_records, kf_images = [], frames[sel.frame_indices]
         kf_latents = codec.encode_images(kf_images).cpu()
+        bank_tensors = {}
         for fi, img, lat in zip(sel.frame_indices, kf_images, kf_latents, strict=True):
             kf = Keyframe(img, embs[fi], lat, source_shot=i, frame_index=fi)
             max_sim = bank.max_similarity(embs[fi])
             added = bank.add(kf)
+            if added:  # kept in the shot's state too: the bank can be rebuilt from the shots alone
+                bank_tensors[f"bank.{fi}.embedding"] = kf.embedding.float().contiguous()
+                bank_tensors[f"bank.{fi}.latent"] = lat.float().contiguous()
             kf_records.append({"name": kf.name, "file": p.rel(p.keyframe_png(kf.name)), "frame_index": fi,
                                "added_to_bank": added, "max_bank_similarity": round(max_sim, 4)})
             save_png(to_pil(img), p.keyframe_png(kf.name))
+        # keyframes an earlier version of this shot selected and this one did not
+        kept = {p.keyframe_png(r["name"]).name for r in kf_records}
+        for old in p.keyframe_png(f"shot{i + 1:03d}_f*").parent.glob(f"shot{i + 1:03d}_f*.png"):
+            if old.name not in kept:
+                old.unlink()
 
         # 4. Files first, manifest last.
         write_video(p.shot_video(i), frames, fps=cfg.fps)
         tail = frames[-max(1, cfg.mm2v_frames):].contiguous()
         with atomic_path(p.shot_state(i)) as tmp:
-            save_file({"latents": all_latents.contiguous(), "tail_frames": tail}, tmp)
+            save_file({"latents": all_latents.contiguous(), "tail_frames": tail, **bank_tensors}, tmp)
         bank.save(p.bank_dir)
         record = {
             "index": i, "number": shot.number, "scene_num": shot.scene_num, "json_path": shot.json_path,
@@ -535,12 +626,18 @@ class StoryEngine:
             "shot_cache": [self._describe_retrieved(bank, r, ctx_pos) for r, ctx_pos in
                            zip(retrieved, self._memory_positions(len(retrieved), temporal.capacity).tolist(), strict=True)],
             "keyframes": kf_records, "keyframe_threshold": sel.threshold,
-            "files": {"video": p.rel(p.shot_video(i)), "state": p.rel(p.shot_state(i))},
+            "files": {"video": p.file_entry(p.shot_video(i)), "state": p.file_entry(p.shot_state(i)),
+                      "keyframes": [p.file_entry(p.keyframe_png(r["name"])) for r in kf_records]},
             "timings": {"memory_s": round(t_memory, 3), "denoise_s": round(t_denoise, 3),
                         "decode_s": round(t_decode, 3), "total_s": round(time.perf_counter() - t_start, 3)},
         }
+        previous = p.shot_record(i)
         p.set_shot_record(record)
-        stale = p.mark_stale_after(i, f"shot {shot.number} was regenerated")
+        # later shots saw the previous version: stale, unless this one came out the same (a damaged shot
+        # redone, a regenerate with its own seed)
+        same = previous is not None and (previous.get("files", {}).get("state") or {}).get("sha256") == \
+            record["files"]["state"]["sha256"]
+        stale = [] if same else p.mark_stale_after(i, f"shot {shot.number} was regenerated")
         if stale:
             record["made_stale"] = [s + 1 for s in stale]
         p.save()

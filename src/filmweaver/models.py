@@ -93,6 +93,8 @@ class FilmModels:
     # Wan2.1-I2V: the CLIP vision tower whose image tokens join the text in cross-attention (the
     # transformer has ``image_dim``); None for every other backbone
     image_encoder: object | None = None
+    # the filmweaver.runtime.ModelSetup these were loaded from (recorded in a project's manifest)
+    setup: object | None = None
 
     def backbones(self) -> list:
         """Every backbone the engine may run: the main one, and the first-shot one if loaded."""
@@ -466,9 +468,14 @@ def load_models(preset: str | None = None, model: str | None = None, embedder: s
         if not BUILTIN_MODEL_DIR.is_dir():
             raise ModelLoadError(f"the built-in model is missing from this installation ({BUILTIN_MODEL_DIR}); "
                                  "reinstall filmweaver or pass --model")
-        return FilmModels.from_pretrained(str(BUILTIN_MODEL_DIR), embedder=embedder, device=device, dtype=dtype)
+        return FilmModels.from_pretrained(str(BUILTIN_MODEL_DIR), embedder=embedder, device=device, dtype=dtype,
+                                          lora=lora, lora_2=lora_2, vae_tiling=vae_tiling)
     if preset == "tiny":
         models = FilmModels.tiny(device=device)
+        if lora_2:
+            raise ModelLoadError("--lora-2 is for the second expert of a Wan2.2 A14B; the tiny preset has one")
+        if lora:
+            _attach_lora(models.backbone.transformer, lora, "transformer")
         if embedder is not None:
             models.embedder = CLIPEmbedder.from_pretrained(embedder, device=device)
         return models
