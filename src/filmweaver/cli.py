@@ -181,13 +181,13 @@ def generate(
     device: Device = "auto", dtype: Dtype = "float32", offload: Offload = "none", attention: Attention = None,
     compile_blocks: Compile = False, vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False,
     fuse_ffn: FuseFfn = False,
-    step_cache: str = typer.Option("none", help="none | first_block (diffusers FirstBlockCache) | mag (MagCache, needs "
+    step_cache: str | None = typer.Option(None, help="none | first_block (diffusers FirstBlockCache) | mag (MagCache, needs "
                                    "--mag-ratios) | mag_calibrate (writes the project's mag_ratios.json): faster, changes the film"),
-    step_cache_threshold: float = typer.Option(0.05, help="first_block: relative residual change below which steps are "
+    step_cache_threshold: float | None = typer.Option(None, help="first_block: relative residual change below which steps are "
                                                "reused; mag: accumulated error below which they are"),
     mag_ratios: Path | None = typer.Option(None, help="--step-cache mag: a mag_ratios.json from a mag_calibrate run"),
-    policy: str = typer.Option("topk", help="shot cache: topk | sink_window | none"),
-    k: int = typer.Option(3, help="topk: keyframes retrieved per shot"),
+    policy: str | None = typer.Option(None, help="shot cache: topk (default) | sink_window | none"),
+    k: int | None = typer.Option(None, help="topk: keyframes retrieved per shot (default 3)"),
     per_shot: int | None = typer.Option(None, help="topk: at most this many keyframes from one earlier shot "
                                         "(the model's default if unset; none: no cap)"),
     anchor_characters: bool | None = typer.Option(None, "--anchor-characters/--no-anchor-characters",
@@ -202,9 +202,9 @@ def generate(
     scheduler: str | None = typer.Option(None, help="unipc | euler (model default if unset)"),
     shift: float | None = typer.Option(None, help="flow shift (scheduler default if unset)"),
     height: int | None = typer.Option(None), width: int | None = typer.Option(None),
-    chunks: int = typer.Option(1, help="chunks per shot when the script gives no duration"),
-    seed: int = typer.Option(0, help="base seed (shot i uses seed + i unless the script sets one)"),
-    continuation: str = typer.Option("mi2v", help="cut: false shots continue by mi2v | mm2v | none"),
+    chunks: int | None = typer.Option(None, help="chunks per shot when the script gives no duration (default 1)"),
+    seed: int | None = typer.Option(None, help="base seed (default 0; shot i uses seed + i unless the script sets one)"),
+    continuation: str | None = typer.Option(None, help="cut: false shots continue by mi2v (default) | mm2v | none"),
     method: str | None = typer.Option(None, help="a named method (independent | storymem | filmweaver | keyframe_first); "
                                       "its memory settings replace --policy/--k/--continuation"),
     no_temporal_cache: bool = typer.Option(False, "--no-temporal-cache", help="ablation: no temporal cache"),
@@ -218,8 +218,7 @@ def generate(
     """Generate a film from a script into a project directory; finished shots are kept on rerun."""
     from pydantic import ValidationError
 
-    from filmweaver.engine import EngineConfig, KeyframeConfig, ShotCacheConfig, TemporalCacheConfig
-    from filmweaver.sampler import SamplerConfig
+    from filmweaver.engine import EngineConfig
 
     try:
         story = load_story(script)
@@ -237,26 +236,29 @@ def generate(
             ratios = json.loads(mag_ratios.read_text())["mag_ratios"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             _fail(f"--mag-ratios {mag_ratios}: expected a mag_ratios.json written by --step-cache mag_calibrate ({e})")
+    # only what was given is set: a method's settings and the model's defaults fill the rest
+    sections = {
+        "sampler": given,
+        "shot_cache": dict(policy=policy, k=k, compression=memory_compression, per_shot=per_shot,
+                           anchor_characters=anchor_characters),
+        "temporal_cache": {"enabled": False if no_temporal_cache else None},
+    }
+    settings = {name: {k_: v for k_, v in values.items() if v is not None} for name, values in sections.items()}
+    settings = {name: values for name, values in settings.items() if values}
+    top = dict(height=height, width=width, shot_chunks=chunks, seed=seed, continuation=continuation,
+               step_cache=step_cache, step_cache_threshold=step_cache_threshold, step_cache_mag_ratios=ratios)
+    settings.update({k_: v for k_, v in top.items() if v is not None})
     try:
-        sampler = SamplerConfig(**{k_: v for k_, v in given.items() if v is not None})
-        shot_cache = ShotCacheConfig(policy=policy, k=k, **({} if memory_compression is None else
-                                                            {"compression": memory_compression}),
-                                     **({} if per_shot is None else {"per_shot": per_shot}),
-                                     **({} if anchor_characters is None else {"anchor_characters": anchor_characters}))
-        config = EngineConfig(height=height, width=width, shot_chunks=chunks, seed=seed, sampler=sampler,
-                              shot_cache=shot_cache, continuation=continuation,
-                              temporal_cache=TemporalCacheConfig(enabled=not no_temporal_cache),
-                              keyframes=KeyframeConfig(), step_cache=step_cache,
-                              step_cache_threshold=step_cache_threshold, step_cache_mag_ratios=ratios)
+        if method is not None:
+            from filmweaver.methods import method_config
+
+            config = method_config(method, settings)
+        else:
+            config = EngineConfig.model_validate(settings)
     except ValidationError as e:
         _fail(_option_error(e))
-    if method is not None:
-        from filmweaver.methods import method_config
-
-        try:
-            config = method_config(method, config.model_dump(mode="json", exclude_unset=True))
-        except ValueError as e:
-            _fail(str(e))
+    except ValueError as e:
+        _fail(str(e))
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
     if offload == "block" and (context_parallel or cfg_parallel):
         _fail("--offload block streams the blocks through hooks: it does not combine with parallelism")

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from filmweaver.backbone.m2v import m2v_inputs
+from filmweaver.backbone.m2v import StoryMemLayout, m2v_inputs
 from filmweaver.backbone.wan import ContextKVCache
 from filmweaver.context import ContextFrames, present_at_timestep
 from filmweaver.io import (
@@ -46,10 +46,18 @@ from filmweaver.io import (
     read_video,
     save_png,
     to_pil,
+    to_uint8,
     write_json,
     write_video,
 )
-from filmweaver.memory.keyframes import ContrastScorer, Keyframe, KeyframeBank, KeyframeSelector, bank_exists
+from filmweaver.memory.keyframes import (
+    Keyframe,
+    KeyframeBank,
+    KeyframeSelector,
+    StoryMemKeyframeSelector,
+    bank_exists,
+    make_quality_scorer,
+)
 from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.models import FilmModels
@@ -91,8 +99,35 @@ class KeyframeConfig(BaseModel):
     start_threshold: float = 0.9
     threshold_step: float = 0.01
     dedupe_threshold: float = 0.9
-    quality_scorer: Literal["none", "contrast"] = "none"  # frames scoring below quality_threshold are skipped
+    # frames scoring below quality_threshold are skipped: none | contrast | hpsv3 (StoryMem's, from
+    # quality_model: a checkpoint path or hub id) | a plug-in package.module:factory
+    quality_scorer: str = Field("none", pattern=r"^(none|contrast|hpsv3|[\w.]+:\w+)$")
     quality_threshold: float | None = None
+    quality_model: str | None = None
+
+
+# Wan's default negative prompt (wan/configs/shared_config.py), which StoryMem uses for every shot
+WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+                       "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+                       "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+
+class StoryMemConfig(BaseModel):
+    """StoryMem's released pipeline (``--method storymem``; ``pipeline.py``, ``wan/memory2video.py``,
+    ``extract_keyframes.py``). With any backbone: its keyframe selection, seeds ``seed + shot index in
+    its scene``, Wan's negative prompt. With an M2V (I2V-layout) backbone also its input layout
+    (:class:`~filmweaver.backbone.m2v.StoryMemLayout`: memory denoised with the video, grey-video
+    condition, no temporal cache), its M2V shift, and a first-shot (T2V) model sampled with its own
+    shift and guidance."""
+
+    enabled: bool = False
+    # the released MI2V conditions on a grey video (its last-frame encoding is overwritten); True keeps
+    # the previous shot's last frame in the condition, as the code evidently meant
+    corrected_mi2v: bool = False
+    m2v_shift: float = 4.0  # wan/configs/wan_m2v_A14B.py
+    first_shot_shift: float = 12.0  # wan/configs/wan_t2v_A14B.py
+    first_shot_guidance: float = 3.5  # pipeline.py passes --sample_guide_scale (3.5) to both experts
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
 
 
 class EngineConfig(BaseModel):
@@ -108,6 +143,7 @@ class EngineConfig(BaseModel):
     shot_cache: ShotCacheConfig = Field(default_factory=ShotCacheConfig)
     temporal_cache: TemporalCacheConfig = Field(default_factory=TemporalCacheConfig)
     keyframes: KeyframeConfig = Field(default_factory=KeyframeConfig)
+    storymem: StoryMemConfig = Field(default_factory=StoryMemConfig)
     continuation: Literal["mi2v", "mm2v", "none"] = "mi2v"  # how a cut: false shot continues
     mm2v_frames: int = 5  # MM2V: last k video frames carried over (1 + 4m)
     # keyframe-first baseline: each shot that starts fresh first generates one anchor frame (text +
@@ -222,18 +258,35 @@ class StoryEngine:
                 f"{p.root} was generated with model {p.manifest['model']['id']!r}, not {models.model_id!r}; "
                 "use the same model, another output directory, or --force to start over")
         cfg = self.config
+        user_set = (config or EngineConfig()).set_fields() | set(explicit)
         if cfg.height % (models.codec.spatial_factor * 2) or cfg.width % (models.codec.spatial_factor * 2):
             raise ValueError(f"height and width must be multiples of {models.codec.spatial_factor * 2}, "
                              f"got {cfg.height}x{cfg.width}")
-        self.sampler = FlowMatchSampler(cfg.sampler, models.scheduler_config,
+        self.m2v = models.backbone.config.in_channels == 2 * models.codec.latent_channels + 4
+        # StoryMem's own layout and sampling where the backbone has its (I2V) channel layout
+        self.storymem_layout = self.m2v and cfg.storymem.enabled
+        sampler_cfg = cfg.sampler
+        if self.storymem_layout and "sampler.shift" not in user_set:
+            sampler_cfg = sampler_cfg.model_copy(update={"shift": cfg.storymem.m2v_shift})
+        self.sampler = FlowMatchSampler(sampler_cfg, models.scheduler_config,
                                         boundary=getattr(models.backbone, "boundary", None))
+        self.first_shot_sampler = self.sampler
+        if self.storymem_layout and models.first_shot_backbone is not None:
+            sm = cfg.storymem
+            self.first_shot_sampler = FlowMatchSampler(
+                sampler_cfg.model_copy(update={"shift": sm.first_shot_shift, "guidance_scale": sm.first_shot_guidance,
+                                               "guidance_scale_2": None, "memory_guidance_scale": 1.0}),
+                models.scheduler_config, boundary=getattr(models.first_shot_backbone, "boundary", None))
         self.policy = make_shot_cache_policy(cfg.shot_cache.policy, cfg.shot_cache.k, cfg.shot_cache.sink,
                                              cfg.shot_cache.max_size, cfg.shot_cache.per_shot)
         kcfg = cfg.keyframes
-        self.selector = KeyframeSelector(kcfg.max_per_shot, kcfg.start_threshold, kcfg.threshold_step,
-                                         ContrastScorer() if kcfg.quality_scorer == "contrast" else None,
-                                         kcfg.quality_threshold)
-        self.m2v = models.backbone.config.in_channels == 2 * models.codec.latent_channels + 4
+        scorer = make_quality_scorer(kcfg.quality_scorer, kcfg.quality_model, str(models.backbone.device))
+        if cfg.storymem.enabled:
+            self.selector = StoryMemKeyframeSelector(kcfg.max_per_shot, kcfg.start_threshold, kcfg.threshold_step,
+                                                     scorer, 3.0 if kcfg.quality_threshold is None else kcfg.quality_threshold)
+        else:
+            self.selector = KeyframeSelector(kcfg.max_per_shot, kcfg.start_threshold, kcfg.threshold_step, scorer,
+                                             kcfg.quality_threshold)
         if self.m2v and self.config.shot_cache.compression != 1:
             raise ValueError("shot_cache.compression applies to in-context backbones; StoryMem's M2V layout "
                              "takes memory frames at full resolution")
@@ -279,10 +332,17 @@ class StoryEngine:
             prompt = ov.get("prompt", shot.prompt)
             seed = ov.get("seed")
             if seed is None:
+                # StoryMem seeds each shot by its place in its scene (pipeline.py: seed + i)
+                offset = shot.index_in_scene if self.config.storymem.enabled else shot.index
                 seed = shot.options.seed if shot.options.seed is not None else (
-                    (self.story.seed if self.story.seed is not None else self.config.seed) + shot.index)
+                    (self.story.seed if self.story.seed is not None else self.config.seed) + offset)
             base = self.chunks_for(shot)
-            neg = shot.negative_prompt or ""
+            if self.storymem_layout and base + ov.get("extra_chunks", 0) > 1:
+                raise ValueError(f"{shot.json_path}: StoryMem's pipeline makes each shot one clip of "
+                                 f"{self.models.codec.num_pixel_frames(self.config.chunk_frames)} frames; this shot "
+                                 f"needs {base + ov.get('extra_chunks', 0)} chunks (drop its duration, or use "
+                                 "--method filmweaver)")
+            neg = shot.negative_prompt or (self.config.storymem.negative_prompt if self.config.storymem.enabled else "")
             fp = _fingerprint(prompt, neg, seed, shot.cut, base, shot.options.characters, shot.options.location,
                               settings, self.models.model_id, *([references] if references else []))
             plans.append(ShotPlan(shot, prompt, neg, seed, base, ov.get("extra_chunks", 0), fp))
@@ -513,6 +573,69 @@ class StoryEngine:
         k = 1 + codec.temporal_factor * ((k - 1) // codec.temporal_factor)
         return codec.encode(tail[-k:].permute(1, 0, 2, 3)[None]).cpu()  # [1, C, 1 + (k-1)/4, h, w]
 
+    def _select_keyframes(self, frames: torch.Tensor, bank: KeyframeBank, index: int):
+        """``(selection, embeddings [T, D], what new keyframes are deduplicated against, the frames
+        keyframes are taken from)``.
+
+        filmweaver: every frame embedded (centre crop), deduplicated against the whole bank, this shot's
+        new keyframes included. StoryMem: the frames as read back from the 8-bit video, resized and
+        embedded whole for selection; the bank keeps each keyframe's full-frame embedding, and new
+        keyframes are compared only with earlier shots' (at 0.9)."""
+        embedder = self.models.embedder
+        if not isinstance(self.selector, StoryMemKeyframeSelector):
+            embs = embedder.embed_images(frames)
+            return self.selector.select(embs, frames), embs, bank, frames
+        frames8 = torch.from_numpy(to_uint8(frames)).permute(0, 3, 1, 2).float() / 255.0
+        prepared = self.selector.prepare(frames8)
+        sel = self.selector.select(embedder.embed_images(prepared, resize="squash"), prepared)
+        embs = torch.zeros(frames.shape[0], bank.embeddings.shape[1] if len(bank) else 0)
+        if sel.frame_indices:
+            full = embedder.embed_images(frames8[sel.frame_indices], resize="squash")
+            embs = torch.zeros(frames.shape[0], full.shape[1])
+            embs[sel.frame_indices] = full
+        earlier = KeyframeBank([e for e in bank if e.source_shot < index], self.config.keyframes.dedupe_threshold)
+        return sel, embs, earlier, frames8
+
+    def _storymem_chunk(self, plan: ShotPlan, bank: KeyframeBank, retrieved: list[RetrievedKeyframe],
+                        text: torch.Tensor, negative: torch.Tensor, image: torch.Tensor | None):
+        """One shot as StoryMem's ``WanM2V.generate`` makes it: memory keyframes and video denoised as
+        one sequence, the video conditioned on a grey clip (or a continuation's frames). Returns
+        ``(video latents [1, C, F, h, w], frames to trim, continuation, mode)``."""
+        cfg, models = self.config, self.models
+        backbone, codec, i = models.backbone, models.codec, plan.shot.index
+        h, w = self.latent_hw
+        lead, continuation = None, None
+        if not plan.shot.cut and cfg.continuation != "none" and i > 0:
+            tail = self._tail_frames(i - 1)
+            k = 1 if cfg.continuation == "mi2v" else min(cfg.mm2v_frames, tail.shape[0])
+            # the previous shot's frames as StoryMem reads them back from its files: 8-bit
+            lead = torch.from_numpy(to_uint8(tail[-k:])).permute(0, 3, 1, 2).float() / 255.0
+            continuation = cfg.continuation
+        keep_lead = lead is not None and (continuation == "mm2v" or cfg.storymem.corrected_mi2v)
+        clip = StoryMemLayout.condition_clip(codec.num_pixel_frames(cfg.chunk_frames), cfg.height, cfg.width,
+                                             lead if keep_lead else None)
+        memory = (torch.cat([bank.entries[r.bank_index].latent for r in retrieved], dim=1)[None] if retrieved else None)
+        layout = StoryMemLayout(memory, codec.encode(clip).cpu(), 0 if lead is None else lead.shape[0],
+                                codec.temporal_factor)
+        gen = torch.Generator(device="cpu").manual_seed(plan.seed)
+        noise = torch.randn((1, codec.latent_channels, layout.noise_frames(cfg.chunk_frames), h, w), generator=gen)
+        dtype, first_shot = backbone.dtype, models.first_shot_backbone
+        if not retrieved and first_shot is not None:  # the T2V release, its own sampling settings
+            def velocity(x, t, e):
+                return first_shot(x.to(first_shot.dtype), t, e.to(first_shot.dtype)).float()
+
+            sampler = self.first_shot_sampler
+        else:
+            def velocity(x, t, e):
+                return backbone(layout.inputs(x.to(dtype)), t, e.to(dtype), encoder_hidden_states_image=image).float()
+
+            sampler = self.sampler
+        with self._step_cache_scope(f"shot{i}-chunk0"):
+            latents = sampler.sample(velocity, noise.to(backbone.device), text, negative, progress=self.progress,
+                                     desc=f"shot {plan.shot.number}")
+        mode = "shot" if retrieved else ("temporal" if lead is not None else "text")
+        return layout.video(latents), 0 if lead is None else lead.shape[0], continuation, mode
+
     def _generate_shot(self, plan: ShotPlan, prior_latents: torch.Tensor | None = None) -> dict:
         cfg, models, p = self.config, self.models, self.project
         shot, i = plan.shot, plan.shot.index
@@ -524,11 +647,13 @@ class StoryEngine:
         # 1. Memory: bank before this shot, shot cache, temporal cache (+ continuation).
         bank = self._load_bank(i)
         retrieved = self._shot_cache(plan, bank)
-        temporal = TemporalCache(cfg.temporal_cache.schedule if cfg.temporal_cache.enabled else [])
+        # StoryMem's layout has no temporal cache: a continuation goes into the video's condition
+        temporal = TemporalCache(cfg.temporal_cache.schedule if cfg.temporal_cache.enabled and not self.storymem_layout
+                                 else [])
         continuation = None
         if prior_latents is not None:
             temporal.push(prior_latents.to(backbone.device))
-        elif not shot.cut and cfg.temporal_cache.enabled:
+        elif not shot.cut and cfg.temporal_cache.enabled and not self.storymem_layout:
             carried = self._continuation_frames(i)
             if carried is not None:
                 temporal.push(carried.to(backbone.device))
@@ -548,7 +673,14 @@ class StoryEngine:
         # an extension keeps the log of the chunks it builds on
         chunk_log = list(p.shot_record(i)["chunks"]) if prior_latents is not None else []
         first_chunk = 0 if prior_latents is None else self._prior_chunks(prior_latents)
-        if cfg.keyframe_first and prior_latents is None and len(temporal) == 0:
+        trim = 0  # video frames a StoryMem continuation fixed, dropped from the shot as StoryMem does
+        if self.storymem_layout:
+            t0 = time.perf_counter()
+            latents, trim, continuation, mode = self._storymem_chunk(plan, bank, retrieved, text, negative, image)
+            chunks.append(latents.cpu())
+            chunk_log.append({"chunk": 0, "mode": mode, "seed": plan.seed, "seconds": round(time.perf_counter() - t0, 3),
+                              "layout": "storymem", "memory_frames": len(retrieved)})
+        elif cfg.keyframe_first and prior_latents is None and len(temporal) == 0:
             t0 = time.perf_counter()
             seed = plan.seed + 7_919
             context = present_at_timestep(list(shot_ctx), torch.Generator(device="cpu").manual_seed(seed + 17))
@@ -562,8 +694,8 @@ class StoryEngine:
             chunk_log.append({"chunk": "anchor", "mode": MODES[(bool(shot_ctx), False)], "seed": seed,
                               "seconds": round(time.perf_counter() - t0, 3),
                               "context_tokens": backbone.count_tokens(context, (h, w))})
-        for c in tqdm(range(first_chunk, plan.num_chunks), desc=f"shot {shot.number} chunks", leave=False,
-                      disable=not self.progress):
+        for c in tqdm(range(first_chunk, 0 if self.storymem_layout else plan.num_chunks),
+                      desc=f"shot {shot.number} chunks", leave=False, disable=not self.progress):
             t0 = time.perf_counter()
             seed = plan.seed if c == 0 else plan.seed + 1_000_003 * c
             # cache frames are shown at the noise level the model was trained with (asymmetric noising)
@@ -587,16 +719,16 @@ class StoryEngine:
         # 3. Decode, select keyframes, update the bank.
         t1 = time.perf_counter()
         frames = codec.decode(all_latents.to(codec.device))[0].permute(1, 0, 2, 3).cpu()  # [T, 3, H, W]
+        frames = frames[trim:]
         t_decode = time.perf_counter() - t1
-        embs = models.embedder.embed_images(frames)
-        sel = self.selector.select(embs, frames)
-        kf_records, kf_images = [], frames[sel.frame_indices]
+        sel, embs, earlier, source = self._select_keyframes(frames, bank, i)
+        kf_records, kf_images = [], source[sel.frame_indices]
         kf_latents = codec.encode_images(kf_images).cpu()
         bank_tensors = {}
         for fi, img, lat in zip(sel.frame_indices, kf_images, kf_latents, strict=True):
             kf = Keyframe(img, embs[fi], lat, source_shot=i, frame_index=fi)
-            max_sim = bank.max_similarity(embs[fi])
-            added = bank.add(kf)
+            max_sim = earlier.max_similarity(embs[fi])
+            added = max_sim <= bank.dedupe_threshold and bank.add(kf, dedupe=earlier is bank)
             if added:  # kept in the shot's state too: the bank can be rebuilt from the shots alone
                 bank_tensors[f"bank.{fi}.embedding"] = kf.embedding.float().contiguous()
                 bank_tensors[f"bank.{fi}.latent"] = lat.float().contiguous()

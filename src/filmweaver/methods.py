@@ -5,8 +5,12 @@ A method is a partial :class:`~filmweaver.engine.EngineConfig` (nested dict); ``
 
 * ``independent``: every shot on its own (no shot cache, no carry-over between shots); chunks inside a
   shot still share the temporal cache.
-* ``storymem``: StoryMem-style memory: ``sink_window`` (first 3 keyframes kept, the most recent fill
-  up to 10), MI2V for ``cut: false``.
+* ``storymem``: StoryMem's released pipeline (``EngineConfig.storymem``): ``sink_window`` memory (the
+  first 3 keyframes kept, the most recent fill up to 10), its keyframe selection and dedupe (0.9), its
+  seeds and negative prompt, MI2V for ``cut: false`` (``--continuation mm2v`` for its MM2V); on an M2V
+  backbone also its input layout and sampling (``--preset wan2.2-i2v-a14b --lora ... --first-shot-model
+  Wan-AI/Wan2.2-T2V-A14B-Diffusers``).
+* ``storymem_corrected``: the same, with the released MI2V's overwritten last-frame condition kept.
 * ``filmweaver``: FilmWeaver: ``topk`` prompt-keyframe retrieval + the temporal cache (the default).
 * ``keyframe_first``: each shot's first frame is generated (text + shot cache), then animated from it.
 """
@@ -15,20 +19,27 @@ from __future__ import annotations
 
 METHODS: dict[str, dict] = {
     "independent": {"shot_cache": {"policy": "none"}, "continuation": "none"},
-    "storymem": {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, "continuation": "mi2v"},
+    "storymem": {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, "continuation": "mi2v",
+                 "keyframes": {"max_per_shot": 3, "start_threshold": 0.9, "threshold_step": 0.01,
+                               "dedupe_threshold": 0.9},
+                 "storymem": {"enabled": True}},
+    "storymem_corrected": {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, "continuation": "mi2v",
+                           "keyframes": {"max_per_shot": 3, "start_threshold": 0.9, "threshold_step": 0.01,
+                                         "dedupe_threshold": 0.9},
+                           "storymem": {"enabled": True, "corrected_mi2v": True}},
     "filmweaver": {"shot_cache": {"policy": "topk", "k": 3}, "continuation": "mi2v"},
     "keyframe_first": {"shot_cache": {"policy": "topk", "k": 3}, "keyframe_first": True},
 }
 
 
-def method_config(name: str, base: dict | None = None):
-    """``EngineConfig`` for method ``name``; ``base`` (nested dict) holds settings it leaves alone."""
+def method_config(name: str, explicit: dict | None = None):
+    """``EngineConfig`` for method ``name``; ``explicit`` (nested dict: what the user set) wins over
+    the method's settings (``--method storymem --continuation mm2v`` is StoryMem's MM2V)."""
     from filmweaver.engine import EngineConfig
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
-    merged = _merge(base or {}, METHODS[name])
-    return EngineConfig.model_validate(merged)
+    return EngineConfig.model_validate(_merge(METHODS[name], explicit or {}))
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -23,8 +23,9 @@ class ImageTextEmbedder(Protocol):
 
     model_id: str
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` in ``[0, 1]`` -> ``[N, D]``, unit norm."""
+    def embed_images(self, images: torch.Tensor, resize: str = "crop") -> torch.Tensor:
+        """``[N, 3, H, W]`` in ``[0, 1]`` -> ``[N, D]``, unit norm. ``resize``: ``crop`` (shortest side,
+        centre crop) or ``squash`` (the whole frame to the square input, as StoryMem does)."""
         ...
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -80,8 +81,13 @@ class CLIPEmbedder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor, resize: str = "crop") -> torch.Tensor:
         s = self.image_size
+        if resize == "squash":  # StoryMem: the whole frame, bilinear, to s x s
+            x = F.interpolate(images.float(), size=(s, s), mode="bilinear", align_corners=False).clamp(0, 1)
+            return (x - self.mean.to(x)) / self.std.to(x)
+        if resize != "crop":
+            raise ValueError(f"resize must be crop or squash, got {resize!r}")
         _, _, h, w = images.shape
         scale = s / min(h, w)
         nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
@@ -91,11 +97,11 @@ class CLIPEmbedder:
         return (x - self.mean.to(x)) / self.std.to(x)
 
     @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_images(self, images: torch.Tensor, resize: str = "crop") -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
         outs = []
         for chunk in images.split(self.batch_size):
-            pix = self.preprocess(chunk.cpu()).to(self.device, dtype)
+            pix = self.preprocess(chunk.cpu(), resize).to(self.device, dtype)
             feats = self.model.get_image_features(pixel_values=pix)
             feats = getattr(feats, "pooler_output", feats)  # transformers 5 returns an output object
             outs.append(F.normalize(feats.float(), dim=-1).cpu())

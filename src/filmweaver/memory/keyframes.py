@@ -9,7 +9,9 @@ already in the bank is not added (dedupe).
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,42 @@ class ContrastScorer:
     def score(self, images: torch.Tensor) -> torch.Tensor:
         lum = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
         return lum.flatten(1).std(dim=1)
+
+
+class HPSv3Scorer:
+    """StoryMem's quality filter: HPSv3 (a Qwen2-VL preference model, package ``hpsv3``) with an empty
+    prompt; StoryMem drops frames scoring below 3.0. ``checkpoint``: a local file or hub id, loaded only
+    when named (``pip install hpsv3``); frames are scored as 8-bit images, truncated as StoryMem's
+    ``astype(np.uint8)`` does."""
+
+    name = "hpsv3"
+
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu"):
+        try:
+            from hpsv3 import HPSv3RewardInferencer
+        except ImportError as e:
+            raise ImportError("the HPSv3 quality filter needs the hpsv3 package: pip install hpsv3") from e
+        self.model = HPSv3RewardInferencer(checkpoint_path=checkpoint, device=device)
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        arr = (images.float().clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+        rewards = self.model.reward(image_paths=[Image.fromarray(a) for a in arr], prompts=[""] * len(arr))
+        return torch.tensor([float(r[0]) for r in rewards])
+
+
+def make_quality_scorer(name: str, checkpoint: str | None = None, device: str = "cpu") -> QualityScorer | None:
+    """``none``, ``contrast``, ``hpsv3`` (with ``checkpoint``), or a plug-in ``package.module:factory``
+    called as ``factory(checkpoint=..., device=...)``."""
+    if name == "none":
+        return None
+    if name == "contrast":
+        return ContrastScorer()
+    if name == "hpsv3":
+        return HPSv3Scorer(checkpoint, device)
+    if ":" in name:
+        module, factory = name.split(":", 1)
+        return getattr(importlib.import_module(module), factory)(checkpoint=checkpoint, device=device)
+    raise ValueError(f"quality scorer {name!r}: expected none, contrast, hpsv3 or package.module:factory")
 
 
 @dataclass
@@ -80,6 +118,65 @@ class KeyframeSelector:
                     chosen.append(i)
             if len(chosen) <= self.max_per_shot or threshold < -1.0:
                 return KeyframeSelection(chosen[: self.max_per_shot], round(threshold, 4), quality)
+            threshold -= self.threshold_step
+
+
+def storymem_frame_size(height: int, width: int, factor: int = 28, min_pixels: int = 48 * 28 * 28,
+                        max_pixels: int = 256 * 28 * 28) -> tuple[int, int]:
+    """The size StoryMem resizes frames to before selecting keyframes (Qwen2-VL's ``smart_resize``
+    with its video-frame bounds: multiples of 28, at most 256 28x28 patches; 480x832 -> 336x588)."""
+    h_bar, w_bar = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar, w_bar = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return max(h_bar, factor), max(w_bar, factor)
+
+
+@dataclass
+class StoryMemKeyframeSelector:
+    """Keyframes as StoryMem's ``extract_keyframes.py`` picks them, from a shot's 8-bit frames.
+
+    Frames are resized to :func:`storymem_frame_size` (bilinear, antialiased) and embedded whole,
+    squashed to the embedder's square input (no crop). The first frame that passes the quality filter
+    is a keyframe (none passes: the shot adds no keyframe); from frame 2 on (frame 1 never), a frame
+    becomes one when its cosine to the last keyframe is below the threshold and it passes the filter;
+    the threshold drops by 0.01 until at most ``max_per_shot`` remain. :meth:`dedupe_embeddings` are
+    the full frames' own (what StoryMem compares with earlier shots' keyframes, at 0.9)."""
+
+    max_per_shot: int = 3
+    start_threshold: float = 0.9
+    threshold_step: float = 0.01
+    quality_scorer: QualityScorer | None = None
+    quality_threshold: float = 3.0
+
+    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[T, 3, H, W]`` in [0, 1] -> the resized frames StoryMem compares (still in [0, 1])."""
+        h, w = storymem_frame_size(*frames.shape[-2:])
+        return torch.nn.functional.interpolate(frames.float(), size=(h, w), mode="bilinear",
+                                               antialias=True).clamp(0, 1)
+
+    def select(self, embeddings: torch.Tensor, images: torch.Tensor | None = None) -> KeyframeSelection:
+        """``embeddings [T, D]`` of the prepared frames (:meth:`prepare`), ``images`` those frames
+        (for the quality filter)."""
+        t = embeddings.shape[0]
+        quality, low = None, [False] * t
+        if self.quality_scorer is not None:
+            quality = self.quality_scorer.score(images).tolist()
+            low = [q < self.quality_threshold for q in quality]
+        if all(low):
+            return KeyframeSelection([], self.start_threshold, quality)
+        first = low.index(False)
+        threshold = self.start_threshold
+        while True:
+            chosen = [first]
+            for i in range(2, t):
+                if float(embeddings[chosen[-1]] @ embeddings[i]) < threshold and not low[i]:
+                    chosen.append(i)
+            if len(chosen) <= self.max_per_shot:
+                return KeyframeSelection(chosen, round(threshold, 4), quality)
             threshold -= self.threshold_step
 
 
