@@ -208,6 +208,11 @@ def generate(
     method: str | None = typer.Option(None, help="a named method (independent | storymem | filmweaver | keyframe_first); "
                                       "its memory settings replace --policy/--k/--continuation"),
     no_temporal_cache: bool = typer.Option(False, "--no-temporal-cache", help="ablation: no temporal cache"),
+    quality_scorer: str | None = typer.Option(None, help="keyframe quality filter: none | contrast | hpsv3 (StoryMem's; "
+                                              "pip install hpsv3) | package.module:factory"),
+    quality_model: str | None = typer.Option(None, help="--quality-scorer hpsv3: checkpoint file or hub id"),
+    quality_threshold: float | None = typer.Option(None, help="frames scoring below this are never keyframes "
+                                                   "(StoryMem: 3.0 for HPSv3)"),
     max_shots: int | None = typer.Option(None, help="stop after this many shots (rerun to continue)"),
     force: Force = False,
     context_parallel: str | None = typer.Option(None, help="ulysses | ring: one story on several GPUs, every forward's "
@@ -242,6 +247,8 @@ def generate(
         "shot_cache": dict(policy=policy, k=k, compression=memory_compression, per_shot=per_shot,
                            anchor_characters=anchor_characters),
         "temporal_cache": {"enabled": False if no_temporal_cache else None},
+        "keyframes": dict(quality_scorer=quality_scorer, quality_model=quality_model,
+                          quality_threshold=quality_threshold),
     }
     settings = {name: {k_: v for k_, v in values.items() if v is not None} for name, values in sections.items()}
     settings = {name: values for name, values in settings.items() if values}
