@@ -763,13 +763,8 @@ class StoryEngine:
             "timings": {"memory_s": round(t_memory, 3), "denoise_s": round(t_denoise, 3),
                         "decode_s": round(t_decode, 3), "total_s": round(time.perf_counter() - t_start, 3)},
         }
-        previous = p.shot_record(i)
         p.set_shot_record(record)
-        # later shots saw the previous version: stale, unless this one came out the same (a damaged shot
-        # redone, a regenerate with its own seed)
-        same = previous is not None and (previous.get("files", {}).get("state") or {}).get("sha256") == \
-            record["files"]["state"]["sha256"]
-        stale = [] if same else p.mark_stale_after(i, f"shot {shot.number} was regenerated")
+        stale = p.mark_stale_after(i, f"shot {shot.number} was regenerated")
         if stale:
             record["made_stale"] = [s + 1 for s in stale]
         p.save()
