@@ -108,22 +108,39 @@ def _runtime(device: str, dtype: str, offload: str = "none", attention: str | No
         _fail(str(e))
 
 
-def _model_setup(project_root: Path | None, force: bool, **given):
-    """The model setup for a command: a project's recorded one (checked against what was given), or a
-    new one from the options (``None`` = not given)."""
-    from filmweaver.project import Project, ProjectError
+def _model_setup(recorded: dict | None, **given):
+    """The model setup for a command: a project's ``recorded`` one (checked against what was given), or
+    a new one from the options (``None`` = not given)."""
     from filmweaver.runtime import ModelSetup, SetupError
 
     given = {k: v for k, v in given.items() if v is not None}
     try:
-        recorded = None
-        if project_root is not None and not force:
-            recorded = Project(project_root).manifest.get("model", {}).get("setup")
         if recorded is not None:
             return ModelSetup.model_validate(recorded).reconcile(given)
         return ModelSetup.from_options(**given)
-    except (SetupError, ProjectError) as e:
+    except SetupError as e:
         _fail(str(e))
+
+
+def _recorded_setup(project) -> dict | None:
+    return project.manifest.get("model", {}).get("setup")
+
+
+def _read_project(out: Path, must_exist: bool = True, hint: str = ""):
+    """``out``'s :class:`~filmweaver.project.Project`, or a one-line error: not a project (when
+    ``must_exist``), or not ours, or damaged beyond its backup copy."""
+    from filmweaver.project import Project, ProjectError
+
+    if must_exist and not (out.is_dir() and ((out / "manifest.json").is_file()
+                                              or (out / "manifest.backup.json").is_file())):
+        _fail(f"{out} is not a filmweaver project (no manifest.json)")
+    try:
+        project = Project(out)
+    except ProjectError as e:
+        _fail(str(e))
+    if must_exist and not project.exists:
+        _fail(f"{out}: {project.recovered}{hint}")
+    return project
 
 
 def _load_models(setup, runtime):
@@ -224,6 +241,7 @@ def generate(
     from pydantic import ValidationError
 
     from filmweaver.engine import EngineConfig
+    from filmweaver.project import ProjectError
 
     try:
         story = load_story(script)
@@ -284,9 +302,14 @@ def generate(
             scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")
             out = Path(scratch.name)
     lock = _lock(out)
-    _check_project_story(out, story, force)
-    setup = _model_setup(out, force, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
-                         first_shot_model=first_shot_model)
+    project = _read_project(out, must_exist=False)
+    if not force:
+        try:
+            project.check_same_story(story)
+        except ProjectError as e:
+            _fail(str(e))
+    setup = _model_setup(None if force else _recorded_setup(project), preset=preset, model=model, embedder=embedder,
+                         lora=lora, lora_2=lora_2, first_shot_model=first_shot_model)
     models = _load_models(setup, runtime)
     if context_parallel:
         from filmweaver.parallel import enable_context_parallel
@@ -295,7 +318,7 @@ def generate(
             enable_context_parallel(models, context_parallel)
         except ValueError as e:
             _fail(str(e))
-    engine = _engine(models, out, story=story, config=config, progress=rank == 0)
+    engine = _engine(models, project, story=story, config=config, progress=rank == 0)
     if cfg_parallel:
         try:
             engine.sampler.enable_cfg_parallel()
@@ -321,16 +344,6 @@ def _option_error(e) -> str:
     field = str(err["loc"][-1])
     option = _OPTION_OF.get(field, "--" + field.replace("_", "-"))
     return f"{option} {err.get('input')!r}: {err['msg']}"
-
-
-def _check_project_story(out: Path, story, force: bool) -> None:
-    from filmweaver.project import Project, ProjectError
-
-    try:
-        if not force:
-            Project(out).check_same_story(story)
-    except ProjectError as e:
-        _fail(str(e))
 
 
 def _run(engine, operation):
@@ -361,18 +374,11 @@ def _report(engine, done):
 def _open(out: Path, runtime, **given):
     """Reopen a project for a follow-up command: the lock, its recorded models (``given`` options must
     agree with them), its own story and settings."""
-    from filmweaver.project import Project, ProjectError
-
-    if not out.is_dir() or not ((out / "manifest.json").is_file() or (out / "manifest.backup.json").is_file()):
-        _fail(f"{out} is not a filmweaver project (no manifest.json)")
+    if not (out / "manifest.json").is_file() and not (out / "manifest.backup.json").is_file():
+        _fail(f"{out} is not a filmweaver project (no manifest.json)")  # before the lock makes the folder
     _lock(out)
-    try:
-        project = Project(out)
-    except ProjectError as e:
-        _fail(str(e))
-    if not project.exists:
-        _fail(f"{out}: {project.recovered}; generate it again from its script")
-    setup = _model_setup(out, False, **given)
+    project = _read_project(out, hint="; generate it again from its script")
+    setup = _model_setup(_recorded_setup(project), **given)
     return _engine(_load_models(setup, runtime), project)
 
 
@@ -433,16 +439,7 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
 @app.command()
 def info(out: Path = typer.Argument(..., help="project directory")):
     """Print a project's shots, status, modes and memory (no lock: safe while another command writes)."""
-    from filmweaver.project import Project, ProjectError
-
-    if not out.is_dir() or not ((out / "manifest.json").is_file() or (out / "manifest.backup.json").is_file()):
-        _fail(f"{out} is not a filmweaver project (no manifest.json)")
-    try:
-        project = Project(out)
-    except ProjectError as e:
-        _fail(str(e))
-    if not project.exists:
-        _fail(f"{out}: {project.recovered}")
+    project = _read_project(out)
     if project.recovered:
         console.print(f"[bold yellow]warning:[/] {project.recovered}", highlight=False)
     m = project.manifest
@@ -580,7 +577,7 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
     except FileNotFoundError as e:
         _fail(str(e))
     judges = _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device)
-    setup = _model_setup(None, True, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+    setup = _model_setup(None, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
                          first_shot_model=first_shot_model)
     models = _load_models(setup, runtime)
     settings = {"shot_chunks": chunks, "seed": seed}

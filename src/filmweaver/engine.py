@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -40,13 +39,14 @@ from filmweaver.backbone.m2v import StoryMemLayout, m2v_inputs
 from filmweaver.backbone.wan import ContextKVCache
 from filmweaver.context import ContextFrames, present_at_timestep
 from filmweaver.io import (
+    as_8bit,
     atomic_path,
     contact_sheet,
+    file_digest,
     load_image,
     read_video,
     save_png,
     to_pil,
-    to_uint8,
     write_json,
     write_video,
 )
@@ -61,7 +61,7 @@ from filmweaver.memory.keyframes import (
 from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.models import FilmModels
-from filmweaver.project import Project, ProjectError, ProjectLock, file_digest
+from filmweaver.project import Project, ProjectError, ProjectLock
 from filmweaver.sampler import FlowMatchSampler, SamplerConfig
 from filmweaver.script import Shot, StoryScript
 
@@ -214,19 +214,6 @@ class ShotPlan:
         return self.base_chunks + self.extra_chunks
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
-    return file_digest(Path(path))
-
-
-def _digest(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return _cached_digest(str(path), st.st_size, st.st_mtime_ns)
-
-
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -246,8 +233,6 @@ class StoryEngine:
         self.progress = progress
         p = self.project
         if story is None:
-            if not p.story_path.is_file():
-                raise ProjectError(f"{p.root} has no story.json: generate the project from a script first")
             story = p.load_story()
         self.story = story
         if config is None and p.exists:
@@ -325,7 +310,8 @@ class StoryEngine:
         overrides = self.project.manifest.get("overrides", {})
         settings = self.config.model_dump(mode="json")
         # reference images seed every shot's memory: their contents are part of every shot's inputs
-        references = [(kind, name, _digest(path)) for kind, name, path in self.story.references()]
+        references = [(kind, name, file_digest(path) if path.is_file() else None)
+                      for kind, name, path in self.story.references()]
         plans = []
         for shot in self.story.shots():
             ov = overrides.get(str(shot.index), {})
@@ -493,7 +479,7 @@ class StoryEngine:
         return bank
 
     def _bank_keyframes(self, index: int) -> list[tuple[dict, int]]:
-        """(keyframe record, frame index) of every keyframe the finished shots before ``index`` added."""
+        """(keyframe record, shot index) of every keyframe the finished shots before ``index`` added."""
         return [(k, r["index"]) for r in self.project.shots if r["index"] < index and r.get("status") == "done"
                 for k in r.get("keyframes", []) if k.get("added_to_bank")]
 
@@ -585,13 +571,14 @@ class StoryEngine:
         if not isinstance(self.selector, StoryMemKeyframeSelector):
             embs = embedder.embed_images(frames)
             return self.selector.select(embs, frames), embs, bank, frames
-        frames8 = torch.from_numpy(to_uint8(frames)).permute(0, 3, 1, 2).float() / 255.0
+        frames8 = as_8bit(frames)
         prepared = self.selector.prepare(frames8)
         sel = self.selector.select(embedder.embed_images(prepared, resize="squash"), prepared)
-        embs = torch.zeros(frames.shape[0], bank.embeddings.shape[1] if len(bank) else 0)
+        # only the keyframes' rows are read: each keyframe's full-frame embedding
+        embs = torch.zeros(frames.shape[0], 0)
         if sel.frame_indices:
             full = embedder.embed_images(frames8[sel.frame_indices], resize="squash")
-            embs = torch.zeros(frames.shape[0], full.shape[1])
+            embs = full.new_zeros(frames.shape[0], full.shape[1])
             embs[sel.frame_indices] = full
         earlier = KeyframeBank([e for e in bank if e.source_shot < index], self.config.keyframes.dedupe_threshold)
         return sel, embs, earlier, frames8
@@ -608,8 +595,7 @@ class StoryEngine:
         if not plan.shot.cut and cfg.continuation != "none" and i > 0:
             tail = self._tail_frames(i - 1)
             k = 1 if cfg.continuation == "mi2v" else min(cfg.mm2v_frames, tail.shape[0])
-            # the previous shot's frames as StoryMem reads them back from its files: 8-bit
-            lead = torch.from_numpy(to_uint8(tail[-k:])).permute(0, 3, 1, 2).float() / 255.0
+            lead = as_8bit(tail[-k:])  # the previous shot's frames as StoryMem reads them back from its files
             continuation = cfg.continuation
         keep_lead = lead is not None and (continuation == "mm2v" or cfg.storymem.corrected_mi2v)
         clip = StoryMemLayout.condition_clip(codec.num_pixel_frames(cfg.chunk_frames), cfg.height, cfg.width,
@@ -619,15 +605,12 @@ class StoryEngine:
                                 codec.temporal_factor)
         gen = torch.Generator(device="cpu").manual_seed(plan.seed)
         noise = torch.randn((1, codec.latent_channels, layout.noise_frames(cfg.chunk_frames), h, w), generator=gen)
-        dtype, first_shot = backbone.dtype, models.first_shot_backbone
-        if not retrieved and first_shot is not None:  # the T2V release, its own sampling settings
-            def velocity(x, t, e):
-                return first_shot(x.to(first_shot.dtype), t, e.to(first_shot.dtype)).float()
-
-            sampler = self.first_shot_sampler
+        if not retrieved and models.first_shot_backbone is not None:  # the T2V release, its own sampling settings
+            velocity, sampler = self._velocity_fn([]), self.first_shot_sampler
         else:
             def velocity(x, t, e):
-                return backbone(layout.inputs(x.to(dtype)), t, e.to(dtype), encoder_hidden_states_image=image).float()
+                return backbone(layout.inputs(x.to(backbone.dtype)), t, e.to(backbone.dtype),
+                                encoder_hidden_states_image=image).float()
 
             sampler = self.sampler
         with self._step_cache_scope(f"shot{i}-chunk0"):
@@ -728,8 +711,10 @@ class StoryEngine:
         for fi, img, lat in zip(sel.frame_indices, kf_images, kf_latents, strict=True):
             kf = Keyframe(img, embs[fi], lat, source_shot=i, frame_index=fi)
             max_sim = earlier.max_similarity(embs[fi])
-            added = max_sim <= bank.dedupe_threshold and bank.add(kf, dedupe=earlier is bank)
-            if added:  # kept in the shot's state too: the bank can be rebuilt from the shots alone
+            added = max_sim <= bank.dedupe_threshold
+            if added:
+                bank.add(kf, dedupe=False)
+                # kept in the shot's state too: the bank can be rebuilt from the shots alone
                 bank_tensors[f"bank.{fi}.embedding"] = kf.embedding.float().contiguous()
                 bank_tensors[f"bank.{fi}.latent"] = lat.float().contiguous()
             kf_records.append({"name": kf.name, "file": p.rel(p.keyframe_png(kf.name)), "frame_index": fi,
@@ -737,7 +722,7 @@ class StoryEngine:
             save_png(to_pil(img), p.keyframe_png(kf.name))
         # keyframes an earlier version of this shot selected and this one did not
         kept = {p.keyframe_png(r["name"]).name for r in kf_records}
-        for old in p.keyframe_png(f"shot{i + 1:03d}_f*").parent.glob(f"shot{i + 1:03d}_f*.png"):
+        for old in p.keyframes_dir.glob(f"shot{i + 1:03d}_f*.png"):
             if old.name not in kept:
                 old.unlink()
 

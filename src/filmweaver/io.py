@@ -6,6 +6,8 @@ Frames are float tensors ``[T, 3, H, W]`` in ``[0, 1]`` unless a function says o
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +42,22 @@ def atomic_path(path: str | Path) -> Iterator[str]:
         raise
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's contents, hashed once per version of it (path, size, mtime) in a process:
+    a project's files are checked on every resume, a LoRA file on every follow-up command."""
+    st = os.stat(path)
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_json(path: str | Path, data) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -69,6 +87,12 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """``[..., 3, H, W]`` in [0, 1] -> uint8 ``[..., H, W, 3]``."""
     arr = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
     return arr.movedim(-3, -1).cpu().numpy()
+
+
+def as_8bit(frames: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` in [0, 1] rounded to 8-bit values (what a PNG or a lossless read-back holds),
+    still float in [0, 1]."""
+    return torch.from_numpy(to_uint8(frames)).movedim(-1, -3).float() / 255.0
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

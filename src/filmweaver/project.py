@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from filmweaver.io import atomic_path, write_json
+from filmweaver.io import atomic_path, file_digest, write_json
 from filmweaver.script import StoryScript, parse_story
 
 MANIFEST_FORMAT = "filmweaver.project/1"
@@ -95,14 +94,6 @@ class ProjectLock:
         self.release()
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Project:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -110,7 +101,6 @@ class Project:
         self.backup_path = self.root / "manifest.backup.json"
         self.manifest: dict = {}
         self.recovered: str | None = None  # what was wrong with the manifest, when a copy had to be used
-        self._verified: dict[tuple, bool] = {}
         if self.root.exists() and not self.root.is_dir():
             raise ProjectError(f"{self.root} is a file, not a project directory")
         if self.manifest_path.is_file() or self.backup_path.is_file():
@@ -158,7 +148,7 @@ class Project:
         return self.root / "shots" / f"shot_{index + 1:03d}.safetensors"
 
     def keyframe_png(self, name: str) -> Path:
-        return self.root / "keyframes" / f"{name}.png"
+        return self.keyframes_dir / f"{name}.png"
 
     @property
     def film_path(self) -> Path:
@@ -175,6 +165,10 @@ class Project:
     @property
     def references_dir(self) -> Path:
         return self.root / "references"
+
+    @property
+    def keyframes_dir(self) -> Path:
+        return self.root / "keyframes"
 
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
@@ -217,7 +211,11 @@ class Project:
                     copied.append(self.rel(dst))
                 spec["reference_images"] = copied
         self.root.mkdir(parents=True, exist_ok=True)
-        if not self.story_path.is_file() or json.loads(self.story_path.read_text(encoding="utf-8") or "null") != data:
+        try:
+            unchanged = json.loads(self.story_path.read_text(encoding="utf-8")) == data
+        except (OSError, ValueError):  # none yet, or damaged: written anew
+            unchanged = False
+        if not unchanged:
             write_json(self.story_path, data)
         return parse_story(data, file=self.story_path, base_dir=self.root)
 
@@ -227,19 +225,15 @@ class Project:
         return {"path": self.rel(path), "size": path.stat().st_size, "sha256": file_digest(path)}
 
     def file_problem(self, entry: dict | str) -> str | None:
-        """Why a recorded file can't be trusted (missing, other size, other content), or None.
-        Checked once per file version (path, size, mtime) in this process."""
+        """Why a recorded file can't be trusted (missing, other size, other content), or None."""
         if isinstance(entry, str):  # a record from before files were hashed: existence only
             return None if (self.root / entry).is_file() else f"{entry} is missing"
         path = self.root / entry["path"]
         try:
-            st = path.stat()
+            intact = path.stat().st_size == entry.get("size") and file_digest(path) == entry.get("sha256")
         except OSError:
             return f"{entry['path']} is missing"
-        key = (entry["path"], st.st_size, st.st_mtime_ns, entry.get("sha256"))
-        if key not in self._verified:
-            self._verified[key] = st.st_size == entry.get("size") and file_digest(path) == entry.get("sha256")
-        return None if self._verified[key] else f"{entry['path']} is damaged (size or content changed)"
+        return None if intact else f"{entry['path']} is damaged (size or content changed)"
 
     def shot_problem(self, index: int) -> str | None:
         """Why finished shot ``index``'s files can't be used, or None when they all check out."""

@@ -16,11 +16,12 @@ offload, attention and compile) for the CLI, ``bench`` and clients alike.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from filmweaver.io import file_digest
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
@@ -28,14 +29,6 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 
 class SetupError(ValueError):
     """A model setup that cannot be used or that contradicts the one a project was made with."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _local_or_id(value: str | None) -> str | None:
@@ -76,7 +69,7 @@ class ModelSetup(BaseModel):
             p = Path(path).expanduser()
             if not p.is_file():
                 raise SetupError(f"{option} {path}: no such file")
-            fields[key], fields[f"{key}_sha256"] = str(p.resolve()), file_sha256(p)
+            fields[key], fields[f"{key}_sha256"] = str(p.resolve()), file_digest(p)
         return cls(**fields)
 
     def verify_files(self) -> None:
@@ -88,7 +81,7 @@ class ModelSetup(BaseModel):
             if not Path(path).is_file():
                 raise SetupError(f"the project was made with {option} {path}, which is gone: put it back, or "
                                  "start a new project")
-            if digest is not None and file_sha256(path) != digest:
+            if digest is not None and file_digest(path) != digest:
                 raise SetupError(f"{option} {path} changed since the project was made (sha256 {digest[:12]}...): "
                                  "put the original back, or start a new project")
 
