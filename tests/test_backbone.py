@@ -208,6 +208,7 @@ def test_causal_context_trains_through_the_context_pass():
     assert blk0.attn1.to_k.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_context_parallel_ulysses_matches_one_process(tmp_path):
     """Two CPU ranks (gloo) split one forward's tokens (uneven shards) with diffusers' Ulysses
     attention; each rank's output equals the single-process forward, full and causal context."""

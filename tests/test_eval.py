@@ -217,6 +217,7 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.mark.slow
 def test_benchmark_writes_reports_resumes_and_renders(tmp_path):
     from filmweaver.eval.benchmark import run_benchmark
     from filmweaver.models import load_models
@@ -240,6 +241,9 @@ def test_benchmark_writes_reports_resumes_and_renders(tmp_path):
     md = (out / "report.md").read_text()
     assert md.count("\n| ") >= len(methods) and "**" in md
     assert "probe/gt_identity" in md
+    # the reader is told the judge is the synthetic world's CLIP; the synthetic stories' words are all known
+    assert any("synthetic world's CLIP" in n for n in report["notes"]) and "Notes:" in md
+    assert not any("vocabulary" in n for n in report["notes"])
     # the independent method has no shot cache; the memory methods retrieve from earlier shots
     man = json.loads((out / "runs/independent/s0/manifest.json").read_text())
     assert all(not s["shot_cache"] for s in man["shots"])
@@ -269,6 +273,7 @@ def test_benchmark_writes_reports_resumes_and_renders(tmp_path):
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_benchmark_shards_share_the_work_and_rank0_reports(tmp_path):
     from filmweaver.eval.benchmark import run_benchmark
     from filmweaver.models import load_models

@@ -145,3 +145,27 @@ def test_half_precision_save_covers_embedder_and_context_projections(tmp_path):
     torch.testing.assert_close(loaded.embedder.embed_images(img), models.embedder.embed_images(img), atol=2e-3, rtol=0)
     for a, b in zip(loaded.backbone.context_proj.parameters(), models.backbone.context_proj.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_captions_are_drawn_with_a_font_that_has_their_letters():
+    from PIL import Image, ImageDraw
+
+    from filmweaver.io import _covered, _font, _font_file_for, _wrap, contact_sheet
+
+    text = "Café — naïve Ærø, Ελλάδα, Москва"
+    path = _font_file_for(frozenset(ord(c) for c in text if not c.isspace()))
+    assert path.endswith("DejaVuSans.ttf") and {ord(c) for c in text if not c.isspace()} <= _covered(path)
+
+    # a letter the font has is drawn as that letter, not as the "missing glyph" box (which every
+    # missing letter shares): the default bitmap font draws "—" and "é" as the same box
+    def ink(font, ch):
+        im = Image.new("L", (40, 40))
+        ImageDraw.Draw(im).text((4, 4), ch, fill=255, font=font)
+        return im.tobytes()
+
+    font = _font(20, text)
+    assert len({ink(font, ch) for ch in "—éø\uffff"}) == 4
+    sheet = contact_sheet([(text, [(torch.rand(3, 16, 16), "é — label")])], title=text)
+    assert sheet.size[0] > 260
+    # unspaced scripts wrap inside the "word"
+    assert [len(line) for line in _wrap("東京" * 25, 20)] == [20, 20, 10]

@@ -189,6 +189,7 @@ def test_a_second_writer_is_refused_and_readers_still_work(tmp_path, story_file)
     _cli("next", out)  # the holder is gone, and so is its lock
 
 
+@pytest.mark.slow
 def test_two_concurrent_generates_leave_a_manifest_that_tells_the_truth(tmp_path, story_file):
     """Two real processes race on one folder: one writes, the other is refused; the manifest then
     describes exactly the files on disk (a rerun finds everything done)."""
@@ -296,6 +297,7 @@ def test_interrupted_writes_and_unselected_keyframes_are_cleaned_up(tmp_path, st
     assert old  # (whether the names changed depends on the new frames; what is kept is exactly the selection)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_leaves_no_partial_files(tmp_path, story_file):
     """SIGKILL in the middle of a story: the rerun keeps every finished shot and removes the leftovers."""
     out = tmp_path / "p"

@@ -301,6 +301,7 @@ def test_fit_schedule_fits_the_stages_ahead_in_proportion_within_the_configured_
     assert plan == {"total": 10_000, "bounds": [2_000, 10_000]}
 
 
+@pytest.mark.slow
 def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
     """`filmweaver train` on the miniature config: every phase, a loadable model, and resume."""
     from typer.testing import CliRunner
@@ -374,6 +375,7 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
     assert torch.equal(ema.shadow[1], torch.full((3,), 2.0)) and set(ema.state_dict()) == {"a.w", "b.w"}
 
 
+@pytest.mark.slow
 def test_time_budget_shrinks_the_dit_and_a_spent_budget_keeps_the_earlier_phases(tmp_path):
     """``time_budget_minutes``: the DiT gets what the earlier phases left (at most its own cap); a budget
     spent before the DiT is a clear error, and the rerun resumes at the DiT (VAE, embedder, probe kept)."""
@@ -420,6 +422,7 @@ def test_builtin_model_is_the_default_and_is_small():
     assert EngineConfig(sampler={"memory_guidance_scale": 1.0}).resolve(models).sampler.memory_guidance_scale == 1.0
 
 
+@pytest.mark.slow
 def test_compiled_blocks_train_like_eager_with_few_graphs_across_context_sizes():
     """``dit.compile_blocks``: the blocks compiled with dynamic token counts (dynamo traced, the eager
     backend here: no C++ compile in CI) give the same loss and gradients as eager for every batch mode,
@@ -467,6 +470,7 @@ def test_compiled_blocks_train_like_eager_with_few_graphs_across_context_sizes()
     assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
 
 
+@pytest.mark.slow
 def test_run_arm_evaluates_a_generated_story_against_its_ground_truth(tmp_path):
     """The evaluation path end to end on the CPU (built-in model, 2 denoising steps, a 3-shot story):
     every shot is read back from its mp4 by the probe and compared with the story's ground truth."""
@@ -647,6 +651,7 @@ def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
         main([str(tmp_path), str(out), "--arms", "full", "--from-report", f"{old}/report.json:full=x"])
 
 
+@pytest.mark.slow
 def test_training_on_two_processes_is_data_parallel_and_stops_together(tmp_path):
     """`torchrun --nproc_per_node 2 -m filmweaver.train` (CPU, gloo): the phases before the DiT run once,
     the DiT is data parallel (each rank draws its own batches, yet all ranks end with the same weights),

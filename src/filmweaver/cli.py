@@ -4,6 +4,7 @@ benchmark."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -33,20 +34,28 @@ def _version(value: bool):
         raise typer.Exit()
 
 
+class _ConsoleHandler(logging.Handler):
+    """Log records as one line each on the console ("warning: ..."), never wrapped: a message that
+    names a file or a shot stays greppable whatever the terminal's width."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        style = {logging.WARNING: "bold yellow", logging.ERROR: "bold red"}.get(record.levelno)
+        tag = f"[{style}]{record.levelname.lower()}:[/] " if style else ""
+        console.print(tag + escape(record.getMessage()), highlight=False)
+
+
 @app.callback()
 def _main(quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bars, warnings and errors only"),
           verbose: bool = typer.Option(False, "-v", "--verbose", help="say more (each step's details)"),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the version and exit")):
     """Story script in, consistent multi-shot film out."""
-    import logging
-
-    from rich.logging import RichHandler
-
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
     log = logging.getLogger("filmweaver")
-    log.handlers[:] = [RichHandler(console=console, show_time=False, show_path=False, markup=False)]
+    log.handlers[:] = [_ConsoleHandler()]
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 
@@ -169,11 +178,17 @@ def _lock(out: Path):
     return lock
 
 
+ExternalRefs = Annotated[bool, typer.Option("--allow-external-references", help="accept reference images outside "
+                                            "the script's folder (refused by default: a script must not "
+                                            "read arbitrary files)")]
+
+
 @app.command()
-def validate(script: Path = typer.Argument(..., help="story script (ST-Bench JSON)")):
+def validate(script: Path = typer.Argument(..., help="story script (ST-Bench JSON)"),
+             allow_external_references: ExternalRefs = False):
     """Check a story script; print a summary, or every problem with its JSON path."""
     try:
-        story = load_story(script)
+        story = load_story(script, allow_external_references)
     except ScriptError as e:
         _fail(str(e), code=1)
     typer.echo(story.summary())
@@ -231,7 +246,7 @@ def generate(
     quality_threshold: float | None = typer.Option(None, help="frames scoring below this are never keyframes "
                                                    "(StoryMem: 3.0 for HPSv3)"),
     max_shots: int | None = typer.Option(None, help="stop after this many shots (rerun to continue)"),
-    force: Force = False,
+    force: Force = False, allow_external_references: ExternalRefs = False,
     context_parallel: str | None = typer.Option(None, help="ulysses | ring: one story on several GPUs, every forward's "
                                                 "tokens split over the ranks of `torchrun --nproc_per_node N`"),
     cfg_parallel: bool = typer.Option(False, "--cfg-parallel", help="one story on two GPUs (`torchrun --nproc_per_node 2`): "
@@ -244,7 +259,7 @@ def generate(
     from filmweaver.project import ProjectError
 
     try:
-        story = load_story(script)
+        story = load_story(script, allow_external_references)
     except ScriptError as e:
         _fail(str(e), code=1)
     if max_shots is not None and max_shots < 1:
@@ -371,15 +386,32 @@ def _report(engine, done):
     typer.echo(str(p.root))
 
 
-def _open(out: Path, runtime, **given):
+def _open(out: Path, runtime, shot: int | None = None, finished: bool = False, **given):
     """Reopen a project for a follow-up command: the lock, its recorded models (``given`` options must
-    agree with them), its own story and settings."""
+    agree with them), its own story and settings. ``shot`` (1-based) must exist, and be ``finished``."""
     if not (out / "manifest.json").is_file() and not (out / "manifest.backup.json").is_file():
         _fail(f"{out} is not a filmweaver project (no manifest.json)")  # before the lock makes the folder
     _lock(out)
     project = _read_project(out, hint="; generate it again from its script")
+    if shot is not None:
+        _check_shot(project, shot, finished)
     setup = _model_setup(_recorded_setup(project), **given)
     return _engine(_load_models(setup, runtime), project)
+
+
+def _check_shot(project, shot: int, finished: bool) -> None:
+    """``--shot`` against the project's own story (before any model loads)."""
+    from filmweaver.project import ProjectError
+    from filmweaver.script import ScriptError
+
+    try:
+        n = len(project.load_story().shots())
+    except (ProjectError, ScriptError) as e:
+        _fail(str(e))
+    if not 1 <= shot <= n:
+        _fail(f"--shot {shot}: the story has {n} shots (1..{n})")
+    if finished and (project.shot_record(shot - 1) or {}).get("status") != "done":
+        _fail(f"--shot {shot}: the shot is not finished; generate it before extending it")
 
 
 @app.command("next")
@@ -410,8 +442,8 @@ def extend(out: Path = typer.Argument(..., help="project directory"),
     if shot < 1:
         _fail(f"--shot {shot}: shots are numbered from 1")
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    engine = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
-                   first_shot_model=first_shot_model)
+    engine = _open(out, runtime, shot=shot, finished=True, preset=preset, model=model, embedder=embedder, lora=lora,
+                   lora_2=lora_2, first_shot_model=first_shot_model)
     _run(engine, lambda: engine.extend_shot(shot - 1, chunks))
     _report(engine, [shot - 1])
 
@@ -427,10 +459,16 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
                compile_blocks: Compile = False, vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False,
                fuse_ffn: FuseFfn = False):
     """Regenerate one shot (memory rebuilt from the shots before it); later shots are marked stale."""
+    from filmweaver.script import MAX_SEED
+
     if shot < 1:
         _fail(f"--shot {shot}: shots are numbered from 1")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        _fail(f"--seed {seed}: expected a seed from 0 to 2**63-1")
+    if prompt is not None and not prompt.strip():
+        _fail("--prompt: expected a non-empty prompt")
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    engine = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+    engine = _open(out, runtime, shot=shot, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
                    first_shot_model=first_shot_model)
     _run(engine, lambda: engine.regenerate_shot(shot - 1, prompt=prompt, seed=seed))
     _report(engine, [shot - 1])

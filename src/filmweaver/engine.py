@@ -33,7 +33,6 @@ import torch
 from pydantic import BaseModel, Field
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from filmweaver.backbone.m2v import StoryMemLayout, m2v_inputs
 from filmweaver.backbone.wan import ContextKVCache
@@ -61,28 +60,30 @@ from filmweaver.memory.keyframes import (
 from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.models import FilmModels
+from filmweaver.progress import progress_bar
 from filmweaver.project import Project, ProjectError, ProjectLock
 from filmweaver.sampler import FlowMatchSampler, SamplerConfig
-from filmweaver.script import Shot, StoryScript
+from filmweaver.script import MAX_SEED, Shot, StoryScript
 
 log = logging.getLogger("filmweaver")
 
 MODES = {(False, False): "text", (False, True): "temporal", (True, False): "shot", (True, True): "both"}
+_VOCABULARY_WARNED: set[str] = set()
 UNTRAINED_BANNER = "UNTRAINED MODEL: random weights, output is noise (engine demo / test preset)"
 
 
 class ShotCacheConfig(BaseModel):
     policy: Literal["topk", "sink_window", "none"] = "topk"
-    k: int = 3  # topk: keyframes retrieved per shot
+    k: int = Field(3, ge=1, le=64)  # topk: keyframes retrieved per shot (policy "none": no memory)
     per_shot: int | None = Field(None, ge=1)  # topk: at most this many from one earlier shot (None: no cap)
     # a character of the story's sheet that the shot names (its `characters`, or its name in the prompt)
     # and that has no reference image: the first keyframe of the earliest shot naming it is always in
     # memory, as a reference image would be (the shot that introduced a character usually describes it)
     anchor_characters: bool = False
-    sink: int = 3  # sink_window: first keyframes kept forever
-    max_size: int = 10  # sink_window: total memory size
-    gap: float = 0.0  # extra temporal distance between memory and video (StoryMem's S)
-    timestep: float = 0.0  # noise level the keyframes are presented at (0 = clean)
+    sink: int = Field(3, ge=0, le=64)  # sink_window: first keyframes kept forever
+    max_size: int = Field(10, ge=1, le=64)  # sink_window: total memory size
+    gap: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)  # extra temporal distance between memory and video (StoryMem's S)
+    timestep: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)  # keyframes' noise level (0 = clean, 1000 = noise)
     # spatial pooling of each keyframe into 2x2 or 4x4 base patches: 4x / 16x fewer memory tokens
     # (cheaper memory; the in-context backbone only: StoryMem's M2V layout keeps full frames)
     compression: Literal[1, 2, 4] = 1
@@ -91,18 +92,18 @@ class ShotCacheConfig(BaseModel):
 class TemporalCacheConfig(BaseModel):
     enabled: bool = True
     schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
-    timestep: float = 0.0
+    timestep: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)
 
 
 class KeyframeConfig(BaseModel):
-    max_per_shot: int = 3
-    start_threshold: float = 0.9
-    threshold_step: float = 0.01
-    dedupe_threshold: float = 0.9
+    max_per_shot: int = Field(3, ge=1, le=64)
+    start_threshold: float = Field(0.9, ge=-1, le=2, allow_inf_nan=False)  # cosine; above 1: never
+    threshold_step: float = Field(0.01, gt=0, le=1, allow_inf_nan=False)
+    dedupe_threshold: float = Field(0.9, ge=-1, le=2, allow_inf_nan=False)  # above 1: no dedupe
     # frames scoring below quality_threshold are skipped: none | contrast | hpsv3 (StoryMem's, from
     # quality_model: a checkpoint path or hub id) | a plug-in package.module:factory
     quality_scorer: str = Field("none", pattern=r"^(none|contrast|hpsv3|[\w.]+:\w+)$")
-    quality_threshold: float | None = None
+    quality_threshold: float | None = Field(None, allow_inf_nan=False)
     quality_model: str | None = None
 
 
@@ -124,28 +125,29 @@ class StoryMemConfig(BaseModel):
     # the released MI2V conditions on a grey video (its last-frame encoding is overwritten); True keeps
     # the previous shot's last frame in the condition, as the code evidently meant
     corrected_mi2v: bool = False
-    m2v_shift: float = 4.0  # wan/configs/wan_m2v_A14B.py
-    first_shot_shift: float = 12.0  # wan/configs/wan_t2v_A14B.py
-    first_shot_guidance: float = 3.5  # pipeline.py passes --sample_guide_scale (3.5) to both experts
+    m2v_shift: float = Field(4.0, gt=0, allow_inf_nan=False)  # wan/configs/wan_m2v_A14B.py
+    first_shot_shift: float = Field(12.0, gt=0, allow_inf_nan=False)  # wan/configs/wan_t2v_A14B.py
+    first_shot_guidance: float = Field(3.5, ge=0, allow_inf_nan=False)  # pipeline.py passes --sample_guide_scale (3.5) to both experts
     negative_prompt: str = WAN_NEGATIVE_PROMPT
 
 
 class EngineConfig(BaseModel):
     """Every setting that changes the film. ``None`` fields take the model's defaults."""
 
-    height: int | None = None
-    width: int | None = None
-    fps: int | None = None
-    chunk_frames: int | None = None  # latent frames per chunk (Wan: 21 = 81 video frames)
-    shot_chunks: int = 1  # chunks per shot when the script gives no duration
-    seed: int = 0
+    # bounds: what any model of the field can make (the engine checks the model's own multiple)
+    height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+    width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+    fps: int | None = Field(None, ge=1, le=120)
+    chunk_frames: int | None = Field(None, ge=1, le=1024)  # latent frames per chunk (Wan: 21 = 81 video frames)
+    shot_chunks: int = Field(1, ge=1, le=1000)  # chunks per shot when the script gives no duration
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     shot_cache: ShotCacheConfig = Field(default_factory=ShotCacheConfig)
     temporal_cache: TemporalCacheConfig = Field(default_factory=TemporalCacheConfig)
     keyframes: KeyframeConfig = Field(default_factory=KeyframeConfig)
     storymem: StoryMemConfig = Field(default_factory=StoryMemConfig)
     continuation: Literal["mi2v", "mm2v", "none"] = "mi2v"  # how a cut: false shot continues
-    mm2v_frames: int = 5  # MM2V: last k video frames carried over (1 + 4m)
+    mm2v_frames: int = Field(5, ge=1, le=81)  # MM2V: last k video frames carried over (1 + 4m)
     # keyframe-first baseline: each shot that starts fresh first generates one anchor frame (text +
     # shot cache), then animates from it (the anchor seeds the temporal cache, as MI2V does)
     keyframe_first: bool = False
@@ -155,7 +157,7 @@ class EngineConfig(BaseModel):
     # model's per-step residual magnitude ratios stays under the threshold; the ratios depend on the
     # model and the step count: "mag_calibrate" skips nothing and prints them for `step_cache_mag_ratios`.
     step_cache: Literal["none", "first_block", "mag", "mag_calibrate"] = "none"
-    step_cache_threshold: float = 0.05
+    step_cache_threshold: float = Field(0.05, ge=0, allow_inf_nan=False)
     step_cache_mag_ratios: list[float] | None = None
 
     def resolve(self, models: FilmModels, explicit: set[str] = frozenset()) -> EngineConfig:
@@ -272,6 +274,13 @@ class StoryEngine:
         else:
             self.selector = KeyframeSelector(kcfg.max_per_shot, kcfg.start_threshold, kcfg.threshold_step, scorer,
                                              kcfg.quality_threshold)
+        # a closed-vocabulary text encoder (the built-in model's) silently drops words it doesn't know:
+        # say so, once per model in a process (a benchmark opens an engine per story and method)
+        unseen = models.prompt_encoder.coverage([s.prompt for s in story.shots()])
+        message = unseen.warning(f"{models.model_id}'s text encoder on {story.story_name or 'the story'}")
+        if message and models.model_id not in _VOCABULARY_WARNED:
+            _VOCABULARY_WARNED.add(models.model_id)
+            log.warning(message)
         if self.m2v and self.config.shot_cache.compression != 1:
             raise ValueError("shot_cache.compression applies to in-context backbones; StoryMem's M2V layout "
                              "takes memory frames at full resolution")
@@ -343,7 +352,7 @@ class StoryEngine:
             if max_shots is not None:
                 plans = plans[:max_shots]
             done = []
-            bar = tqdm(plans, desc="shots", disable=not self.progress)
+            bar = progress_bar(plans, desc="shots", enabled=self.progress)
             for plan in bar:
                 i = plan.shot.index
                 if not force and self._is_current(plan):
@@ -677,8 +686,8 @@ class StoryEngine:
             chunk_log.append({"chunk": "anchor", "mode": MODES[(bool(shot_ctx), False)], "seed": seed,
                               "seconds": round(time.perf_counter() - t0, 3),
                               "context_tokens": backbone.count_tokens(context, (h, w))})
-        for c in tqdm(range(first_chunk, 0 if self.storymem_layout else plan.num_chunks),
-                      desc=f"shot {shot.number} chunks", leave=False, disable=not self.progress):
+        for c in progress_bar(range(first_chunk, 0 if self.storymem_layout else plan.num_chunks),
+                      desc=f"shot {shot.number} chunks", leave=False, enabled=self.progress):
             t0 = time.perf_counter()
             seed = plan.seed if c == 0 else plan.seed + 1_000_003 * c
             # cache frames are shown at the noise level the model was trained with (asymmetric noising)

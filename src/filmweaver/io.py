@@ -150,17 +150,64 @@ def read_video(path: str | Path) -> tuple[torch.Tensor, float]:
     return arr.permute(0, 3, 1, 2).contiguous(), fps
 
 
-def _font(size: int):
+# Captions hold whatever a story's prompts hold (dashes, accents, CJK): Pillow's default bitmap font
+# draws boxes for most of it. DejaVu Sans ships with matplotlib (a dependency) and covers Latin, Greek
+# and Cyrillic; for other scripts the first installed font that covers a line is used (a CJK font where
+# the system has one; fontconfig's usual families).
+_FALLBACK_FONTS = ("NotoSansCJK", "NotoSerifCJK", "SourceHanSans", "wqy", "WenQuanYi", "DroidSansFallback",
+                   "unifont", "ArialUnicode", "NotoSans-")
+
+
+@functools.cache
+def _font_files() -> tuple[str, ...]:
+    import matplotlib
+    from matplotlib import font_manager
+
+    files = [str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")]
+    system = font_manager.findSystemFonts()
+    for key in _FALLBACK_FONTS:
+        files += sorted(f for f in system if key.lower() in Path(f).name.lower() and f not in files)
+    return tuple(f for f in files if Path(f).is_file())
+
+
+@functools.cache
+def _covered(path: str) -> frozenset[int]:
+    from fontTools.ttLib import TTFont
+
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+        with TTFont(path, fontNumber=0, lazy=True) as font:
+            return frozenset(font.getBestCmap() or {})
+    except Exception:  # an unreadable font file: covers nothing
+        return frozenset()
+
+
+@functools.cache
+def _font_file_for(chars: frozenset[int]) -> str | None:
+    files = _font_files()
+    if not files:
+        return None
+    return max(files, key=lambda f: (len(chars & _covered(f)), f == files[0]))
+
+
+def _font(size: int, text: str = ""):
+    """A TrueType font of ``size`` px that covers ``text`` best (DejaVu Sans first)."""
+    path = _font_file_for(frozenset(ord(c) for c in text if not c.isspace()))
+    return ImageFont.load_default(size=size) if path is None else _truetype(path, size)
+
+
+@functools.cache
+def _truetype(path: str, size: int):
+    return ImageFont.truetype(path, size)
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
+    """Lines of at most ``width`` characters, broken at spaces (and inside words longer than a line,
+    as unspaced scripts such as Chinese need)."""
+    words, lines, line = [], [], ""
+    for word in text.split():
+        words += [word[i:i + width] for i in range(0, len(word), width)]
     for word in words:
-        if len(line) + len(word) + 1 > width:
+        if line and len(line) + len(word) + 1 > width:
             lines.append(line)
             line = word
         else:
@@ -187,19 +234,19 @@ def contact_sheet(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], title:
     H = head + len(rows) * row_h + pad
     sheet = Image.new("RGB", (W, H), (250, 250, 248))
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 8), title, fill=(20, 20, 20), font=_font(16))
+    draw.text((pad, 8), title, fill=(20, 20, 20), font=_font(16, title))
     if banner:
         draw.rectangle([0, 30, W, 50], fill=(190, 30, 30))
-        draw.text((pad, 33), banner, fill=(255, 255, 255), font=_font(13))
+        draw.text((pad, 33), banner, fill=(255, 255, 255), font=_font(13, banner))
     for r, (caption, images) in enumerate(rows):
         y = head + r * row_h
         for k, line in enumerate(_wrap(caption, 40)[: max(1, (th + 16) // 13)]):
-            draw.text((pad, y + k * 13), line, fill=(30, 30, 30), font=_font(11))
+            draw.text((pad, y + k * 13), line, fill=(30, 30, 30), font=_font(11, line))
         for c, (img, label) in enumerate(images):
             x = cap_w + c * (tw + pad)
             pil = to_pil(img).resize((tw, th), Image.BICUBIC)
             sheet.paste(pil, (x, y))
-            draw.text((x, y + th + 2), label[:28], fill=(60, 60, 60), font=_font(10))
+            draw.text((x, y + th + 2), label[:28], fill=(60, 60, 60), font=_font(10, label[:28]))
     return sheet
 
 

@@ -184,7 +184,9 @@ class Project:
             raise ProjectError(f"{self.story_path} is damaged ({e}): generate the project again from its script") from None
         # projects from before the story was copied in recorded its folder instead
         base = self.manifest.get("story", {}).get("base_dir")
-        return parse_story(data, file=self.story_path, base_dir=self.root if base in (None, ".") else base)
+        if base in (None, "."):
+            return parse_story(data, file=self.story_path, base_dir=self.root)
+        return parse_story(data, file=self.story_path, base_dir=base, allow_external_references=True)
 
     def check_same_story(self, story: StoryScript) -> None:
         """Refuse to put a different story (another ``story_name``) into a project that has shots;

@@ -10,24 +10,25 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel
-from tqdm.auto import tqdm
+from pydantic import BaseModel, Field
+
+from filmweaver.progress import progress_bar
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SamplerConfig(BaseModel):
     scheduler: Literal["unipc", "euler"] = "unipc"
-    num_inference_steps: int = 50
-    guidance_scale: float = 5.0
-    shift: float | None = None  # flow shift; None keeps the scheduler config's (Wan: 3.0 at 480p, 5.0 at 720p)
+    num_inference_steps: int = Field(50, ge=1, le=1000)
+    guidance_scale: float = Field(5.0, ge=0, le=100, allow_inf_nan=False)
+    shift: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)  # flow shift; None keeps the scheduler config's (Wan: 3.0 at 480p, 5.0 at 720p)
     batch_cfg: bool = True  # conditional and unconditional passes in one batch
     # Wan2.2 A14B: the low-noise expert's guidance scale (steps below the expert boundary); None = same
-    guidance_scale_2: float | None = None
+    guidance_scale_2: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     # guidance on the shot cache as well as the text (one more forward per step while the shot cache
     # holds keyframes): v = v(-, -) + m (v(-, mem) - v(-, -)) + g (v(text, mem) - v(-, mem)),
     # "-" = empty prompt / no keyframes; 1.0 = plain classifier-free guidance
-    memory_guidance_scale: float = 1.0
+    memory_guidance_scale: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
 
 
 def gather_cfg_branches(mine: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +128,7 @@ class FlowMatchSampler:
         b = latents.shape[0]
         # one tensor for every step (not a new one per step): backbones may cache per prompt tensor
         both = torch.cat([text, negative_text]) if negative_text is not None and cfg.batch_cfg else None
-        for t in tqdm(scheduler.timesteps, desc=desc, leave=False, disable=not progress):
+        for t in progress_bar(scheduler.timesteps, desc=desc, leave=False, enabled=progress):
             scale = self.guidance_at(t)
             use_cfg = scale > 1.0 and negative_text is not None
             v_uncond = v_none = None

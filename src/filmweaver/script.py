@@ -8,18 +8,34 @@ first_frame_prompt[], cut[]}]}``. Everything filmweaver adds is optional:
 * shot level, as ``scenes[i].shots[j]`` (parallel to ``video_prompts``): ``duration_s`` or
   ``num_frames``, ``seed``, ``negative_prompt``, ``characters`` (names from the sheet), ``location``.
 
-Loading goes in two passes. Pydantic checks types; :func:`check_story` then checks what types cannot
-(list lengths, the first cut, empty prompts, unknown names, missing files). Every problem is reported
-with its JSON path (``scenes[2].cut[1]``), the file, and what was expected, all at once.
+Loading goes in three passes. The decoded JSON is checked for what no story contains (nesting deeper
+than :data:`MAX_NESTING`, unpaired surrogates); pydantic checks types; :func:`check_story` then checks
+what types cannot (list lengths, the first cut, empty prompts, unknown names, bounds on seeds and
+durations, reference images that are not images or lie outside the story's folder). Every problem is
+reported with its JSON path (``scenes[2].cut[1]``), the file, and what was expected, all at once.
+
+A shot without ``duration_s`` or ``num_frames`` lasts the engine's ``shot_chunks`` chunks (one chunk
+by default: 81 frames, about 5 s, with Wan). A duration becomes ``round(duration_s * fps)`` frames and
+is rounded up to whole chunks (a chunk is the unit the model generates); the manifest records each
+shot's real frame count.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Bounds on what a script may ask for: a seed feeds torch.Generator.manual_seed (64 bits, and the
+# engine adds shot offsets); a shot is at most ten minutes, the longest anything in the field makes.
+MAX_SEED = 2**63 - 1
+MAX_SHOT_FRAMES = 10_000
+MAX_SHOT_SECONDS = 600.0
+MAX_NESTING = 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ScriptIssue(BaseModel):
@@ -184,10 +200,40 @@ _TYPE_WORDS = {
 }
 
 
-def check_story(story: StoryScript) -> list[ScriptIssue]:
+def reference_problem(story: StoryScript, ref: str, allow_external: bool = False) -> str | None:
+    """Why reference image ``ref`` can't be used, or None. It must be a non-empty image file that,
+    symbolic links followed, lies inside the story's folder (a script must not read arbitrary files of
+    the machine it runs on) unless ``allow_external``."""
+    p = story.resolve(ref)
+    if not p.is_file():
+        return f"reference image not found: {p}"
+    if not allow_external and story.base_dir is not None:
+        base = Path(story.base_dir).resolve()
+        if not p.resolve().is_relative_to(base):
+            return (f"{ref} lies outside the story's folder {base} (pass --allow-external-references "
+                    "to use it anyway)")
+    if p.stat().st_size == 0:
+        return f"{p} is empty (0 bytes), not an image"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"{p} is not a readable image ({type(e).__name__}: {str(e)[:60]})"
+    return None
+
+
+def _bounded_seed(add, path: str, seed: int | None) -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        add(path, f"expected a seed from 0 to 2**63-1, got {str(seed)[:30]}")
+
+
+def check_story(story: StoryScript, allow_external_references: bool = False) -> list[ScriptIssue]:
     """Semantic checks beyond types. Returns every problem found (empty list: the story is usable)."""
     issues: list[ScriptIssue] = []
     add = lambda path, msg: issues.append(ScriptIssue(path=path, message=msg))  # noqa: E731
+    _bounded_seed(add, "seed", story.seed)
     if not story.scenes:
         add("scenes", "expected at least one scene")
     names = {c.name for c in story.characters}
@@ -201,9 +247,9 @@ def check_story(story: StoryScript) -> list[ScriptIssue]:
                 add(f"{kind}[{i}].name", f"duplicate name {spec.name!r}")
             seen.add(spec.name)
             for j, img in enumerate(spec.reference_images):
-                p = story.resolve(img)
-                if not p.is_file():
-                    add(f"{kind}[{i}].reference_images[{j}]", f"reference image not found: {p}")
+                problem = reference_problem(story, img, allow_external_references)
+                if problem:
+                    add(f"{kind}[{i}].reference_images[{j}]", problem)
     for si, scene in enumerate(story.scenes):
         base = f"scenes[{si}]"
         n = len(scene.video_prompts)
@@ -226,10 +272,12 @@ def check_story(story: StoryScript) -> list[ScriptIssue]:
             sp = f"{base}.shots[{k}]"
             if opts.duration_s is not None and opts.num_frames is not None:
                 add(sp, "give duration_s or num_frames, not both")
-            if opts.duration_s is not None and opts.duration_s <= 0:
-                add(f"{sp}.duration_s", f"expected a positive duration, got {opts.duration_s}")
-            if opts.num_frames is not None and opts.num_frames < 1:
-                add(f"{sp}.num_frames", f"expected at least 1 frame, got {opts.num_frames}")
+            d = opts.duration_s
+            if d is not None and not (math.isfinite(d) and 0 < d <= MAX_SHOT_SECONDS):
+                add(f"{sp}.duration_s", f"expected a positive duration of at most {MAX_SHOT_SECONDS:g} s, got {d}")
+            if opts.num_frames is not None and not 1 <= opts.num_frames <= MAX_SHOT_FRAMES:
+                add(f"{sp}.num_frames", f"expected 1 to {MAX_SHOT_FRAMES} frames, got {str(opts.num_frames)[:30]}")
+            _bounded_seed(add, f"{sp}.seed", opts.seed)
             for c, name in enumerate(opts.characters):
                 if name not in names:
                     known = ", ".join(sorted(names)) or "none: the story has no character sheet"
@@ -240,8 +288,39 @@ def check_story(story: StoryScript) -> list[ScriptIssue]:
     return issues
 
 
-def parse_story(data: object, file: str | Path | None = None, base_dir: str | Path | None = None) -> StoryScript:
-    """Validate an already-decoded JSON object. Raises :class:`ScriptError` naming every problem."""
+def _json_problems(data: object) -> list[ScriptIssue]:
+    """What no story contains, found before pydantic sees it (iteratively: no recursion limit): nesting
+    deeper than :data:`MAX_NESTING`, strings with unpaired surrogates (which can't be written back)."""
+    issues: list[ScriptIssue] = []
+    todo = [((), data)]
+    while todo and len(issues) < 10:
+        loc, value = todo.pop()
+        if len(loc) > MAX_NESTING:
+            issues.append(ScriptIssue(path=_loc_to_path(loc), message=f"nested more than {MAX_NESTING} levels deep"))
+            continue
+        if isinstance(value, dict):
+            todo.extend(((*loc, str(k)), v) for k, v in value.items())
+            keys = [k for k in value if isinstance(k, str)]
+            todo.extend(((*loc, "<key>"), k) for k in keys)
+        elif isinstance(value, list):
+            todo.extend(((*loc, i), v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                issues.append(ScriptIssue(path=_loc_to_path(loc), message=f"unpaired surrogate "
+                                          f"{value[e.start]!r} at character {e.start} (not valid Unicode text)"))
+    return issues
+
+
+def parse_story(data: object, file: str | Path | None = None, base_dir: str | Path | None = None,
+                allow_external_references: bool = False) -> StoryScript:
+    """Validate an already-decoded JSON object. Raises :class:`ScriptError` naming every problem.
+    Relative reference images resolve against ``base_dir``; they must lie inside it unless
+    ``allow_external_references``."""
+    issues = _json_problems(data)
+    if issues:
+        raise ScriptError(file, issues)
     try:
         story = StoryScript.model_validate(data)
     except ValidationError as e:
@@ -253,18 +332,34 @@ def parse_story(data: object, file: str | Path | None = None, base_dir: str | Pa
             issues.append(ScriptIssue(path=_loc_to_path(err["loc"]), message=msg))
         raise ScriptError(file, issues) from None
     story.base_dir = str(base_dir) if base_dir is not None else None
-    issues = check_story(story)
+    issues = check_story(story, allow_external_references)
     if issues:
         raise ScriptError(file, issues)
     return story
 
 
-def load_story(path: str | Path) -> StoryScript:
+def load_story(path: str | Path, allow_external_references: bool = False) -> StoryScript:
+    """Read and check a story script (UTF-8 JSON, a byte-order mark allowed). Every way a file can be
+    unusable is a :class:`ScriptError` naming it, never another exception."""
     path = Path(path)
+
+    def fail(message: str):
+        raise ScriptError(path, [ScriptIssue(path="", message=message)]) from None
+
     if not path.is_file():
-        raise ScriptError(path, [ScriptIssue(path="", message="file not found")])
+        fail("file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        fail(f"cannot read it: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        fail(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): save the script as UTF-8")
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ScriptError(path, [ScriptIssue(path="", message=f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")]) from None
-    return parse_story(data, file=path, base_dir=path.parent)
+        fail(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
+    except RecursionError:
+        fail(f"invalid story: nested more than {MAX_NESTING} levels deep")
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        fail(f"invalid JSON: {e}")
+    return parse_story(data, file=path, base_dir=path.parent, allow_external_references=allow_external_references)

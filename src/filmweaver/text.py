@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -84,6 +85,10 @@ class WanPromptEncoder:
                            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         return t.input_ids, t.attention_mask
 
+    def coverage(self, prompts: list[str]) -> PromptCoverage:
+        """How much of ``prompts`` this encoder sees: unknown words and prompts cut at its length."""
+        return prompt_coverage(self.tokenizer, prompts, self.max_sequence_length, self.clean)
+
     def encode(self, prompts: list[str] | str) -> torch.Tensor:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
@@ -117,3 +122,44 @@ def word_level_tokenizer(words: list[str], model_max_length: int = 64) -> PreTra
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=model_max_length)
+
+
+@dataclass
+class PromptCoverage:
+    """What a tokenizer made of a set of prompts: ``unknown`` of ``tokens`` were out of its vocabulary,
+    ``truncated`` of ``prompts`` were longer than ``max_length`` tokens and cut."""
+
+    tokens: int
+    unknown: int
+    prompts: int
+    truncated: int
+    max_length: int
+
+    @property
+    def unknown_share(self) -> float:
+        return self.unknown / max(self.tokens, 1)
+
+    def warning(self, who: str) -> str | None:
+        """One line for the user when the prompts are not fully seen, else None."""
+        parts = []
+        if self.unknown:
+            parts.append(f"{self.unknown_share:.0%} of the prompts' words are outside its vocabulary")
+        if self.truncated:
+            parts.append(f"{self.truncated} of {self.prompts} prompts are cut at {self.max_length} tokens")
+        if not parts:
+            return None
+        return f"{who}: " + " and ".join(parts) + " (those words are not seen; a closed-vocabulary model " \
+               "such as the built-in one only knows its own world's words)"
+
+
+def prompt_coverage(tokenizer, prompts: list[str], max_length: int, clean: bool = True) -> PromptCoverage:
+    """:class:`PromptCoverage` of ``prompts`` under ``tokenizer`` (special tokens not counted)."""
+    prompts = [clean_prompt(p) if clean else p for p in dict.fromkeys(prompts)]
+    unk = tokenizer.unk_token_id
+    tokens = unknown = truncated = 0
+    for ids in tokenizer(prompts, add_special_tokens=True, truncation=False).input_ids:
+        truncated += len(ids) > max_length
+        real = [i for i in ids if i not in tokenizer.all_special_ids or i == unk]
+        tokens += len(real)
+        unknown += sum(i == unk for i in real) if unk is not None else 0
+    return PromptCoverage(tokens, unknown, len(prompts), truncated, max_length)

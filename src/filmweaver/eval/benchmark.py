@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs
+from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs, judge_notes
 from filmweaver.methods import METHODS, method_config
+from filmweaver.progress import progress_bar
 
 # the columns of the summary table, in order (others stay in report.json)
 TABLE = ["consistency_overall", "consistency_shots_all", "consistency_shots_top10", "prompt_following_global",
@@ -76,8 +76,8 @@ def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], 
     stories = [(p.stem, load_story(p)) for p in scripts]  # every script is validated before any work
     pairs = [(stem, story, method) for stem, story in stories for method in methods]
     mine = pairs[rank::world]
-    bar = tqdm(total=len(mine), desc="benchmark" if world == 1 else f"benchmark [{rank}/{world}]",
-               disable=not progress)
+    bar = progress_bar(total=len(mine), desc="benchmark" if world == 1 else f"benchmark [{rank}/{world}]",
+                       enabled=progress)
     for stem, story, method in mine:
         bar.set_postfix_str(f"{stem} / {method}")
         project = out / "runs" / method / stem
@@ -99,6 +99,10 @@ def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], 
             raise RuntimeError(f"{path} is missing: a shard did not finish (rerun to resume)")
         results.setdefault(stem, {})[method] = json.loads(path.read_text())
     report = summarize_benchmark(results, methods)
+    prompts = [shot.prompt for _, story in stories for shot in story.shots()]
+    # what a reader must know: the generator or the judge could not read the prompts, the judge is synthetic
+    unseen = models.prompt_encoder.coverage(prompts).warning(f"the generator {models.model_id}'s text encoder")
+    report["notes"] = ([unseen] if unseen else []) + judge_notes(judges, prompts)
     report["settings"] = {"engine": engine_settings or {}, "max_shots": max_shots, "model": models.model_id,
                           "scripts": [str(p) for p in scripts]}
     write_reports(report, out)
@@ -153,6 +157,8 @@ def markdown_table(report: dict) -> str:
     lines += ["", "Means over stories; best per column in bold (lower is better for "
               + ", ".join(sorted(LOWER_IS_BETTER)) + "). Each column's model and protocol:", ""]
     lines += [f"- `{k}`: {report['metrics'][k]['model']}; {report['metrics'][k]['protocol']}" for k in cols]
+    if report.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -234,6 +240,8 @@ def render_html(report: dict, out: Path, plots: list[str]) -> str:
         "<ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(report['metrics'][k]['model'])}; "
                          f"{html.escape(report['metrics'][k]['protocol'])}</li>" for k in cols) + "</ul>",
     ]
+    if report.get("notes"):
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"]) + "</ul>")
     parts += [f"<h2>Plots</h2><img src='{p}' alt='{p}'>" for p in plots]
     parts.append("<h2>Stories</h2>")
     for stem, per_method in report["stories"].items():

@@ -26,6 +26,7 @@ Metrics (``METRICS``):
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ METRICS = ["aesthetic", "inception_score", "consistency_overall", "consistency_s
            "character_clipscore", "smoothness", "seam_ratio"]
 # for tables: which way is better
 LOWER_IS_BETTER = {"seam_ratio", "seconds_per_shot"}
+log = logging.getLogger("filmweaver")
 VIDEO_FRAMES = 8  # frames sampled per shot for video-level embeddings and IS
 
 
@@ -145,12 +147,10 @@ def load_shots(run_dir: str | Path) -> tuple[dict, object, list[ShotView]]:
     """The manifest, the story and every finished shot of a project, as a viewer sees them."""
     from filmweaver.io import read_video
     from filmweaver.project import Project
-    from filmweaver.script import parse_story
-
     p = Project(run_dir)
     if not p.exists:
         raise EvalSetupError(f"{run_dir}: no manifest.json (not a generated filmweaver project)")
-    story = parse_story(json.loads(p.story_path.read_text()), file=p.story_path)
+    story = p.load_story()
     sheet = [c.name for c in story.characters]
     chunk_frames = p.manifest.get("config", {}).get("chunk_frames")
     views = []
@@ -271,6 +271,22 @@ def evaluation_inputs(run_dir: str | Path, judges: Judges) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def judge_notes(judges: Judges, prompts: list[str]) -> list[str]:
+    """What a reader of the scores must know about the text-image judge: that it is the synthetic
+    world's CLIP (meaningful on that world only), and which share of the prompts it could not read."""
+    if judges.clip is None:
+        return []
+    notes = []
+    if judges.clip.model_id.startswith("filmweaver-synth"):
+        notes.append(f"the text-image judge is the synthetic world's CLIP ({judges.clip.model_id}): it knows only "
+                     "that world's 64x64 images and words, so on other stories its scores do not measure what a "
+                     "real CLIP's do (pass --clip with a CLIP such as openai/clip-vit-large-patch14)")
+    unseen = judges.clip.coverage(prompts).warning(f"the judge {judges.clip.model_id}")
+    if unseen:
+        notes.append(unseen)
+    return notes
+
+
 def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dict:
     """Score one project; writes ``metrics.json`` and ``metrics.md`` into it (atomically)."""
     from filmweaver.io import write_json
@@ -305,12 +321,15 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
         if script.get("ground_truth") is not None:
             _ground_truth_metrics(out, run_dir, judges, script, manifest["config"]["chunk_frames"])
     times = [v.seconds for v in views if v.seconds is not None]
+    notes = judge_notes(judges, [v.prompt for v in views])
+    for note in notes:
+        log.warning("%s: %s", run_dir, note)
     result = {
         "run": str(run_dir), "story": story.story_name, "shots": len(views),
         "generator": manifest.get("model", {}), "method_config": manifest.get("config", {}),
         "seconds_per_shot": round(float(np.mean(times)), 4) if times else None,
         "metrics": {k: out[k] for k in sorted(out, key=lambda k: (k.startswith("probe/"), k))},
-        "skipped": judges.skipped, "versions": _versions(), "inputs": evaluation_inputs(run_dir, judges),
+        "skipped": judges.skipped, "notes": notes, "versions": _versions(), "inputs": evaluation_inputs(run_dir, judges),
     }
     if write:
         write_json(Path(run_dir) / "metrics.json", result)
@@ -337,6 +356,7 @@ def metrics_table(result: dict) -> str:
     for k, m in result["metrics"].items():
         v = "-" if m["value"] is None else f"{m['value']:.4f}"
         lines.append(f"| {k} | {v} | {m['model']} | {m['protocol']} |")
+    lines += ["", *(f"Note: {n}" for n in result.get("notes", []))] if result.get("notes") else []
     if result["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in result["skipped"].items())]
     return "\n".join(lines) + "\n"

@@ -81,6 +81,12 @@ class CLIPEmbedder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def coverage(self, texts: list[str]):
+        """:class:`~filmweaver.text.PromptCoverage` of ``texts`` under this CLIP's tokenizer."""
+        from filmweaver.text import prompt_coverage
+
+        return prompt_coverage(self.tokenizer, texts, self.max_text_length, clean=False)
+
     def preprocess(self, images: torch.Tensor, resize: str = "crop") -> torch.Tensor:
         s = self.image_size
         if resize == "squash":  # StoryMem: the whole frame, bilinear, to s x s

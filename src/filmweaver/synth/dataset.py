@@ -12,8 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from filmweaver.progress import progress_bar
 from filmweaver.synth.stories import make_long_take, make_story
 from filmweaver.synth.world import ALL_ATTRIBUTES, frame_labels, render_shot_with_mask
 
@@ -66,9 +66,9 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_call, jobs, chunksize=8), total=len(jobs), desc="render", disable=not progress))
+            results = list(progress_bar(pool.map(_call, jobs, chunksize=8), total=len(jobs), desc="render", enabled=progress))
     else:
-        results = [_call(j) for j in tqdm(jobs, desc="render", disable=not progress)]
+        results = [_call(j) for j in progress_bar(jobs, desc="render", enabled=progress)]
     frames, coverage, story, start, length, cut, loc, labels, prompts = [], [], [], [], [], [], [], [], []
     n, loc_base = 0, 0
     for sid, (clips, cuts, locs, labs, prs) in enumerate(results):

@@ -226,16 +226,15 @@ def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), m
 
 def run_arm(arm: str, model_dir: str | Path, overrides: dict, stories: list[dict], out_dir: str | Path, probe,
             device: str = "cpu", progress: bool = True) -> dict:
-    from tqdm.auto import tqdm
-
     from filmweaver.engine import EngineConfig, StoryEngine
     from filmweaver.models import FilmModels
+    from filmweaver.progress import progress_bar
     from filmweaver.script import parse_story
 
     models = FilmModels.from_pretrained(str(model_dir), device=device)
     cfg = EngineConfig.model_validate(overrides)
     records = []
-    for script in tqdm(stories, desc=arm, disable=not progress):
+    for script in progress_bar(stories, desc=arm, enabled=progress):
         story = parse_story(script, file=script["story_name"])
         project = Path(out_dir) / arm / script["story_name"]
         engine = StoryEngine(models, project, story=story, config=cfg, progress=False)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from filmweaver.progress import progress_bar
 from filmweaver.synth.world import ALL_ATTRIBUTES
 
 PROBE_DIR = "probe"
@@ -95,7 +95,7 @@ def train_probe(frames: np.ndarray, labels: np.ndarray, held_frames: np.ndarray,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     keys = list(ALL_ATTRIBUTES)
     probe.train()
-    for step in tqdm(range(steps), desc="probe", disable=not progress):
+    for step in progress_bar(range(steps), desc="probe", enabled=progress):
         x, y = _batch(frames, labels, rng.integers(len(frames), size=batch_size), device)
         if step % 2:
             x = _vae_roundtrip(codec, x)

@@ -2,7 +2,7 @@
 
 ``filmweaver train CONFIG`` reads this file; every phase is optional, and a phase whose outputs are
 already in ``output_dir`` is skipped on resume. See ``configs/synth-small.yaml`` for the built-in
-model and ``configs/lora-wan.yaml`` for a LoRA on a pretrained Wan backbone.
+model; ``model.kind: pretrained`` trains a LoRA on a pretrained Wan's transformer instead.
 """
 
 from __future__ import annotations

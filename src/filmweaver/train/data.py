@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from filmweaver.backbone.vae import LatentCodec
+from filmweaver.progress import progress_bar
 from filmweaver.synth.dataset import RenderedSet
 
 
@@ -104,7 +104,7 @@ class LatentStore:
         by_len: dict[int, list[int]] = {}
         for s, n in enumerate(data.shot_length.tolist()):
             by_len.setdefault(n, []).append(s)
-        bar = tqdm(total=data.num_shots, desc="encode", disable=not progress)
+        bar = progress_bar(total=data.num_shots, desc="encode", enabled=progress)
         for n, shots in by_len.items():
             padded = 1 + 4 * -(-(n - 1) // 4)
             for k in range(0, len(shots), batch_size):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from filmweaver.context import ContextFrames, noise_to_timestep
 from filmweaver.memory.shot_cache import memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
+from filmweaver.progress import progress_bar
 from filmweaver.synth.world import COVERAGE_LAYERS
 from filmweaver.text import embed_token_ids
 from filmweaver.train.config import DiTPhase
@@ -154,7 +154,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     # projections unused); one process keeps the single generator it always had
     world = accelerator.num_processes
     mode_rng = rng if world == 1 else np.random.default_rng([seed, step])
-    bar = tqdm(total=plan["total"], initial=step, desc="dit", disable=not (progress and accelerator.is_main_process))
+    bar = progress_bar(total=plan["total"], initial=step, desc="dit", enabled=progress and accelerator.is_main_process)
     t0, running = time.perf_counter(), []
     model.train()
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)

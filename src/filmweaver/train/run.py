@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from filmweaver.backbone.vae import LatentCodec
 from filmweaver.models import FilmModels
+from filmweaver.progress import progress_bar
 from filmweaver.synth.dataset import render_dataset
 from filmweaver.train.config import TrainConfig
 
@@ -278,7 +278,7 @@ def train_vae(vae, data, cfg: TrainConfig, device, progress: bool) -> dict:
     n = vc.clip_frames
     ok = np.nonzero(data.shot_length >= n)[0]
     losses = []
-    for _ in tqdm(range(vc.steps), desc="vae", disable=not progress):
+    for _ in progress_bar(range(vc.steps), desc="vae", enabled=progress):
         shots = rng.choice(ok, size=vc.batch_size)
         first = np.array([rng.integers(data.shot_length[s] - n + 1) for s in shots]) + data.shot_start[shots]
         idx = first[:, None] + np.arange(n)[None]
@@ -320,7 +320,7 @@ def train_embedder(models: FilmModels, data, cfg: TrainConfig, device, progress:
     opt = torch.optim.AdamW(clip.parameters(), lr=ec.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=ec.lr, total_steps=ec.steps, pct_start=0.05)
     losses = []
-    for _ in tqdm(range(ec.steps), desc="embedder", disable=not progress):
+    for _ in progress_bar(range(ec.steps), desc="embedder", enabled=progress):
         # one frame per shot in a batch, so that no two pairs share a prompt by construction
         shots = rng.choice(data.num_shots, size=min(ec.batch_size, data.num_shots), replace=False)
         frames = data.shot_start[shots] + np.array([rng.integers(data.shot_length[s]) for s in shots])
