@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import ST_BENCH, small_story, torchrun
@@ -38,15 +39,17 @@ def test_cli_generate_st_bench_writes_every_file(tmp_path):
     assert m["model"]["trained"] is False and "UNTRAINED" in m["model"]["warning"]
     for name in ("film.mp4", "storyboard.png", "memory.png", "story.json", "memory/bank.json"):
         assert (out / name).is_file(), name
-    total = 0
+    shots = []
     for r in m["shots"]:
         frames, fps = read_video(out / r["files"]["video"]["path"])
         assert frames.shape == (r["num_frames"], 3, 64, 64) and fps == 8
-        total += frames.shape[0]
+        shots.append(frames)
         assert r["keyframes"] and all((out / k["file"]).is_file() for k in r["keyframes"])
         assert r["seed"] == r["index"] and r["timings"]["total_s"] > 0
+        phases = ("memory_s", "denoise_s", "decode_s", "keyframes_s", "write_s")
+        assert set(phases) <= set(r["timings"]) and sum(r["timings"][k] for k in phases) <= r["timings"]["total_s"] + 0.01
     film, _ = read_video(out / "film.mp4")
-    assert film.shape[0] == total
+    assert torch.equal(film, torch.cat(shots))  # the shots' packets, copied: lossless
     # memory: shot 1 has none; every later shot holds earlier keyframes with their similarity
     assert m["shots"][0]["chunks"][0]["mode"] == "text"
     for r in m["shots"][1:]:
@@ -583,3 +586,23 @@ def test_character_anchors_keep_the_shot_that_introduced_a_character(tiny_models
     assert on[3] == [(2, "required")] and on[4] == [(2, "required")]  # shot 2 (1-based) introduced Fox
     assert [role for _, role in on[2]] == ["retrieved"]  # the dog's shot: similarity alone
     assert on[1] == roles[False][1]  # Fox's first shot has no earlier shot of Fox
+
+
+def test_summaries_never_decode_the_shots_again(tiny_models, tmp_path, monkeypatch):
+    """The storyboard comes from thumbnails kept at shot time and the film from the shots' packets, so
+    the cost of an operation's summaries does not grow with the shots already made."""
+    from filmweaver import engine as engine_module
+
+    out = tmp_path / "p"
+    engine = StoryEngine(tiny_models, out, story=parse_story(small_story()), config=config(), progress=False)
+    engine.generate(max_shots=2)
+    board = np.asarray(Image.open(out / "storyboard.png"))
+
+    def no_decoding(*_):
+        raise AssertionError("a shot was decoded for the summaries")
+
+    monkeypatch.setattr(engine_module, "read_video", no_decoding)
+    engine.generate()
+    assert manifest(out)["shots"][-1]["status"] == "done"
+    again = np.asarray(Image.open(out / "storyboard.png"))
+    assert again.shape[0] > board.shape[0] and np.array_equal(again[:60], board[:60])  # title and shot 1 kept

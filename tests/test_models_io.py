@@ -169,3 +169,20 @@ def test_captions_are_drawn_with_a_font_that_has_their_letters():
     assert sheet.size[0] > 260
     # unspaced scripts wrap inside the "word"
     assert [len(line) for line in _wrap("東京" * 25, 20)] == [20, 20, 10]
+
+
+def test_videos_join_by_copying_packets_losslessly(tmp_path):
+    from filmweaver.io import concat_videos
+
+    torch.manual_seed(0)
+    paths = []
+    for k, n in enumerate((9, 13, 6)):
+        paths.append(tmp_path / f"s{k}.mp4")
+        write_video(paths[-1], torch.rand(n, 3, 32, 48), fps=8)
+    concat_videos(paths, tmp_path / "film.mp4")
+    film, _ = read_video(tmp_path / "film.mp4")
+    assert torch.equal(film, torch.cat([read_video(p)[0] for p in paths]))  # the same packets, decoded
+    write_video(tmp_path / "other.mp4", torch.rand(4, 3, 16, 48), fps=8)
+    with pytest.raises(ValueError, match="encoded unlike"):
+        concat_videos([paths[0], tmp_path / "other.mp4"], tmp_path / "bad.mp4")
+    assert not (tmp_path / "bad.mp4").exists()

@@ -291,6 +291,21 @@ def random_film_models(shape: str, device, dtype, frames: int, height: int, widt
     )
 
 
+def _fitted_last_over_second(rows: list[dict], key: str) -> float | None:
+    """The growth of ``key`` along the story: a straight line fitted to shots 2..N (shot 1 has no
+    memory), its value at shot N over its value at shot 2. A fit over every shot, not two single
+    shots, where a shot takes a fraction of a second and a virtual machine's speed drifts by more
+    than the growth being measured. None below three shots."""
+    import numpy as np
+
+    if len(rows) < 3:
+        return None
+    x = np.array([r["shot"] for r in rows[1:]], dtype=float)
+    slope, intercept = np.polyfit(x, np.array([r[key] for r in rows[1:]], dtype=float), 1)
+    first = intercept + slope * x[0]
+    return round(float((intercept + slope * x[-1]) / first), 3) if first > 0 else None
+
+
 def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81, shots: int = 10,
                     steps: int = 4, method: str = "filmweaver", device: str = "cuda",
                     dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None, context_attention: str = "full",
@@ -341,9 +356,14 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     engine = StoryEngine(models, project, story=parse_story(script), config=cfg, progress=False)
     engine.generate()
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-    rows = []
+    rows, previous = [], None
     for rec in engine.project.shots:
-        rows.append({"shot": rec["number"], "denoise_s": rec["timings"]["denoise_s"], "total_s": rec["timings"]["total_s"],
+        t = rec["timings"]
+        # wall_s: from the previous shot's end to this one's (everything, the manifest writes included)
+        wall = t["total_s"] if previous is None else rec["finished_at"] - previous
+        previous = rec["finished_at"]
+        rows.append({"shot": rec["number"], "denoise_s": t["denoise_s"], "total_s": t["total_s"],
+                     "wall_s": round(wall, 3), **{k: t[k] for k in ("memory_s", "decode_s", "keyframes_s", "write_s", "cpu_s")},
                      "context_tokens": rec["chunks"][0]["context_tokens"], "memory": len(rec["shot_cache"])})
     ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
     return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
@@ -351,4 +371,7 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
             "compile_blocks": compile_blocks, "warmed_up": bool(warmup), "attention_backend": attention_backend or "default",
             "offload": offload, "peak_gpu_gib": None if peak is None else round(peak, 2),
             "shots": rows, "last_over_second": None if ratio is None else round(ratio, 3),
+            "wall_last_over_second": _fitted_last_over_second(rows, "wall_s"),
+            "total_last_over_second": _fitted_last_over_second(rows, "total_s"),
+            "cpu_last_over_second": _fitted_last_over_second(rows, "cpu_s"),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}

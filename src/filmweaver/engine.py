@@ -17,6 +17,7 @@ selected and added to the bank, and every file is written before the manifest.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,11 +41,13 @@ from filmweaver.context import ContextFrames, present_at_timestep
 from filmweaver.io import (
     as_8bit,
     atomic_path,
+    concat_videos,
     contact_sheet,
     file_digest,
     load_image,
     read_video,
     save_png,
+    storyboard_thumbnails,
     to_pil,
     write_json,
     write_video,
@@ -232,6 +235,8 @@ class StoryEngine:
                  config: EngineConfig | None = None, progress: bool = True, explicit: set[str] = frozenset()):
         self.models = models
         self.project = project if isinstance(project, Project) else Project(project)
+        self._bank_after: KeyframeBank | None = None  # the bank after the last shot this operation made
+        self._verified: set[int] = set()
         self.progress = progress
         p = self.project
         if story is None:
@@ -429,13 +434,18 @@ class StoryEngine:
             raise IndexError(f"shot {index + 1} does not exist: the story has {n} shots (1..{n})")
 
     def _require_done_before(self, index: int) -> None:
-        missing = [i + 1 for i in range(index) if not self.project.is_done(i)]
+        # each shot's files are verified once an operation (a shot's cost stays flat along the story)
+        missing = [i + 1 for i in range(index) if i not in self._verified and not self.project.is_done(i)]
         if missing:
             raise ProjectError(f"shots {missing} before shot {index + 1} are not finished: run generate first")
+        self._verified.update(range(index))
 
     def _tidy(self) -> None:
-        """Under the lock, before writing: say what was recovered, remove what a killed run left."""
+        """Under the lock, before writing: say what was recovered, remove what a killed run left. Each
+        operation reads the bank from disk once (another process may have written in between)."""
         p = self.project
+        self._bank_after = None
+        self._verified: set[int] = set()  # shots whose files this operation checked or wrote
         if p.recovered:
             log.warning("%s: %s", p.root, p.recovered)
             p.recovered = None
@@ -467,6 +477,12 @@ class StoryEngine:
     def _load_bank(self, index: int) -> KeyframeBank:
         """The bank as it stood before shot ``index``, with the story's reference images first."""
         p = self.project
+        if self._bank_after is not None:  # the bank this engine just built: no reading it back
+            bank = self._bank_after.before_shot(index)
+            if self._bank_matches_shots(bank, index) and (any(e.kind == "reference" for e in bank)
+                                                          or not self.story.references()):
+                bank.dedupe_threshold = self.config.keyframes.dedupe_threshold
+                return bank
         bank = None
         if bank_exists(p.bank_dir):
             try:
@@ -482,7 +498,7 @@ class StoryEngine:
             images = torch.stack([load_image(path, (self.config.height, self.config.width)) for _, _, path in refs])
             embs = self.models.embedder.embed_images(images)
             lats = self.models.codec.encode_images(images).cpu()
-            ref_entries = [Keyframe(img, emb, lat, source_shot=-1, frame_index=j, kind="reference", label=name)
+            ref_entries = [Keyframe(img, emb.float(), lat.float(), source_shot=-1, frame_index=j, kind="reference", label=name)
                            for j, ((_, name, _), img, emb, lat) in enumerate(zip(refs, images, embs, lats, strict=True))]
             bank.entries = ref_entries + bank.entries
         return bank
@@ -632,7 +648,7 @@ class StoryEngine:
         cfg, models, p = self.config, self.models, self.project
         shot, i = plan.shot, plan.shot.index
         backbone, codec = models.backbone, models.codec
-        t_start = time.perf_counter()
+        t_start, cpu_start = time.perf_counter(), time.process_time()
         if i > 0:
             self._require_done_before(i)
 
@@ -713,12 +729,15 @@ class StoryEngine:
         frames = codec.decode(all_latents.to(codec.device))[0].permute(1, 0, 2, 3).cpu()  # [T, 3, H, W]
         frames = frames[trim:]
         t_decode = time.perf_counter() - t1
+        t2 = time.perf_counter()
         sel, embs, earlier, source = self._select_keyframes(frames, bank, i)
         kf_records, kf_images = [], source[sel.frame_indices]
         kf_latents = codec.encode_images(kf_images).cpu()
         bank_tensors = {}
         for fi, img, lat in zip(sel.frame_indices, kf_images, kf_latents, strict=True):
-            kf = Keyframe(img, embs[fi], lat, source_shot=i, frame_index=fi)
+            # as the bank saves and reloads it (8-bit picture, float32 tensors): a bank kept in memory
+            # between shots equals one read back from disk, so a resumed story is the same film
+            kf = Keyframe(as_8bit(img), embs[fi].float(), lat.float(), source_shot=i, frame_index=fi)
             max_sim = earlier.max_similarity(embs[fi])
             added = max_sim <= bank.dedupe_threshold
             if added:
@@ -735,12 +754,22 @@ class StoryEngine:
             if old.name not in kept:
                 old.unlink()
 
-        # 4. Files first, manifest last.
+        t_keyframes = time.perf_counter() - t2
+
+        # 4. Files first, manifest last. The storyboard's thumbnails are kept in the shot's state, so
+        # the summaries never decode the shots again (a shot's cost stays flat along the story).
+        t3 = time.perf_counter()
         write_video(p.shot_video(i), frames, fps=cfg.fps)
         tail = frames[-max(1, cfg.mm2v_frames):].contiguous()
+        picks = sorted({0, frames.shape[0] // 2, frames.shape[0] - 1})
         with atomic_path(p.shot_state(i)) as tmp:
-            save_file({"latents": all_latents.contiguous(), "tail_frames": tail, **bank_tensors}, tmp)
-        bank.save(p.bank_dir)
+            save_file({"latents": all_latents.contiguous(), "tail_frames": tail, **bank_tensors,
+                       "storyboard_frames": storyboard_thumbnails(frames[picks]),
+                       "storyboard_index": torch.tensor(picks)}, tmp)
+        # the bank is kept in memory for the next shot and saved when the operation ends (it is derived
+        # data: a run killed before then rebuilds it exactly from the shots' states and keyframe PNGs)
+        self._bank_after = bank
+        t_write = time.perf_counter() - t3
         record = {
             "index": i, "number": shot.number, "scene_num": shot.scene_num, "json_path": shot.json_path,
             "prompt": plan.prompt, "negative_prompt": plan.negative_prompt, "cut": shot.cut, "seed": plan.seed,
@@ -755,10 +784,17 @@ class StoryEngine:
             "files": {"video": p.file_entry(p.shot_video(i)), "state": p.file_entry(p.shot_state(i)),
                       "keyframes": [p.file_entry(p.keyframe_png(r["name"])) for r in kf_records]},
             "timings": {"memory_s": round(t_memory, 3), "denoise_s": round(t_denoise, 3),
-                        "decode_s": round(t_decode, 3), "total_s": round(time.perf_counter() - t_start, 3)},
+                        "decode_s": round(t_decode, 3), "keyframes_s": round(t_keyframes, 3),
+                        "write_s": round(t_write, 3), "total_s": round(time.perf_counter() - t_start, 3),
+                        # CPU seconds of this process (all threads): the work, without the time a busy
+                        # or virtual machine spent elsewhere
+                        "cpu_s": round(time.process_time() - cpu_start, 3)},
         }
+        self._verified.add(i)
+        record["finished_at"] = round(time.time(), 3)  # wall clock: successive shots' gaps are their real cost
         p.set_shot_record(record)
         stale = p.mark_stale_after(i, f"shot {shot.number} was regenerated")
+        self._verified.difference_update(stale)
         if stale:
             record["made_stale"] = [s + 1 for s in stale]
         p.save()
@@ -915,21 +951,41 @@ class StoryEngine:
         return velocity
 
     # -- summaries: film, storyboard, memory sheet -------------------------------------------------
+    def _storyboard_frames(self, index: int) -> tuple[torch.Tensor, list[int]]:
+        """Shot ``index``'s storyboard thumbnails ``[3, 3, h, w]`` and their frame numbers, from its
+        state (a shot from before they were kept there: decoded from its mp4)."""
+        with contextlib.suppress(Exception), safe_open(str(self.project.shot_state(index)), "pt") as f:
+            if "storyboard_frames" in f.keys():
+                return f.get_tensor("storyboard_frames").float() / 255, f.get_tensor("storyboard_index").tolist()
+        frames, _ = read_video(self.project.shot_video(index))
+        picks = sorted({0, len(frames) // 2, len(frames) - 1})
+        return frames[picks], picks
+
+    def _write_film(self, videos: list[Path]) -> None:
+        """film.mp4: the shots' H.264 packets copied one after another (lossless, no re-encoding);
+        shots encoded differently (an older project's) are decoded and encoded again."""
+        try:
+            concat_videos(videos, self.project.film_path)
+        except ValueError as e:
+            log.info("film.mp4: re-encoding the shots (%s)", e)
+            write_video(self.project.film_path, [read_video(v)[0] for v in videos], fps=self.config.fps)
+
     def _write_summaries(self) -> None:
+        """After an operation: the keyframe bank, the film, the storyboard and the memory sheet."""
         self._write_mag_calibration()
         p = self.project
+        if self._bank_after is not None:
+            self._bank_after.save(p.bank_dir)
         done = [r for r in p.shots if r.get("status") in ("done", "stale") and p.shot_video(r["index"]).is_file()]
         if not done:
             return
         banner = None if self.models.trained else UNTRAINED_BANNER
-        board, videos = [], []
+        board = []
         for r in done:
-            frames, _ = read_video(p.shot_video(r["index"]))
-            videos.append(frames)
-            picks = sorted({0, len(frames) // 2, len(frames) - 1})
+            thumbs, picks = self._storyboard_frames(r["index"])
             status = "" if r["status"] == "done" else " [STALE]"
             caption = f"Shot {r['number']} (scene {r['scene_num']}, {'cut' if r['cut'] else 'continues'}){status}: {r['prompt']}"
-            board.append((caption, [(frames[k], f"frame {k}") for k in picks]))
+            board.append((caption, [(t, f"frame {k}") for t, k in zip(thumbs, picks, strict=True)]))
         name = p.manifest.get("story", {}).get("name") or "story"
         save_png(contact_sheet(board, title=f"{name}: storyboard", banner=banner), p.storyboard_path)
         mem_rows = []
@@ -944,7 +1000,7 @@ class StoryEngine:
             mem_rows.append((f"Shot {r['number']} [{modes}]: {r['prompt']}", thumbs))
         save_png(contact_sheet(mem_rows, title=f"{name}: shot cache per shot ({self.config.shot_cache.policy})",
                                banner=banner), p.memory_sheet_path)
-        write_video(p.film_path, videos, fps=self.config.fps)
+        self._write_film([p.shot_video(r["index"]) for r in done])
         p.manifest["film"] = p.rel(p.film_path)
         p.manifest["storyboard"] = p.rel(p.storyboard_path)
         p.manifest["memory_sheet"] = p.rel(p.memory_sheet_path)

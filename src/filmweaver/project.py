@@ -29,7 +29,7 @@ import os
 import time
 from pathlib import Path
 
-from filmweaver.io import atomic_path, file_digest, write_json
+from filmweaver.io import atomic_path, file_digest, json_text, write_json, write_text
 from filmweaver.script import StoryScript, parse_story
 
 MANIFEST_FORMAT = "filmweaver.project/1"
@@ -303,5 +303,6 @@ class Project:
     def save(self) -> None:
         self.manifest["format"] = MANIFEST_FORMAT
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(self.manifest_path, self.manifest)
-        write_json(self.backup_path, self.manifest)
+        text = json_text(self.manifest)
+        write_text(self.manifest_path, text)
+        write_text(self.backup_path, text)

@@ -206,6 +206,8 @@ class KeyframeBank:
 
     entries: list[Keyframe] = field(default_factory=list)
     dedupe_threshold: float = 0.9
+    # (directory, picture name) -> the entry whose picture is there: save() writes only new pictures
+    _saved: dict[tuple[str, str], Keyframe] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -233,7 +235,9 @@ class KeyframeBank:
 
     def before_shot(self, shot_index: int) -> KeyframeBank:
         """The bank as it stood before ``shot_index`` was generated (references kept)."""
-        return KeyframeBank([e for e in self.entries if e.source_shot < shot_index], self.dedupe_threshold)
+        earlier = KeyframeBank([e for e in self.entries if e.source_shot < shot_index], self.dedupe_threshold)
+        earlier._saved = dict(self._saved)
+        return earlier
 
     # -- persistence: PNGs a person can look at, tensors in safetensors, an index in JSON -------------
     def save(self, directory: str | Path) -> None:
@@ -244,10 +248,14 @@ class KeyframeBank:
             tensors[f"{i}.embedding"] = e.embedding.float().contiguous()
             if e.latent is not None:
                 tensors[f"{i}.latent"] = e.latent.float().contiguous()
-            # Always rewrite: a regenerated shot reuses its keyframes' names with new pictures.
+            # Only pictures not already there from this very entry (a regenerated shot reuses its
+            # keyframes' names with new pictures): the cost of a save stays flat along the story
             png = f"{e.name}.png"
-            with atomic_path(directory / png) as tmp:
-                to_pil(e.image).save(tmp, format="PNG")
+            key = (str(directory), png)
+            if self._saved.get(key) is not e or not (directory / png).is_file():
+                with atomic_path(directory / png) as tmp:
+                    to_pil(e.image).save(tmp, format="PNG")
+                self._saved[key] = e
             index.append({"image": png, "source_shot": e.source_shot, "frame_index": e.frame_index,
                           "kind": e.kind, "label": e.label})
         with atomic_path(directory / "bank.safetensors") as tmp:
@@ -274,7 +282,9 @@ class KeyframeBank:
                 latent=tensors.get(f"{i}.latent"),
                 source_shot=m["source_shot"], frame_index=m["frame_index"], kind=m["kind"], label=m["label"],
             ))
-        return cls(entries, meta.get("dedupe_threshold", 0.9))
+        bank = cls(entries, meta.get("dedupe_threshold", 0.9))
+        bank._saved = {(str(directory), m["image"]): e for m, e in zip(meta["entries"], entries, strict=True)}
+        return bank
 
 
 def bank_exists(directory: str | Path) -> bool:
