@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from filmweaver import cli
 from filmweaver.cli import app
 from filmweaver.script import MAX_SEED, ScriptError, load_story, parse_story
+from filmweaver.synth.architecture import synth_architecture
 
 
 def _errors(data, **kw) -> str:
@@ -217,11 +218,10 @@ def test_the_built_in_vocabulary_reports_unknown_words_and_cut_prompts(tmp_path,
     from filmweaver.engine import EngineConfig, StoryEngine
     from filmweaver.eval.judges import load_clip_judge
     from filmweaver.eval.run import EvalConfig, Judges, judge_notes
-    from filmweaver.models import FilmModels
 
     story = load_story(ST_BENCH / "dog.json")
     prompts = [s.prompt for s in story.shots()]
-    models = FilmModels.synth_architecture(size="test")
+    models = synth_architecture(size="test")
     cov = models.prompt_encoder.coverage(prompts)
     assert 0.3 < cov.unknown_share < 1 and cov.truncated > 0 and cov.prompts == len(set(prompts))
     assert "outside its vocabulary" in cov.warning("x") and f"cut at {cov.max_length} tokens" in cov.warning("x")

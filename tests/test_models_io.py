@@ -7,6 +7,7 @@ from helpers import small_story
 from filmweaver.io import atomic_path, read_video, write_video
 from filmweaver.memory.embedder import CLIPEmbedder, ImageTextEmbedder
 from filmweaver.models import FilmModels, ModelLoadError, load_models
+from filmweaver.synth.architecture import synth_architecture
 from filmweaver.text import byte_level_tokenizer
 
 
@@ -129,10 +130,10 @@ def test_half_precision_save_covers_embedder_and_context_projections(tmp_path):
     embedder and the context projections included, and they load back in float32 for the CPU."""
     from safetensors import safe_open
 
-    models = FilmModels.synth_architecture(size="test", transformer={"layers": 3, "heads": 3})
+    models = synth_architecture(size="test", transformer={"layers": 3, "heads": 3})
     assert len(models.backbone.transformer.blocks) == 3 and models.backbone.config.num_attention_heads == 3
     with pytest.raises(ValueError, match="unknown"):
-        FilmModels.synth_architecture(size="test", transformer={"width": 3})
+        synth_architecture(size="test", transformer={"width": 3})
     models.save_pretrained(tmp_path / "m", dtype=torch.float16)
     for f in [tmp_path / "m" / "transformer" / "context_projections.safetensors",
               *(tmp_path / "m" / "embedder").glob("*.safetensors")]:

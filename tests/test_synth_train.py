@@ -10,6 +10,7 @@ import torch
 
 from filmweaver.eval.metrics import seam_ratio
 from filmweaver.script import parse_story
+from filmweaver.synth.architecture import synth_architecture
 from filmweaver.synth.dataset import render_dataset
 from filmweaver.synth.evaluate import summarize
 from filmweaver.synth.stories import grammar_words, make_story, split_words, story_from_script
@@ -117,9 +118,8 @@ def test_region_weighted_loss_counts_the_character_and_props_more():
     assert char_mse == 1.0 and prop_mse == 0.0
 
     # the store hands each target chunk the coverage of the same frames, at latent resolution
-    from filmweaver.models import FilmModels
 
-    models = FilmModels.synth_architecture(size="test")
+    models = synth_architecture(size="test")
     data = render_dataset(3, 0, first_seed=0, shot_frames=(8,), workers=1, progress=False)
     store = LatentStore.encode(data, models.codec, torch.device("cpu"), progress=False, dtype=torch.float32)
     batch = store.sample("temporal", 6, 4, 8, 1, np.random.default_rng(0))
@@ -218,12 +218,11 @@ def test_identity_as_drawn_follows_the_introducing_shot_not_the_script():
 def test_training_smoke_loss_decreases_on_a_fixed_batch(context_attention):
     """The real objective (caches, negatives, asymmetric noise) on the miniature architecture, with
     either context attention (causal: the context pass is trained through its keys/values)."""
-    from filmweaver.models import FilmModels
     from filmweaver.train.data import LatentStore
     from filmweaver.train.dit import CacheGuidedDenoiser, build_context
 
     torch.manual_seed(0)
-    models = FilmModels.synth_architecture(size="test")
+    models = synth_architecture(size="test")
     models.backbone.context_attention = context_attention
     data = render_dataset(4, 1, first_seed=0, shot_frames=(8,), long_take_frames=12, workers=1, progress=False)
     store = LatentStore.encode(data, models.codec, torch.device("cpu"), progress=False, dtype=torch.float32)
@@ -333,14 +332,14 @@ def test_train_cli_runs_every_phase_and_the_model_generates(tmp_path):
     from filmweaver.models import FilmModels
     from filmweaver.train.run import init_dit_from
 
-    fresh, src = FilmModels.synth_architecture(seed=5, size="test"), FilmModels.from_pretrained(str(model))
+    fresh, src = synth_architecture(seed=5, size="test"), FilmModels.from_pretrained(str(model))
     init_dit_from(fresh, str(model))
     for mine, theirs in [(fresh.backbone.transformer, src.backbone.transformer),
                          (fresh.prompt_encoder.text_encoder, src.prompt_encoder.text_encoder)]:
         a, b = mine.state_dict(), theirs.state_dict()
         assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
     with pytest.raises(ValueError, match="does not match"):
-        init_dit_from(FilmModels.synth_architecture(size="small"), str(model))
+        init_dit_from(synth_architecture(size="small"), str(model))
 
     # export-ema: the last checkpoint's EMA weights alone make the model the run saved (the run stops at
     # its last checkpoint, and the saved model is the EMA); a tensor that does not fit is named
@@ -432,12 +431,11 @@ def test_compiled_blocks_train_like_eager_with_few_graphs_across_context_sizes()
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from filmweaver.models import FilmModels
     from filmweaver.train.data import LatentStore
     from filmweaver.train.dit import CacheGuidedDenoiser, build_context
 
     torch.manual_seed(0)
-    models = FilmModels.synth_architecture(size="test")
+    models = synth_architecture(size="test")
     data = render_dataset(4, 1, first_seed=0, shot_frames=(8,), long_take_frames=12, workers=1, progress=False)
     store = LatentStore.encode(data, models.codec, torch.device("cpu"), progress=False, dtype=torch.float32)
     eager = CacheGuidedDenoiser(models.backbone, models.prompt_encoder.text_encoder)

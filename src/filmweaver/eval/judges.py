@@ -14,7 +14,6 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from filmweaver.io import load_tensor_file
 from filmweaver.memory.embedder import CLIPEmbedder, ImageTextEmbedder
@@ -40,46 +39,26 @@ def load_clip_judge(spec: str, device: str = "cpu") -> CLIPEmbedder:
                              f"or a hub id you have cached): {e}") from e
 
 
-class ProbeJudge:
-    """The synthetic world's attribute probe as an image-text embedder: an image maps to its predicted
-    attribute distributions, a text to the attribute words it names (one-hot), both concatenated over
-    the attributes and unit-normalised, so cosines measure attribute agreement."""
+class GroundTruthJudge(Protocol):
+    """A judge that also knows the truth of some stories (the synthetic world's probe: a script with a
+    ``ground_truth`` section). ``ground_truth_metrics`` returns ``{name: (value, count, protocol)}``."""
 
-    model_id = "filmweaver-synth-probe"
+    model_id: str
 
-    def __init__(self, probe):
-        from filmweaver.synth.world import ALL_ATTRIBUTES
+    def ground_truth_metrics(self, run_dir, script: dict, chunk_frames: int) -> dict[str, tuple]: ...
 
-        self.probe = probe
-        self.attributes = ALL_ATTRIBUTES
 
-    @classmethod
-    def load(cls, spec: str, device: str = "cpu") -> ProbeJudge:
-        from filmweaver.models import BUILTIN_MODEL_DIR
-        from filmweaver.synth.probe import AttributeProbe
+# The synthetic world's attribute probe is a plug-in like any user's: the library names its factory,
+# it never imports the synthetic world (which is the lab's, built on the library).
+BUILTIN_PROBE_JUDGE = "filmweaver.synth.judge:load_probe_judge"
 
-        path = BUILTIN_MODEL_DIR / "probe" if spec == "builtin" else Path(spec)
-        if not (path / "probe.json").is_file():
-            raise EvalSetupError(f"probe judge: {path} has no probe.json (set --probe to a trained probe directory)")
-        return cls(AttributeProbe.load(path, device=device))
 
-    @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        dev = next(self.probe.parameters()).device
-        x = F.interpolate(images.float(), size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
-        outs = []
-        for chunk in x.split(256):
-            logits = self.probe(chunk.to(dev))
-            outs.append(torch.cat([logits[k].softmax(-1) for k in self.attributes], dim=-1).cpu())
-        return F.normalize(torch.cat(outs), dim=-1)
-
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            words = set(text.lower().replace(",", " ").replace(".", " ").split())
-            row = [float(v in words) for values in self.attributes.values() for v in values]
-            rows.append(row)
-        return F.normalize(torch.tensor(rows), dim=-1)
+def load_probe_judge(spec: str, device: str = "cpu"):
+    """``--probe``: ``"builtin"`` (the shipped model's probe), a probe directory, or a plug-in
+    ``package.module:factory`` taking ``device``."""
+    if ":" in spec and not Path(spec).exists():
+        return load_plugin(spec, "probe judge", "--probe", device)
+    return import_factory(BUILTIN_PROBE_JUDGE, "probe judge", "--probe")(spec, device=device)
 
 
 class VideoTextEmbedder(Protocol):
@@ -101,16 +80,20 @@ class CharacterDetector(Protocol):
     def detect(self, frames: torch.Tensor, names: list[str]) -> list[list[tuple[str, tuple[int, int, int, int]]]]: ...
 
 
-def load_plugin(spec: str, what: str, option: str, device: str = "cpu"):
-    """``"package.module:factory"`` -> ``factory(device=device)`` (a user's own ViCLIP or detector)."""
+def import_factory(spec: str, what: str, option: str):
+    """``"package.module:factory"`` -> the factory, or a one-line :class:`EvalSetupError`."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise EvalSetupError(f"{what}: {option} must look like 'package.module:factory', got {spec!r}")
     try:
-        factory = getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise EvalSetupError(f"{what}: cannot import {spec!r} given by {option}: {e}") from e
-    return factory(device=device)
+
+
+def load_plugin(spec: str, what: str, option: str, device: str = "cpu"):
+    """``"package.module:factory"`` -> ``factory(device=device)`` (a user's own ViCLIP or detector)."""
+    return import_factory(spec, what, option)(device=device)
 
 
 class AestheticScorer:
@@ -201,4 +184,4 @@ class InceptionJudge:
 
 
 __all__ = ["AestheticScorer", "CharacterDetector", "EvalSetupError", "ImageTextEmbedder", "InceptionJudge",
-           "ProbeJudge", "VideoTextEmbedder", "load_clip_judge", "load_plugin"]
+           "GroundTruthJudge", "VideoTextEmbedder", "load_clip_judge", "load_plugin", "load_probe_judge"]

@@ -38,9 +38,9 @@ from filmweaver.eval.judges import (
     AestheticScorer,
     EvalSetupError,
     InceptionJudge,
-    ProbeJudge,
     load_clip_judge,
     load_plugin,
+    load_probe_judge,
 )
 
 METRICS = ["aesthetic", "inception_score", "consistency_overall", "consistency_shots_all", "consistency_shots_top10",
@@ -92,7 +92,7 @@ class Judges:
             self.aesthetic = AestheticScorer.load(cfg.aesthetic_clip or cfg.clip, cfg.aesthetic_head, cfg.device)
         self.inception = InceptionJudge.load(cfg.inception, cfg.device) if need(
             "inception_score", cfg.inception, "--inception") else None
-        self.probe = ProbeJudge.load(cfg.probe, cfg.device) if cfg.probe else None
+        self.probe = load_probe_judge(cfg.probe, cfg.device) if cfg.probe else None
         self.video = load_plugin(cfg.video_embedder, "video embedder", "--video-embedder", cfg.device) \
             if cfg.video_embedder else None
         self.detector = load_plugin(cfg.detector, "character detector", "--detector", cfg.device) \
@@ -318,8 +318,10 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
         pre = "frames resized to 64x64; texts: attribute words of the synthetic grammar"
         _consistency_metrics(out, "probe/", judges.probe, judges.probe.model_id, pre, story, views)
         script = json.loads(Path(run_dir, "story.json").read_text())
-        if script.get("ground_truth") is not None:
-            _ground_truth_metrics(out, run_dir, judges, script, manifest["config"]["chunk_frames"])
+        if script.get("ground_truth") is not None and hasattr(judges.probe, "ground_truth_metrics"):
+            truth = judges.probe.ground_truth_metrics(run_dir, script, manifest["config"]["chunk_frames"])
+            for name, (value, n, protocol) in truth.items():
+                out[f"probe/{name}"] = _entry(value, judges.probe.model_id, protocol, "probe reads every frame", n)
     times = [v.seconds for v in views if v.seconds is not None]
     notes = judge_notes(judges, [v.prompt for v in views])
     for note in notes:
@@ -338,16 +340,6 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
         with atomic_path(Path(run_dir) / "metrics.md") as tmp:
             Path(tmp).write_text(metrics_table(result))
     return result
-
-
-def _ground_truth_metrics(out: dict, run_dir, judges: Judges, script: dict, chunk: int) -> None:
-    from filmweaver.synth.evaluate import evaluate_project, summarize
-
-    summary = summarize(evaluate_project(run_dir, script, judges.probe.probe, chunk))
-    for key in ("identity", "identity_all_attributes", "location", "adherence"):
-        out[f"probe/gt_{key}"] = _entry(summary[key], judges.probe.model_id,
-                                        f"synthetic ground truth: {key} (filmweaver.synth.evaluate)", "probe reads every frame",
-                                        summary.get(f"{key.split('_')[0]}_shots"))
 
 
 def metrics_table(result: dict) -> str:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from filmweaver.backbone.vae import LatentCodec
 from filmweaver.models import FilmModels
 from filmweaver.progress import progress_bar
+from filmweaver.synth.architecture import SYNTH_DEFAULTS, synth_architecture
 from filmweaver.synth.dataset import render_dataset
 from filmweaver.train.config import TrainConfig
 
@@ -59,7 +60,7 @@ def build_models(cfg: TrainConfig, device) -> FilmModels:
         if not src.path:
             raise ValueError("model.kind: pretrained needs model.path (a diffusers Wan directory or hub id)")
         return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device))
-    return FilmModels.synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1],
+    return synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1],
                                          transformer=src.transformer)
 
 
@@ -352,7 +353,6 @@ def train_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, probe_
 
 
 def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) -> None:
-    from filmweaver.models import SYNTH_DEFAULTS
 
     models.trained = True
     models.model_id = f"filmweaver-{cfg.model.kind}" if cfg.model.kind != "pretrained" else f"{cfg.model.path}+lora"
