@@ -25,7 +25,7 @@ class ModelSource(_Cfg):
     path: str | None = None
     embedder: str | None = None
     # synth kinds: override the transformer's size (heads, head_dim, layers, ffn), e.g.
-    # {heads: 5, layers: 8, ffn: 960}; scripts/synth_cpu_step_cost.py times candidates on a CPU
+    # {heads: 5, layers: 8, ffn: 960}; tools/synth_cpu_step_cost.py times candidates on a CPU
     transformer: dict[str, int] | None = None
 
 

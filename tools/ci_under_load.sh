@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # .ci/run from a fresh clone of HEAD beside BUSY (default 2) CPU-bound processes, RUNS (default 3) times
 # in a row: CI's contract is a pass in under 15 minutes each, also on a busy 2-core machine.
-#   bash scripts/ci_under_load.sh [RUNS] [BUSY]     (results: /tmp/filmweaver-ci-load/results.txt)
+#   bash tools/ci_under_load.sh [RUNS] [BUSY]     (results: /tmp/filmweaver-ci-load/results.txt)
 # The clone sits beside a `shared` link to this checkout's ../shared (the ST-Bench scripts).
 set -uo pipefail
 RUNS=${1:-3}; BUSY=${2:-2}

@@ -6,7 +6,7 @@
 # - While a training run has no packed model yet, its newest DiT checkpoint's EMA weights come back too,
 #   in half precision (pack/ema-RUN-stepN.safetensors, ~15 MB for synth-small), so a lease that goes
 #   away mid-run still leaves a model: `filmweaver export-ema FILE BASE_MODEL OUT` makes it loadable
-#   (or scripts/ema_into_tree.sh FILE, to continue it on the next call); pack/logs.tgz has the logs so far.
+#   (or tools/device/ema_into_tree.sh FILE, to continue it on the next call); pack/logs.tgz has the logs so far.
 R=${RUNS:-runs}
 if [ ! -f $R/pipeline.out ]; then
   echo "NO PIPELINE: $R/pipeline.out does not exist: this is a fresh machine (the earlier one went back);"

@@ -5,7 +5,7 @@
 # $RUNS/pack/wall.txt, the model (split in <16 MB parts) and logs to $RUNS/pack as soon as training
 # ends; then, if EVAL_ARMS is set, those arms of the ablation on $STORIES held-out stories (SHARDS
 # processes each) and their report.
-#   setsid nohup bash scripts/synth_repro.sh > runs/pipeline.out 2>&1 < /dev/null &   # scripts/device_wait.sh waits on it
+#   setsid nohup bash tools/device/synth_repro.sh > runs/pipeline.out 2>&1 < /dev/null &   # tools/device/device_wait.sh waits on it
 set -uo pipefail
 R=${RUNS:-runs}
 CFG=${CFG:-configs/synth-small.yaml}
@@ -17,11 +17,11 @@ start=$(date +%s)
 python3 -m filmweaver.train $CFG -o $R/full "$@" > $R/repro.log 2>&1
 rc=$?
 echo "rc=$rc wall_s=$(( $(date +%s) - start )) cmd=python3 -m filmweaver.train $CFG $*" | tee $R/pack/wall.txt
-PACK=$R/pack; source scripts/pack.sh; pack_model $R/full
+PACK=$R/pack; source tools/device/pack.sh; pack_model $R/full
 tar czf $R/pack/train.tgz $R/full/log.jsonl $R/full/summary.json $R/full/loss.png $R/repro.log $R/pack/wall.txt
 echo TRAINING-DONE
 if [ -n "$EVAL_ARMS" ] && [ $rc -eq 0 ]; then
-  STORIES=$STORIES bash scripts/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS
+  STORIES=$STORIES bash tools/device/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS
   tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png
 fi
 echo ALL-DONE

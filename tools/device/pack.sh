@@ -1,5 +1,5 @@
 # Packing on a device machine: what comes back through $OUT (at most 8 files of 16 MiB a call).
-# Sourced by the lease scripts. PACK: the folder scripts/device_wait.sh copies to $OUT on every call.
+# Sourced by the lease scripts. PACK: the folder tools/device/device_wait.sh copies to $OUT on every call.
 #   pack_model RUN [TAR_OPTION ...]   RUN/model as $PACK/model-$(basename RUN).tgz.part-aa, -ab, ...
 #                                     (15 MB pieces; device_wait.sh stops returning RUN's EMA snapshot
 #                                     once they exist). Here: cat PARTS | tar xz -C DEST

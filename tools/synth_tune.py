@@ -1,7 +1,7 @@
 """Inference settings of a synthetic-world model on the 16 tuning stories (seeds 2,000,000+, disjoint
 from the reported evaluation's 1,000,000+), one summary line each (reports/synth-small/guidance_tuning.md).
 
-    python scripts/synth_tune.py OUT NAME 'JSON engine overrides' [NAME 'JSON' ...] [--model DIR] [--stories N]
+    python tools/synth_tune.py OUT NAME 'JSON engine overrides' [NAME 'JSON' ...] [--model DIR] [--stories N]
 
 Each arm is one :func:`filmweaver.synth.evaluate.run_arm`; its summary is appended to OUT/tuning.jsonl
 as soon as the arm ends (a run cut short keeps the arms already done; arms already in the file are

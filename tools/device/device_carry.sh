@@ -7,7 +7,7 @@
 # Without FlashAttention-4 two pieces suffice (lease G): .carryA/part0 and .carryB/part1 from
 # `tar cf - diffusers-*.whl pydantic-*.whl pydantic_core-*.whl annotated_types-*.whl typing_inspection-*.whl
 # av-*.whl | split -b 29000000 -d -a 1 - lite` (PyAV last, so piece A alone brings what training needs).
-#   bash scripts/device_carry.sh K
+#   bash tools/device/device_carry.sh K
 set -uo pipefail
 K=$1
 mkdir -p /tmp/carry/files

@@ -5,7 +5,7 @@
 # keep their file sizes, so the tree plus one carried piece still fits the 64 MiB a call may send, which
 # a second model directory would not. Restore the shipped weights afterwards with
 #   git checkout -- src/filmweaver/weights/synth-small
-#   bash scripts/ema_into_tree.sh /work/.device/N/ema-ARM-stepS.safetensors
+#   bash tools/device/ema_into_tree.sh /work/.device/N/ema-ARM-stepS.safetensors
 set -euo pipefail
 EMA=$1
 W=src/filmweaver/weights/synth-small

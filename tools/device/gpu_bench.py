@@ -2,9 +2,9 @@
 
 Run on the device machine (no typer/rich needed there)::
 
-    python3 scripts/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal, flash4, tflops
-    torchrun --nproc_per_node 2 scripts/gpu_bench.py OUT_DIR cp      # one story on two GPUs
-    python3 scripts/gpu_bench.py OUT_DIR 13b_cfg2 14b_cfg2          # the CFG-parallel rows' one-GPU baselines
+    python3 tools/device/gpu_bench.py OUT_DIR [GROUP or CASE ...]        # groups: wan, causal, flash4, tflops
+    torchrun --nproc_per_node 2 tools/device/gpu_bench.py OUT_DIR cp      # one story on two GPUs
+    python3 tools/device/gpu_bench.py OUT_DIR 13b_cfg2 14b_cfg2          # the CFG-parallel rows' one-GPU baselines
 
 Each case writes ``OUT_DIR/<name>.json`` and ``.md`` as soon as it ends (a lease can end at any time;
 under torchrun rank 0 writes); a failing case is logged and the next one runs. Every row's command is
@@ -38,7 +38,7 @@ _SWITCHES = {"compile_blocks", "fuse_qkv", "fuse_ffn", "cfg_parallel"}  # flags 
 def bench_command(kw: dict) -> str:
     """The command line equivalent to one case (what BENCHMARKS.md quotes for its rows)."""
     if kw.get("kernels"):
-        return "python3 scripts/gpu_bench.py OUT attn_kernels"
+        return "python3 tools/device/gpu_bench.py OUT attn_kernels"
     out = [TORCHRUN2 if kw.get("context_parallel") or kw.get("cfg_parallel") else "filmweaver bench"]
     for key, flag in _FLAGS:
         if key not in kw or (key in _SWITCHES and not kw[key]):

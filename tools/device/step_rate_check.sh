@@ -3,7 +3,7 @@
 # budget buys with each. Stage 2 only (memory batches), the shipped VAE and embedder, 300 stories.
 # Each arm is NAME:SETTINGS (train --set options, possibly none); default: eager against compiled blocks.
 # Writes runs/ck_NAME/log.jsonl; prints steps/s between logged steps.
-#   . scripts/device_setup.sh; bash scripts/step_rate_check.sh 2.5 "b128:" "b256:--set dit.batch_size=256"
+#   . tools/device/device_setup.sh; bash tools/device/step_rate_check.sh 2.5 "b128:" "b256:--set dit.batch_size=256"
 set -uo pipefail
 MIN=${1:-2.5}
 A=${2:-"eager:--set dit.compile_blocks=false"}

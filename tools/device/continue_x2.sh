@@ -12,9 +12,9 @@
 # DDP=1 trains arm A alone on both GPUs, data parallel (twice the samples a step; not yet timed on GPUs).
 # EVAL=0 ends after packing the models: with PyAV the evaluation needs a second carried piece, so a second
 # call, and most call boundaries of leases I-J lost the machine; one call (train + pack) cannot be lost.
-# Everything that comes back is in runs/pack (scripts/device_wait.sh copies it on every call).
-#   bash scripts/device_carry.sh A >/dev/null; . scripts/device_setup.sh; bash scripts/continue_x2.sh  # call 1
-#   bash scripts/device_carry.sh B >/dev/null; . scripts/device_setup.sh; bash scripts/device_wait.sh 540
+# Everything that comes back is in runs/pack (tools/device/device_wait.sh copies it on every call).
+#   bash tools/device/device_carry.sh A >/dev/null; . tools/device/device_setup.sh; bash tools/device/continue_x2.sh  # call 1
+#   bash tools/device/device_carry.sh B >/dev/null; . tools/device/device_setup.sh; bash tools/device/device_wait.sh 540
 set -uo pipefail
 BENCH=${BENCH:-0}
 INIT=${INIT:-src/filmweaver/weights/synth-small}
@@ -31,21 +31,21 @@ for d in base $A $B; do mkdir -p runs/$d && cp -r $INIT/vae $INIT/embedder runs/
 cp -r src/filmweaver/weights/synth-small runs/ev/full/model  # the evaluation's probe (RUNS/full/model/probe)
 cat > runs/continue.sh <<EOF
 set -u
-PACK=runs/pack; source scripts/pack.sh
+PACK=runs/pack; source tools/device/pack.sh
 pack_bench() { tar czf runs/pack/bench.tgz.tmp runs/bench && mv runs/pack/bench.tgz.tmp runs/pack/bench.tgz; }
 date +%T > runs/wall.txt
 taskset -c 8-31 python3 -m filmweaver.train configs/synth-small.yaml -o runs/base --set stop_after=embedder \
   --set probe=null > runs/base.log 2>&1 &
 RENDER=\$!
 if [ "$BENCH" = 1 ]; then
-  CUDA_VISIBLE_DEVICES=0 taskset -c 0-3 python3 scripts/gpu_bench.py runs/bench 13b_cfg2 > runs/bench/g0.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 taskset -c 0-3 python3 tools/device/gpu_bench.py runs/bench 13b_cfg2 > runs/bench/g0.log 2>&1 &
   G0=\$!
-  CUDA_VISIBLE_DEVICES=1 taskset -c 4-7 python3 scripts/gpu_bench.py runs/bench 14b_cfg2 > runs/bench/g1.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 taskset -c 4-7 python3 tools/device/gpu_bench.py runs/bench 14b_cfg2 > runs/bench/g1.log 2>&1 &
   G1=\$!
   wait \$G0 \$G1
   echo BENCH1-DONE \$(date +%T)
   pack_bench
-  taskset -c 0-7 python3 -m torch.distributed.run --nproc_per_node 2 scripts/gpu_bench.py runs/bench \
+  taskset -c 0-7 python3 -m torch.distributed.run --nproc_per_node 2 tools/device/gpu_bench.py runs/bench \
     13b_cfg_parallel 14b_cfg_parallel > runs/bench/cp.log 2>&1
   echo BENCH-DONE \$(date +%T)
   pack_bench
@@ -70,7 +70,7 @@ for arm in $A $B; do
   mkdir -p runs/ev/\$arm && cp -r runs/\$arm/model runs/ev/\$arm/model
 done
 if [ "$EVAL" = 1 ]; then
-  bash scripts/synth_eval.sh runs/ev runs/ev/eval "$EVAL_ARMS" 8 "0 1"
+  bash tools/device/synth_eval.sh runs/ev runs/ev/eval "$EVAL_ARMS" 8 "0 1"
   tar czf runs/pack/eval.tgz runs/ev/eval/arm_*.json runs/ev/eval/report.* runs/ev/*.log
 fi
 date +%T >> runs/wall.txt

@@ -5,7 +5,7 @@ Random weights (timing does not depend on them): a chunk of 4 latent frames at 6
 3 keyframes, a full temporal cache, classifier-free guidance as a batch of 2 plus the memory-guidance
 forward (batch 1, no keyframes), with full and with causal context (keys/values reused)::
 
-    python scripts/synth_cpu_step_cost.py
+    python tools/synth_cpu_step_cost.py
 """
 
 import time

@@ -2,7 +2,7 @@
 # The synthetic-world ablation on held-out stories, sharded: SHARDS processes per arm (the tiny model is
 # host-bound, so more processes use the GPU better), spread round robin over GPUS, then the merged report.
 # Used by synth_pipeline.sh, synth_repro.sh and repro_x2.sh.
-#   bash scripts/synth_eval.sh RUNS OUT "ARM ARM@RUN ..." [SHARDS=2] ["GPU GPU ..."]   (STORIES=50)
+#   bash tools/device/synth_eval.sh RUNS OUT "ARM ARM@RUN ..." [SHARDS=2] ["GPU GPU ..."]   (STORIES=50)
 set -uo pipefail
 R=$1; OUT=$2; ARMS=$3; SHARDS=${4:-2}; GPUS=(${5:-})
 STORIES=${STORIES:-50}

@@ -17,7 +17,7 @@ CFG=${CFG:-configs/synth-small.yaml}
 STORIES=${STORIES:-50}
 SHARDS=${SHARDS:-2}  # evaluation processes per arm (the tiny model is host-bound: more processes, more GPU use)
 INIT_FROM=${INIT_FROM:-}  # a model directory every DiT arm starts from (dit.init_from); empty = from scratch
-# BENCH_GPUS="2 3": once training ends, run the issue-4 GPU benchmarks (scripts/bench_on_gpus.sh) on those
+# BENCH_GPUS="2 3": once training ends, run the issue-4 GPU benchmarks (tools/device/bench_on_gpus.sh) on those
 # two GPUs while the ablation evaluates on the others (same lease, separate GPUs)
 BENCH_GPUS=${BENCH_GPUS:-}
 # which DiT arms to train and which ablation arms to evaluate (fewer GPUs: train only `full` and evaluate the
@@ -63,9 +63,9 @@ if [ -n "$REUSE" ]; then
   mkdir -p $R/full; [ -d $R/full/model ] || cp -r $REUSE $R/full/model
   cp -r $REUSE/probe $R/full/model/
 fi
-# pack the model now: a device machine can go back at any time, and scripts/device_wait.sh copies
+# pack the model now: a device machine can go back at any time, and tools/device/device_wait.sh copies
 # whatever is in $R/pack on every call
-PACK=$R/pack; source scripts/pack.sh
+PACK=$R/pack; source tools/device/pack.sh
 [[ " $TRAIN_ARMS " == *" full "* ]] && pack_model $R/full
 # the other arms' models without the parts they share with full (vae, embedder, probe)
 for arm in $TRAIN_ARMS; do
@@ -74,11 +74,11 @@ done
 tar czf $R/pack/train.tgz $R/*/log.jsonl $R/*/summary.json $R/*/loss.png $R/*.log
 echo TRAINING-DONE
 if [ -n "$BENCH_GPUS" ]; then
-  bash scripts/bench_on_gpus.sh "$BENCH_GPUS" $R/bench $R/pack/bench.tgz > $R/bench.log 2>&1 &
+  bash tools/device/bench_on_gpus.sh "$BENCH_GPUS" $R/bench $R/pack/bench.tgz > $R/bench.log 2>&1 &
   BENCH_PID=$!
 fi
 
-STORIES=$STORIES bash scripts/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS "${EVAL_GPUS[*]}"
+STORIES=$STORIES bash tools/device/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS "${EVAL_GPUS[*]}"
 
 P=$R/eval/projects/full
 tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Source on a device machine after `bash scripts/device_carry.sh K`: installs every carried package that
+# Source on a device machine after `bash tools/device/device_carry.sh K`: installs every carried package that
 # has fully arrived (a wheel or archive cut at the end of a piece fails to open and is retried on the next
 # call), and sets PYTHONPATH. The stream's order: diffusers + pydantic wheels, the FlashAttention-4 site
 # bundle (fa4bundle.tar.xz, fa4meta.tar, the cutlass-dsl libs-core wheel), then PyAV.
-#   . scripts/device_setup.sh            # base packages (+ PyAV once it is there)
-#   FA4=1 . scripts/device_setup.sh      # also FlashAttention-4 on the path (bench --attention flash4)
+#   . tools/device/device_setup.sh            # base packages (+ PyAV once it is there)
+#   FA4=1 . tools/device/device_setup.sh      # also FlashAttention-4 on the path (bench --attention flash4)
 F=/tmp/carry/files
 PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir"
 mkdir -p /tmp/site /tmp/fa4site

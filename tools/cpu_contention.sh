@@ -2,7 +2,7 @@
 # The main job on a CPU that other processes also use: wall seconds with N busy single-thread processes
 # beside it, for OpenMP waiting policies (BENCHMARKS.md, "CPU threads under load"). The CLI waits
 # passively by default; OMP_WAIT_POLICY= (empty) gives libgomp's own default (spin, then sleep).
-#   bash scripts/cpu_contention.sh OUT "NAME:BUSY:ENV ..."   e.g. "default:1:OMP_WAIT_POLICY= passive:1:X=1" (ENV: A=1,B=2)
+#   bash tools/cpu_contention.sh OUT "NAME:BUSY:ENV ..."   e.g. "default:1:OMP_WAIT_POLICY= passive:1:X=1" (ENV: A=1,B=2)
 set -uo pipefail
 OUT=$1; CASES=$2
 mkdir -p $OUT
