@@ -219,7 +219,7 @@ def generate(
                                                "reused; mag: accumulated error below which they are"),
     mag_ratios: Path | None = typer.Option(None, help="--step-cache mag: a mag_ratios.json from a mag_calibrate run"),
     policy: str | None = typer.Option(None, help="shot cache: topk (default) | sink_window | none"),
-    k: int | None = typer.Option(None, help="topk: keyframes retrieved per shot (default 3)"),
+    k: int | None = typer.Option(None, help="topk: keyframes retrieved per shot (the engine's default if unset)"),
     per_shot: int | None = typer.Option(None, help="topk: at most this many keyframes from one earlier shot "
                                         "(the model's default if unset; none: no cap)"),
     anchor_characters: bool | None = typer.Option(None, "--anchor-characters/--no-anchor-characters",

@@ -60,8 +60,15 @@ from filmweaver.memory.keyframes import (
     bank_exists,
     make_quality_scorer,
 )
-from filmweaver.memory.shot_cache import RetrievedKeyframe, make_shot_cache_policy, memory_positions
-from filmweaver.memory.temporal_cache import TemporalCache
+from filmweaver.memory.shot_cache import (
+    DEFAULT_K,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_SINK,
+    RetrievedKeyframe,
+    make_shot_cache_policy,
+    memory_positions,
+)
+from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE, TemporalCache
 from filmweaver.models import FilmModels
 from filmweaver.progress import progress_bar
 from filmweaver.project import Project, ProjectError, ProjectLock
@@ -77,14 +84,14 @@ UNTRAINED_BANNER = "UNTRAINED MODEL: random weights, output is noise (engine dem
 
 class ShotCacheConfig(BaseModel):
     policy: Literal["topk", "sink_window", "none"] = "topk"
-    k: int = Field(3, ge=1, le=64)  # topk: keyframes retrieved per shot (policy "none": no memory)
+    k: int = Field(DEFAULT_K, ge=1, le=64)  # topk: keyframes retrieved per shot (policy "none": no memory)
     per_shot: int | None = Field(None, ge=1)  # topk: at most this many from one earlier shot (None: no cap)
     # a character of the story's sheet that the shot names (its `characters`, or its name in the prompt)
     # and that has no reference image: the first keyframe of the earliest shot naming it is always in
     # memory, as a reference image would be (the shot that introduced a character usually describes it)
     anchor_characters: bool = False
-    sink: int = Field(3, ge=0, le=64)  # sink_window: first keyframes kept forever
-    max_size: int = Field(10, ge=1, le=64)  # sink_window: total memory size
+    sink: int = Field(DEFAULT_SINK, ge=0, le=64)  # sink_window: first keyframes kept forever
+    max_size: int = Field(DEFAULT_MAX_SIZE, ge=1, le=64)  # sink_window: total memory size
     gap: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)  # extra temporal distance between memory and video (StoryMem's S)
     timestep: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)  # keyframes' noise level (0 = clean, 1000 = noise)
     # spatial pooling of each keyframe into 2x2 or 4x4 base patches: 4x / 16x fewer memory tokens
@@ -94,7 +101,7 @@ class ShotCacheConfig(BaseModel):
 
 class TemporalCacheConfig(BaseModel):
     enabled: bool = True
-    schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
+    schedule: list[tuple[int, int]] = Field(default_factory=lambda: list(DEFAULT_SCHEDULE))
     timestep: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)
 
 

@@ -17,18 +17,26 @@ A method is a partial :class:`~filmweaver.engine.EngineConfig` (nested dict); ``
 
 from __future__ import annotations
 
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# StoryMem's released values (pipeline.py, extract_keyframes.py): written out, not taken from our
+# defaults, so that --method storymem stays StoryMem's if filmweaver's own defaults change
+STORYMEM = {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, "continuation": "mi2v",
+            "keyframes": {"max_per_shot": 3, "start_threshold": 0.9, "threshold_step": 0.01, "dedupe_threshold": 0.9},
+            "storymem": {"enabled": True}}
+
 METHODS: dict[str, dict] = {
     "independent": {"shot_cache": {"policy": "none"}, "continuation": "none"},
-    "storymem": {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, "continuation": "mi2v",
-                 "keyframes": {"max_per_shot": 3, "start_threshold": 0.9, "threshold_step": 0.01,
-                               "dedupe_threshold": 0.9},
-                 "storymem": {"enabled": True}},
-    "storymem_corrected": {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, "continuation": "mi2v",
-                           "keyframes": {"max_per_shot": 3, "start_threshold": 0.9, "threshold_step": 0.01,
-                                         "dedupe_threshold": 0.9},
-                           "storymem": {"enabled": True, "corrected_mi2v": True}},
-    "filmweaver": {"shot_cache": {"policy": "topk", "k": 3}, "continuation": "mi2v"},
-    "keyframe_first": {"shot_cache": {"policy": "topk", "k": 3}, "keyframe_first": True},
+    "storymem": STORYMEM,
+    "storymem_corrected": _merge(STORYMEM, {"storymem": {"corrected_mi2v": True}}),
+    "filmweaver": {"shot_cache": {"policy": "topk"}, "continuation": "mi2v"},
+    "keyframe_first": {"shot_cache": {"policy": "topk"}, "keyframe_first": True},
 }
 
 
@@ -40,10 +48,3 @@ def method_config(name: str, explicit: dict | None = None):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     return EngineConfig.model_validate(_merge(METHODS[name], explicit or {}))
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

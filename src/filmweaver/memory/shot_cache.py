@@ -52,9 +52,15 @@ def _similarities(bank: KeyframeBank, prompt_embedding: torch.Tensor | None) -> 
     return (bank.embeddings @ prompt_embedding.float()).tolist()
 
 
+# The one home of the shot cache's defaults (EngineConfig.shot_cache and the CLI read them from here)
+DEFAULT_K = 3  # topk: keyframes retrieved per shot
+DEFAULT_SINK = 3  # sink_window: the first keyframes, kept forever
+DEFAULT_MAX_SIZE = 10  # sink_window: the whole memory
+
+
 @dataclass
 class TopKRetrieval:
-    k: int = 3
+    k: int = DEFAULT_K
     per_shot: int | None = None  # at most this many keyframes of one source shot while others are left
     name: str = "topk"
 
@@ -84,8 +90,8 @@ class TopKRetrieval:
 
 @dataclass
 class SinkWindowMemory:
-    sink: int = 3
-    max_size: int = 10
+    sink: int = DEFAULT_SINK
+    max_size: int = DEFAULT_MAX_SIZE
     name: str = "sink_window"
 
     def __post_init__(self):
@@ -107,7 +113,7 @@ class SinkWindowMemory:
         return [RetrievedKeyframe(i, sims[i], roles[i]) for i in sorted(roles)]
 
 
-def make_shot_cache_policy(name: str, k: int = 3, sink: int = 3, max_size: int = 10,
+def make_shot_cache_policy(name: str, k: int = DEFAULT_K, sink: int = DEFAULT_SINK, max_size: int = DEFAULT_MAX_SIZE,
                            per_shot: int | None = None) -> ShotCachePolicy:
     if name == "topk":
         return TopKRetrieval(k=k, per_shot=per_shot)

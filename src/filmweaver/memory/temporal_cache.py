@@ -14,10 +14,13 @@ import torch
 
 from filmweaver.context import ContextFrames
 
+# The one home of the temporal cache's default (EngineConfig.temporal_cache and the trainer read it)
+DEFAULT_SCHEDULE: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (4, 4))
+
 
 @dataclass
 class TemporalCache:
-    schedule: list[tuple[int, int]] = field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
+    schedule: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_SCHEDULE))
     frames: torch.Tensor | None = None  # [B, C, T, h, w], oldest first, T <= capacity
 
     def __post_init__(self):

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE
+
 
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -94,7 +96,7 @@ class DiTPhase(_Cfg):
     grad_clip: float = 1.0
     max_memory: int = 4  # shot-cache keyframes per sample: 1..max_memory
     chunk_frames: int = 4
-    temporal_schedule: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (4, 4)])
+    temporal_schedule: list[tuple[int, int]] = Field(default_factory=lambda: list(DEFAULT_SCHEDULE))
     timestep_shift: float = 3.0
     # The synthetic world's character and props are small (a few latent pixels in a wide shot) and the
     # flat background is most of the loss: weight each target latent pixel by 1 + character_loss_weight
