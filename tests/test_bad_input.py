@@ -290,3 +290,27 @@ def test_fuzzed_generate_options_are_an_error_or_reach_model_loading(tmp_path, s
     # typer's own usage errors (a value that is not a number) are boxed, exit code 2; ours are one line
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit | None), (args, res.output, res.exception)
     assert "Traceback" not in res.output
+
+
+# -- engine settings from a file and --set ---------------------------------------------------------------
+def test_generate_takes_a_settings_file_and_overrides_under_its_options(tmp_path, story_file):
+    settings = tmp_path / "engine.yaml"
+    settings.write_text("shot_cache: {k: 2, policy: topk}\nsampler: {num_inference_steps: 3}\nseed: 7\n")
+    out = tmp_path / "p"
+    res = _invoke("-q", "generate", story_file, "-o", out, "--preset", "tiny", "--max-shots", "1", "--config", settings,
+                  "--set", "sampler.num_inference_steps=2", "--set", "keyframes.max_per_shot=1", "--seed", "5")
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "manifest.json").read_text())["config"]
+    # the file, then --set over it, then the options over both
+    assert cfg["shot_cache"]["k"] == 2 and cfg["sampler"]["num_inference_steps"] == 2
+    assert cfg["keyframes"]["max_per_shot"] == 1 and cfg["seed"] == 5
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--set", "shot_cache.kk=3"], "unknown engine setting(s) shot_cache.kk"),
+    (["--set", "nonsense"], "expected dotted.key=value"),
+    (["--set", "shot_cache.k=0"], "--k 0"),
+    (["--config", "missing.yaml"], "cannot read it"),
+])
+def test_bad_settings_are_one_line_before_models_load(tmp_path, story_file, no_models, args, says):
+    _one_line_error(_invoke("generate", story_file, "-o", tmp_path / "p", "--preset", "tiny", *args), says)

@@ -246,6 +246,11 @@ def generate(
     quality_threshold: float | None = typer.Option(None, help="frames scoring below this are never keyframes "
                                                    "(StoryMem: 3.0 for HPSv3)"),
     max_shots: int | None = typer.Option(None, help="stop after this many shots (rerun to continue)"),
+    settings_file: Path | None = typer.Option(None, "--config", help="engine settings (YAML or JSON with "
+                                              "EngineConfig's sections: sampler, shot_cache, temporal_cache, "
+                                              "keyframes, ...); the options above win over it"),
+    set_: list[str] = typer.Option([], "--set", help="one engine setting, dotted.key=value (e.g. shot_cache.k=5); "
+                                   "repeatable; over --config, under the options above"),
     force: Force = False, allow_external_references: ExternalRefs = False,
     context_parallel: str | None = typer.Option(None, help="ulysses | ring: one story on several GPUs, every forward's "
                                                 "tokens split over the ranks of `torchrun --nproc_per_node N`"),
@@ -288,6 +293,7 @@ def generate(
     top = dict(height=height, width=width, shot_chunks=chunks, seed=seed, continuation=continuation,
                step_cache=step_cache, step_cache_threshold=step_cache_threshold, step_cache_mag_ratios=ratios)
     settings.update({k_: v for k_, v in top.items() if v is not None})
+    settings = _with_settings_file(settings_file, set_, settings)
     try:
         if method is not None:
             from filmweaver.methods import method_config
@@ -345,6 +351,32 @@ def generate(
     lock.release()
     if scratch is not None:
         scratch.cleanup()
+
+
+def _with_settings_file(path: Path | None, overrides: list[str], options: dict) -> dict:
+    """``--config`` then ``--set`` under the options given (``options`` win); unknown keys are errors."""
+    from filmweaver.engine import EngineConfig
+    from filmweaver.settings import (
+        SettingsError,
+        apply_overrides,
+        merge_settings,
+        read_settings,
+        unknown_keys,
+    )
+
+    if path is None and not overrides:
+        return options
+    try:
+        base = apply_overrides(read_settings(path) if path is not None else {}, overrides,
+                               str(path) if path is not None else "the engine")
+    except SettingsError as e:
+        _fail(str(e))
+    unknown = unknown_keys(EngineConfig, base)
+    if unknown:
+        where = f"--config {path}" if path is not None else "--set"
+        _fail(f"{where}: unknown engine setting(s) {', '.join(unknown)} (sections: "
+              f"{', '.join(EngineConfig.model_fields)})")
+    return merge_settings(base, options)
 
 
 # the config field behind each generate option, for messages that name the option

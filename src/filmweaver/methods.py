@@ -17,13 +17,7 @@ A method is a partial :class:`~filmweaver.engine.EngineConfig` (nested dict); ``
 
 from __future__ import annotations
 
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
+from filmweaver.settings import merge_settings
 
 # StoryMem's released values (pipeline.py, extract_keyframes.py): written out, not taken from our
 # defaults, so that --method storymem stays StoryMem's if filmweaver's own defaults change
@@ -34,7 +28,7 @@ STORYMEM = {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, 
 METHODS: dict[str, dict] = {
     "independent": {"shot_cache": {"policy": "none"}, "continuation": "none"},
     "storymem": STORYMEM,
-    "storymem_corrected": _merge(STORYMEM, {"storymem": {"corrected_mi2v": True}}),
+    "storymem_corrected": merge_settings(STORYMEM, {"storymem": {"corrected_mi2v": True}}),
     "filmweaver": {"shot_cache": {"policy": "topk"}, "continuation": "mi2v"},
     "keyframe_first": {"shot_cache": {"policy": "topk"}, "keyframe_first": True},
 }
@@ -47,4 +41,4 @@ def method_config(name: str, explicit: dict | None = None):
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
-    return EngineConfig.model_validate(_merge(METHODS[name], explicit or {}))
+    return EngineConfig.model_validate(merge_settings(METHODS[name], explicit or {}))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE
+from filmweaver.settings import apply_overrides, read_settings
 
 
 class _Cfg(BaseModel):
@@ -156,18 +156,5 @@ class TrainConfig(_Cfg):
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML config; ``overrides`` are ``dotted.key=value`` strings (YAML values). A number in the
     key indexes a list: ``dit.stages.1.modes.shot=0.5`` sets the second stage's share of shot batches."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = raw
-        *parents, leaf = key.split(".")
-        try:
-            for p in parents:
-                node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-            if isinstance(node, list):
-                node[int(leaf)] = yaml.safe_load(value)
-            else:
-                node[leaf] = yaml.safe_load(value)
-        except (ValueError, IndexError, AttributeError, TypeError) as e:
-            raise ValueError(f"--set {item}: {key!r} does not name a setting of {path} ({e})") from None
+    raw = apply_overrides(read_settings(path), list(overrides), str(path))
     return TrainConfig.model_validate(raw)
