@@ -591,7 +591,7 @@ def test_character_anchors_keep_the_shot_that_introduced_a_character(tiny_models
 def test_summaries_never_decode_the_shots_again(tiny_models, tmp_path, monkeypatch):
     """The storyboard comes from thumbnails kept at shot time and the film from the shots' packets, so
     the cost of an operation's summaries does not grow with the shots already made."""
-    from filmweaver import engine as engine_module
+    from filmweaver import summaries
 
     out = tmp_path / "p"
     engine = StoryEngine(tiny_models, out, story=parse_story(small_story()), config=config(), progress=False)
@@ -601,7 +601,7 @@ def test_summaries_never_decode_the_shots_again(tiny_models, tmp_path, monkeypat
     def no_decoding(*_):
         raise AssertionError("a shot was decoded for the summaries")
 
-    monkeypatch.setattr(engine_module, "read_video", no_decoding)
+    monkeypatch.setattr(summaries, "read_video", no_decoding)
     engine.generate()
     assert manifest(out)["shots"][-1]["status"] == "done"
     again = np.asarray(Image.open(out / "storyboard.png"))

@@ -16,8 +16,6 @@ selected and added to the bank, and every file is written before the manifest.
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,7 +23,6 @@ import logging
 import math
 import re
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,15 +38,11 @@ from filmweaver.context import ContextFrames, present_at_timestep
 from filmweaver.io import (
     as_8bit,
     atomic_path,
-    concat_videos,
-    contact_sheet,
     file_digest,
     load_image,
-    read_video,
     save_png,
     storyboard_thumbnails,
     to_pil,
-    write_json,
     write_video,
 )
 from filmweaver.memory.keyframes import (
@@ -74,6 +67,8 @@ from filmweaver.progress import progress_bar
 from filmweaver.project import Project, ProjectError, ProjectLock
 from filmweaver.sampler import FlowMatchSampler, SamplerConfig
 from filmweaver.script import MAX_SEED, Shot, StoryScript
+from filmweaver.step_cache import StepCache
+from filmweaver.summaries import write_summaries
 
 log = logging.getLogger("filmweaver")
 
@@ -296,8 +291,7 @@ class StoryEngine:
         if self.m2v and self.config.shot_cache.compression != 1:
             raise ValueError("shot_cache.compression applies to in-context backbones; StoryMem's M2V layout "
                              "takes memory frames at full resolution")
-        self._mag_calibration: MagCalibration | None = None
-        self._enable_step_cache()
+        self.step_cache = StepCache.for_config(cfg, models.experts())
         # Wan2.1-I2V: the CLIP image tokens of each shot's conditioning image join the text (see
         # _image_condition); the noisy/mask/condition channel layout is StoryMem's M2V one
         self.image_conditioned = bool(getattr(models.backbone.config, "image_dim", None))
@@ -645,7 +639,7 @@ class StoryEngine:
                                 encoder_hidden_states_image=image).float()
 
             sampler = self.sampler
-        with self._step_cache_scope(f"shot{i}-chunk0"):
+        with self.step_cache.scope(f"shot{i}-chunk0"):
             latents = sampler.sample(velocity, noise.to(backbone.device), text, negative, progress=self.progress,
                                      desc=f"shot {plan.shot.number}")
         mode = "shot" if retrieved else ("temporal" if lead is not None else "text")
@@ -700,7 +694,7 @@ class StoryEngine:
             seed = plan.seed + 7_919
             context = present_at_timestep(list(shot_ctx), torch.Generator(device="cpu").manual_seed(seed + 17))
             noise = torch.randn((1, c_lat, 1, h, w), generator=torch.Generator(device="cpu").manual_seed(seed))
-            with self._step_cache_scope(f"shot{i}-anchor"):
+            with self.step_cache.scope(f"shot{i}-anchor"):
                 anchor = self.sampler.sample(self._velocity_fn(context, image), noise.to(backbone.device), text, negative,
                                              progress=self.progress, desc="anchor frame",
                                              velocity_without_memory=self._velocity_without_memory(context, image))
@@ -720,7 +714,7 @@ class StoryEngine:
             gen = torch.Generator(device="cpu").manual_seed(seed)
             noise = torch.randn((1, c_lat, cfg.chunk_frames, h, w), generator=gen, dtype=torch.float32)
             velocity = self._velocity_fn(context, image)
-            with self._step_cache_scope(f"shot{i}-chunk{c}"):
+            with self.step_cache.scope(f"shot{i}-chunk{c}"):
                 latents = self.sampler.sample(velocity, noise.to(backbone.device), text, negative,
                                               progress=self.progress, desc=f"chunk {c + 1}/{plan.num_chunks}",
                                               velocity_without_memory=self._velocity_without_memory(context, image))
@@ -853,64 +847,6 @@ class StoryEngine:
                 "role": r.role, "position": position}
 
     # -- step caching ------------------------------------------------------------------------------
-    def _transformers(self) -> list:
-        return [e.transformer for e in self.models.experts()]
-
-    def _enable_step_cache(self) -> None:
-        cfg = self.config
-        if cfg.step_cache != "none":
-            # both caches count denoising steps by transformer forwards and compare residuals of the
-            # generated tokens from step to step
-            if not cfg.sampler.batch_cfg:
-                raise ValueError("step_cache needs batched CFG (sampler.batch_cfg): one forward per step")
-            experts = self.models.experts()
-            if any(e.context_attention == "causal" for e in experts):
-                # the context pass runs the blocks too: the cache would compare unrelated residuals
-                raise ValueError(f"step_cache {cfg.step_cache} does not combine with a causal-context model "
-                                 "(its context keys/values are already reused across steps)")
-            if cfg.sampler.memory_guidance_scale != 1.0:
-                raise ValueError(f"step_cache {cfg.step_cache} does not combine with memory guidance (two forwards "
-                                 "a step): pass memory_guidance_scale 1 (--memory-guidance 1)")
-            if any(e._cp_group is not None for e in experts):
-                # each rank would decide on its own shard's residual, and the ranks could diverge
-                raise ValueError(f"step_cache {cfg.step_cache} does not combine with context parallelism")
-            if cfg.step_cache == "mag" and not cfg.step_cache_mag_ratios:
-                raise ValueError("step_cache mag needs the model's magnitude ratios (step_cache_mag_ratios, "
-                                 "--mag-ratios FILE): run once with --step-cache mag_calibrate, which writes "
-                                 "them to the project's mag_ratios.json")
-        for tr in self._transformers():
-            if tr.is_cache_enabled:
-                tr.disable_cache()
-            if cfg.step_cache == "first_block":
-                from diffusers.hooks import FirstBlockCacheConfig
-
-                tr.enable_cache(FirstBlockCacheConfig(threshold=cfg.step_cache_threshold))
-            elif cfg.step_cache in ("mag", "mag_calibrate"):
-                from diffusers.hooks import MagCacheConfig
-
-                tr.enable_cache(MagCacheConfig(
-                    threshold=cfg.step_cache_threshold, num_inference_steps=cfg.sampler.num_inference_steps,
-                    mag_ratios=None if cfg.step_cache == "mag_calibrate" else list(cfg.step_cache_mag_ratios),
-                    calibrate=cfg.step_cache == "mag_calibrate"))
-        if cfg.step_cache == "mag_calibrate" and self._mag_calibration is None:
-            self._mag_calibration = MagCalibration()
-
-    def _write_mag_calibration(self) -> None:
-        """``mag_ratios.json`` in the project: the mean of every chunk's calibrated ratios so far."""
-        if self._mag_calibration is not None and self._mag_calibration.runs:
-            write_json(self.project.root / "mag_ratios.json", self._mag_calibration.summary())
-
-    def _step_cache_scope(self, name: str):
-        """A fresh cache state per denoising trajectory (chunk): residuals never cross chunks."""
-        from contextlib import ExitStack
-
-        stack = ExitStack()
-        if self.config.step_cache != "none":
-            for tr in self._transformers():
-                tr._reset_stateful_cache()
-                stack.enter_context(tr.cache_context(name))
-        return stack
-
     def _velocity_without_memory(self, context: list[ContextFrames], image: torch.Tensor | None = None):
         """The velocity without the shot-cache keyframes (memory guidance), or None when it is off or
         there are no keyframes in ``context``."""
@@ -958,101 +894,11 @@ class StoryEngine:
         return velocity
 
     # -- summaries: film, storyboard, memory sheet -------------------------------------------------
-    def _storyboard_frames(self, index: int) -> tuple[torch.Tensor, list[int]]:
-        """Shot ``index``'s storyboard thumbnails ``[3, 3, h, w]`` and their frame numbers, from its
-        state (a shot from before they were kept there: decoded from its mp4)."""
-        with contextlib.suppress(Exception), safe_open(str(self.project.shot_state(index)), "pt") as f:
-            if "storyboard_frames" in f.keys():
-                return f.get_tensor("storyboard_frames").float() / 255, f.get_tensor("storyboard_index").tolist()
-        frames, _ = read_video(self.project.shot_video(index))
-        picks = sorted({0, len(frames) // 2, len(frames) - 1})
-        return frames[picks], picks
-
-    def _write_film(self, videos: list[Path]) -> None:
-        """film.mp4: the shots' H.264 packets copied one after another (lossless, no re-encoding);
-        shots encoded differently (an older project's) are decoded and encoded again."""
-        try:
-            concat_videos(videos, self.project.film_path)
-        except ValueError as e:
-            log.info("film.mp4: re-encoding the shots (%s)", e)
-            write_video(self.project.film_path, [read_video(v)[0] for v in videos], fps=self.config.fps)
-
     def _write_summaries(self) -> None:
-        """After an operation: the keyframe bank, the film, the storyboard and the memory sheet."""
-        self._write_mag_calibration()
-        p = self.project
+        """After an operation: the step cache's calibration, the keyframe bank, then the pictures and
+        the film (:mod:`filmweaver.summaries`)."""
+        self.step_cache.write_calibration(self.project.root / "mag_ratios.json")
         if self._bank_after is not None:
-            self._bank_after.save(p.bank_dir)
-        done = [r for r in p.shots if r.get("status") in ("done", "stale") and p.shot_video(r["index"]).is_file()]
-        if not done:
-            return
-        banner = None if self.models.trained else UNTRAINED_BANNER
-        board = []
-        for r in done:
-            thumbs, picks = self._storyboard_frames(r["index"])
-            status = "" if r["status"] == "done" else " [STALE]"
-            caption = f"Shot {r['number']} (scene {r['scene_num']}, {'cut' if r['cut'] else 'continues'}){status}: {r['prompt']}"
-            board.append((caption, [(t, f"frame {k}") for t, k in zip(thumbs, picks, strict=True)]))
-        name = p.manifest.get("story", {}).get("name") or "story"
-        save_png(contact_sheet(board, title=f"{name}: storyboard", banner=banner), p.storyboard_path)
-        mem_rows = []
-        for r in done:
-            thumbs = []
-            for m in r.get("shot_cache", []):
-                png = p.bank_dir / f"{m['keyframe']}.png"
-                if png.is_file():
-                    sim = "-" if m["similarity"] is None else f"{m['similarity']:.2f}"
-                    thumbs.append((load_image(png), f"{m['keyframe']} sim {sim}"))
-            modes = ",".join(sorted({c["mode"] for c in r["chunks"]}))
-            mem_rows.append((f"Shot {r['number']} [{modes}]: {r['prompt']}", thumbs))
-        save_png(contact_sheet(mem_rows, title=f"{name}: shot cache per shot ({self.config.shot_cache.policy})",
-                               banner=banner), p.memory_sheet_path)
-        self._write_film([p.shot_video(r["index"]) for r in done])
-        p.manifest["film"] = p.rel(p.film_path)
-        p.manifest["storyboard"] = p.rel(p.storyboard_path)
-        p.manifest["memory_sheet"] = p.rel(p.memory_sheet_path)
-        p.save()
-
-
-class MagCalibration:
-    """Collects MagCache's calibrated ratios (``step_cache: mag_calibrate``) for every denoising
-    trajectory. Diffusers' hook reports each trajectory's ratios through its logger when the trajectory
-    ends (and then resets its state), so one handler on that logger hands them to every live
-    calibration."""
-
-    _live: weakref.WeakSet[MagCalibration] = weakref.WeakSet()
-    _handler: logging.Handler | None = None
-
-    def __init__(self):
-        self.runs: list[list[float]] = []
-        MagCalibration._live.add(self)
-        if MagCalibration._handler is None:
-            MagCalibration._handler = _MagResultsHandler()
-            log = logging.getLogger("diffusers.hooks.mag_cache")
-            # diffusers' loggers sit at WARNING and the results are INFO records: this logger now lets
-            # INFO through to our handler alone, which passes warnings on to diffusers' own handlers
-            log.setLevel(logging.INFO)
-            log.propagate = False
-            log.addHandler(MagCalibration._handler)
-
-    def summary(self) -> dict:
-        """The per-step mean over the trajectories of the most common length (the step count)."""
-        lengths = [len(r) for r in self.runs]
-        n = max(set(lengths), key=lengths.count)
-        runs = [r for r in self.runs if len(r) == n]
-        return {"mag_ratios": [round(sum(col) / len(col), 6) for col in zip(*runs, strict=True)],
-                "num_inference_steps": n, "trajectories": len(runs)}
-
-
-class _MagResultsHandler(logging.Handler):
-    PREFIX = "MagCache Calibration Results:"
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
-            logging.getLogger("diffusers").handle(record)
-            return
-        msg = record.getMessage()
-        if msg.startswith(self.PREFIX):
-            ratios = [float(x) for x in ast.literal_eval(msg[len(self.PREFIX):].strip())]
-            for calibration in MagCalibration._live:
-                calibration.runs.append(ratios)
+            self._bank_after.save(self.project.bank_dir)
+        write_summaries(self.project, self.config.shot_cache.policy, self.config.fps,
+                        None if self.models.trained else UNTRAINED_BANNER)
