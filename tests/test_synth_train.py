@@ -495,13 +495,13 @@ def test_run_arm_evaluates_a_generated_story_against_its_ground_truth(tmp_path):
 
 def test_an_arm_can_name_the_training_run_whose_model_it_uses():
     """``ARM@RUN``: an ablation arm's engine settings on another trained model; unknown arms fail early."""
-    from filmweaver.synth.evaluate import ARMS, resolve_arm
+    from filmweaver.synth.evaluate import ARMS, AblationError, resolve_arm
 
     assert resolve_arm("no_shot_cache") == ARMS["no_shot_cache"]
     run, overrides = resolve_arm("no_shot_cache@char6")
     assert run == "char6" and overrides == ARMS["no_shot_cache"][1]
     assert resolve_arm("no_noise_aug") == ("no_noise", {})
-    with pytest.raises(SystemExit, match="no_such_arm"):
+    with pytest.raises(AblationError, match="no_such_arm"):
         resolve_arm("no_such_arm@char6")
 
 

@@ -44,6 +44,12 @@ from filmweaver.synth.world import (
 IDENTITY_CHANCE = float(np.mean([1 / len(v) for v in CHARACTER_ATTRIBUTES.values()]))
 EVAL_FIRST_SEED = 1_000_000  # held out: training uses seeds < 1,000,000
 
+
+
+class AblationError(ValueError):
+    """An arm, shard or report the ablation cannot use (one line, naming it)."""
+
+
 # arm -> (training run whose model it uses, engine settings that differ from the model's defaults)
 ARMS = {
     "full": ("full", {}),
@@ -69,7 +75,7 @@ def resolve_arm(arm: str) -> tuple[str, dict]:
     """``ARM`` or ``ARM@RUN`` -> (training run directory name, engine overrides)."""
     name, _, run = arm.partition("@")
     if name not in ARMS:
-        raise SystemExit(f"unknown arm {name!r} in {arm!r}: expected one of {', '.join(ARMS)} (optionally @RUN)")
+        raise AblationError(f"unknown arm {name!r} in {arm!r}: expected one of {', '.join(ARMS)} (optionally @RUN)")
     run_name, overrides = ARMS[name]
     return run or run_name, overrides
 
@@ -365,7 +371,7 @@ def merge_shards(out: Path, arm: str) -> dict | None:
         return None
     n = int(parts[0].stem.rsplit("of", 1)[1])
     if len(parts) != n:
-        raise SystemExit(f"{arm}: {len(parts)} of {n} shards in {out} ({', '.join(p.name for p in parts)})")
+        raise AblationError(f"{arm}: {len(parts)} of {n} shards in {out} ({', '.join(p.name for p in parts)})")
     shards = [json.loads(p.read_text()) for p in parts]
     records = [r for sh in shards for r in sh["records"]]
     merged = {**shards[0], "records": records, "summary": summarize(records), "shards": n}
@@ -382,27 +388,27 @@ def import_arm(spec: str, out: Path, stories: int, first_seed: int, taken: list[
 
     path, sep, arm = spec.rpartition(":")
     if not sep or not arm:
-        raise SystemExit(f"--from-report {spec!r}: expected REPORT:ARM or REPORT:ARM=NAME")
+        raise AblationError(f"--from-report {spec!r}: expected REPORT:ARM or REPORT:ARM=NAME")
     arm, _, name = arm.partition("=")
     name = name or arm
     if name in taken:
-        raise SystemExit(f"--from-report {spec!r}: {name!r} is also an arm evaluated here; name the import "
+        raise AblationError(f"--from-report {spec!r}: {name!r} is also an arm evaluated here; name the import "
                          f"another way (REPORT:{arm}=OTHER_NAME)")
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
             report = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--from-report {spec!r}: cannot read {path}: {e}") from None
+        raise AblationError(f"--from-report {spec!r}: cannot read {path}: {e}") from None
     meta = report.get("meta", {})
     if (meta.get("stories"), meta.get("first_seed")) != (stories, first_seed):
-        raise SystemExit(f"--from-report {spec!r}: {path} covers {meta.get('stories')} stories from seed "
+        raise AblationError(f"--from-report {spec!r}: {path} covers {meta.get('stories')} stories from seed "
                          f"{meta.get('first_seed')}, this evaluation {stories} from {first_seed}")
     arms = {a["arm"]: a for a in report.get("arms", [])}
     if arm not in arms:
-        raise SystemExit(f"--from-report {spec!r}: no arm {arm!r} in {path} (it has {', '.join(arms)})")
+        raise AblationError(f"--from-report {spec!r}: no arm {arm!r} in {path} (it has {', '.join(arms)})")
     target = out / f"arm_{name}.json"
     if target.is_file() and "imported_from" not in json.loads(target.read_text()):
-        raise SystemExit(f"--from-report {spec!r}: {target} holds results evaluated here; name the import "
+        raise AblationError(f"--from-report {spec!r}: {target} holds results evaluated here; name the import "
                          f"another way (REPORT:{arm}=OTHER_NAME)")
     out.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({**arms[arm], "arm": name, "imported_from": f"{path}:{arm}"}))
@@ -410,6 +416,14 @@ def import_arm(spec: str, out: Path, stories: int, first_seed: int, taken: list[
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: a library error becomes one line and exit status 2."""
+    try:
+        _main(argv)
+    except AblationError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _main(argv: list[str] | None) -> None:
     import argparse
 
     from filmweaver.synth.probe import AttributeProbe
@@ -453,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     imported = [import_arm(spec, out, args.stories, args.first_seed, taken=args.arms) for spec in args.from_report]
     results = [r for r in (merge_shards(out, arm) for arm in [*args.arms, *imported]) if r is not None]
     if not results:
-        raise SystemExit(f"no results in {out} for {', '.join(args.arms)} (expected arm_ARM.json or its shards)")
+        raise AblationError(f"no results in {out} for {', '.join(args.arms)} (expected arm_ARM.json or its shards)")
     for r in results:  # summaries from the records, so a report written by an older version gains new metrics
         r["summary"] = summarize(r["records"])
     write_report(results, out, {"stories": args.stories, "first_seed": args.first_seed,
