@@ -135,14 +135,19 @@ def _recorded_setup(project) -> dict | None:
     return project.manifest.get("model", {}).get("setup")
 
 
+def _require_project(out: Path) -> None:
+    """A one-line error unless ``out`` is a directory holding a manifest (or its backup copy)."""
+    if not (out.is_dir() and ((out / "manifest.json").is_file() or (out / "manifest.backup.json").is_file())):
+        _fail(f"{out} is not a filmweaver project (no manifest.json)")
+
+
 def _read_project(out: Path, must_exist: bool = True, hint: str = ""):
     """``out``'s :class:`~filmweaver.project.Project`, or a one-line error: not a project (when
     ``must_exist``), or not ours, or damaged beyond its backup copy."""
     from filmweaver.project import Project, ProjectError
 
-    if must_exist and not (out.is_dir() and ((out / "manifest.json").is_file()
-                                              or (out / "manifest.backup.json").is_file())):
-        _fail(f"{out} is not a filmweaver project (no manifest.json)")
+    if must_exist:
+        _require_project(out)
     try:
         project = Project(out)
     except ProjectError as e:
@@ -421,8 +426,7 @@ def _report(engine, done):
 def _open(out: Path, runtime, shot: int | None = None, finished: bool = False, **given):
     """Reopen a project for a follow-up command: the lock, its recorded models (``given`` options must
     agree with them), its own story and settings. ``shot`` (1-based) must exist, and be ``finished``."""
-    if not (out / "manifest.json").is_file() and not (out / "manifest.backup.json").is_file():
-        _fail(f"{out} is not a filmweaver project (no manifest.json)")  # before the lock makes the folder
+    _require_project(out)  # before the lock makes the folder
     _lock(out)
     project = _read_project(out, hint="; generate it again from its script")
     if shot is not None:

@@ -238,7 +238,7 @@ class StoryEngine:
         self.models = models
         self.project = project if isinstance(project, Project) else Project(project)
         self._bank_after: KeyframeBank | None = None  # the bank after the last shot this operation made
-        self._verified: set[int] = set()
+        self._verified: set[int] = set()  # shots whose files this operation checked or wrote
         self.progress = progress
         p = self.project
         if story is None:
@@ -283,11 +283,12 @@ class StoryEngine:
                                              kcfg.quality_threshold)
         # a closed-vocabulary text encoder (the built-in model's) silently drops words it doesn't know:
         # say so, once per model in a process (a benchmark opens an engine per story and method)
-        unseen = models.prompt_encoder.coverage([s.prompt for s in story.shots()])
-        message = unseen.warning(f"{models.model_id}'s text encoder on {story.story_name or 'the story'}")
-        if message and models.model_id not in _VOCABULARY_WARNED:
-            _VOCABULARY_WARNED.add(models.model_id)
-            log.warning(message)
+        if models.model_id not in _VOCABULARY_WARNED:
+            unseen = models.prompt_encoder.coverage([s.prompt for s in story.shots()])
+            message = unseen.warning(f"{models.model_id}'s text encoder on {story.story_name or 'the story'}")
+            if message:
+                _VOCABULARY_WARNED.add(models.model_id)
+                log.warning(message)
         if self.m2v and self.config.shot_cache.compression != 1:
             raise ValueError("shot_cache.compression applies to in-context backbones; StoryMem's M2V layout "
                              "takes memory frames at full resolution")
@@ -446,7 +447,7 @@ class StoryEngine:
         operation reads the bank from disk once (another process may have written in between)."""
         p = self.project
         self._bank_after = None
-        self._verified: set[int] = set()  # shots whose files this operation checked or wrote
+        self._verified = set()
         if p.recovered:
             log.warning("%s: %s", p.root, p.recovered)
             p.recovered = None
@@ -478,14 +479,10 @@ class StoryEngine:
     def _load_bank(self, index: int) -> KeyframeBank:
         """The bank as it stood before shot ``index``, with the story's reference images first."""
         p = self.project
-        if self._bank_after is not None:  # the bank this engine just built: no reading it back
-            bank = self._bank_after.before_shot(index)
-            if self._bank_matches_shots(bank, index) and (any(e.kind == "reference" for e in bank)
-                                                          or not self.story.references()):
-                bank.dedupe_threshold = self.config.keyframes.dedupe_threshold
-                return bank
         bank = None
-        if bank_exists(p.bank_dir):
+        if self._bank_after is not None:  # the bank this operation just built: no reading it back
+            bank = self._bank_after.before_shot(index)
+        elif bank_exists(p.bank_dir):
             try:
                 bank = KeyframeBank.load(p.bank_dir).before_shot(index)
             except Exception as e:  # noqa: BLE001 - any damage to derived data: rebuild it from the shots
@@ -606,8 +603,7 @@ class StoryEngine:
             full = embedder.embed_images(frames8[sel.frame_indices], resize="squash")
             embs = full.new_zeros(frames.shape[0], full.shape[1])
             embs[sel.frame_indices] = full
-        earlier = KeyframeBank([e for e in bank if e.source_shot < index], self.config.keyframes.dedupe_threshold)
-        return sel, embs, earlier, frames8
+        return sel, embs, bank.before_shot(index), frames8
 
     def _storymem_chunk(self, plan: ShotPlan, bank: KeyframeBank, retrieved: list[RetrievedKeyframe],
                         text: torch.Tensor, negative: torch.Tensor, image: torch.Tensor | None):
@@ -744,8 +740,8 @@ class StoryEngine:
             if added:
                 bank.add(kf, dedupe=False)
                 # kept in the shot's state too: the bank can be rebuilt from the shots alone
-                bank_tensors[f"bank.{fi}.embedding"] = kf.embedding.float().contiguous()
-                bank_tensors[f"bank.{fi}.latent"] = lat.float().contiguous()
+                bank_tensors[f"bank.{fi}.embedding"] = kf.embedding.contiguous()
+                bank_tensors[f"bank.{fi}.latent"] = kf.latent.contiguous()
             kf_records.append({"name": kf.name, "file": p.rel(p.keyframe_png(kf.name)), "frame_index": fi,
                                "added_to_bank": added, "max_bank_similarity": round(max_sim, 4)})
             save_png(to_pil(img), p.keyframe_png(kf.name))

@@ -143,8 +143,8 @@ class StoryMemKeyframeSelector:
     squashed to the embedder's square input (no crop). The first frame that passes the quality filter
     is a keyframe (none passes: the shot adds no keyframe); from frame 2 on (frame 1 never), a frame
     becomes one when its cosine to the last keyframe is below the threshold and it passes the filter;
-    the threshold drops by 0.01 until at most ``max_per_shot`` remain. :meth:`dedupe_embeddings` are
-    the full frames' own (what StoryMem compares with earlier shots' keyframes, at 0.9)."""
+    the threshold drops by 0.01 until at most ``max_per_shot`` remain. The engine keeps each keyframe's
+    full-frame embedding for the bank (what StoryMem compares with earlier shots' keyframes, at 0.9)."""
 
     max_per_shot: int = 3
     start_threshold: float = 0.9
