@@ -90,8 +90,6 @@ class ModelSetup(BaseModel):
         option must name what was recorded. ``given`` holds only what the user set (``None`` left out)."""
         named = ModelSetup.from_options(**given)
         for key in given:
-            if given[key] is None:
-                continue
             mine, theirs = getattr(self, key), getattr(named, key)
             if mine != theirs:
                 option = "--" + key.replace("_", "-")
