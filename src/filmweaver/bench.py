@@ -154,8 +154,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     if context_parallel or cfg_parallel:
         import torch.distributed as dist
 
-        from filmweaver.parallel import init_distributed
-        from filmweaver.sampler import gather_cfg_branches
+        from filmweaver.parallel import gather_cfg_branches, init_distributed
 
         device, _ = init_distributed(device, context_parallel, cfg_parallel)
         dev, world = torch.device(device), dist.get_world_size()

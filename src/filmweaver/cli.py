@@ -633,7 +633,8 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
 
     Under torchrun (one process per GPU) the (story, method) pairs are shared out and rank 0 writes
     the report: `torchrun --nproc_per_node 2 -m filmweaver.cli benchmark DIR -o OUT --device cuda`."""
-    from filmweaver.eval.benchmark import run_benchmark, shard_from_env, story_scripts
+    from filmweaver.eval.benchmark import run_benchmark, story_scripts
+    from filmweaver.parallel import shard_from_env
 
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling)
     device = runtime.device

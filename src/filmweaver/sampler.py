@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
+from filmweaver.parallel import CFGParallel
 from filmweaver.progress import progress_bar
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -29,16 +30,6 @@ class SamplerConfig(BaseModel):
     # holds keyframes): v = v(-, -) + m (v(-, mem) - v(-, -)) + g (v(text, mem) - v(-, mem)),
     # "-" = empty prompt / no keyframes; 1.0 = plain classifier-free guidance
     memory_guidance_scale: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
-
-
-def gather_cfg_branches(mine: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """CFG parallelism's one exchange a step: this rank's branch ``[B, ...]`` all-gathered over the two
-    ranks of ``group`` -> ``(rank 0's, rank 1's)``, the conditional and the unconditional velocities."""
-    import torch.distributed as dist
-
-    both = [torch.empty_like(mine) for _ in range(2)]
-    dist.all_gather(both, mine.contiguous(), group=group)
-    return both[0], both[1]
 
 
 def make_scheduler(cfg: SamplerConfig, base_config: dict | None = None):
@@ -74,29 +65,13 @@ class FlowMatchSampler:
         self.cfg = cfg
         self.scheduler_config = scheduler_config
         self.boundary = boundary  # timestep where a two-expert backbone switches (guidance_scale_2 below it)
-        # classifier-free guidance split over two ranks (enable_cfg_parallel): rank 0 the conditional branch
-        self.cfg_group = None
+        self.cfg_parallel: CFGParallel | None = None  # classifier-free guidance split over two ranks
 
     def enable_cfg_parallel(self, group=None) -> None:
-        """Split classifier-free guidance over the two ranks of ``group`` (default: the whole world, under
-        ``torchrun --nproc_per_node 2``): rank 0 runs the conditional forward, rank 1 the unconditional one,
-        and one all-gather of the two velocities a step gives both ranks the same guided step. Each rank
-        runs batch 1 where batched CFG runs batch 2 on one GPU, so a guided step takes about half the time;
-        the extra memory-guidance forward (``memory_guidance_scale != 1``) runs on both ranks."""
-        import torch.distributed as dist
-
-        size = dist.get_world_size(group)
-        if size != 2:
-            raise ValueError(f"CFG parallelism splits two branches over two ranks; this group has {size}")
-        self.cfg_group = group if group is not None else dist.group.WORLD
-
-    def _cfg_parallel_velocities(self, velocity: VelocityFn, latents: torch.Tensor, t: torch.Tensor,
-                                 text: torch.Tensor, negative_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(v_cond, v_uncond)``, each ``[B, C, F, h, w]``, with one branch computed on each rank."""
-        import torch.distributed as dist
-
-        mine = velocity(latents, t, text if dist.get_rank(self.cfg_group) == 0 else negative_text)
-        return gather_cfg_branches(mine, self.cfg_group)
+        """Split classifier-free guidance over the two ranks of ``group`` (:class:`~filmweaver.parallel.CFGParallel`).
+        Each rank runs batch 1 where batched CFG runs batch 2 on one GPU, so a guided step takes about
+        half the time; the extra memory-guidance forward (``memory_guidance_scale != 1``) runs on both ranks."""
+        self.cfg_parallel = CFGParallel(group)
 
     def guidance_at(self, t: float) -> float:
         low = self.boundary is not None and self.cfg.guidance_scale_2 is not None and float(t) < self.boundary
@@ -132,8 +107,8 @@ class FlowMatchSampler:
             scale = self.guidance_at(t)
             use_cfg = scale > 1.0 and negative_text is not None
             v_uncond = v_none = None
-            if use_cfg and self.cfg_group is not None:
-                v_cond, v_uncond = self._cfg_parallel_velocities(velocity, latents, t.expand(b), text, negative_text)
+            if use_cfg and self.cfg_parallel is not None:
+                v_cond, v_uncond = self.cfg_parallel.velocities(velocity, latents, t.expand(b), text, negative_text)
             elif use_cfg and cfg.batch_cfg:
                 v_cond, v_uncond = velocity(torch.cat([latents, latents]), t.expand(2 * b), both).chunk(2)
             else:

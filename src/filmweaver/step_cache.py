@@ -57,7 +57,7 @@ class StepCache:
             if cfg.sampler.memory_guidance_scale != 1.0:
                 raise ValueError(f"step_cache {mode} does not combine with memory guidance (two forwards "
                                  "a step): pass memory_guidance_scale 1 (--memory-guidance 1)")
-            if any(e._cp_group is not None for e in experts):
+            if any(e.context_parallel is not None for e in experts):
                 # each rank would decide on its own shard's residual, and the ranks could diverge
                 raise ValueError(f"step_cache {mode} does not combine with context parallelism")
             if mode == "mag" and not cfg.step_cache_mag_ratios:
@@ -72,7 +72,7 @@ class StepCache:
         stack = ExitStack()
         if self.mode != "none":
             for tr in self.transformers:
-                tr._reset_stateful_cache()  # diffusers keeps the hooks' state across cache contexts
+                tr._reset_stateful_cache()  # hooks keep state across cache contexts; diffusers' pipelines reset it the same way
                 stack.enter_context(tr.cache_context(name))
         return stack
 

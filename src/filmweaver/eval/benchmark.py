@@ -21,6 +21,7 @@ import numpy as np
 
 from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs, judge_notes
 from filmweaver.methods import METHODS, method_config
+from filmweaver.parallel import barrier
 from filmweaver.progress import progress_bar
 
 # the columns of the summary table, in order (others stay in report.json)
@@ -43,23 +44,9 @@ def _fresh(project: Path, judges: Judges) -> bool:
     return r.is_file() and json.loads(r.read_text()).get("inputs") == evaluation_inputs(project, judges)
 
 
-def shard_from_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) under ``torchrun`` / ``accelerate launch``; (0, 1, 0) otherwise."""
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], models, judges: Judges,
                   engine_settings: dict | None = None, max_shots: int | None = None, progress: bool = True,
-                  shard: tuple[int, int] = (0, 1), wait=_barrier) -> dict | None:
+                  shard: tuple[int, int] = (0, 1), wait=barrier) -> dict | None:
     """Generate (or resume) and evaluate every (story, method); write the reports. Returns report.json.
 
     ``shard=(rank, world)``: this process takes every ``world``-th (story, method) pair, as one process
