@@ -214,8 +214,8 @@ def test_a_failing_disk_is_one_line_and_loses_nothing_finished(tmp_path, story_f
 def test_the_built_in_vocabulary_reports_unknown_words_and_cut_prompts(tmp_path, caplog):
     from helpers import ST_BENCH
 
-    from filmweaver import engine as engine_module
     from filmweaver.engine import EngineConfig, StoryEngine
+    from filmweaver.engine import story_engine as engine_module
     from filmweaver.eval.judges import load_clip_judge
     from filmweaver.eval.run import EvalConfig, Judges, judge_notes
 

@@ -552,7 +552,7 @@ def test_per_shot_cap_reaches_the_engine_retrieval(tiny_models, tmp_path):
         cfg = EngineConfig(shot_cache=ShotCacheConfig(k=3, per_shot=cap),
                            keyframes=KeyframeConfig(start_threshold=1.01, max_per_shot=50, dedupe_threshold=1.01))
         engine = StoryEngine(tiny_models, tmp_path / f"cap{cap}", story=story, config=cfg, progress=False)
-        assert engine.policy.per_shot == cap
+        assert engine.memory.policy.per_shot == cap
         engine.generate()
         m = manifest(tmp_path / f"cap{cap}")
         assert max(len(r["keyframes"]) for r in m["shots"][:3]) > 1  # shots left several keyframes

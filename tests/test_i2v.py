@@ -54,7 +54,7 @@ def test_each_shot_is_conditioned_on_the_image_it_continues_from(tmp_path):
 
     tail = load_file(str(engine.project.shot_state(0)))["tail_frames"][-1]
     assert torch.equal(seen_images[1][0], tail.float())
-    kf = next(e for e in engine._load_bank(2).entries if shots[2]["image_condition"] == f"keyframe {e.name}")
+    kf = next(e for e in engine.bank.before(2).entries if shots[2]["image_condition"] == f"keyframe {e.name}")
     assert torch.equal(seen_images[2][0], kf.image.float())
     # every forward got the shot's image tokens, and they change what the model predicts
     assert seen_tokens and all(t is not None and t.shape == (1, IMAGE_TOKENS, IMAGE_DIM) for t in seen_tokens)

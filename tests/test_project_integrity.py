@@ -303,7 +303,7 @@ def test_a_killed_run_resumes_and_leaves_no_partial_files(tmp_path, story_file):
     out = tmp_path / "p"
     code = textwrap.dedent(f"""
         import os, signal
-        import filmweaver.engine as e
+        import filmweaver.engine.finish as e
         real = e.write_video
         calls = []
         def killing(path, *a, **k):

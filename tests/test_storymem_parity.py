@@ -92,7 +92,7 @@ def test_every_model_input_matches_storymems_construction(tmp_path, method, cont
         memory_names = [m["keyframe"] for m in rec["shot_cache"]]
         assert memory_names == reference_memory(bank_names)
         assert [m["position"] for m in rec["shot_cache"]] == list(range(-len(memory_names), 0))
-        bank = engine._load_bank(n)
+        bank = engine.bank.before(n)
         memory = [_pm1(next(e.image for e in bank if e.name == name)) for name in memory_names]
         first = motion = None
         if not rec["cut"]:
@@ -192,6 +192,7 @@ def test_keyframes_are_chosen_as_storymem_chooses_them():
 def test_storymem_dedupes_only_against_earlier_shots(tmp_path):
     """New keyframes are compared with earlier shots' keyframes only (at 0.9), never with each other;
     filmweaver's own selection compares them with the whole bank, this shot's new ones included."""
+    from filmweaver.engine.finish import select_keyframes
     from filmweaver.memory.keyframes import Keyframe, KeyframeBank
 
     models = tiny_m2v_models()
@@ -200,9 +201,9 @@ def test_storymem_dedupes_only_against_earlier_shots(tmp_path):
                          Keyframe(frames[1], torch.ones(32) / 32 ** 0.5, None, source_shot=1)])
     story = parse_story(aba_story())
     sm = StoryEngine(models, tmp_path / "a", story=story, config=method_config("storymem"), progress=False)
-    sel, embs, earlier, source = sm._select_keyframes(frames, bank, 1)
+    sel, embs, earlier, source = select_keyframes(models.embedder, sm.selector, frames, bank, 1)
     assert [e.source_shot for e in earlier] == [0] and earlier.dedupe_threshold == 0.9
     assert torch.equal(source, _eight_bit(frames))  # keyframes come from the 8-bit frames, as read back
     assert sel.frame_indices and all(embs[i].norm() > 0.99 for i in sel.frame_indices)
     fw = StoryEngine(models, tmp_path / "b", story=story, config=method_config("filmweaver"), progress=False)
-    assert fw._select_keyframes(frames, bank, 1)[2] is bank
+    assert select_keyframes(models.embedder, fw.selector, frames, bank, 1)[2] is bank
