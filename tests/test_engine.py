@@ -591,7 +591,7 @@ def test_character_anchors_keep_the_shot_that_introduced_a_character(tiny_models
 def test_summaries_never_decode_the_shots_again(tiny_models, tmp_path, monkeypatch):
     """The storyboard comes from thumbnails kept at shot time and the film from the shots' packets, so
     the cost of an operation's summaries does not grow with the shots already made."""
-    from filmweaver import summaries
+    from filmweaver.engine import summaries
 
     out = tmp_path / "p"
     engine = StoryEngine(tiny_models, out, story=parse_story(small_story()), config=config(), progress=False)

@@ -263,9 +263,6 @@ def generate(
                                       "the conditional and unconditional forwards of guidance on one GPU each"),
 ):
     """Generate a film from a script into a project directory; finished shots are kept on rerun."""
-    from pydantic import ValidationError
-
-    from filmweaver.engine import EngineConfig
     from filmweaver.project import ProjectError
 
     try:
@@ -274,59 +271,20 @@ def generate(
         _fail(str(e), code=1)
     if max_shots is not None and max_shots < 1:
         _fail(f"--max-shots {max_shots}: expected at least 1")
-    # the film's settings, checked before anything loads (only what the user gave counts as set: the rest
-    # comes from the model's defaults, EngineConfig.resolve)
-    given = dict(scheduler=scheduler, shift=shift, num_inference_steps=steps, guidance_scale=guidance,
-                 memory_guidance_scale=memory_guidance)
-    ratios = None
-    if mag_ratios is not None:
-        try:
-            ratios = json.loads(mag_ratios.read_text())["mag_ratios"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            _fail(f"--mag-ratios {mag_ratios}: expected a mag_ratios.json written by --step-cache mag_calibrate ({e})")
-    # only what was given is set: a method's settings and the model's defaults fill the rest
-    sections = {
-        "sampler": given,
-        "shot_cache": dict(policy=policy, k=k, compression=memory_compression, per_shot=per_shot,
-                           anchor_characters=anchor_characters),
-        "temporal_cache": {"enabled": False if no_temporal_cache else None},
-        "keyframes": dict(quality_scorer=quality_scorer, quality_model=quality_model,
-                          quality_threshold=quality_threshold),
-    }
-    settings = {name: {k_: v for k_, v in values.items() if v is not None} for name, values in sections.items()}
-    settings = {name: values for name, values in settings.items() if values}
-    top = dict(height=height, width=width, shot_chunks=chunks, seed=seed, continuation=continuation,
-               step_cache=step_cache, step_cache_threshold=step_cache_threshold, step_cache_mag_ratios=ratios)
-    settings.update({k_: v for k_, v in top.items() if v is not None})
-    settings = _with_settings_file(settings_file, set_, settings)
-    try:
-        if method is not None:
-            from filmweaver.methods import method_config
-
-            config = method_config(method, settings)
-        else:
-            config = EngineConfig.model_validate(settings)
-    except ValidationError as e:
-        _fail(_option_error(e))
-    except ValueError as e:
-        _fail(str(e))
+    # the film's settings, checked before anything loads: only what the user gave counts as set (a
+    # method's settings and the model's defaults fill the rest, EngineConfig.resolve)
+    options = dict(scheduler=scheduler, shift=shift, steps=steps, guidance=guidance, memory_guidance=memory_guidance,
+                   policy=policy, k=k, memory_compression=memory_compression, per_shot=per_shot,
+                   anchor_characters=anchor_characters, no_temporal_cache=no_temporal_cache or None,
+                   quality_scorer=quality_scorer, quality_model=quality_model, quality_threshold=quality_threshold,
+                   height=height, width=width, chunks=chunks, seed=seed, continuation=continuation,
+                   step_cache=step_cache, step_cache_threshold=step_cache_threshold,
+                   mag_ratios=_read_mag_ratios(mag_ratios))
+    config = _generate_config(method, options, settings_file, set_)
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    if offload == "block" and (context_parallel or cfg_parallel):
-        _fail("--offload block streams the blocks through hooks: it does not combine with parallelism")
-    rank, scratch = 0, None
-    if context_parallel or cfg_parallel:
-        import tempfile
-
-        from filmweaver.parallel import init_distributed
-
-        try:
-            device, rank = init_distributed(runtime.device, context_parallel, cfg_parallel)
-        except (ValueError, RuntimeError) as e:
-            _fail(str(e))
-        runtime = runtime.model_copy(update={"device": device})
-        if rank:  # only rank 0 writes the project
-            scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-")
-            out = Path(scratch.name)
+    runtime, rank, scratch = _start_parallel(runtime, offload, context_parallel, cfg_parallel)
+    if scratch is not None:  # only rank 0 writes the project
+        out = Path(scratch.name)
     lock = _lock(out)
     project = _read_project(out, must_exist=False)
     if not force:
@@ -337,25 +295,100 @@ def generate(
     setup = _model_setup(None if force else _recorded_setup(project), preset=preset, model=model, embedder=embedder,
                          lora=lora, lora_2=lora_2, first_shot_model=first_shot_model)
     models = _load_models(setup, runtime)
-    if context_parallel:
-        from filmweaver.parallel import enable_context_parallel
-
-        try:
-            enable_context_parallel(models, context_parallel)
-        except ValueError as e:
-            _fail(str(e))
-    engine = _engine(models, project, story=story, config=config, progress=rank == 0)
-    if cfg_parallel:
-        try:
-            engine.sampler.enable_cfg_parallel()
-        except ValueError as e:
-            _fail(str(e))
+    engine = _parallel_engine(models, project, story, config, rank, context_parallel, cfg_parallel)
     done = _run(engine, lambda: engine.generate(force=force, max_shots=max_shots))
     if rank == 0:
         _report(engine, done)
     lock.release()
     if scratch is not None:
         scratch.cleanup()
+
+
+def _start_parallel(runtime, offload: str, context_parallel: str | None, cfg_parallel: bool):
+    """Under torchrun: join the process group. Returns ``(runtime on this rank's device, rank, a scratch
+    directory for ranks other than 0, else None)``."""
+    import tempfile
+
+    from filmweaver.parallel import init_distributed
+
+    if not (context_parallel or cfg_parallel):
+        return runtime, 0, None
+    if offload == "block":
+        _fail("--offload block streams the blocks through hooks: it does not combine with parallelism")
+    try:
+        device, rank = init_distributed(runtime.device, context_parallel, cfg_parallel)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-") if rank else None
+    return runtime.model_copy(update={"device": device}), rank, scratch
+
+
+def _parallel_engine(models, project, story, config, rank: int, context_parallel: str | None, cfg_parallel: bool):
+    """The engine, its transformers' tokens or its guidance split over the ranks as asked."""
+    from filmweaver.parallel import enable_context_parallel
+
+    try:
+        if context_parallel:
+            enable_context_parallel(models, context_parallel)
+        engine = _engine(models, project, story=story, config=config, progress=rank == 0)
+        if cfg_parallel:
+            engine.sampler.enable_cfg_parallel()
+    except ValueError as e:
+        _fail(str(e))
+    return engine
+
+
+# each generate option and the EngineConfig field it sets (dotted: section.field): the one table
+GENERATE_OPTIONS = {
+    "scheduler": "sampler.scheduler", "shift": "sampler.shift", "steps": "sampler.num_inference_steps",
+    "guidance": "sampler.guidance_scale", "memory_guidance": "sampler.memory_guidance_scale",
+    "policy": "shot_cache.policy", "k": "shot_cache.k", "memory_compression": "shot_cache.compression",
+    "per_shot": "shot_cache.per_shot", "anchor_characters": "shot_cache.anchor_characters",
+    "no_temporal_cache": "temporal_cache.enabled", "quality_scorer": "keyframes.quality_scorer",
+    "quality_model": "keyframes.quality_model", "quality_threshold": "keyframes.quality_threshold",
+    "height": "height", "width": "width", "chunks": "shot_chunks", "seed": "seed", "continuation": "continuation",
+    "step_cache": "step_cache", "step_cache_threshold": "step_cache_threshold", "mag_ratios": "step_cache_mag_ratios",
+}
+_INVERTED = {"no_temporal_cache"}  # a switch that sets its field to False
+# the option behind each config field, for messages that name the option
+_OPTION_OF = {key.split(".")[-1]: "--" + name.replace("_", "-") for name, key in GENERATE_OPTIONS.items()}
+
+
+def _settings_from_options(options: dict) -> dict:
+    """The options given (not None) as nested EngineConfig settings."""
+    settings: dict = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        *section, field = GENERATE_OPTIONS[name].split(".")
+        node = settings.setdefault(section[0], {}) if section else settings
+        node[field] = False if name in _INVERTED else value
+    return settings
+
+
+def _read_mag_ratios(path: Path | None) -> list[float] | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())["mag_ratios"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        _fail(f"--mag-ratios {path}: expected a mag_ratios.json written by --step-cache mag_calibrate ({e})")
+
+
+def _generate_config(method: str | None, options: dict, settings_file: Path | None, overrides: list[str]):
+    """The film's EngineConfig: a method's settings, under ``--config``, under ``--set``, under the options."""
+    from pydantic import ValidationError
+
+    from filmweaver.engine import EngineConfig
+    from filmweaver.methods import method_config
+
+    settings = _with_settings_file(settings_file, overrides, _settings_from_options(options))
+    try:
+        return method_config(method, settings) if method is not None else EngineConfig.model_validate(settings)
+    except ValidationError as e:
+        _fail(_option_error(e))
+    except ValueError as e:
+        _fail(str(e))
 
 
 def _with_settings_file(path: Path | None, overrides: list[str], options: dict) -> dict:
@@ -382,12 +415,6 @@ def _with_settings_file(path: Path | None, overrides: list[str], options: dict) 
         _fail(f"{where}: unknown engine setting(s) {', '.join(unknown)} (sections: "
               f"{', '.join(EngineConfig.model_fields)})")
     return merge_settings(base, options)
-
-
-# the config field behind each generate option, for messages that name the option
-_OPTION_OF = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "memory_guidance_scale":
-              "--memory-guidance", "compression": "--memory-compression", "shot_chunks": "--chunks",
-              "enabled": "--no-temporal-cache", "step_cache_mag_ratios": "--mag-ratios"}
 
 
 def _option_error(e) -> str:

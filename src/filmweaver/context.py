@@ -64,8 +64,13 @@ def noise_to_timestep(latents: torch.Tensor, timestep: float | torch.Tensor, gen
     if noise is None:
         noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
                             device="cpu" if generator is None else generator.device).to(latents.device)
-    s = s.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
-    return (1 - s) * latents + s * noise.to(latents.dtype)
+    return flow_interpolate(latents, noise.to(latents.dtype), s.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype))
+
+
+def flow_interpolate(x0: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The rectified-flow path ``x_s = (1 - s) x_0 + s eps`` (``s`` in [0, 1], broadcast over ``x0``);
+    its velocity is ``eps - x_0``. Training's noisy targets and every presentation of context use it."""
+    return (1 - s) * x0 + s * noise
 
 
 def present_at_timestep(blocks: list[ContextFrames], generator: torch.Generator | None = None) -> list[ContextFrames]:

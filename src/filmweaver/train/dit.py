@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from filmweaver.context import ContextFrames, noise_to_timestep
+from filmweaver.context import ContextFrames, flow_interpolate, noise_to_timestep
 from filmweaver.memory.shot_cache import memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.progress import progress_bar
@@ -202,7 +202,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         x0 = batch.target.float()
         s = sample_timesteps(b, cfg.timestep_shift, device)
         eps = torch.randn_like(x0)
-        x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
+        x_t = flow_interpolate(x0, eps, s.view(-1, 1, 1, 1, 1))
         ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,
                             _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None,
                             memory_compression=cfg.memory_compression)
