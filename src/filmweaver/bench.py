@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from filmweaver.backbone.attention import set_attention_backend
+from filmweaver.runtime import RuntimeOptions, prepare_experts
 
 # WanTransformer3DModel configs of the releases (diffusers' transformer/config.json)
 SHAPES: dict[str, dict] = {
@@ -160,16 +160,10 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
         dev, world = torch.device(device), dist.get_world_size()
     bb = build_transformer(shape, dev, dtype)
     bb.context_attention = context_attention
-    if attention_backend:
-        set_attention_backend(bb.transformer, attention_backend)
-    if context_parallel:
-        bb.enable_context_parallel(context_parallel)
-    if fuse_qkv:
-        bb.fuse_qkv()
-    if fuse_ffn:
-        bb.fuse_ffn_gelu()
-    if compile_blocks:
-        bb.compile_blocks(mode=compile_mode)
+    # the commands' own set-up of the transformer, in its one order
+    prepare_experts([bb], RuntimeOptions(device=device, attention=attention_backend, compile_blocks=compile_blocks,
+                                         compile_mode=compile_mode, fuse_qkv=fuse_qkv, fuse_ffn=fuse_ffn,
+                                         context_parallel=context_parallel))
     cfg = SHAPES[shape]
     c = cfg["in_channels"]
     lf, lh, lw = 1 + (frames - 1) // 4, height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space
@@ -337,20 +331,16 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     from filmweaver.script import parse_story
 
     dev = torch.device(device)
-    if offload not in ("none", "model", "block"):
-        raise ValueError(f"offload {offload!r}: none | model | block")
     models = random_film_models(shape, torch.device("cpu") if offload != "none" else dev, dtype, frames, height,
                                 width, steps)
-    if offload != "none":
-        models.enable_model_offload(device, stream_blocks=offload == "block")
     script = bench_script(shots)
     project = out_dir or tempfile.mkdtemp(prefix="filmweaver-bench-")
-    # random weights rate all frames alike: without dedupe the bank grows as it does with real weights
     models.backbone.context_attention = context_attention
-    if attention_backend:
-        set_attention_backend(models.backbone.transformer, attention_backend)
-    if compile_blocks:
-        models.backbone.compile_blocks()
+    runtime = RuntimeOptions(device=device, offload=offload, attention=attention_backend, compile_blocks=compile_blocks)
+    prepare_experts(models.experts(), runtime.check(),
+                    offload=(lambda: models.enable_model_offload(device, stream_blocks=offload == "block"))
+                    if offload != "none" else None)
+    # random weights rate all frames alike: without dedupe the bank grows as it does with real weights
     cfg = method_config(method, {"keyframes": {"dedupe_threshold": 1.01},
                                  "shot_cache": {"compression": memory_compression}})
     warmup = compile_blocks if warmup is None else warmup

@@ -282,7 +282,7 @@ def generate(
                    mag_ratios=_read_mag_ratios(mag_ratios))
     config = _generate_config(method, options, settings_file, set_)
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    runtime, rank, scratch = _start_parallel(runtime, offload, context_parallel, cfg_parallel)
+    runtime, rank, scratch = _start_parallel(runtime, context_parallel, cfg_parallel)
     if scratch is not None:  # only rank 0 writes the project
         out = Path(scratch.name)
     lock = _lock(out)
@@ -295,7 +295,12 @@ def generate(
     setup = _model_setup(None if force else _recorded_setup(project), preset=preset, model=model, embedder=embedder,
                          lora=lora, lora_2=lora_2, first_shot_model=first_shot_model)
     models = _load_models(setup, runtime)
-    engine = _parallel_engine(models, project, story, config, rank, context_parallel, cfg_parallel)
+    engine = _engine(models, project, story=story, config=config, progress=rank == 0)
+    if cfg_parallel:
+        try:
+            engine.sampler.enable_cfg_parallel()
+        except ValueError as e:
+            _fail(str(e))
     done = _run(engine, lambda: engine.generate(force=force, max_shots=max_shots))
     if rank == 0:
         _report(engine, done)
@@ -304,38 +309,27 @@ def generate(
         scratch.cleanup()
 
 
-def _start_parallel(runtime, offload: str, context_parallel: str | None, cfg_parallel: bool):
-    """Under torchrun: join the process group. Returns ``(runtime on this rank's device, rank, a scratch
-    directory for ranks other than 0, else None)``."""
+def _start_parallel(runtime, context_parallel: str | None, cfg_parallel: bool):
+    """Under torchrun: join the process group. Returns ``(runtime on this rank's device, with the
+    context parallelism asked for, rank, a scratch directory for ranks other than 0, else None)``."""
     import tempfile
 
     from filmweaver.parallel import init_distributed
 
     if not (context_parallel or cfg_parallel):
         return runtime, 0, None
-    if offload == "block":
+    if runtime.offload == "block":
         _fail("--offload block streams the blocks through hooks: it does not combine with parallelism")
     try:
         device, rank = init_distributed(runtime.device, context_parallel, cfg_parallel)
     except (ValueError, RuntimeError) as e:
         _fail(str(e))
     scratch = tempfile.TemporaryDirectory(prefix=f"filmweaver-rank{rank}-") if rank else None
-    return runtime.model_copy(update={"device": device}), rank, scratch
-
-
-def _parallel_engine(models, project, story, config, rank: int, context_parallel: str | None, cfg_parallel: bool):
-    """The engine, its transformers' tokens or its guidance split over the ranks as asked."""
-    from filmweaver.parallel import enable_context_parallel
-
     try:
-        if context_parallel:
-            enable_context_parallel(models, context_parallel)
-        engine = _engine(models, project, story=story, config=config, progress=rank == 0)
-        if cfg_parallel:
-            engine.sampler.enable_cfg_parallel()
+        runtime = runtime.model_validate({**runtime.model_dump(), "device": device, "context_parallel": context_parallel})
     except ValueError as e:
-        _fail(str(e))
-    return engine
+        _fail(f"--context-parallel {context_parallel!r}: {e.errors()[0]['msg'] if hasattr(e, 'errors') else e}")
+    return runtime, rank, scratch
 
 
 # each generate option and the EngineConfig field it sets (dotted: section.field): the one table

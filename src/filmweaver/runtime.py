@@ -117,14 +117,19 @@ class RuntimeOptions(BaseModel):
     offload: Literal["none", "model", "block"] = "none"
     attention: str | None = None
     compile_blocks: bool = False
+    compile_mode: str | None = None  # torch.compile's mode (e.g. "max-autotune-no-cudagraphs")
     vae_tiling: bool = False
     fuse_qkv: bool = False
     fuse_ffn: bool = False
+    # ulysses | ring: every forward's tokens split over the ranks (the process group must exist)
+    context_parallel: Literal["ulysses", "ring"] | None = None
 
     def check(self) -> RuntimeOptions:
         """Cheap checks before any model loads; returns a copy with the device resolved."""
         if self.offload == "block" and self.compile_blocks:
             raise SetupError("--offload block streams the blocks through hooks: it does not combine with --compile")
+        if self.offload == "block" and self.context_parallel:
+            raise SetupError("--offload block streams the blocks through hooks: it does not combine with parallelism")
         return self.model_copy(update={"device": resolve_device(self.device)})
 
 
@@ -156,9 +161,7 @@ def resolve_device(device: str) -> str:
 def load_film_models(setup: ModelSetup, runtime: RuntimeOptions):
     """The :class:`~filmweaver.models.FilmModels` of ``setup``, set up to run as ``runtime`` says.
 
-    The order matters: fused projections replace modules, so they come before offloading (which
-    snapshots each module's weights); the attention backend and compilation come last, on the modules
-    that will run."""
+    The transformers are prepared by :func:`prepare_experts` (its order matters)."""
     import torch
 
     from filmweaver.models import load_models
@@ -174,23 +177,40 @@ def load_film_models(setup: ModelSetup, runtime: RuntimeOptions):
     # 2. StoryMem: a text-to-video release for what has no memory
     if setup.first_shot_model:
         models.load_first_shot_model(setup.first_shot_model, dtype, load_device)
-    # 3. fusion, 4. offload, 5. attention backend and compilation
-    for expert in models.experts():
+    # 3. fusion, 4. offload, 5. attention backend, context parallelism and compilation
+    prepare_experts(models.experts(), runtime,
+                    offload=(lambda: models.enable_model_offload(runtime.device, stream_blocks=runtime.offload == "block"))
+                    if runtime.offload != "none" else None)
+    return models
+
+
+def prepare_experts(experts: list, runtime: RuntimeOptions, offload=None) -> None:
+    """Set up transformers (:class:`~filmweaver.backbone.wan.ContextWanTransformer`) to run as ``runtime``
+    says, in the one order that works: fused projections replace modules, so they come before
+    offloading (``offload()``, which snapshots each module's weights); the attention backend and the
+    context-parallel configuration go on the processors that will run, and compilation, last, traces
+    them. Used by every command and by ``bench`` (random weights)."""
+    from filmweaver.backbone.attention import (
+        set_attention_backend,  # torch: this module stays light for the CLI
+    )
+
+    for expert in experts:
         if runtime.fuse_qkv:
             expert.fuse_qkv()
         if runtime.fuse_ffn:
             expert.fuse_ffn_gelu()
-    if runtime.offload != "none":
-        models.enable_model_offload(runtime.device, stream_blocks=runtime.offload == "block")
-    if runtime.attention or runtime.compile_blocks:
-        from filmweaver.backbone.attention import set_attention_backend
-
-        for expert in models.experts():
-            if runtime.attention:
-                try:
-                    set_attention_backend(expert.transformer, runtime.attention)
-                except (ValueError, RuntimeError, ImportError) as e:
-                    raise SetupError(f"--attention {runtime.attention}: {e}") from e
-            if runtime.compile_blocks:
-                expert.compile_blocks()
-    return models
+    if offload is not None:
+        offload()
+    for expert in experts:
+        if runtime.attention:
+            try:
+                set_attention_backend(expert.transformer, runtime.attention)
+            except (ValueError, RuntimeError, ImportError) as e:
+                raise SetupError(f"--attention {runtime.attention}: {e}") from e
+        if runtime.context_parallel:
+            try:
+                expert.enable_context_parallel(runtime.context_parallel)
+            except (ValueError, RuntimeError) as e:
+                raise SetupError(f"--context-parallel {runtime.context_parallel}: {e}") from e
+        if runtime.compile_blocks:
+            expert.compile_blocks(mode=runtime.compile_mode)
