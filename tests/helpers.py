@@ -28,3 +28,37 @@ def torchrun(nproc: int, *args: str, tmp_dir=None, timeout: float = 600, env: di
         env["TMPDIR"] = str(tmp_dir)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(nproc), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def entitybench_story(shots_per_scene=(2, 1, 2)) -> dict:
+    """A small script in EntityBench's format (written for the tests): two characters, a place and a
+    prop on the sheet, a per-shot schedule keyed "scene:shot", each entity's description prefixing the
+    prompt of the shot where it first appears, and one scheduled prop the sheet never describes."""
+    sheet = {"Character 1": ("Mira", "a tall woman in a red coat"), "Character 2": ("Tomas", "a short man in a green hat"),
+             "Location 1": ("The Harbour", "a grey stone quay with moored boats"),
+             "Object 1": ("the brass lantern", "a small lantern with a brass handle")}
+    plan = [  # (characters, places, objects) per shot, in film order
+        (["Mira"], ["The Harbour"], ["the brass lantern"]), (["Mira", "Tomas"], ["The Harbour"], []),
+        (["Tomas"], [], ["the fishing net"]), (["Mira"], ["The Harbour"], []), (["Tomas", "Mira"], [], ["the brass lantern"]),
+    ]
+    described: set[str] = set()
+    scenes, schedule, i = [], {}, 0
+    for s, n in enumerate(shots_per_scene, start=1):
+        prompts = []
+        for k in range(n):
+            chars, places, objects = plan[i % len(plan)]
+            new = [name for name in chars + places + objects if name not in described
+                   and any(v[0] == name for v in sheet.values())]
+            described.update(new)
+            prefix = "".join(f"{name}: {next(d for nm, d in sheet.values() if nm == name)}\n" for name in new)
+            action = f"In `{places[0]}`, " if places else ""
+            action += " and ".join(f"`{c}`" for c in chars) + " look around" + (f" holding {objects[0]}" if objects else "")
+            prompts.append((prefix + "\n" + action) if prefix else action)
+            schedule[f"{s}:{k + 1}"] = {"characters": chars, "places": places, "objects": objects}
+            i += 1
+        scenes.append({"scene_num": s, "video_prompts": prompts, "cut": [True] + [False] * (n - 1),
+                       "action_descriptions": prompts})
+    return {"story_name": "harbour", "story_overview": "Mira and Tomas at the harbour.", "scenes": scenes,
+            "entity_schedule": schedule,
+            "entity_descriptions": {label: {"name": nm, "label": label, "description": d} for label, (nm, d) in sheet.items()},
+            "_name_map": {label: nm for label, (nm, _) in sheet.items()}, "_num_scenes": len(scenes), "_num_shots": i}

@@ -123,3 +123,79 @@ def test_cli_validate(tmp_path):
     res = runner.invoke(app, ["validate", str(bad)])
     assert res.exit_code == 1
     assert "scenes[2].cut[1]: expected bool" in res.output and "bad.json" in res.output
+
+
+# -- entities: the sheet, the per-shot schedule, EntityBench's format -----------------------------------
+def test_an_entitybench_script_loads_unchanged_with_its_sheet_and_schedule():
+    from helpers import entitybench_story
+
+    from filmweaver.script import entity_warnings
+
+    raw = entitybench_story()
+    story = parse_story(raw, file="harbour.json")
+    sheet = {e.name: e for e in story.entities()}
+    assert sheet["Mira"].kind == "character" and sheet["Mira"].label == "Character 1"
+    assert sheet["The Harbour"].kind == "location" and sheet["the brass lantern"].kind == "object"
+    assert sheet["Tomas"].description == "a short man in a green hat"
+    assert sheet["the fishing net"].kind == "object" and not sheet["the fishing net"].description
+    shots = story.shots()
+    assert [s.entities.characters for s in shots] == [["Mira"], ["Mira", "Tomas"], ["Tomas"], ["Mira"], ["Tomas", "Mira"]]
+    assert shots[0].entities.locations == ["The Harbour"] and shots[2].entities.objects == ["the fishing net"]
+    assert all(s.entities.scheduled for s in shots)
+    # the description lines stay in the prompt; the action is what follows them
+    assert shots[0].prompt.startswith("Mira: a tall woman") and shots[0].action.startswith("In `The Harbour`")
+    assert shots[3].action == shots[3].prompt  # nobody new: no prefix
+    assert [str(w) for w in entity_warnings(story)] == [
+        "entity_schedule[\"2:1\"].objects[0]: object 'the fishing net' is scheduled but never described"]
+    assert story.model_extra["_name_map"]["Character 2"] == "Tomas"  # unknown keys are kept
+
+
+@pytest.mark.parametrize("edit, path, words", [
+    (lambda d: d["entity_schedule"].update({"3:3": {"characters": ["Mira"]}}), 'entity_schedule["3:3"]',
+     "scene 3 has 2 shot(s), not a shot 3"),
+    (lambda d: d["entity_schedule"].update({"9:1": {}}), 'entity_schedule["9:1"]', "no scene has scene_num 9"),
+    (lambda d: d["entity_schedule"].update({"first": {}}), 'entity_schedule["first"]', 'expected a key "scene_num:shot"'),
+    (lambda d: d["entity_schedule"]["1:2"]["characters"].append("Mria"), 'entity_schedule["1:2"].characters[2]',
+     "unknown character 'Mria'"),
+    (lambda d: d["entity_descriptions"]["Character 1"].update({"name": " "}), 'entity_descriptions["Character 1"].name',
+     "non-empty name"),
+])
+def test_a_bad_schedule_is_reported_with_its_json_path(edit, path, words):
+    from helpers import entitybench_story
+
+    raw = entitybench_story()
+    edit(raw)
+    err, text = _errors(raw)
+    assert any(i.path == path and words in i.message for i in err.issues), text
+
+
+def test_without_a_schedule_a_shot_shows_its_options_and_the_sheet_characters_its_prompt_names():
+    raw = small_story(3)
+    raw["characters"] = [{"name": "Ada"}, {"name": "Bo"}]
+    raw["locations"] = [{"name": "the mill"}]
+    raw["objects"] = [{"name": "a kite"}]
+    raw["scenes"][0]["video_prompts"][0] = "Ada waves at Bo."
+    raw["scenes"][0]["shots"] = [{"location": "the mill", "objects": ["a kite"]}] + [{}] * (len(raw["scenes"][0]["video_prompts"]) - 1)
+    story = parse_story(raw)
+    first = story.shots()[0].entities
+    assert (first.characters, first.locations, first.objects, first.scheduled) == (["Ada", "Bo"], ["the mill"], ["a kite"], False)
+    raw["scenes"][0]["shots"][0] = {"objects": ["a kitten"]}
+    err, _ = _errors(raw)
+    assert [i.path for i in err.issues] == ["scenes[0].shots[0].objects[0]"]
+
+
+def test_validate_shows_each_shots_entities_and_json_for_tools(tmp_path):
+    from helpers import entitybench_story
+
+    path = tmp_path / "harbour.json"
+    path.write_text(json.dumps(entitybench_story()))
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "Mira, Tomas @ The Harbour" in res.output and "objects: the brass lantern, the fishing net" in res.output
+    assert "warning:" in res.output and "the fishing net" in res.output
+    res = CliRunner().invoke(app, ["validate", "--json", str(path)])
+    assert res.exit_code == 0, res.output
+    parsed = json.loads(res.stdout)
+    assert [s["characters"] for s in parsed["shot_list"]][:2] == [["Mira"], ["Mira", "Tomas"]]
+    assert parsed["shot_list"][2]["schedule_key"] == "2:1" and parsed["shot_list"][2]["objects"] == ["the fishing net"]
+    assert {e["name"]: e["kind"] for e in parsed["entities"]}["The Harbour"] == "location"

@@ -189,14 +189,23 @@ ExternalRefs = Annotated[bool, typer.Option("--allow-external-references", help=
 
 
 @app.command()
-def validate(script: Path = typer.Argument(..., help="story script (ST-Bench JSON)"),
-             allow_external_references: ExternalRefs = False):
-    """Check a story script; print a summary, or every problem with its JSON path."""
+def validate(script: Path = typer.Argument(..., help="story script (ST-Bench / EntityBench JSON)"),
+             allow_external_references: ExternalRefs = False,
+             as_json: bool = typer.Option(False, "--json", help="print the parsed script (entity sheet, every shot "
+                                          "with its entities, warnings) as JSON, for tools")):
+    """Check a story script; print a summary with each shot's entities, or every problem with its JSON path."""
+    from filmweaver.script import entity_warnings
+
     try:
         story = load_story(script, allow_external_references)
     except ScriptError as e:
         _fail(str(e), code=1)
+    if as_json:
+        typer.echo(json.dumps(story.describe(), indent=1, ensure_ascii=False))
+        return
     typer.echo(story.summary())
+    for w in entity_warnings(story):
+        typer.echo(f"warning: {script}: {w}", err=True)
 
 
 def _engine(models, out, story=None, config=None, progress=True):

@@ -6,7 +6,20 @@ first_frame_prompt[], cut[]}]}``. Everything filmweaver adds is optional:
 * story level: ``seed``, ``negative_prompt``, ``characters`` (a character sheet: name, description,
   reference images), ``locations`` (name, description, reference images);
 * shot level, as ``scenes[i].shots[j]`` (parallel to ``video_prompts``): ``duration_s`` or
-  ``num_frames``, ``seed``, ``negative_prompt``, ``characters`` (names from the sheet), ``location``.
+  ``num_frames``, ``seed``, ``negative_prompt``, ``characters`` (names from the sheet), ``location``,
+  ``objects``.
+
+**Entities.** Characters, locations and objects make one entity sheet (:meth:`StoryScript.entities`):
+our ``characters`` / ``locations`` / ``objects`` lists and EntityBench's ``entity_descriptions``
+(``"Character 1" -> {name, label, description}``, with ``_name_map``), which load unchanged. Which
+entities each shot shows (:attr:`Shot.entities`) comes from EntityBench's per-shot
+``entity_schedule`` (``"scene_num:shot" -> {characters, places, objects}``, shots counted from 1 in
+their scene), else from the shot's options and the sheet characters its prompt names. EntityBench
+prefixes a prompt with ``Name: description`` lines where an entity first appears; they stay in the
+prompt (:attr:`Shot.action` is the prompt without them) and describe entities the sheet leaves
+undescribed. A schedule key naming no shot, or an unknown character, is an error; a scheduled place
+or object the sheet does not describe (EntityBench has some) joins the sheet undescribed, with a
+warning (:func:`entity_warnings`).
 
 Loading goes in three passes. The decoded JSON is checked for what no story contains (nesting deeper
 than :data:`MAX_NESTING`, unpaired surrogates); pydantic checks types; :func:`check_story` then checks
@@ -22,8 +35,10 @@ shot's real frame count.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +91,84 @@ class LocationSpec(ReferenceSpec):
     """A place with optional reference images (MR2V: seeds the memory before the first shot)."""
 
 
+class ObjectSpec(ReferenceSpec):
+    """A prop that recurs (optional reference images, like a character's)."""
+
+
+class EntityDescription(_Strict):
+    """One value of EntityBench's ``entity_descriptions`` (keyed by its label, "Character 1")."""
+
+    name: str
+    label: str = ""
+    description: str = ""
+
+
+class ScheduleEntry(_Strict):
+    """Which entities one shot shows (EntityBench's ``entity_schedule`` values)."""
+
+    characters: list[str] = Field(default_factory=list)
+    places: list[str] = Field(default_factory=list)
+    objects: list[str] = Field(default_factory=list)
+
+
+ENTITY_KINDS = ("character", "location", "object")
+_SCHEDULE_KINDS = {"characters": "character", "places": "location", "objects": "object"}
+_LABEL_KINDS = {"Character": "character", "Location": "location", "Place": "location", "Object": "object"}
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One entry of the story's entity sheet."""
+
+    name: str
+    kind: str  # character | location | object
+    description: str = ""
+    reference_images: tuple[str, ...] = ()
+    label: str | None = None  # EntityBench's label ("Character 1")
+    json_path: str = ""  # where the script defines it (for undescribed ones: where the schedule names it)
+
+
+@dataclass
+class ShotEntities:
+    """The entities one shot shows, by kind, in the order the script names them."""
+
+    characters: list[str] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)
+    scheduled: bool = False  # from an entity schedule (else from the shot's options and prompt)
+
+    def names(self) -> list[str]:
+        return [*self.characters, *self.locations, *self.objects]
+
+    def __bool__(self) -> bool:
+        return bool(self.names())
+
+
+def schedule_key(scene_num: int, index_in_scene: int) -> str:
+    """EntityBench's key of a shot: ``"scene_num:shot"``, the shot counted from 1 in its scene."""
+    return f"{scene_num}:{index_in_scene + 1}"
+
+
+def description_prefix(prompt: str) -> tuple[dict[str, str], str]:
+    """EntityBench's ``Name: description`` lines before the action (a blank line between):
+    ``({name: description}, action)``; a prompt without them is all action."""
+    head, sep, action = prompt.partition("\n\n")
+    if not sep:
+        return {}, prompt
+    described = {}
+    for line in head.splitlines():
+        name, colon, text = line.partition(":")
+        if not colon or not name.strip() or len(name) > 80:
+            return {}, prompt
+        described[name.strip()] = text.strip()
+    return described, action.strip()
+
+
+def names_in(text: str, names) -> list[str]:
+    """The names that occur in ``text`` as whole words, in the order given."""
+    return [n for n in names if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text)]
+
+
 class ShotOptions(_Strict):
     duration_s: float | None = None
     num_frames: int | None = None
@@ -83,6 +176,7 @@ class ShotOptions(_Strict):
     negative_prompt: str | None = None
     characters: list[str] = Field(default_factory=list)
     location: str | None = None
+    objects: list[str] = Field(default_factory=list)
 
 
 class SceneSpec(_Strict):
@@ -101,6 +195,10 @@ class StoryScript(_Strict):
     negative_prompt: str | None = None
     characters: list[CharacterSpec] = Field(default_factory=list)
     locations: list[LocationSpec] = Field(default_factory=list)
+    objects: list[ObjectSpec] = Field(default_factory=list)
+    # EntityBench
+    entity_schedule: dict[str, ScheduleEntry] = Field(default_factory=dict)
+    entity_descriptions: dict[str, EntityDescription] = Field(default_factory=dict)
 
     # Set by load_story; relative reference-image paths resolve against it.
     base_dir: str | None = Field(default=None, exclude=True)
@@ -108,6 +206,7 @@ class StoryScript(_Strict):
     def shots(self) -> list[Shot]:
         """The story flattened to shots in film order (0-based ``index``, 1-based ``number``)."""
         out: list[Shot] = []
+        characters = [e.name for e in self.entities() if e.kind == "character"]
         for si, scene in enumerate(self.scenes):
             for k, prompt in enumerate(scene.video_prompts):
                 opts = scene.shots[k] if scene.shots else ShotOptions()
@@ -122,9 +221,50 @@ class StoryScript(_Strict):
                         cut=scene.cut[k] if scene.cut else (k == 0),
                         options=opts,
                         negative_prompt=opts.negative_prompt or self.negative_prompt,
+                        entities=self._shot_entities(schedule_key(scene.scene_num, k), opts, prompt, characters),
                     )
                 )
         return out
+
+    def _shot_entities(self, key: str, opts: ShotOptions, prompt: str, characters: list[str]) -> ShotEntities:
+        entry = self.entity_schedule.get(key)
+        if entry is not None:
+            return ShotEntities(list(entry.characters), list(entry.places), list(entry.objects), scheduled=True)
+        named = [c for c in names_in(prompt, characters) if c not in opts.characters]
+        return ShotEntities([*opts.characters, *named], [opts.location] if opts.location else [], list(opts.objects))
+
+    def entities(self) -> list[Entity]:
+        """The entity sheet: characters, locations and objects of our lists and of EntityBench's
+        descriptions, then scheduled places and objects nobody describes; descriptions missing from
+        the sheet are taken from the prompts' ``Name: description`` lines."""
+        found: dict[str, Entity] = {}
+        for kind, key, specs in (("character", "characters", self.characters), ("location", "locations", self.locations),
+                                 ("object", "objects", self.objects)):
+            for i, spec in enumerate(specs):
+                found.setdefault(spec.name, Entity(spec.name, kind, spec.description, tuple(spec.reference_images),
+                                                   json_path=f"{key}[{i}]"))
+        scheduled_kind = {}
+        for entry in self.entity_schedule.values():
+            for key, kind in _SCHEDULE_KINDS.items():
+                for name in getattr(entry, key):
+                    scheduled_kind.setdefault(name, kind)
+        for label, d in self.entity_descriptions.items():
+            kind = _LABEL_KINDS.get((d.label or label).split(" ")[0]) or scheduled_kind.get(d.name, "character")
+            found.setdefault(d.name, Entity(d.name, kind, d.description, label=d.label or label,
+                                            json_path=f"entity_descriptions[{json.dumps(label)}]"))
+        for key, entry in self.entity_schedule.items():
+            for field_name, kind in _SCHEDULE_KINDS.items():
+                for j, name in enumerate(getattr(entry, field_name)):
+                    found.setdefault(name, Entity(name, kind, json_path=f"entity_schedule[{json.dumps(key)}].{field_name}[{j}]"))
+        undescribed = {n for n, e in found.items() if not e.description}
+        if undescribed:
+            for scene in self.scenes:
+                for prompt in scene.video_prompts:
+                    for name, text in description_prefix(prompt)[0].items():
+                        if name in undescribed and text:
+                            found[name] = dataclasses.replace(found[name], description=text)
+                            undescribed.discard(name)
+        return list(found.values())
 
     def resolve(self, ref: str) -> Path:
         p = Path(ref)
@@ -133,9 +273,9 @@ class StoryScript(_Strict):
         return p
 
     def references(self) -> list[tuple[str, str, Path]]:
-        """Every reference image as (kind, name, path): characters first, then locations."""
+        """Every reference image as (kind, name, path): characters first, then locations, then objects."""
         refs = []
-        for kind, specs in (("character", self.characters), ("location", self.locations)):
+        for kind, specs in (("character", self.characters), ("location", self.locations), ("object", self.objects)):
             for spec in specs:
                 refs.extend((kind, spec.name, self.resolve(img)) for img in spec.reference_images)
         return refs
@@ -147,14 +287,34 @@ class StoryScript(_Strict):
             f"{self.story_name or '(untitled)'}: {len(self.scenes)} scene(s), {len(shots)} shot(s), "
             f"{cuts} cut(s), {len(shots) - cuts} continuation(s)",
         ]
-        if self.characters:
-            lines.append("characters: " + ", ".join(c.name for c in self.characters))
-        if self.locations:
-            lines.append("locations: " + ", ".join(loc.name for loc in self.locations))
+        entities = self.entities()
+        for kind, title in (("character", "characters"), ("location", "locations"), ("object", "objects")):
+            names = [e.name for e in entities if e.kind == kind]
+            if names:
+                lines.append(f"{title}: " + ", ".join(names))
         for s in shots:
             tag = "CUT " if s.cut else "cont"
-            lines.append(f"  shot {s.number:>2} [scene {s.scene_num}] {tag} {s.prompt[:90]}")
+            lines.append(f"  shot {s.number:>2} [scene {s.scene_num}] {tag} {s.action[:90]}")
+            if s.entities:
+                e = s.entities
+                where = f" @ {', '.join(e.locations)}" if e.locations else ""
+                props = f" + {', '.join(e.objects)}" if e.objects else ""
+                lines.append(f"           {', '.join(e.characters) or '(no character)'}{where}{props}")
         return "\n".join(lines)
+
+    def describe(self) -> dict:
+        """The parsed script for tools (``validate --json``): the script as given, its entity sheet, and
+        every shot with its entity lists."""
+        return {
+            **self.model_dump(mode="json", exclude={"base_dir"}),
+            "entities": [dataclasses.asdict(e) for e in self.entities()],
+            "shot_list": [{"index": s.index, "number": s.number, "scene_num": s.scene_num, "json_path": s.json_path,
+                           "schedule_key": schedule_key(s.scene_num, s.index_in_scene), "cut": s.cut,
+                           "prompt": s.prompt, "action": s.action, "characters": s.entities.characters,
+                           "locations": s.entities.locations, "objects": s.entities.objects,
+                           "scheduled": s.entities.scheduled} for s in self.shots()],
+            "warnings": [str(w) for w in entity_warnings(self)],
+        }
 
 
 @dataclass
@@ -168,10 +328,16 @@ class Shot:
     cut: bool
     options: ShotOptions = field(default_factory=ShotOptions)
     negative_prompt: str | None = None
+    entities: ShotEntities = field(default_factory=ShotEntities)
 
     @property
     def number(self) -> int:
         return self.index + 1
+
+    @property
+    def action(self) -> str:
+        """The prompt without EntityBench's ``Name: description`` lines."""
+        return description_prefix(self.prompt)[1]
 
     @property
     def json_path(self) -> str:
@@ -236,9 +402,11 @@ def check_story(story: StoryScript, allow_external_references: bool = False) -> 
     _bounded_seed(add, "seed", story.seed)
     if not story.scenes:
         add("scenes", "expected at least one scene")
-    names = {c.name for c in story.characters}
-    locs = {loc.name for loc in story.locations}
-    for kind, specs in (("characters", story.characters), ("locations", story.locations)):
+    entities = story.entities()
+    names = {e.name for e in entities if e.kind == "character" and not e.json_path.startswith("entity_schedule")}
+    locs = {e.name for e in entities if e.kind == "location"}
+    objects = {e.name for e in entities if e.kind == "object"}
+    for kind, specs in (("characters", story.characters), ("locations", story.locations), ("objects", story.objects)):
         seen = set()
         for i, spec in enumerate(specs):
             if not spec.name.strip():
@@ -285,7 +453,49 @@ def check_story(story: StoryScript, allow_external_references: bool = False) -> 
             if opts.location is not None and opts.location not in locs:
                 known = ", ".join(sorted(locs)) or "none: the story has no locations"
                 add(f"{sp}.location", f"unknown location {opts.location!r} (known: {known})")
+            for c, name in enumerate(opts.objects):
+                if name not in objects:
+                    known = ", ".join(sorted(objects)) or "none: the story has no objects"
+                    add(f"{sp}.objects[{c}]", f"unknown object {name!r} (known: {known})")
+    _check_schedule(story, add, names)
     return issues
+
+
+def _check_schedule(story: StoryScript, add, characters: set[str]) -> None:
+    """Every schedule key names a shot; every scheduled character is on the sheet (when there is one)."""
+    for label, d in story.entity_descriptions.items():
+        if not d.name.strip():
+            add(f"entity_descriptions[{json.dumps(label)}].name", "expected a non-empty name")
+    if not story.entity_schedule:
+        return
+    shots_in_scene: dict[int, int] = {}
+    for scene in story.scenes:
+        shots_in_scene[scene.scene_num] = shots_in_scene.get(scene.scene_num, 0) + len(scene.video_prompts)
+    duplicated = len(shots_in_scene) != len(story.scenes)
+    if duplicated:
+        add("entity_schedule", "the schedule keys shots by scene_num, and two scenes share a scene_num")
+    for key, entry in story.entity_schedule.items():
+        path = f"entity_schedule[{json.dumps(key)}]"
+        m = re.fullmatch(r"(\d+):(\d+)", key)
+        if m is None:
+            add(path, "expected a key \"scene_num:shot\" (e.g. \"2:1\", the shot counted from 1 in its scene)")
+            continue
+        scene_num, shot = int(m.group(1)), int(m.group(2))
+        if scene_num not in shots_in_scene:
+            add(path, f"no scene has scene_num {scene_num} (scenes: {', '.join(map(str, shots_in_scene))})")
+        elif not 1 <= shot <= shots_in_scene[scene_num]:
+            add(path, f"scene {scene_num} has {shots_in_scene[scene_num]} shot(s), not a shot {shot}")
+        if characters:
+            for j, name in enumerate(entry.characters):
+                if name not in characters:
+                    add(f"{path}.characters[{j}]", f"unknown character {name!r} (known: {', '.join(sorted(characters))})")
+
+
+def entity_warnings(story: StoryScript) -> list[ScriptIssue]:
+    """What a usable script leaves open: scheduled entities that no sheet entry describes (each at the
+    first place the schedule names it)."""
+    return [ScriptIssue(path=e.json_path, message=f"{e.kind} {e.name!r} is scheduled but never described")
+            for e in story.entities() if e.json_path.startswith("entity_schedule") and not e.description]
 
 
 def _json_problems(data: object) -> list[ScriptIssue]:
