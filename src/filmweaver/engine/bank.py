@@ -62,7 +62,8 @@ class BankStore:
         images = torch.stack([load_image(path, self.size) for _, _, path in refs])
         embs = self.models.embedder.embed_images(images)
         lats = self.models.codec.encode_images(images).cpu()
-        return [Keyframe(img, emb.float(), lat.float(), source_shot=-1, frame_index=j, kind="reference", label=name)
+        return [Keyframe(img, emb.float(), lat.float(), source_shot=-1, frame_index=j, kind="reference", label=name,
+                         entities=(name,))
                 for j, ((_, name, _), img, emb, lat) in enumerate(zip(refs, images, embs, lats, strict=True))]
 
     def _keyframes(self, index: int) -> list[tuple[dict, int]]:
@@ -85,5 +86,6 @@ class BankStore:
                                        "rebuildable banks: regenerate from that shot, or generate --force")
                 emb, lat = f.get_tensor(f"bank.{k['frame_index']}.embedding"), f.get_tensor(f"bank.{k['frame_index']}.latent")
             entries.append(Keyframe(load_image(p.keyframe_png(k["name"])), emb, lat, source_shot=shot_index,
-                                    frame_index=k["frame_index"]))
+                                    frame_index=k["frame_index"], entities=tuple(k.get("entities", ())),
+                                    boxes={n: tuple(b) for n, b in k.get("boxes", {}).items()}))
         return KeyframeBank(entries, self.dedupe_threshold)

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 
 class ShotCacheConfig(BaseModel):
-    policy: Literal["topk", "sink_window", "none"] = "topk"
-    k: int = Field(DEFAULT_K, ge=1, le=64)  # topk: keyframes retrieved per shot (policy "none": no memory)
+    policy: Literal["topk", "entity", "sink_window", "none"] = "topk"
+    k: int = Field(DEFAULT_K, ge=1, le=64)  # topk / entity: keyframes per shot (policy "none": no memory)
+    # entity: which kinds of the shot's entities memory must represent (the entity policy's guarantee)
+    entity_kinds: list[Literal["character", "location", "object"]] = Field(
+        default_factory=lambda: ["character", "location", "object"])
     per_shot: int | None = Field(None, ge=1)  # topk: at most this many from one earlier shot (None: no cap)
     # a character of the story's sheet that the shot names (its `characters`, or its name in the prompt)
     # and that has no reference image: the first keyframe of the earliest shot naming it is always in
@@ -52,6 +55,11 @@ class KeyframeConfig(BaseModel):
     quality_scorer: str = Field("none", pattern=r"^(none|contrast|hpsv3|[\w.]+:\w+)$")
     quality_threshold: float | None = Field(None, allow_inf_nan=False)
     quality_model: str | None = None
+    # where each keyframe's characters are (boxes, for the entity policy and the memory sheet):
+    # none | opencv-hog (people) | opencv-face | a plug-in package.module:factory (entity_detector_model:
+    # its hub id or directory)
+    entity_detector: str = Field("none", pattern=r"^(none|opencv-hog|opencv-face|[\w.]+:\w+)$")
+    entity_detector_model: str | None = None
 
 
 # Wan's default negative prompt (wan/configs/shared_config.py), which StoryMem uses for every shot

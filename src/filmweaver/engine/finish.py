@@ -4,13 +4,14 @@ files (video, state, keyframe PNGs). The manifest is written after these, by the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import save_file
 
 from filmweaver.engine.records import KeyframeRecord
 from filmweaver.io import as_8bit, atomic_path, save_png, storyboard_thumbnails, to_pil, write_video
+from filmweaver.memory.detect import EntityDetector, name_boxes
 from filmweaver.memory.keyframes import Keyframe, KeyframeBank, StoryMemKeyframeSelector
 from filmweaver.project import Project
 
@@ -48,18 +49,42 @@ def select_keyframes(embedder, selector, frames: torch.Tensor, bank: KeyframeBan
     return sel, embs, bank.before_shot(index), frames8
 
 
-def add_keyframes(project: Project, models, selector, frames: torch.Tensor, bank: KeyframeBank, index: int):
+@dataclass
+class ShotContents:
+    """Who and what a shot shows, for its keyframes: the shot's entities; ``characters`` (with their
+    ``descriptions``) are located by ``detector`` where one is configured."""
+
+    entities: tuple[str, ...] = ()
+    characters: tuple[str, ...] = ()
+    descriptions: dict[str, str] = field(default_factory=dict)
+    detector: EntityDetector | None = None
+
+    def locate(self, embedder, images: torch.Tensor) -> list[dict[str, tuple[float, ...]]]:
+        """Per image ``[N, 3, H, W]``: each located character's box (fractions of the frame)."""
+        if self.detector is None or not self.characters:
+            return [{} for _ in images]
+        found = self.detector.detect(images)
+        return [{name: tuple(box.as_list()) for name, box in
+                 name_boxes(embedder, img, boxes, list(self.characters), self.descriptions).items()}
+                for img, boxes in zip(images, found, strict=True)]
+
+
+def add_keyframes(project: Project, models, selector, frames: torch.Tensor, bank: KeyframeBank, index: int,
+                  contents: ShotContents | None = None):
     """Choose the shot's keyframes, add those unlike the bank to it and save every keyframe's PNG.
     Returns ``(records, selection threshold, the new bank entries' tensors for the shot's state)``."""
     p, i = project, index
+    contents = contents or ShotContents()
     sel, embs, earlier, source = select_keyframes(models.embedder, selector, frames, bank, i)
     records, images = [], source[sel.frame_indices]
     latents = models.codec.encode_images(images).cpu()
+    located = contents.locate(models.embedder, images)
     bank_tensors = {}
-    for fi, img, lat in zip(sel.frame_indices, images, latents, strict=True):
+    for fi, img, lat, boxes in zip(sel.frame_indices, images, latents, located, strict=True):
         # as the bank saves and reloads it (8-bit picture, float32 tensors): a bank kept in memory
         # between shots equals one read back from disk, so a resumed story is the same film
-        kf = Keyframe(as_8bit(img), embs[fi].float(), lat.float(), source_shot=i, frame_index=fi)
+        kf = Keyframe(as_8bit(img), embs[fi].float(), lat.float(), source_shot=i, frame_index=fi,
+                      entities=contents.entities, boxes=boxes)
         max_sim = earlier.max_similarity(embs[fi])
         added = max_sim <= bank.dedupe_threshold
         if added:
@@ -67,7 +92,8 @@ def add_keyframes(project: Project, models, selector, frames: torch.Tensor, bank
             # kept in the shot's state too: the bank can be rebuilt from the shots alone
             bank_tensors[f"bank.{fi}.embedding"] = kf.embedding.contiguous()
             bank_tensors[f"bank.{fi}.latent"] = kf.latent.contiguous()
-        records.append(KeyframeRecord(kf.name, p.rel(p.keyframe_png(kf.name)), fi, added, round(max_sim, 4)))
+        records.append(KeyframeRecord(kf.name, p.rel(p.keyframe_png(kf.name)), fi, added, round(max_sim, 4),
+                                      list(kf.entities), {k: list(v) for k, v in boxes.items()}))
         save_png(to_pil(img), p.keyframe_png(kf.name))
     # keyframes an earlier version of this shot selected and this one did not
     kept = {p.keyframe_png(r.name).name for r in records}
@@ -78,7 +104,7 @@ def add_keyframes(project: Project, models, selector, frames: torch.Tensor, bank
 
 
 def finish_shot(project: Project, models, selector, latents: torch.Tensor, trim: int, bank: KeyframeBank,
-                index: int, fps: int, tail_length: int) -> FinishedShot:
+                index: int, fps: int, tail_length: int, contents: ShotContents | None = None) -> FinishedShot:
     """Decode ``latents [1, C, F, h, w]`` (dropping ``trim`` leading frames), add keyframes, write the
     video and the state file (latents, the last ``tail_length`` frames for a continuation, the new
     bank entries, the storyboard's thumbnails, so the summaries never decode the shots again)."""
@@ -86,7 +112,7 @@ def finish_shot(project: Project, models, selector, latents: torch.Tensor, trim:
     t0 = time.perf_counter()
     frames = codec.decode(latents.to(codec.device))[0].permute(1, 0, 2, 3).cpu()[trim:]  # [T, 3, H, W]
     t1 = time.perf_counter()
-    records, threshold, bank_tensors = add_keyframes(p, models, selector, frames, bank, i)
+    records, threshold, bank_tensors = add_keyframes(p, models, selector, frames, bank, i, contents)
     t2 = time.perf_counter()
     write_video(p.shot_video(i), frames, fps=fps)
     tail = frames[-max(1, tail_length):].contiguous()

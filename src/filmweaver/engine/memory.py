@@ -94,11 +94,17 @@ class MemoryAssembler:
         if len(bank) == 0 or self.cfg.shot_cache.policy == "none":
             return []
         text_emb = self.models.embedder.embed_texts([plan.prompt])[0]
-        wanted = set(plan.shot.options.characters) | ({plan.shot.options.location} - {None})
+        wanted = set(plan.shot.entities.names()) | set(plan.shot.options.characters) | ({plan.shot.options.location} - {None})
         required = [i for i, e in enumerate(bank) if e.kind == "reference" and e.label in wanted]
         if self.cfg.shot_cache.anchor_characters:
             required += [i for i in self.character_anchors(plan, bank) if i not in required]
-        return self.policy.select(bank, text_emb, required)
+        return self.policy.select(bank, text_emb, required, entities=self.entities_to_show(plan))
+
+    def entities_to_show(self, plan: ShotPlan) -> list[str]:
+        """The shot's entities of the kinds memory must represent (``shot_cache.entity_kinds``)."""
+        e, kinds = plan.shot.entities, self.cfg.shot_cache.entity_kinds
+        return [*(e.characters if "character" in kinds else []), *(e.locations if "location" in kinds else []),
+                *(e.objects if "object" in kinds else [])]
 
     def named_characters(self, plan: ShotPlan) -> set[str]:
         """Sheet characters a shot names: its ``characters`` option, or the name as a word of its prompt."""

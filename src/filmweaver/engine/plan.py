@@ -4,6 +4,7 @@ made again."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -69,7 +70,9 @@ def plan_shots(story: StoryScript, cfg: EngineConfig, model_id: str, codec, over
                              f"needs {base + ov.get('extra_chunks', 0)} chunks (drop its duration, or use "
                              "--method filmweaver)")
         neg = shot.negative_prompt or (cfg.storymem.negative_prompt if cfg.storymem.enabled else "")
+        # what a schedule or the objects option add to a shot's inputs (absent: fingerprints as before)
+        entities = [dataclasses.asdict(shot.entities)] if shot.entities.scheduled or shot.options.objects else []
         fp = fingerprint(prompt, neg, seed, shot.cut, base, shot.options.characters, shot.options.location,
-                         settings, model_id, *([references] if references else []))
+                         settings, model_id, *([references] if references else []), *entities)
         plans.append(ShotPlan(shot, prompt, neg, seed, base, ov.get("extra_chunks", 0), fp))
     return plans

@@ -35,6 +35,8 @@ class KeyframeRecord:
     frame_index: int
     added_to_bank: bool
     max_bank_similarity: float
+    entities: list[str] = field(default_factory=list)  # whom and what it shows (its shot's entities)
+    boxes: dict[str, list[float]] = field(default_factory=dict)  # located characters: x0, y0, x1, y1 (fractions)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class ShotRecord:
     seed: int
     characters: list[str]
     location: str | None
+    entities: dict[str, list[str]]  # what the shot shows: characters, locations, objects
     status: str
     fingerprint: str
     num_chunks: int

@@ -13,13 +13,14 @@ from safetensors.torch import load_file
 from filmweaver.engine.bank import BankStore
 from filmweaver.engine.config import EngineConfig
 from filmweaver.engine.denoise import chunk_schedule, denoise_chunks
-from filmweaver.engine.finish import finish_shot
+from filmweaver.engine.finish import ShotContents, finish_shot
 from filmweaver.engine.memory import MemoryAssembler
 from filmweaver.engine.plan import ShotPlan, chunks_for, plan_shots
 from filmweaver.engine.records import ShotRecord, ShotTimings
 from filmweaver.engine.step_cache import StepCache
 from filmweaver.engine.storymem import storymem_shot
 from filmweaver.engine.summaries import write_summaries
+from filmweaver.memory.detect import make_detector
 from filmweaver.memory.keyframes import KeyframeSelector, StoryMemKeyframeSelector, make_quality_scorer
 from filmweaver.memory.shot_cache import make_shot_cache_policy
 from filmweaver.models import FilmModels
@@ -109,6 +110,9 @@ class StoryEngine:
         self.image_conditioned = bool(getattr(models.backbone.config, "image_dim", None))
         self.sampler, self.first_shot_sampler = self._samplers((config or EngineConfig()).set_fields() | set(explicit))
         self.selector = make_keyframe_selector(cfg, str(models.backbone.device))
+        self.detector = make_detector(cfg.keyframes.entity_detector, cfg.keyframes.entity_detector_model,
+                                      str(models.backbone.device))
+        self.descriptions = {e.name: e.description for e in self.story.entities()}
         warn_vocabulary(models, self.story)
         self.step_cache = StepCache.for_config(cfg, models.experts())
         sc = cfg.shot_cache
@@ -259,6 +263,7 @@ class StoryEngine:
         else:
             p.check_same_story(self.story)
         self.story = p.import_story(self.story)
+        self.bank.story = self.memory.story = self.story  # reference images now resolve inside the project
         m["story"] = {"name": self.story.story_name, "overview": self.story.story_overview, "base_dir": "."}
         m["model"] = {"id": self.models.model_id, "trained": self.models.trained,
                       "embedder": self.models.embedder_id, "layout": "m2v" if self.m2v else "context"}
@@ -311,7 +316,9 @@ class StoryEngine:
 
         # 3. Decode, keyframes into the bank, files. The bank is kept in memory for the next shot and
         # saved when the operation ends (derived data: a run killed before then rebuilds it exactly).
-        done = finish_shot(p, models, self.selector, latents, trim, bank, i, cfg.fps, cfg.mm2v_frames)
+        shown = plan.shot.entities
+        contents = ShotContents(tuple(shown.names()), tuple(shown.characters), self.descriptions, self.detector)
+        done = finish_shot(p, models, self.selector, latents, trim, bank, i, cfg.fps, cfg.mm2v_frames, contents)
         self.bank.after = bank
 
         # 4. The manifest last.
@@ -320,7 +327,8 @@ class StoryEngine:
         record = ShotRecord(
             index=i, number=shot.number, scene_num=shot.scene_num, json_path=shot.json_path, prompt=plan.prompt,
             negative_prompt=plan.negative_prompt, cut=shot.cut, seed=plan.seed, characters=shot.options.characters,
-            location=shot.options.location, status="done", fingerprint=plan.fingerprint, num_chunks=plan.num_chunks,
+            location=shot.options.location, entities={"characters": shown.characters, "locations": shown.locations,
+                                                      "objects": shown.objects}, status="done", fingerprint=plan.fingerprint, num_chunks=plan.num_chunks,
             num_latent_frames=latents.shape[2], num_frames=done.frames.shape[0], fps=cfg.fps,
             continuation=memory.continuation, chunks=chunk_log, image_condition=memory.image_source,
             shot_cache=memory.describe(cfg.shot_cache.gap), keyframes=done.keyframes,

@@ -192,6 +192,21 @@ class Keyframe:
     frame_index: int = 0
     kind: str = "keyframe"  # "keyframe" | "reference"
     label: str = ""  # e.g. the character or location name of a reference
+    # the entities it shows (its shot's scheduled ones; a reference: its label) and, where a detector
+    # found them, their boxes (x0, y0, x1, y1) as fractions of the frame
+    entities: tuple[str, ...] = ()
+    boxes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+
+    def shows(self, entity: str) -> bool:
+        return entity in self.entities or (self.kind == "reference" and self.label == entity)
+
+    def share(self, entity: str) -> float:
+        """How much of the frame is ``entity``: its box's area, else the frame split evenly among the
+        entities it shows (a reference image is all its entity)."""
+        if entity in self.boxes:
+            x0, y0, x1, y1 = self.boxes[entity]
+            return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+        return 1.0 if self.kind == "reference" else 1.0 / max(1, len(self.entities))
 
     @property
     def name(self) -> str:
@@ -257,7 +272,8 @@ class KeyframeBank:
                     to_pil(e.image).save(tmp, format="PNG")
                 self._saved[key] = e
             index.append({"image": png, "source_shot": e.source_shot, "frame_index": e.frame_index,
-                          "kind": e.kind, "label": e.label})
+                          "kind": e.kind, "label": e.label, "entities": list(e.entities),
+                          "boxes": {k: list(v) for k, v in e.boxes.items()}})
         with atomic_path(directory / "bank.safetensors") as tmp:
             save_file(tensors, str(tmp))
         with atomic_path(directory / "bank.json") as tmp:
@@ -281,6 +297,7 @@ class KeyframeBank:
                 embedding=tensors[f"{i}.embedding"],
                 latent=tensors.get(f"{i}.latent"),
                 source_shot=m["source_shot"], frame_index=m["frame_index"], kind=m["kind"], label=m["label"],
+                entities=tuple(m.get("entities", ())), boxes={k: tuple(v) for k, v in m.get("boxes", {}).items()},
             ))
         bank = cls(entries, meta.get("dedupe_threshold", 0.9))
         bank._saved = {(str(directory), m["image"]): e for m, e in zip(meta["entries"], entries, strict=True)}

@@ -1,12 +1,16 @@
 """Shot cache: which bank keyframes condition the next shot.
 
-Two policies behind one interface:
+Three policies behind one interface:
 
 * ``topk`` (FilmWeaver): ``C_shot = argtopk_{kf in bank} cos(phi_T(prompt), phi_I(kf))``; optionally
   at most ``per_shot`` keyframes from any one earlier shot (the near-duplicate frames of one shot can
   otherwise take every slot, crowding out the shot that introduced a character).
 * ``sink_window`` (StoryMem): the first ``sink`` keyframes are kept forever, the most recent fill the
   rest up to ``max_size``; the oldest sliding ones drop first.
+* ``entity``: every entity the shot shows is represented: its reference image, else its best earlier
+  appearance (least crowded: fewest other entities in the frame; then largest: its box, or its share
+  of the frame; then first), one keyframe each (a keyframe may stand for several); the remaining slots
+  up to ``k`` go by prompt similarity, as ``topk``.
 
 Both return the chosen entries in bank (story) order, so that their temporal positions follow the
 story, with each one's prompt similarity for the manifest and the memory sheets.
@@ -40,9 +44,10 @@ class ShotCachePolicy(Protocol):
     name: str
 
     def select(self, bank: KeyframeBank, prompt_embedding: torch.Tensor | None = None,
-               required: list[int] | None = None) -> list[RetrievedKeyframe]:
+               required: list[int] | None = None, entities: list[str] | None = None) -> list[RetrievedKeyframe]:
         """``prompt_embedding [D]`` unit norm; ``required``: bank indices that must be included
-        (e.g. reference images of the characters the shot names)."""
+        (e.g. reference images of the characters the shot names); ``entities``: the names of what the
+        shot shows (the ``entity`` policy represents each; the others ignore them)."""
         ...
 
 
@@ -64,7 +69,7 @@ class TopKRetrieval:
     per_shot: int | None = None  # at most this many keyframes of one source shot while others are left
     name: str = "topk"
 
-    def select(self, bank, prompt_embedding=None, required=None):
+    def select(self, bank, prompt_embedding=None, required=None, entities=None):
         if prompt_embedding is None:
             raise ValueError("topk retrieval needs the prompt's text embedding")
         sims = _similarities(bank, prompt_embedding)
@@ -98,7 +103,7 @@ class SinkWindowMemory:
         if not 0 <= self.sink <= self.max_size:
             raise ValueError(f"sink_window: need 0 <= sink ({self.sink}) <= max_size ({self.max_size})")
 
-    def select(self, bank, prompt_embedding=None, required=None):
+    def select(self, bank, prompt_embedding=None, required=None, entities=None):
         sims = _similarities(bank, prompt_embedding)
         n = len(bank)
         sink = list(range(min(self.sink, n)))
@@ -113,15 +118,55 @@ class SinkWindowMemory:
         return [RetrievedKeyframe(i, sims[i], roles[i]) for i in sorted(roles)]
 
 
+def best_appearance(bank: KeyframeBank, entity: str) -> int | None:
+    """The bank index that shows ``entity`` best: a reference image of it, else the least crowded,
+    then largest, then first of its appearances (None if the bank never saw it)."""
+    refs = [i for i, e in enumerate(bank) if e.kind == "reference" and e.label == entity]
+    if refs:
+        return refs[0]
+    seen = [i for i, e in enumerate(bank) if e.shows(entity)]
+    if not seen:
+        return None
+    return min(seen, key=lambda i: (len(bank.entries[i].entities), -bank.entries[i].share(entity), i))
+
+
+@dataclass
+class EntityMemory:
+    k: int = DEFAULT_K
+    per_shot: int | None = None  # the prompt-similarity fill: as topk's
+    name: str = "entity"
+
+    def select(self, bank, prompt_embedding=None, required=None, entities=None):
+        guaranteed = list(dict.fromkeys(required or []))
+        covered = {bank.entries[i].label for i in guaranteed if bank.entries[i].kind == "reference"}
+        for entity in entities or []:
+            if entity in covered:
+                continue
+            i = best_appearance(bank, entity)
+            if i is not None:
+                if i not in guaranteed:
+                    guaranteed.append(i)
+                covered.update(bank.entries[i].entities or (bank.entries[i].label,))
+        # every entity is kept even past k; the rest of k goes by prompt similarity
+        fill = TopKRetrieval(k=max(self.k, len(guaranteed)), per_shot=self.per_shot)
+        chosen = fill.select(bank, prompt_embedding, guaranteed) if prompt_embedding is not None else [
+            RetrievedKeyframe(i, None, "required") for i in sorted(guaranteed)]
+        named = set(guaranteed) - set(required or [])
+        return [RetrievedKeyframe(r.bank_index, r.similarity, "entity" if r.bank_index in named else r.role)
+                for r in chosen]
+
+
 def make_shot_cache_policy(name: str, k: int = DEFAULT_K, sink: int = DEFAULT_SINK, max_size: int = DEFAULT_MAX_SIZE,
                            per_shot: int | None = None) -> ShotCachePolicy:
     if name == "topk":
         return TopKRetrieval(k=k, per_shot=per_shot)
+    if name == "entity":
+        return EntityMemory(k=k, per_shot=per_shot)
     if name == "sink_window":
         return SinkWindowMemory(sink=sink, max_size=max_size)
     if name == "none":
         return NoShotCache()
-    raise ValueError(f"unknown shot-cache policy {name!r}: expected 'topk', 'sink_window' or 'none'")
+    raise ValueError(f"unknown shot-cache policy {name!r}: expected 'topk', 'entity', 'sink_window' or 'none'")
 
 
 @dataclass
@@ -130,5 +175,5 @@ class NoShotCache:
 
     name: str = "none"
 
-    def select(self, bank, prompt_embedding=None, required=None):
+    def select(self, bank, prompt_embedding=None, required=None, entities=None):
         return []

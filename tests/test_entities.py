@@ -1,0 +1,132 @@
+"""Entity-aware memory: the bank knows whom each keyframe shows, the ``entity`` policy represents every
+entity a shot shows, detectors say where they are."""
+
+import json
+
+import pytest
+import torch
+from helpers import entitybench_story
+
+from filmweaver.engine import EngineConfig, StoryEngine
+from filmweaver.memory.detect import (
+    Box,
+    OpenCVFaceDetector,
+    OpenCVPeopleDetector,
+    assign_boxes,
+    make_detector,
+    name_boxes,
+)
+from filmweaver.memory.keyframes import Keyframe, KeyframeBank
+from filmweaver.memory.shot_cache import EntityMemory, best_appearance, make_shot_cache_policy
+from filmweaver.script import parse_story
+
+
+def _kf(shot, entities, emb=None, boxes=None, kind="keyframe", label=""):
+    emb = torch.nn.functional.normalize(torch.randn(8) if emb is None else emb, dim=0)
+    return Keyframe(torch.zeros(3, 4, 4), emb, None, source_shot=shot, frame_index=shot, kind=kind, label=label,
+                    entities=tuple(entities), boxes=boxes or {})
+
+
+def test_best_appearance_prefers_a_reference_then_the_least_crowded_then_the_largest_then_the_first():
+    bank = KeyframeBank([_kf(0, ["A", "B", "C"]), _kf(1, ["A", "B"]), _kf(2, ["A", "B"], boxes={"A": (0, 0, 1, 1)}),
+                         _kf(3, ["B"]), _kf(4, ["B"])])
+    assert best_appearance(bank, "A") == 2  # two as crowded as it; its box is larger than an even share
+    assert best_appearance(bank, "B") == 3  # alone, and first of the two solo appearances
+    assert best_appearance(bank, "C") == 0
+    assert best_appearance(bank, "D") is None
+    bank.entries.append(_kf(-1, ["C"], kind="reference", label="C"))
+    assert best_appearance(bank, "C") == 5
+
+
+def test_the_entity_policy_represents_every_entity_then_fills_by_prompt_similarity():
+    prompt = torch.nn.functional.normalize(torch.ones(8), dim=0)
+    bank = KeyframeBank([_kf(0, ["A"]), _kf(1, ["B", "A"]), _kf(2, ["loc"]), _kf(3, ["B"], emb=-torch.ones(8)),
+                         _kf(4, [], emb=torch.ones(8))])
+    chosen = EntityMemory(k=3).select(bank, prompt, entities=["A", "B"])
+    roles = {r.bank_index: r.role for r in chosen}
+    assert roles[0] == "entity" and roles[3] == "entity"  # B's solo frame, though it is the least similar
+    assert roles[4] == "retrieved" and len(chosen) == 3  # the free slot: the most similar of the rest
+    # more entities than k: each is still there
+    many = EntityMemory(k=1).select(bank, prompt, entities=["A", "B", "loc"])
+    assert sorted(r.bank_index for r in many) == [0, 2, 3]
+    # topk, given the same, follows the prompt alone
+    top = make_shot_cache_policy("topk", k=2).select(bank, prompt, entities=["A", "B"])
+    assert 3 not in [r.bank_index for r in top]
+
+
+def test_boxes_are_named_by_the_best_overall_assignment():
+    sim = torch.tensor([[0.9, 0.8], [0.85, 0.1]])  # greedy would give box 0 to entity 0
+    assert assign_boxes(sim) == {0: 1, 1: 0}
+    assert assign_boxes(torch.tensor([[0.2], [0.7], [0.1]])) == {0: 1}
+    assert assign_boxes(torch.zeros(0, 2)) == {}
+    assert assign_boxes(torch.tensor([[0.1]]), min_similarity=0.5) == {}
+
+
+class _ColourEmbedder:
+    """Embeds an image by its mean colour and a text by the colour it names: enough to name crops."""
+
+    COLOURS = {"red": (1.0, 0, 0), "green": (0, 1.0, 0), "blue": (0, 0, 1.0)}
+
+    def embed_images(self, images):
+        return torch.nn.functional.normalize(images.mean(dim=(2, 3)), dim=1)
+
+    def embed_texts(self, texts):
+        vecs = [next((torch.tensor(v) for c, v in self.COLOURS.items() if c in t), torch.ones(3)) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(vecs), dim=1)
+
+
+def test_name_boxes_matches_crops_with_descriptions():
+    image = torch.zeros(3, 20, 40)
+    image[0, :, :20] = 1.0  # red on the left
+    image[2, :, 20:] = 1.0  # blue on the right
+    boxes = [Box(0.5, 0.0, 1.0, 1.0), Box(0.0, 0.0, 0.5, 1.0)]
+    named = name_boxes(_ColourEmbedder(), image, boxes, ["Mira", "Tomas"], {"Mira": "in red", "Tomas": "in blue"})
+    assert named == {"Mira": boxes[1], "Tomas": boxes[0]}
+    assert name_boxes(_ColourEmbedder(), image, boxes[:1], ["Mira"], {}) == {"Mira": boxes[0]}  # alone: no question
+
+
+def test_the_bundled_opencv_detectors_load_and_run_offline():
+    frames = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    for detector in (OpenCVPeopleDetector(), OpenCVFaceDetector(), make_detector("opencv-hog")):
+        found = detector.detect(frames)
+        assert len(found) == 2 and all(0 <= v <= 1 for boxes in found for b in boxes for v in b.as_list())
+    assert make_detector("none") is None
+    with pytest.raises(ValueError, match="entity detector"):
+        make_detector("yolo")
+
+
+def fake_detector(model=None, device="cpu"):
+    """A plug-in detector (``tests.test_entities:fake_detector``): a box on each half of every frame."""
+
+    class Halves:
+        name = "halves"
+
+        def detect(self, images):
+            return [[Box(0.0, 0.0, 0.5, 1.0, 0.9), Box(0.5, 0.0, 1.0, 1.0, 0.8)] for _ in images]
+
+    return Halves()
+
+
+def test_the_engine_keeps_whom_each_keyframe_shows_and_retrieves_every_scheduled_entity(tiny_models, tmp_path):
+    story = parse_story(entitybench_story())
+    cfg = EngineConfig(shot_cache={"policy": "entity", "k": 2},
+                       keyframes={"entity_detector": "test_entities:fake_detector", "max_per_shot": 2,
+                                  "dedupe_threshold": 1.01})  # every keyframe enters the bank
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=story, config=cfg, progress=False)
+    engine.generate()
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    shots = manifest["shots"]
+    assert shots[1]["entities"] == {"characters": ["Mira", "Tomas"], "locations": ["The Harbour"], "objects": []}
+    first = shots[0]["keyframes"][0]
+    assert first["entities"] == ["Mira", "The Harbour", "the brass lantern"] and set(first["boxes"]) == {"Mira"}
+    assert set(shots[1]["keyframes"][0]["boxes"]) == {"Mira", "Tomas"}  # two people, two halves
+    bank = engine.bank.before(len(shots))
+    for rec, shot in zip(shots, story.shots(), strict=True):
+        shown = {name for entry in rec["shot_cache"] for name in
+                 next(e.entities for e in bank if e.name == entry["keyframe"])}
+        seen_before = {n for e in bank if 0 <= e.source_shot < rec["index"] for n in e.entities}
+        assert set(shot.entities.names()) & seen_before <= shown, rec["number"]
+    assert any(entry["role"] == "entity" for rec in shots for entry in rec["shot_cache"])
+    # the bank rebuilt from the shots alone knows the same
+    rebuilt = StoryEngine(tiny_models, tmp_path / "p", progress=False).bank._from_shots(len(shots))
+    assert [(e.name, e.entities, e.boxes) for e in rebuilt] == [(e.name, e.entities, e.boxes) for e in bank]
