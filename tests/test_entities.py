@@ -130,3 +130,58 @@ def test_the_engine_keeps_whom_each_keyframe_shows_and_retrieves_every_scheduled
     # the bank rebuilt from the shots alone knows the same
     rebuilt = StoryEngine(tiny_models, tmp_path / "p", progress=False).bank._from_shots(len(shots))
     assert [(e.name, e.entities, e.boxes) for e in rebuilt] == [(e.name, e.entities, e.boxes) for e in bank]
+
+
+def test_entity_tags_start_as_nothing_and_then_mark_each_memory_frame(tiny_models):
+    """Enabled, the zero-initialised tag projection leaves the forward exactly as it was; trained (any
+    non-zero weights) it changes what memory frames say, and frames tagged differently differ."""
+    from filmweaver.context import ContextFrames
+
+    bb = tiny_models.backbone
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, 16, 2, 4, 4, generator=g)
+    x, t = torch.randn(1, 16, 1, 4, 4, generator=g), torch.tensor([500.0])
+    text = torch.randn(1, 8, bb.config.text_dim, generator=g)
+    tags = torch.randn(2, bb.config.text_dim, generator=g)
+
+    def forward(entity_embeddings):
+        ctx = [ContextFrames(lat, torch.tensor([-3.0, -2.0]), 0.0, kind="shot", entity_embeddings=entity_embeddings)]
+        with torch.no_grad():
+            return bb(x, t, text, context=ctx)
+
+    plain = forward(None)
+    bb.enable_entity_tags()
+    try:
+        assert torch.equal(forward(tags), plain)
+        with torch.no_grad():
+            bb.entity_proj.weight.normal_(generator=g)
+        tagged = forward(tags)
+        assert not torch.allclose(tagged, plain)
+        assert not torch.allclose(forward(tags.flip(0)), tagged)  # whom each frame shows matters
+    finally:
+        bb.entity_proj = None
+    with pytest.raises(ValueError, match="entity embeddings"):
+        ContextFrames(lat, torch.tensor([-3.0, -2.0]), entity_embeddings=tags[:1])
+
+
+def test_a_model_with_entity_tags_saves_and_loads_them_and_the_engine_tags_its_memory(tiny_models, tmp_path):
+    from filmweaver.models import FilmModels
+
+    tiny_models.backbone.enable_entity_tags()
+    with torch.no_grad():
+        tiny_models.backbone.entity_proj.weight.normal_(generator=torch.Generator().manual_seed(1))
+    tiny_models.save_pretrained(tmp_path / "m")
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(loaded.backbone.entity_proj.weight, tiny_models.backbone.entity_proj.weight)
+    assert FilmModels.tiny(seed=0).backbone.entity_proj is None  # a model without them has none
+
+    story = parse_story(entitybench_story())
+    engine = StoryEngine(loaded, tmp_path / "p", story=story, config=EngineConfig(shot_cache={"policy": "entity"}),
+                         progress=False)
+    engine.generate(max_shots=2)
+    plan = engine.plan()[2]
+    bank = engine.bank.before(2)
+    retrieved = engine.memory.retrieve(plan, bank)
+    block = engine.memory.shot_context(bank, retrieved, 0)[0]
+    assert block.entity_embeddings.shape == (len(retrieved), loaded.backbone.config.text_dim)
+    assert all(block.entity_embeddings[j].norm() > 0 for j, r in enumerate(retrieved) if bank.entries[r.bank_index].entities)

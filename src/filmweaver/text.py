@@ -98,6 +98,14 @@ class WanPromptEncoder:
         return torch.stack([self._cache[p] for p in prompts])
 
 
+def pooled_embeddings(encoder: WanPromptEncoder, texts: list[str]) -> torch.Tensor:
+    """One vector per text ``[N, D]``: the mean of its real tokens' hidden states (names of entities,
+    for the entity tags on memory tokens)."""
+    emb = encoder.encode(texts).float()
+    mask = encoder.tokenize(texts)[1].to(emb.device, emb.dtype)
+    return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+
 def embed_token_ids(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """UMT5 hidden states ``[B, L, D]`` of the real tokens, zeros after them (``WanPipeline``'s
     layout). Differentiable: the trainer calls it to train a text encoder jointly."""

@@ -51,6 +51,7 @@ from filmweaver.offload import execution_device
 from filmweaver.parallel import ContextParallel
 
 CONTEXT_PROJ_FILE = "context_projections.safetensors"
+ENTITY_PROJ_FILE = "entity_projection.safetensors"
 
 
 def compressed_patch_embedding(base: nn.Conv3d, factor: int) -> nn.Conv3d:
@@ -112,6 +113,7 @@ class ContextWanTransformer(nn.Module):
             {str(c): compressed_patch_embedding(transformer.patch_embedding, c) for c in compressions}
         )
         self._rope = RopeTables(transformer.config.attention_head_dim)
+        self.entity_proj: nn.Linear | None = None  # entity tags on memory tokens (enable_entity_tags)
 
     # -- modes: causal context, parallelism, fusion, compilation (each in its own module) -------------
     @property
@@ -147,6 +149,19 @@ class ContextWanTransformer(nn.Module):
         """``torch.compile`` the repeated blocks (:func:`~filmweaver.backbone.fusion.compile_blocks`)."""
         fusion.compile_blocks(self.transformer, dynamic=dynamic, backend=backend, mode=mode)
 
+    def enable_entity_tags(self) -> None:
+        """Memory tokens carry whom they show: each context frame's ``entity_embeddings`` (pooled text
+        embeddings of the names it shows) go through one linear map to the model width and are added to
+        that frame's tokens, so attention can bind a look to a name. The map starts at zero: enabling it
+        changes nothing until it is trained (the memory LoRA / the built-in model train it)."""
+        if self.entity_proj is None:
+            tr = self.transformer
+            inner = tr.config.num_attention_heads * tr.config.attention_head_dim
+            self.entity_proj = nn.Linear(tr.config.text_dim, inner, device=tr.patch_embedding.weight.device,
+                                         dtype=tr.patch_embedding.weight.dtype)
+            nn.init.zeros_(self.entity_proj.weight)
+            nn.init.zeros_(self.entity_proj.bias)
+
     @property
     def config(self):
         return self.transformer.config
@@ -162,9 +177,17 @@ class ContextWanTransformer(nn.Module):
     def save_context_projections(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.context_proj.state_dict().items()}
         save_file(state, str(Path(directory) / CONTEXT_PROJ_FILE))
+        if self.entity_proj is not None:
+            state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.entity_proj.state_dict().items()}
+            save_file(state, str(Path(directory) / ENTITY_PROJ_FILE))
 
     def load_context_projections(self, directory: str | Path) -> bool:
-        """Load trained projections if the directory has them; keep the FramePack init otherwise."""
+        """Load trained projections if the directory has them; keep the FramePack init otherwise. A
+        saved entity projection enables the entity tags."""
+        entity = Path(directory) / ENTITY_PROJ_FILE
+        if entity.is_file():
+            self.enable_entity_tags()
+            self.entity_proj.load_state_dict(load_file(str(entity)))
         path = Path(directory) / CONTEXT_PROJ_FILE
         if not path.is_file():
             return False
@@ -202,6 +225,9 @@ class ContextWanTransformer(nn.Module):
                                   block.spatial)
             if x.shape[0] != b:  # context shared across the batch (e.g. cond/uncond of batched CFG)
                 x = x.repeat(b // x.shape[0], 1, 1)
+            if block.entity_embeddings is not None and self.entity_proj is not None:
+                tags = self.entity_proj(block.entity_embeddings.to(device=x.device, dtype=x.dtype))  # [F, D]
+                x = x + tags.repeat_interleave(x.shape[1] // tags.shape[0], dim=0)  # each frame's tokens its tag
             tokens.append(x)
             positions.append(grid_positions(block.positions, h, w, block.compression, block.spatial))
             spans.append((block.kind, start, start + x.shape[1]))

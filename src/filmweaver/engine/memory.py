@@ -26,6 +26,7 @@ from filmweaver.memory.shot_cache import RetrievedKeyframe, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.project import Project
 from filmweaver.script import StoryScript
+from filmweaver.text import pooled_embeddings
 
 
 def tail_frames(project: Project, index: int) -> torch.Tensor:
@@ -56,7 +57,7 @@ class ShotMemory:
             out.append({"keyframe": e.name, "kind": e.kind, "label": e.label,
                         "source_shot": e.source_shot + 1 if e.source_shot >= 0 else None,
                         "frame_index": e.frame_index, "similarity": None if r.similarity is None else round(r.similarity, 4),
-                        "role": r.role, "position": position})
+                        "role": r.role, "position": position, "entities": list(e.entities)})
         return out
 
 
@@ -140,8 +141,19 @@ class MemoryAssembler:
             return []
         sc = self.cfg.shot_cache
         lat = torch.cat([bank.entries[r.bank_index].latent for r in retrieved], dim=1)[None]  # [1, C, K, h, w]
+        tags = None
+        if getattr(self.models.backbone, "entity_proj", None) is not None:
+            tags = self.entity_tags([bank.entries[r.bank_index].entities for r in retrieved])
         return [ContextFrames(lat, memory_positions(len(retrieved), capacity, sc.gap), sc.timestep, 1, kind="shot",
-                              spatial=sc.compression)]
+                              spatial=sc.compression, entity_embeddings=tags)]
+
+    def entity_tags(self, shown: list[tuple[str, ...]]) -> torch.Tensor:
+        """``[K, D_text]``: per keyframe, the mean pooled embedding of the names it shows (zeros: nobody)."""
+        names = sorted({n for entities in shown for n in entities})
+        pooled = dict(zip(names, pooled_embeddings(self.models.prompt_encoder, names), strict=True)) if names else {}
+        dim = self.models.backbone.config.text_dim
+        return torch.stack([torch.stack([pooled[n] for n in entities]).mean(0) if entities else torch.zeros(dim)
+                            for entities in shown]).cpu()
 
     # -- continuation and conditioning image -------------------------------------------------------------
     def continuation_frames(self, index: int) -> torch.Tensor | None:

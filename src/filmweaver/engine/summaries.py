@@ -64,7 +64,8 @@ def write_summaries(project: Project, policy: str, fps: int, banner: str | None 
             png = p.bank_dir / f"{m['keyframe']}.png"
             if png.is_file():
                 sim = "-" if m["similarity"] is None else f"{m['similarity']:.2f}"
-                thumbs.append((load_image(png), f"{m['keyframe']} sim {sim}"))
+                who = ", ".join(m.get("entities", []))  # whom it shows, where the story says
+                thumbs.append((load_image(png), f"{who} ({sim})" if who else f"{m['keyframe']} sim {sim}"))
         modes = ",".join(sorted({c["mode"] for c in r["chunks"]}))
         mem_rows.append((f"Shot {r['number']} [{modes}]: {r['prompt']}", thumbs))
     save_png(contact_sheet(mem_rows, title=f"{name}: shot cache per shot ({policy})", banner=banner),
