@@ -263,7 +263,9 @@ def test_benchmark_writes_reports_resumes_and_renders(tmp_path):
     page = (out / "report.html").resolve().as_uri()
     dom = subprocess.run([browser, *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000",
                           "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    n_images = 1 + 2 * len(scripts) * len(methods)  # the plot + a storyboard and a memory sheet per run
+    plots = len(list((out / "plots").glob("*.png")))  # the metrics, and the entity gap curve (Zed recurs)
+    assert plots == 2
+    n_images = plots + 2 * len(scripts) * len(methods)  # + a storyboard and a memory sheet per run
     assert f'data-images-ok="{n_images}"' in dom, dom[:500]
     assert "data-js-error" not in dom
     assert dom.count('class="storyboard"') == len(scripts) * len(methods)
@@ -290,3 +292,48 @@ def test_benchmark_shards_share_the_work_and_rank0_reports(tmp_path):
     assert run_benchmark(*args, progress=False, shard=(1, 2), wait=lambda: None) is None
     report = run_benchmark(*args, progress=False, shard=(0, 2), wait=lambda: None)
     assert set(report["stories"]["s"]) == {"independent", "filmweaver"} and (out / "report.html").is_file()
+
+
+def test_recurrence_points_and_gap_curve():
+    a, b = torch.eye(2)
+    emb = {0: a[None], 1: b[None], 3: a[None], 20: torch.stack([a, b])}
+    points = M.recurrence_points(list(emb.items()))
+    assert points == [(1, 1, 0.0), (3, 2, 1.0), (20, 17, 0.5)]  # gap: shots since last seen; vs the first
+    assert M.recurrence_points([(4, a[None])]) == []
+    curve = M.gap_curve(points + [(5, 2, 0.0)])
+    assert curve == [{"gap": "1", "mean": 0.0, "n": 1}, {"gap": "2-3", "mean": 0.5, "n": 2},
+                     {"gap": "16-31", "mean": 0.5, "n": 1}]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_entitybench_scripts_with_their_entity_sheets(tmp_path):
+    """A folder of EntityBench-format scripts (written here) through the one benchmark runner: the
+    entity method's memory follows each script's schedule, the report has per-entity consistency, the
+    gap curve, and says the generator is the built-in model."""
+    from helpers import entitybench_story
+
+    from filmweaver.eval.benchmark import run_benchmark
+    from filmweaver.models import load_models
+
+    scripts = []
+    for k, layout in enumerate([(2, 1, 2), (1, 2, 1, 1)]):
+        p = tmp_path / "entitybench" / f"episode{k}.json"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(json.dumps(entitybench_story(layout)))
+        scripts.append(p)
+    judges = Judges(EvalConfig(detector="test_entities:fake_detector"))
+    out = tmp_path / "bench"
+    report = run_benchmark(scripts, out, ["filmweaver", "entity"], load_models(), judges,
+                           {"sampler": {"num_inference_steps": 2}, "keyframes": {"dedupe_threshold": 1.01}},
+                           progress=False)
+    metrics = report["stories"]["episode0"]["entity"]["metrics"]["entity_consistency"]
+    assert metrics["value"] is not None and set(metrics["per_entity"]) == {"Mira", "Tomas"}
+    assert "crops from detector halves" in metrics["preprocessing"]
+    assert report["entity_gap"]["entity"] and all(b["n"] > 0 for b in report["entity_gap"]["entity"])
+    md = (out / "report.md").read_text()
+    assert "entity_consistency" in md and "Entity consistency by recurrence gap" in md
+    assert (out / "plots" / "entity_gap.png").is_file()
+    assert any("built-in model" in n for n in report["notes"])
+    manifest = json.loads((out / "runs" / "entity" / "episode0" / "manifest.json").read_text())
+    assert any(e["role"] == "entity" for s in manifest["shots"] for e in s["shot_cache"])
+    assert manifest["shots"][1]["entities"]["characters"] == ["Mira", "Tomas"]

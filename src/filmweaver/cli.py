@@ -626,7 +626,8 @@ def eval_(run_dir: Path = typer.Argument(..., help="a generated project director
           inception: str | None = typer.Option(None, help="FID Inception v3 weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) for the Inception Score"),
           probe: str = typer.Option("none", help=_PROBE_HELP),
           video_embedder: str | None = typer.Option(None, help="video-text judge (ViCLIP) as package.module:factory"),
-          detector: str | None = typer.Option(None, help="character detector as package.module:factory"),
+          detector: str | None = typer.Option(None, help="character detector for crops: opencv-hog | opencv-face | "
+                                                 "package.module:factory (without one: whole keyframes of single-character shots)"),
           metrics: str | None = typer.Option(None, help="comma-separated metrics (default: all whose judge is set)"),
           device: str = typer.Option("cpu")):
     """Score a generated film: writes metrics.json (value, model, protocol per metric) and metrics.md."""

@@ -13,6 +13,8 @@ A method is a partial :class:`~filmweaver.engine.EngineConfig` (nested dict); ``
 * ``storymem_corrected``: the same, with the released MI2V's overwritten last-frame condition kept.
 * ``filmweaver``: FilmWeaver: ``topk`` prompt-keyframe retrieval + the temporal cache (the default).
 * ``keyframe_first``: each shot's first frame is generated (text + shot cache), then animated from it.
+* ``entity``: filmweaver with entity-aware memory: every entity a shot shows (the script's entity
+  schedule, or the sheet characters it names) is represented in its shot cache; ``topk`` fills the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ METHODS: dict[str, dict] = {
     "storymem_corrected": merge_settings(STORYMEM, {"storymem": {"corrected_mi2v": True}}),
     "filmweaver": {"shot_cache": {"policy": "topk"}, "continuation": "mi2v"},
     "keyframe_first": {"shot_cache": {"policy": "topk"}, "keyframe_first": True},
+    "entity": {"shot_cache": {"policy": "entity"}, "continuation": "mi2v"},
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from filmweaver.eval import metrics as M
 from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs, judge_notes
 from filmweaver.methods import METHODS, method_config
 from filmweaver.parallel import barrier
@@ -27,7 +28,7 @@ from filmweaver.progress import progress_bar
 # the columns of the summary table, in order (others stay in report.json)
 TABLE = ["consistency_overall", "consistency_shots_all", "consistency_shots_top10", "prompt_following_global",
          "prompt_following_shot", "clipscore", "character_consistency", "aesthetic", "inception_score",
-         "smoothness", "seam_ratio", "probe/consistency_overall", "probe/gt_identity", "probe/gt_adherence",
+         "entity_consistency", "smoothness", "seam_ratio", "probe/consistency_overall", "probe/gt_identity", "probe/gt_adherence",
          "seconds_per_shot"]
 
 
@@ -89,11 +90,34 @@ def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], 
     prompts = [shot.prompt for _, story in stories for shot in story.shots()]
     # what a reader must know: the generator or the judge could not read the prompts, the judge is synthetic
     unseen = models.prompt_encoder.coverage(prompts).warning(f"the generator {models.model_id}'s text encoder")
-    report["notes"] = ([unseen] if unseen else []) + judge_notes(judges, prompts)
+    report["notes"] = ([unseen] if unseen else []) + _generator_notes(models) + judge_notes(judges, prompts)
     report["settings"] = {"engine": engine_settings or {}, "max_shots": max_shots, "model": models.model_id,
                           "scripts": [str(p) for p in scripts]}
     write_reports(report, out)
     return report
+
+
+def _generator_notes(models) -> list[str]:
+    builtin = getattr(models.setup, "preset", None) in (None, "synth") and models.model_id.startswith("filmweaver-synth")
+    return ["the generator is filmweaver's built-in model: the films are synthetic-world renderings of the scripts' "
+            "prompts, so the numbers exercise the benchmark, not a film model (pass --model with Wan weights)"] if builtin else []
+
+
+def entity_gap_curves(results: dict[str, dict[str, dict]], methods: list[str]) -> dict[str, list[dict]]:
+    """Per method, entity consistency by recurrence gap over every story (bucket means weighted by
+    their number of appearances)."""
+    curves = {}
+    for method in methods:
+        sums: dict[str, list[float]] = {}
+        for per_method in results.values():
+            entry = per_method.get(method, {}).get("metrics", {}).get("entity_consistency", {})
+            for b in entry.get("by_gap", []):
+                acc = sums.setdefault(b["gap"], [0.0, 0])
+                acc[0] += b["mean"] * b["n"]
+                acc[1] += b["n"]
+        order = [g for g in (M.gap_label(lo, hi) for lo, hi in M.GAP_BUCKETS) if g in sums]
+        curves[method] = [{"gap": g, "mean": sums[g][0] / sums[g][1], "n": sums[g][1]} for g in order]
+    return curves
 
 
 def summarize_benchmark(results: dict[str, dict[str, dict]], methods: list[str]) -> dict:
@@ -114,7 +138,8 @@ def summarize_benchmark(results: dict[str, dict[str, dict]], methods: list[str])
                 vals.setdefault("seconds_per_shot", []).append(r["seconds_per_shot"])
         means[method] = {k: float(np.mean(v)) for k, v in vals.items()}
     meta["seconds_per_shot"] = {"model": "-", "protocol": "generation wall time per shot (manifest timings)"}
-    return {"methods": methods, "means": means, "metrics": meta, "stories": results}
+    return {"methods": methods, "means": means, "metrics": meta, "stories": results,
+            "entity_gap": entity_gap_curves(results, methods)}
 
 
 def _best(report: dict, key: str) -> str | None:
@@ -144,9 +169,24 @@ def markdown_table(report: dict) -> str:
     lines += ["", "Means over stories; best per column in bold (lower is better for "
               + ", ".join(sorted(LOWER_IS_BETTER)) + "). Each column's model and protocol:", ""]
     lines += [f"- `{k}`: {report['metrics'][k]['model']}; {report['metrics'][k]['protocol']}" for k in cols]
+    lines += _gap_table(report)
     if report.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _gap_table(report: dict) -> list[str]:
+    curves = {m: c for m, c in report.get("entity_gap", {}).items() if c}
+    if not curves:
+        return []
+    gaps = list(dict.fromkeys(b["gap"] for c in curves.values() for b in c))
+    lines = ["", "Entity consistency by recurrence gap (shots since the entity was last seen; cosine to its first "
+             "appearance, appearances in brackets):", "", "| method | " + " | ".join(gaps) + " |",
+             "|---" * (len(gaps) + 1) + "|"]
+    for m, c in curves.items():
+        by = {b["gap"]: b for b in c}
+        lines.append(f"| {m} | " + " | ".join(f"{by[g]['mean']:.3f} ({by[g]['n']})" if g in by else "-" for g in gaps) + " |")
+    return lines
 
 
 def _plots(report: dict, out: Path) -> list[str]:
@@ -173,6 +213,23 @@ def _plots(report: dict, out: Path) -> list[str]:
         fig.savefig(out / "plots" / "metrics.png")
         plt.close(fig)
         names.append("plots/metrics.png")
+    curves = {m: c for m, c in report.get("entity_gap", {}).items() if c}
+    if curves:
+        fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=110)
+        gaps = list(dict.fromkeys(b["gap"] for c in curves.values() for b in c))
+        for m, c in curves.items():
+            by = {b["gap"]: b["mean"] for b in c}
+            xs = [i for i, g in enumerate(gaps) if g in by]
+            ax.plot(xs, [by[gaps[i]] for i in xs], marker="o", label=m)
+        ax.set_xticks(range(len(gaps)), gaps)
+        ax.set_xlabel("recurrence gap (shots)")
+        ax.set_ylabel("cosine to first appearance")
+        ax.set_title("entity consistency by recurrence gap", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "entity_gap.png")
+        plt.close(fig)
+        names.append("plots/entity_gap.png")
     return names
 
 

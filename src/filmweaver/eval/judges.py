@@ -71,15 +71,6 @@ class VideoTextEmbedder(Protocol):
     def embed_texts(self, texts: list[str]) -> torch.Tensor: ...
 
 
-class CharacterDetector(Protocol):
-    """Finds characters in frames: ``detect(frames [N, 3, H, W], names) -> per frame, a list of
-    (name, (x0, y0, x1, y1)) boxes in pixels``. Without one, whole frames stand in for crops."""
-
-    model_id: str
-
-    def detect(self, frames: torch.Tensor, names: list[str]) -> list[list[tuple[str, tuple[int, int, int, int]]]]: ...
-
-
 def import_factory(spec: str, what: str, option: str):
     """``"package.module:factory"`` -> the factory, or a one-line :class:`EvalSetupError`."""
     module, _, attr = spec.partition(":")
@@ -183,5 +174,5 @@ class InceptionJudge:
         return float(mean), float(std)
 
 
-__all__ = ["AestheticScorer", "CharacterDetector", "EvalSetupError", "ImageTextEmbedder", "InceptionJudge",
+__all__ = ["AestheticScorer", "EvalSetupError", "ImageTextEmbedder", "InceptionJudge",
            "GroundTruthJudge", "VideoTextEmbedder", "load_clip_judge", "load_plugin", "load_probe_judge"]

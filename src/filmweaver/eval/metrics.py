@@ -93,3 +93,39 @@ def seam_ratio_at(frames: torch.Tensor, chunk_starts: list[int]) -> float | None
 def seam_ratio(frames: torch.Tensor, chunk_pixel_frames: int) -> float | None:
     """:func:`seam_ratio_at` for chunks of ``chunk_pixel_frames`` frames each."""
     return seam_ratio_at(frames, list(range(chunk_pixel_frames, frames.shape[0], chunk_pixel_frames)))
+
+
+# recurrence-gap buckets (shots since the entity was last seen), as EntityBench plots decay with distance
+GAP_BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 10_000))
+
+
+def recurrence_points(appearances: list[tuple[int, torch.Tensor]]) -> list[tuple[int, int, float]]:
+    """EntityBench's cross-shot consistency for one entity: its appearances ``[(shot index, crop
+    embeddings [N, D])]`` -> for every appearance after the first, ``(shot, recurrence gap, mean cosine
+    to the first appearance's crops)``; the gap counts shots since the entity was last seen."""
+    ordered = sorted((s, e) for s, e in appearances if e.shape[0])
+    if len(ordered) < 2:
+        return []
+    first = ordered[0][1]
+    points, last = [], ordered[0][0]
+    for shot, emb in ordered[1:]:
+        if shot == last:
+            continue
+        points.append((shot, shot - last, float((emb @ first.T).mean())))
+        last = shot
+    return points
+
+
+def gap_curve(points: list[tuple[int, int, float]], buckets=GAP_BUCKETS) -> list[dict]:
+    """Mean similarity per recurrence-gap bucket: ``[{"gap": "4-7", "mean": .., "n": ..}]`` (empty buckets
+    left out)."""
+    out = []
+    for lo, hi in buckets:
+        sims = [s for _, g, s in points if lo <= g <= hi]
+        if sims:
+            out.append({"gap": gap_label(lo, hi), "mean": sum(sims) / len(sims), "n": len(sims)})
+    return out
+
+
+def gap_label(lo: int, hi: int) -> str:
+    return f"{lo}" if lo == hi else (f"{lo}+" if hi >= 10_000 else f"{lo}-{hi}")

@@ -15,8 +15,12 @@ Metrics (``METRICS``):
   prompts are most alike.
 * ``prompt_following_global`` / ``prompt_following_shot``: film vs story overview, shot vs prompt (cos).
 * ``clipscore``: keyframes vs their shot's prompt, ``100 * cos`` (FilmWeaver "AllAlign").
-* ``character_consistency`` / ``character_clipscore``: crops of the same character across shots (detector,
-  or whole keyframes when none is configured, stated), mean pairwise cos; crops vs description.
+* ``character_consistency`` / ``character_clipscore``: crops of the same character across shots (a
+  detector's boxes named by crop-description matching; without a detector, whole keyframes of the
+  shots showing that character alone, stated), mean pairwise cos; crops vs description.
+* ``entity_consistency``: EntityBench's cross-shot entity consistency on the same crops, each later
+  appearance against the entity's first, per entity and by recurrence gap (shots since it was last
+  seen: the decay curve).
 * ``smoothness`` / ``seam_ratio``: frame-to-frame change inside shots; change across chunk boundaries
   over the median change inside chunks.
 * ``probe/*``: the same consistency and prompt metrics judged by the synthetic world's attribute probe,
@@ -42,10 +46,11 @@ from filmweaver.eval.judges import (
     load_plugin,
     load_probe_judge,
 )
+from filmweaver.memory.detect import make_detector, name_boxes
 
 METRICS = ["aesthetic", "inception_score", "consistency_overall", "consistency_shots_all", "consistency_shots_top10",
            "prompt_following_global", "prompt_following_shot", "clipscore", "character_consistency",
-           "character_clipscore", "smoothness", "seam_ratio"]
+           "character_clipscore", "entity_consistency", "smoothness", "seam_ratio"]
 # for tables: which way is better
 LOWER_IS_BETTER = {"seam_ratio", "seconds_per_shot"}
 log = logging.getLogger("filmweaver")
@@ -63,7 +68,7 @@ class EvalConfig:
     inception: str | None = None
     probe: str | None = None  # "builtin" or a probe directory: the synthetic world's judge
     video_embedder: str | None = None  # "module:factory" (ViCLIP)
-    detector: str | None = None  # "module:factory"
+    detector: str | None = None  # opencv-hog | opencv-face | "module:factory" (filmweaver.memory.detect)
     metrics: list[str] | None = None  # None: every metric whose judge is configured
     device: str = "cpu"
     options: dict = field(default_factory=dict)
@@ -95,8 +100,10 @@ class Judges:
         self.probe = load_probe_judge(cfg.probe, cfg.device) if cfg.probe else None
         self.video = load_plugin(cfg.video_embedder, "video embedder", "--video-embedder", cfg.device) \
             if cfg.video_embedder else None
-        self.detector = load_plugin(cfg.detector, "character detector", "--detector", cfg.device) \
-            if cfg.detector else None
+        try:
+            self.detector = make_detector(cfg.detector, device=cfg.device) if cfg.detector else None
+        except (ValueError, ImportError, AttributeError) as e:
+            raise EvalSetupError(f"--detector {cfg.detector}: {e}") from e
         for m in METRICS:
             if m in ("aesthetic", "inception_score", "smoothness", "seam_ratio"):
                 continue
@@ -138,7 +145,7 @@ class ShotView:
     frames: torch.Tensor  # [T, 3, H, W] in [0, 1], decoded from the shot's mp4
     keyframes: torch.Tensor  # [K, 3, H, W]
     video_frames: torch.Tensor  # [<= VIDEO_FRAMES, 3, H, W] uniformly sampled
-    characters: list[str]
+    characters: list[str]  # the characters the shot shows (its schedule, options, or names in its prompt)
     boundaries: list[int]  # pixel-frame indices where a new chunk starts
     seconds: float | None
 
@@ -151,7 +158,6 @@ def load_shots(run_dir: str | Path) -> tuple[dict, object, list[ShotView]]:
     if not p.exists:
         raise EvalSetupError(f"{run_dir}: no manifest.json (not a generated filmweaver project)")
     story = p.load_story()
-    sheet = [c.name for c in story.characters]
     chunk_frames = p.manifest.get("config", {}).get("chunk_frames")
     views = []
     for shot in story.shots():
@@ -162,8 +168,7 @@ def load_shots(run_dir: str | Path) -> tuple[dict, object, list[ShotView]]:
         idx = [k["frame_index"] for k in rec.get("keyframes", []) if k["frame_index"] < len(frames)]
         kf = frames[idx] if idx else frames[len(frames) // 2 : len(frames) // 2 + 1]
         vid = frames[np.linspace(0, len(frames) - 1, min(VIDEO_FRAMES, len(frames))).round().astype(int)]
-        names = list(shot.options.characters) or [n for n in sheet if n.lower() in rec["prompt"].lower()]
-        views.append(ShotView(shot.index, rec["prompt"], frames, kf, vid, names,
+        views.append(ShotView(shot.index, rec["prompt"], frames, kf, vid, list(shot.entities.characters),
                               _chunk_boundaries(rec, chunk_frames), rec.get("timings", {}).get("total_s")))
     return p.manifest, story, views
 
@@ -218,46 +223,58 @@ def _consistency_metrics(out: dict, prefix: str, judge, model_id: str, pre: str,
                                        pre, len(cs))
 
 
-def _crops(views: list[ShotView], detector) -> tuple[dict[str, list[tuple[int, torch.Tensor]]], str]:
-    """Per character name, (shot index, crop) pairs. Whole keyframes stand in without a detector."""
+def _crops(views: list[ShotView], detector, clip, descriptions: dict[str, str]) -> tuple[dict[str, list], str]:
+    """Per character name, (shot index, crop) pairs: the detector's boxes in each keyframe, named by
+    comparing crops with the characters' descriptions; without a detector, whole keyframes of the
+    shots that show one character only (a frame of several would credit each with the others)."""
     out: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for v in views:
         if not v.characters:
             continue
         if detector is None:
-            for name in v.characters:
-                out.setdefault(name, []).extend((v.index, k) for k in v.keyframes)
+            if len(v.characters) == 1:
+                out.setdefault(v.characters[0], []).extend((v.index, k) for k in v.keyframes)
             continue
-        for frame, boxes in zip(v.keyframes, detector.detect(v.keyframes, v.characters), strict=True):
-            for name, (x0, y0, x1, y1) in boxes:
-                if name in v.characters and x1 > x0 and y1 > y0:
-                    out.setdefault(name, []).append((v.index, frame[:, y0:y1, x0:x1]))
-    how = f"crops from detector {detector.model_id}" if detector is not None else \
-        "whole keyframes (no detector configured: set --detector for character crops)"
+        for frame, boxes in zip(v.keyframes, detector.detect(v.keyframes), strict=True):
+            for name, box in name_boxes(clip, frame, boxes, v.characters, descriptions).items():
+                out.setdefault(name, []).append((v.index, box.crop(frame)))
+    how = (f"crops from detector {detector.name}, named by CLIP crop-description matching" if detector is not None else
+           "whole keyframes of single-character shots (no detector configured: set --detector for crops)")
     return out, how
 
 
 def _character_metrics(out: dict, judges: Judges, story, views: list[ShotView]) -> None:
-    crops, how = _crops(views, judges.detector)
+    descriptions = {e.name: e.description for e in story.entities() if e.kind == "character"}
+    crops, how = _crops(views, judges.detector, judges.clip, descriptions)
     model = judges.clip.model_id
-    by_name = {c.name: c.description for c in story.characters}
-    pair_means, aligns = [], []
+    pair_means, aligns, per_entity, points = [], [], {}, []
     for name, items in crops.items():
-        emb = torch.cat([judges.clip.embed_images(c[None]) for _, c in items]) if items else None
+        emb = torch.cat([judges.clip.embed_images(c[None]) for _, c in items])
         shots = [s for s, _ in items]
         sims = [float(emb[a] @ emb[b]) for a in range(len(items)) for b in range(a + 1, len(items)) if shots[a] != shots[b]]
         if sims:
             pair_means.append(np.mean(sims))
-        if by_name.get(name):
-            t = judges.clip.embed_texts([by_name[name]])
+        if descriptions.get(name):
+            t = judges.clip.embed_texts([descriptions[name]])
             aligns.append(float(M.clip_score(emb, t.expand_as(emb)).mean()))
-    reason = None if crops else "no character named in the script (character sheet / shots[].characters)"
+        by_shot = {s: emb[[j for j, s2 in enumerate(shots) if s2 == s]] for s in dict.fromkeys(shots)}
+        entity_points = M.recurrence_points(list(by_shot.items()))
+        if entity_points:
+            per_entity[name] = round(float(np.mean([p[2] for p in entity_points])), 6)
+            points += entity_points
+    reason = None if crops else "no shot shows a character the script names (entity schedule, shots[].characters, sheet names in prompts)"
     out["character_consistency"] = _entry(np.mean(pair_means) if pair_means else None, model,
                                           "per character, mean cosine over crop pairs from different shots; mean over characters",
                                           how, len(pair_means), **({"reason": reason} if reason else {}))
     out["character_clipscore"] = _entry(np.mean(aligns) if aligns else None, model,
                                         "100 * cosine(crop, character description), mean over characters", how,
                                         len(aligns), **({"reason": reason or "no character descriptions"} if not aligns else {}))
+    out["entity_consistency"] = _entry(
+        np.mean(list(per_entity.values())) if per_entity else None, model,
+        "EntityBench cross-shot consistency: per character, mean cosine of each later appearance's crops to its first "
+        "appearance's; mean over characters (per_entity), and by recurrence gap in shots (by_gap)", how,
+        len(per_entity), per_entity=per_entity, by_gap=M.gap_curve(points),
+        **({"reason": reason or "no character seen in two shots"} if not per_entity else {}))
 
 
 def evaluation_inputs(run_dir: str | Path, judges: Judges) -> str:
@@ -296,7 +313,7 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
     if judges.clip is not None:
         pre = f"RGB frames from the shot mp4s, resized (shortest side) and centre-cropped to {judges.clip.image_size} px, CLIP normalisation"
         _consistency_metrics(out, "", judges.clip, judges.clip.model_id, pre, story, views, judges.video)
-        if judges.runs("character_consistency") or judges.runs("character_clipscore"):
+        if any(judges.runs(m) for m in ("character_consistency", "character_clipscore", "entity_consistency")):
             _character_metrics(out, judges, story, views)
     if judges.aesthetic is not None:
         per_shot = [float(judges.aesthetic.score(v.video_frames).mean()) for v in views]
