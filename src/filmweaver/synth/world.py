@@ -5,6 +5,10 @@ Everything the metrics need is known by construction: a character is four discre
 framing, camera move and action. :func:`render_shot` draws a shot as ``[T, H, W, 3]`` uint8 frames,
 deterministically from its spec (2x supersampled, then box-filtered, so edges are smooth).
 
+A shot shows one character or a **cast** of up to :data:`MAX_CAST` side by side, left to right in
+the order of :attr:`ShotSpec.cast` (the world's convention, which its prompts follow: "Pip and Bo
+walk" puts Pip on the left); :func:`character_boxes` says where each one is in every frame.
+
 The attribute vocabularies below are the whole world: the probe, the prompt grammar and the
 evaluation all read them from here.
 """
@@ -43,6 +47,9 @@ LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.88, 0.78), "night": (0.55, 0.6,
 # Characters are lit more gently (a key light), so their colour stays readable at night.
 CHARACTER_LIGHT = {"day": (1.0, 1.0, 1.0), "dusk": (1.0, 0.95, 0.9), "night": (0.85, 0.87, 0.95)}
 CHARACTER_HEIGHT = {"wide": 0.3, "medium": 0.46, "close": 0.64}  # fraction of the frame height
+MAX_CAST = 3  # characters a shot can show side by side
+CAST_FITS = {"wide": 3, "medium": 2, "close": 1}  # how many stand side by side in each framing
+CAST_SPACING = 1.15  # centre to centre, in character heights
 # What the renderer can say each pixel shows (ground truth for region-weighted training losses).
 COVERAGE_LAYERS = ("character", "props")
 
@@ -85,15 +92,28 @@ class ShotSpec:
     start_x: float = 0.0  # character's world x at frame 0 (continuations start where the last shot ended)
     facing: int = 1  # +1 right, -1 left
     seed: int = 0  # small per-shot jitter (walk speed, jump phase)
+    companions: tuple[Character, ...] = ()  # the rest of the cast, to the right of `character`
+
+    def __post_init__(self):
+        if 1 + len(self.companions) > CAST_FITS[self.framing]:
+            raise ValueError(f"a {self.framing} shot fits {CAST_FITS[self.framing]} character(s) side by side, "
+                             f"not {1 + len(self.companions)}")
+
+    @property
+    def cast(self) -> tuple[Character, ...]:
+        """Every character in the shot, left to right."""
+        return (self.character, *self.companions)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["character"], d["location"] = asdict(self.character), asdict(self.location)
+        d["companions"] = [asdict(c) for c in self.companions]
         return d
 
     @staticmethod
     def from_dict(d: dict) -> ShotSpec:
-        return ShotSpec(**{**d, "character": Character(**d["character"]), "location": Location(**d["location"])})
+        return ShotSpec(**{**d, "character": Character(**d["character"]), "location": Location(**d["location"]),
+                           "companions": tuple(Character(**c) for c in d.get("companions", ()))})
 
     def end_state(self) -> tuple[float, int]:
         """(world x, facing) at the last frame, for a ``cut: false`` continuation."""
@@ -223,14 +243,9 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
     :data:`COVERAGE_LAYERS` ``[len(COVERAGE_LAYERS), H, W]`` uint8 (0-255: the share of each pixel the
     character, accessories included, or the props cover; the character occludes props)."""
     H, W = height * supersample, width * supersample
-    loc, ch = spec.location, spec.character
+    loc = spec.location
     x_char, facing, jump, wave, zoom = _pose(spec, t)
-    n = max(spec.num_frames - 1, 1)
-    cam_x = x_char if spec.action == "walk" else spec.start_x  # the camera follows a walking character
-    if spec.camera == "pan_left":
-        cam_x -= 0.35 * t / n
-    elif spec.camera == "pan_right":
-        cam_x += 0.35 * t / n
+    cam_x = _camera_x(spec, t, x_char)
     scale = H * zoom  # world unit (character height fraction) -> pixels
     yy, xx = _pixel_grid(H, W)
     horizon = H * (0.52 + 0.06 * (zoom - 1.0))
@@ -270,17 +285,14 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
             _paint(img[win], mask, np.array(rgb) * light)
             props_cover[win] |= mask
 
-    # the character: body centred at (bx, by), height bh
-    bh = CHARACTER_HEIGHT[spec.framing] * scale
-    bx = W / 2 + (x_char - cam_x) * scale
-    foot = H * 0.9
-    by = foot - bh / 2 - jump * bh
-    cover = np.zeros((H, W), bool)  # the character's pixels: the body plus whatever sticks out of it
-    # every part of the character lies within |u| < 1.06 and -1.55 < v < 0.85 (body coordinates below)
-    win = _window(bx - 1.2 * bh / 2, bx + 1.2 * bh / 2, by - 1.7 * bh / 2, by + 1.0 * bh / 2, H, W)
-    if win is not None:
-        u, v = (xx[win] - bx) / (bh / 2), (yy[win] - by) / (bh / 2)  # body coordinates: the body is [-1, 1]
-        _draw_character(img[win], cover[win], u, v, ch, loc.time, facing, wave, spec.action)
+    # the cast: bodies centred at (bx, by), height bh, side by side in cast order
+    cover = np.zeros((H, W), bool)  # the characters' pixels: the bodies plus whatever sticks out of them
+    for member, (bx, by, bh) in zip(spec.cast, _body_boxes(spec, x_char, cam_x, jump, scale, H, W), strict=True):
+        # every part of a character lies within |u| < 1.06 and -1.55 < v < 0.85 (body coordinates below)
+        win = _window(bx - 1.2 * bh / 2, bx + 1.2 * bh / 2, by - 1.7 * bh / 2, by + 1.0 * bh / 2, H, W)
+        if win is not None:
+            u, v = (xx[win] - bx) / (bh / 2), (yy[win] - by) / (bh / 2)  # body coordinates: the body is [-1, 1]
+            _draw_character(img[win], cover[win], u, v, member, loc.time, facing, wave, spec.action)
     out = _box_mean(img, supersample)
     frame = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
     if not return_mask:
@@ -288,6 +300,37 @@ def render_frame(spec: ShotSpec, t: int, height: int = 64, width: int = 64, supe
     layers = np.stack([cover, props_cover & ~cover], axis=-1)  # [H, W, layer] in COVERAGE_LAYERS order
     coverage = _box_mean(layers, supersample).transpose(2, 0, 1)
     return frame, (coverage * 255 + 0.5).astype(np.uint8)
+
+
+def _camera_x(spec: ShotSpec, t: int, x_char: float) -> float:
+    n = max(spec.num_frames - 1, 1)
+    cam_x = x_char if spec.action == "walk" else spec.start_x  # the camera follows a walking character
+    if spec.camera == "pan_left":
+        cam_x -= 0.35 * t / n
+    elif spec.camera == "pan_right":
+        cam_x += 0.35 * t / n
+    return cam_x
+
+
+def _body_boxes(spec: ShotSpec, x_char: float, cam_x: float, jump: float, scale: float, H: int, W: int):
+    """Each cast member's body centre and height in pixels ``[(bx, by, bh)]``, left to right."""
+    bh = CHARACTER_HEIGHT[spec.framing] * scale
+    by = H * 0.9 - bh / 2 - jump * bh
+    n = len(spec.cast)
+    step = CAST_SPACING * CHARACTER_HEIGHT[spec.framing]  # world units
+    return [(W / 2 + (x_char + (j - (n - 1) / 2) * step - cam_x) * scale, by, bh) for j in range(n)]
+
+
+def character_boxes(spec: ShotSpec, t: int, height: int = 64, width: int = 64) -> list[tuple[float, ...] | None]:
+    """Where each cast member is at frame ``t`` of a ``height x width`` rendering: ``(x0, y0, x1, y1)`` as
+    fractions of the frame (clipped; None when out of view), left to right in cast order."""
+    x_char, _, jump, _, zoom = _pose(spec, t)
+    out = []
+    for bx, by, bh in _body_boxes(spec, x_char, _camera_x(spec, t, x_char), jump, height * zoom, height, width):
+        x0, x1 = max(0.0, (bx - 0.53 * bh) / width), min(1.0, (bx + 0.53 * bh) / width)
+        y0, y1 = max(0.0, (by - 0.78 * bh) / height), min(1.0, (by + 0.43 * bh) / height)
+        out.append((x0, y0, x1, y1) if x1 - x0 > 0.02 and y1 > y0 else None)
+    return out
 
 
 def render_shot(spec: ShotSpec, height: int = 64, width: int = 64) -> np.ndarray:
@@ -304,5 +347,15 @@ def render_shot_with_mask(spec: ShotSpec, height: int = 64, width: int = 64) -> 
 
 
 def frame_labels(spec: ShotSpec) -> dict[str, int]:
-    """Ground-truth class index of every attribute visible in every frame of ``spec``."""
+    """Ground-truth class index of every attribute visible in every frame of ``spec`` (the first, leftmost
+    character's)."""
     return {**spec.character.labels(), **spec.location.labels()}
+
+
+def cast_labels(spec: ShotSpec) -> np.ndarray:
+    """``[MAX_CAST, len(CHARACTER_ATTRIBUTES)]``: each slot's character attributes left to right, -1 for
+    an empty slot."""
+    out = np.full((MAX_CAST, len(CHARACTER_ATTRIBUTES)), -1, dtype=np.int64)
+    for j, member in enumerate(spec.cast):
+        out[j] = list(member.labels().values())
+    return out

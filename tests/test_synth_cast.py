@@ -1,0 +1,108 @@
+"""The multi-character synthetic world: casts side by side with exact ground truth of who is where,
+stories of 1-4 characters with similar pairs and long recurrence gaps, in valid scripts."""
+
+import numpy as np
+import pytest
+
+from filmweaver.script import parse_story
+from filmweaver.synth.stories import grammar_words, make_cast_story, make_story, split_words
+from filmweaver.synth.world import (
+    Character,
+    Location,
+    ShotSpec,
+    cast_labels,
+    character_boxes,
+    render_shot,
+    render_shot_with_mask,
+)
+
+RED = Character("round", "red", "plain", "hat")
+BLUE = Character("square", "blue", "striped", "none")
+GREEN = Character("triangle", "green", "dotted", "scarf")
+PLACE = Location("forest", "snow", "day", 3)
+
+
+def _colour_share(frame: np.ndarray, box, rgb) -> float:
+    """How much of ``box`` (fractions) is close to colour ``rgb``."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = box
+    patch = frame[int(y0 * h) : int(np.ceil(y1 * h)), int(x0 * w) : int(np.ceil(x1 * w))].astype(int)
+    return float((np.abs(patch - np.array(rgb)).sum(-1) < 60).mean())
+
+
+def test_a_cast_is_drawn_left_to_right_where_its_boxes_say():
+    spec = ShotSpec(RED, PLACE, "wide", "static", "wave", 3, companions=(BLUE, GREEN))
+    frame = render_shot(spec)[0]
+    boxes = character_boxes(spec, 0)
+    assert len(boxes) == 3 and all(b is not None for b in boxes)
+    assert [b[0] for b in boxes] == sorted(b[0] for b in boxes)  # left to right in cast order
+    colours = [(215, 40, 40), (45, 80, 220), (40, 170, 60)]
+    for j, box in enumerate(boxes):  # each box holds its own character's colour, not its neighbours'
+        own = _colour_share(frame, box, colours[j])
+        others = max(_colour_share(frame, box, c) for k, c in enumerate(colours) if k != j)
+        assert own > 0.1 and others < 0.02, (j, own, others)
+    assert cast_labels(spec)[2].tolist() == list(GREEN.labels().values()) and cast_labels(spec).shape == (3, 4)
+    assert (cast_labels(ShotSpec(RED, PLACE, "close", "static", "walk", 2))[1:] == -1).all()
+    # the character coverage layer covers all three
+    _, cover = render_shot_with_mask(spec)
+    assert all(cover[0, 0][int(b[1] * 64):int(b[3] * 64), int(b[0] * 64):int(b[2] * 64)].mean() > 40 for b in boxes)
+
+
+def test_a_framing_holds_only_the_cast_that_fits():
+    with pytest.raises(ValueError, match="fits 1"):
+        ShotSpec(RED, PLACE, "close", "static", "walk", 2, companions=(BLUE,))
+    # a spec written before casts existed (no companions) reads back as one character
+    d = ShotSpec(RED, PLACE, "medium", "static", "walk", 2, companions=(BLUE,)).to_dict()
+    assert ShotSpec.from_dict(d).companions == (BLUE,)
+    d.pop("companions")
+    assert ShotSpec.from_dict(d).cast == (RED,)
+
+
+def test_single_character_stories_are_unchanged_by_casts():
+    """make_story (the shipped model's world) draws exactly what it did: one character, no companions."""
+    story = make_story(1_000_000)
+    assert all(s.companions == () for s in story.shots)
+    assert "cast" not in story.to_script()["ground_truth"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cast_stories_are_valid_scripts_with_every_shots_cast(seed):
+    story = make_cast_story(seed)
+    script = story.to_script()
+    parsed = parse_story(script)
+    gt = script["ground_truth"]
+    names = [c["name"] for c in gt["cast"]]
+    assert 1 <= len(names) <= 4 and len(set(names)) == len(names)
+    for shot, g, prompt in zip(parsed.shots(), gt["shots"], story.prompts, strict=True):
+        assert shot.entities.characters == g["cast"]  # the engine knows whom each shot shows
+        assert 1 <= len(g["cast"]) <= 3
+        # named left to right in the prompt, each described where the ground truth says it is restated
+        positions = [prompt.index(n) for n in g["cast"]]
+        assert positions == sorted(positions)
+        for n, restated in zip(g["cast"], g["restates_cast"], strict=True):
+            assert (f"{n}, a " in prompt) == restated
+    first = {}
+    for i, g in enumerate(gt["shots"]):
+        for n, r in zip(g["cast"], g["restates_cast"], strict=True):
+            if n not in first:
+                first[n] = i
+                assert r  # a character is described where it first appears
+    assert set(split_words(" ".join(story.prompts))) <= set(grammar_words())
+
+
+def test_cast_stories_have_similar_pairs_and_long_stories_long_gaps():
+    stories = [make_cast_story(s, characters=2) for s in range(200)]
+    similar = [st for st in stories if (st.cast[0].shape, st.cast[0].colour, st.cast[0].pattern)
+               == (st.cast[1].shape, st.cast[1].colour, st.cast[1].pattern)]
+    assert 0.25 <= len(similar) / len(stories) <= 0.55  # 35 % by design, ~2 % by chance
+    assert all(st.cast[0] != st.cast[1] for st in stories)  # the accessory tells a similar pair apart
+    for seed in range(4):
+        long = make_cast_story(seed, characters=3, min_shots=30, max_shots=50)
+        assert 30 <= len(long.shots) <= 50
+        last, gaps = {}, []
+        for i, who in enumerate(long.shot_cast):
+            for j in who:
+                if j in last:
+                    gaps.append(i - last[j])
+                last[j] = i
+        assert max(gaps) >= 21
