@@ -3,6 +3,7 @@ stories of 1-4 characters with similar pairs and long recurrence gaps, in valid 
 
 import numpy as np
 import pytest
+import torch
 
 from filmweaver.script import parse_story
 from filmweaver.synth.stories import grammar_words, make_cast_story, make_story, split_words
@@ -106,3 +107,54 @@ def test_cast_stories_have_similar_pairs_and_long_stories_long_gaps():
                     gaps.append(i - last[j])
                 last[j] = i
         assert max(gaps) >= 21
+
+
+def _oracle(specs_by_frames):
+    """A reader that knows the truth of every frame it was shown rendered (by its bytes)."""
+    from filmweaver.synth.probe import cast_targets
+
+    table = {}
+    for spec in specs_by_frames:
+        frames = render_shot(spec)
+        labels = np.repeat(cast_labels(spec)[None], len(frames), axis=0)
+        boxes = np.array([[b if b is not None else (np.nan,) * 4 for b in character_boxes(spec, t)]
+                          + [(np.nan,) * 4] * (3 - len(spec.cast)) for t in range(len(frames))], dtype=np.float32)
+        loc = np.repeat(np.array([list(spec.location.labels().values())]), len(frames), axis=0)
+        targets = cast_targets(labels, boxes, loc)
+        for t, f in enumerate(frames):
+            table[f.tobytes()] = {k: int(v[t]) for k, v in targets.items()}
+
+    def read(frames):
+        rows = [table[(f.permute(1, 2, 0) * 255).round().byte().numpy().tobytes()] for f in frames]
+        return {k: torch.tensor([max(r[k], 0) for r in rows]) for k in rows[0]}
+
+    return read
+
+
+def test_cast_metrics_see_identity_swaps_and_missing_characters():
+    import dataclasses
+
+    from filmweaver.synth.cast_metrics import cast_records, summarize_cast
+    from filmweaver.synth.stories import story_from_script
+
+    story = make_cast_story(3, characters=2, min_shots=8, max_shots=8)
+    script = story.to_script()
+    _, specs = story_from_script(script)
+    multi = next(i for i, s in enumerate(specs) if len(s.cast) == 2 and i > 0)
+    swapped = dataclasses.replace(specs[multi], character=specs[multi].companions[0], companions=(specs[multi].character,))
+    missing = dataclasses.replace(specs[multi], companions=())
+    read = _oracle([*specs, swapped, missing])
+
+    def frames_of(replace):
+        return lambda i: torch.from_numpy(render_shot(replace.get(i, specs[i]))).permute(0, 3, 1, 2).float() / 255
+
+    truth = summarize_cast(cast_records(frames_of({}), script, read))
+    assert truth["character_identity"] == 1.0 and truth["swap_rate"] in (0.0, None) and truth["presence"] == 1.0
+    assert truth["appearances"] > 0 and truth["identity_by_gap"]
+    records = cast_records(frames_of({multi: swapped}), script, read)
+    at = [r for r in records if r["shot"] == multi]
+    distinct = [k for k in ("shape", "colour", "pattern", "accessory") if at[0]["truth"][k] != at[1]["truth"][k]]
+    assert distinct and all(not r["match"][k] and r["swap"][k] for r in at for k in distinct)
+    assert all(r["present"] for r in at)  # both are there, in each other's place
+    records = cast_records(frames_of({multi: missing}), script, read)
+    assert not any(r["present"] for r in records if r["shot"] == multi)

@@ -24,6 +24,7 @@ Grammar (every word is in :func:`grammar_words`)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -323,7 +324,8 @@ def story_from_script(script: dict) -> tuple[dict, list[ShotSpec]]:
     gt = script.get("ground_truth")
     if not gt or gt.get("format") != WORLD_FORMAT:
         raise ValueError(f"not a synthetic-world story (no ground_truth of format {WORLD_FORMAT})")
-    return gt, [ShotSpec.from_dict({k: v for k, v in s.items() if not k.startswith("restates_")}) for s in gt["shots"]]
+    fields = {f.name for f in dataclasses.fields(ShotSpec)}  # the spec; the rest (cast names, restates) is truth
+    return gt, [ShotSpec.from_dict({k: v for k, v in s.items() if k in fields}) for s in gt["shots"]]
 
 
 def write_scripts(out_dir: str | Path, count: int, first_seed: int = 1_000_000, max_shots: int = 8,
