@@ -88,7 +88,7 @@ def test_cast_stories_are_valid_scripts_with_every_shots_cast(seed):
             if n not in first:
                 first[n] = i
                 assert r  # a character is described where it first appears
-    assert set(split_words(" ".join(story.prompts))) <= set(grammar_words())
+    assert set(split_words(" ".join(story.prompts))) <= set(grammar_words(cast=True))
 
 
 def test_cast_stories_have_similar_pairs_and_long_stories_long_gaps():
@@ -158,3 +158,49 @@ def test_cast_metrics_see_identity_swaps_and_missing_characters():
     assert all(r["present"] for r in at)  # both are there, in each other's place
     records = cast_records(frames_of({multi: missing}), script, read)
     assert not any(r["present"] for r in records if r["shot"] == multi)
+
+
+@pytest.mark.slow
+def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_probe(tmp_path):
+    """The cast recipe in miniature: cast stories in the data, the cast grammar, causal context with
+    pooled keyframes and entity tags, the cast probe beside the attribute probe; the model generates
+    a cast story with the entity policy, and its text encoder can start a cast model from a
+    one-character one (known words keep their embeddings)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from filmweaver.cli import app
+    from filmweaver.models import FilmModels
+    from filmweaver.synth.architecture import synth_architecture
+    from filmweaver.synth.probe import CastProbe
+    from filmweaver.train.run import init_dit_from
+
+    out = tmp_path / "run"
+    sets = ["--set", "data.cast_stories=4", "--set", "model.grammar=cast", "--set", "dit.entity_tags=true",
+            "--set", "dit.context_attention=causal", "--set", "dit.memory_compression=2"]
+    res = CliRunner().invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out), *sets])
+    assert res.exit_code == 0, res.output
+    model = FilmModels.from_pretrained(str(out / "model"))
+    assert model.backbone.entity_proj is not None and model.backbone.context_attention == "causal"
+    assert model.backbone.entity_proj.weight.abs().sum() > 0  # trained: the tags moved off zero
+    assert CastProbe.load(out / "probe" / "cast").head_names[0] == "count"
+    assert "and" in model.prompt_encoder.tokenizer.get_vocab()
+    story = make_cast_story(7, characters=2, min_shots=3, max_shots=3, frames=(8,)).to_script()
+    (tmp_path / "s.json").write_text(json.dumps(story))
+    res = CliRunner().invoke(app, ["generate", str(tmp_path / "s.json"), "-o", str(tmp_path / "film"), "--model",
+                                   str(out / "model"), "--policy", "entity", "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "film" / "manifest.json").read_text())["config"]["shot_cache"]["compression"] == 2
+
+    # a one-character model's text encoder into the cast architecture: every word it knew keeps its row
+    single = synth_architecture(seed=1, size="test")
+    single_dir = tmp_path / "single"
+    single.trained = True
+    single.save_pretrained(single_dir)
+    cast = synth_architecture(seed=2, size="test", grammar="cast")
+    init_dit_from(cast, str(single_dir))
+    old, new = single.prompt_encoder.tokenizer.get_vocab(), cast.prompt_encoder.tokenizer.get_vocab()
+    w_old = single.prompt_encoder.text_encoder.shared.weight
+    w_new = cast.prompt_encoder.text_encoder.shared.weight
+    assert len(new) > len(old) and all(torch.equal(w_new[new[t]], w_old[i]) for t, i in old.items())

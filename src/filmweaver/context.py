@@ -31,8 +31,9 @@ class ContextFrames:
     compression: int = 1
     kind: str = "context"  # "shot" | "temporal" | "continuation" | "memory" (for logs and manifests)
     spatial: int = 1
-    # whom each frame shows, for a backbone with entity tags: ``[F, D_text]`` pooled text embeddings of
-    # the entities' names (zeros: nobody), added to the frame's tokens through a learned projection
+    # whom each frame shows, for a backbone with entity tags: ``[F, D_text]`` (or per sample ``[B, F,
+    # D_text]``) pooled text embeddings of the entities' names (zeros: nobody), added to the frame's
+    # tokens through a learned projection
     entity_embeddings: torch.Tensor | None = None
 
     def __post_init__(self):
@@ -42,8 +43,8 @@ class ContextFrames:
             raise ValueError(f"{self.latents.shape[2]} context frames but {tuple(self.positions.shape)} positions")
         if self.compression not in (1, 2, 4):
             raise ValueError(f"compression must be 1, 2 or 4, got {self.compression}")
-        if self.entity_embeddings is not None and (self.entity_embeddings.ndim != 2 or self.compression != 1
-                                                   or self.entity_embeddings.shape[0] != self.latents.shape[2]):
+        if self.entity_embeddings is not None and (self.entity_embeddings.ndim not in (2, 3) or self.compression != 1
+                                                   or self.entity_embeddings.shape[-2] != self.latents.shape[2]):
             raise ValueError(f"entity embeddings are [F, D] for the {self.latents.shape[2]} frames of an "
                              f"uncompressed block, got {tuple(self.entity_embeddings.shape)}")
         if self.spatial not in (1, 2, 4) or (self.spatial > 1 and self.compression > 1):

@@ -226,8 +226,10 @@ class ContextWanTransformer(nn.Module):
             if x.shape[0] != b:  # context shared across the batch (e.g. cond/uncond of batched CFG)
                 x = x.repeat(b // x.shape[0], 1, 1)
             if block.entity_embeddings is not None and self.entity_proj is not None:
-                tags = self.entity_proj(block.entity_embeddings.to(device=x.device, dtype=x.dtype))  # [F, D]
-                x = x + tags.repeat_interleave(x.shape[1] // tags.shape[0], dim=0)  # each frame's tokens its tag
+                tags = self.entity_proj(block.entity_embeddings.to(device=x.device, dtype=x.dtype))  # [(B,) F, D]
+                if tags.ndim == 3 and tags.shape[0] != x.shape[0]:
+                    tags = tags.repeat(x.shape[0] // tags.shape[0], 1, 1)
+                x = x + tags.repeat_interleave(x.shape[1] // tags.shape[-2], dim=-2)  # each frame's tokens its tag
             tokens.append(x)
             positions.append(grid_positions(block.positions, h, w, block.compression, block.spatial))
             spans.append((block.kind, start, start + x.shape[1]))

@@ -148,12 +148,16 @@ class MemoryAssembler:
                               spatial=sc.compression, entity_embeddings=tags)]
 
     def entity_tags(self, shown: list[tuple[str, ...]]) -> torch.Tensor:
-        """``[K, D_text]``: per keyframe, the mean pooled embedding of the names it shows (zeros: nobody)."""
-        names = sorted({n for entities in shown for n in entities})
-        pooled = dict(zip(names, pooled_embeddings(self.models.prompt_encoder, names), strict=True)) if names else {}
-        dim = self.models.backbone.config.text_dim
-        return torch.stack([torch.stack([pooled[n] for n in entities]).mean(0) if entities else torch.zeros(dim)
-                            for entities in shown]).cpu()
+        """``[K, D_text]``: per keyframe, the pooled embedding of the names it shows, joined by spaces (as
+        the trainer makes them; zeros: nobody)."""
+        texts = [" ".join(entities) for entities in shown]
+        named = [t for t in texts if t]
+        pooled = pooled_embeddings(self.models.prompt_encoder, named).cpu() if named else None
+        out = torch.zeros(len(texts), self.models.backbone.config.text_dim)
+        rows = [i for i, t in enumerate(texts) if t]
+        if rows:
+            out[rows] = pooled.float()
+        return out
 
     # -- continuation and conditioning image -------------------------------------------------------------
     def continuation_frames(self, index: int) -> torch.Tensor | None:

@@ -18,7 +18,6 @@ import importlib
 from dataclasses import dataclass
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 
@@ -56,7 +55,15 @@ class EntityDetector(Protocol):
     def detect(self, images: torch.Tensor) -> list[list[Box]]: ...
 
 
+def _cv2():
+    """OpenCV, imported where a detector is used (the engine and the trainer run without it)."""
+    import cv2
+
+    return cv2
+
+
 def _gray_8bit(image: torch.Tensor) -> np.ndarray:
+    cv2 = _cv2()
     rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
@@ -68,11 +75,13 @@ class OpenCVPeopleDetector:
     name = "opencv-hog"
 
     def __init__(self, min_score: float = 0.3):
+        cv2 = _cv2()
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.min_score = min_score
 
     def detect(self, images: torch.Tensor) -> list[list[Box]]:
+        cv2 = _cv2()
         out = []
         for image in images:
             gray = _gray_8bit(image)
@@ -97,6 +106,7 @@ class OpenCVFaceDetector:
     name = "opencv-face"
 
     def __init__(self, min_neighbors: int = 4):
+        cv2 = _cv2()
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         if self.cascade.empty():
             raise RuntimeError("OpenCV's frontal-face cascade did not load (opencv-python-headless < 5 ships it)")

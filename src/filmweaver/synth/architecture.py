@@ -30,11 +30,12 @@ SYNTH_DEFAULTS = {"height": 64, "width": 64, "fps": 8, "chunk_frames": 4, "num_i
 
 
 def synth_architecture(seed: int = 0, device: str = "cpu", size: str = "small",
-                       transformer: dict[str, int] | None = None) -> FilmModels:
+                       transformer: dict[str, int] | None = None, grammar: str = "single") -> FilmModels:
     """The untrained architecture of the built-in model: a compact Wan transformer, a compact Wan
     VAE (4x spatial, no temporal compression), a small UMT5 over the synthetic grammar's words and a
     small CLIP for keyframe selection and retrieval. ``size="test"`` is a miniature for unit tests.
-    ``transformer`` overrides the transformer's ``heads``, ``head_dim``, ``layers`` or ``ffn``."""
+    ``transformer`` overrides the transformer's ``heads``, ``head_dim``, ``layers`` or ``ffn``.
+    ``grammar="cast"``: the words and prompt length of multi-character stories (72 tokens, not 40)."""
 
     dims = {"small": dict(heads=4, head_dim=64, layers=6, ffn=768, text=128, vae=32, clip=128, clip_layers=4),
             "test": dict(heads=2, head_dim=12, layers=2, ffn=32, text=32, vae=8, clip=32, clip_layers=1)}[size]
@@ -43,7 +44,10 @@ def synth_architecture(seed: int = 0, device: str = "cpu", size: str = "small",
         raise ValueError(f"transformer sizes: unknown {sorted(unknown)} (heads, head_dim, layers, ffn)")
     dims.update(transformer or {})
     torch.manual_seed(seed)
-    tokenizer = word_level_tokenizer(grammar_words(), model_max_length=40)
+    if grammar not in ("single", "cast"):
+        raise ValueError(f"grammar {grammar!r}: expected single or cast")
+    text_len = 72 if grammar == "cast" else 40  # three described characters take ~60 tokens
+    tokenizer = word_level_tokenizer(grammar_words(cast=grammar == "cast"), model_max_length=text_len)
     vocab = len(tokenizer)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=dims["heads"], attention_head_dim=dims["head_dim"],
@@ -59,7 +63,7 @@ def synth_architecture(seed: int = 0, device: str = "cpu", size: str = "small",
     ))
     clip = CLIPModel(CLIPConfig(
         text_config=dict(vocab_size=vocab, hidden_size=dims["clip"], intermediate_size=2 * dims["clip"],
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40, pad_token_id=0,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=text_len, pad_token_id=0,
                          bos_token_id=1, eos_token_id=1),
         vision_config=dict(image_size=64, patch_size=8, hidden_size=dims["clip"], intermediate_size=2 * dims["clip"],
                            num_hidden_layers=dims["clip_layers"], num_attention_heads=4),
@@ -68,7 +72,7 @@ def synth_architecture(seed: int = 0, device: str = "cpu", size: str = "small",
     return FilmModels(
         backbone=ContextWanTransformer(transformer).to(device),
         codec=LatentCodec(vae.to(device)),
-        prompt_encoder=WanPromptEncoder(tokenizer, text_encoder.to(device), max_sequence_length=40),
+        prompt_encoder=WanPromptEncoder(tokenizer, text_encoder.to(device), max_sequence_length=text_len),
         embedder=CLIPEmbedder(clip.to(device), tokenizer, image_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                               model_id=f"filmweaver-synth-{size}-clip"),
         scheduler_config=None,

@@ -94,11 +94,12 @@ def cast_prompt(names: list[str], spec: ShotSpec, restate: list[bool], restate_l
             f"{CAMERA_WORDS[spec.camera]}").replace(",,", ",").replace(", ", ", ").replace(" ,", ",")
 
 
-def grammar_words() -> list[str]:
-    """Every word the grammar can produce (lower case), for a word-level tokenizer."""
-    text = " ".join([*NAMES, *FRAMING_WORDS.values(), *CAMERA_WORDS.values(), *VERBS.values(), *PLURAL_VERBS.values(),
-                     *PATTERN_WORDS.values(), *ACCESSORY_WORDS.values(), *TIME_WORDS.values(), *COLOURS, *SHAPES,
-                     *PROPS, *GROUNDS, "a creature in the with ground and : ,"])
+def grammar_words(cast: bool = False) -> list[str]:
+    """Every word the grammar can produce (lower case), for a word-level tokenizer; ``cast``: also the
+    words of several characters' shots ("and", plural verbs)."""
+    text = " ".join([*NAMES, *FRAMING_WORDS.values(), *CAMERA_WORDS.values(), *VERBS.values(), *PATTERN_WORDS.values(),
+                     *ACCESSORY_WORDS.values(), *TIME_WORDS.values(), *COLOURS, *SHAPES, *PROPS, *GROUNDS,
+                     "a creature in the with ground : ,", *([*PLURAL_VERBS.values(), "and"] if cast else [])])
     return sorted({w for w in split_words(text)})
 
 

@@ -29,6 +29,8 @@ class ModelSource(_Cfg):
     # synth kinds: override the transformer's size (heads, head_dim, layers, ffn), e.g.
     # {heads: 5, layers: 8, ffn: 960}; tools/synth_cpu_step_cost.py times candidates on a CPU
     transformer: dict[str, int] | None = None
+    # synth kinds: "cast" adds the words of multi-character shots and a longer prompt (72 tokens)
+    grammar: Literal["single", "cast"] = "single"
 
 
 class LoraConfig(_Cfg):
@@ -45,6 +47,8 @@ class SynthData(_Cfg):
     long_take_frames: int = 32
     shot_frames: list[int] = Field(default_factory=lambda: [12, 16, 20])
     first_seed: int = 0  # stories use seeds first_seed .. first_seed + num_stories - 1 (evaluation uses others)
+    # stories of a cast of 1-4 characters (synth.stories.make_cast_story), after the one-character ones
+    cast_stories: int = 0
     height: int = 64
     width: int = 64
     workers: int = 0  # 0 = every CPU core this process may use (its affinity: taskset, a container)
@@ -57,12 +61,16 @@ class VaePhase(_Cfg):
     clip_frames: int = 5
     lr: float = 1e-3
     kl_weight: float = 1e-6
+    # take this model directory's VAE instead of training one ("builtin": the shipped model's)
+    init_from: str | None = None
 
 
 class EmbedderPhase(_Cfg):
     steps: int = 2000
     batch_size: int = 256
     lr: float = 5e-4
+    # take this model directory's embedder instead of training one ("builtin": the shipped model's)
+    init_from: str | None = None
 
 
 class ProbePhase(_Cfg):
@@ -70,6 +78,9 @@ class ProbePhase(_Cfg):
     batch_size: int = 256
     lr: float = 2e-3
     held_out_stories: int = 200
+    # take this model directory's attribute probe instead of training one ("builtin": the shipped one);
+    # the cast probe (with cast stories in the data) is trained either way
+    init_from: str | None = None
 
 
 class Augment(_Cfg):
@@ -112,8 +123,12 @@ class DiTPhase(_Cfg):
     # shot-cache keyframes pooled into 2x2 / 4x4 patches (4x / 16x fewer tokens); the model's default
     # shot_cache.compression at inference
     memory_compression: Literal[1, 2, 4] = 1
+    # memory tokens carry whom they show: each keyframe's names (its shot's characters), pooled by the
+    # text encoder, through a projection added to its tokens (ContextWanTransformer.enable_entity_tags)
+    entity_tags: bool = False
     # start the DiT phase from a saved model directory (its transformer, context projections and text
-    # encoder; same architecture) instead of random weights: continue a shipped model's training
+    # encoder; same architecture, the text encoder's vocabulary may have grown; "builtin": the shipped
+    # model) instead of random weights: continue a shipped model's training
     init_from: str | None = None
     # torch.compile the repeated transformer blocks with dynamic token counts (fused elementwise work:
     # the small synthetic model's step is many small kernels). Off by default; configs/synth-small.yaml

@@ -34,6 +34,7 @@ class Batch:
     memory: torch.Tensor | None  # [B, C, K, h, w] shot-cache keyframes, oldest first
     negatives: int = 0  # memory slots that hold another story's keyframe
     coverage: torch.Tensor | None = None  # [B, F, L, h, w] coverage of each target latent pixel by each layer (0-1)
+    memory_source: torch.Tensor | None = None  # [B, K] the shot each keyframe comes from (whom it shows)
 
 
 class LatentStore:
@@ -74,9 +75,14 @@ class LatentStore:
         width = max([self.position[int(s)] for s in later], default=1)
         self._earlier = np.zeros((len(later), width), dtype=np.int64)
         self._earlier_cdf = np.ones((len(later), width))
+        names = data.cast_names
         for r, s in enumerate(later.tolist()):
             earlier = self.story_shots[int(data.shot_story[s])][: self.position[s]]
             w = np.array([3.0 if data.shot_location[e] == data.shot_location[s] else 1.0 for e in earlier])
+            if names is not None and len({n for e in earlier + [s] for n in names[e]}) > 1:
+                # a cast story: as the entity policy retrieves, shots showing the shot's characters first
+                # (each one shared weighs 3x more); a one-character story keeps the location weights alone
+                w = w * np.array([1.0 + 2.0 * len(set(names[e]) & set(names[s])) for e in earlier])
             self._earlier[r, : len(earlier)] = earlier
             self._earlier_cdf[r, : len(earlier)] = np.cumsum(w) / w.sum()
             self._earlier_cdf[r, len(earlier) - 1] = 1.0  # exactly: a draw in [0, 1) never lands in the padding
@@ -160,10 +166,10 @@ class LatentStore:
             flat = np.repeat(begin - (np.cumsum(count) - count), count) + np.arange(count.sum())
             frames = self._gather(flat)  # [sum(count), C, h, w]
             hist = [h.permute(1, 0, 2, 3) for h in torch.split(frames, count.tolist())]
-        mem, negatives = None, 0
+        mem, negatives, source = None, 0, None
         if mode in ("shot", "both"):
-            mem, negatives = self._memory(shots, num_memory, rng, negative_sampling)
-        return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover)
+            mem, negatives, source = self._memory(shots, num_memory, rng, negative_sampling)
+        return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover, source)
 
     def _inner_starts(self, shots: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
         """A chunk start inside each shot; a continuing story shot (``cut: false``) starts at 0 a quarter
@@ -174,11 +180,12 @@ class LatentStore:
         return np.where(continuing, 0, start)
 
     def _memory(self, shots: np.ndarray, k: int, rng: np.random.Generator,
-                negative_sampling: float) -> tuple[torch.Tensor, int]:
+                negative_sampling: float) -> tuple[torch.Tensor, int, torch.Tensor]:
         """``[B, C, k, h, w]`` keyframes of earlier shots of each sample's story (with replacement,
         same-location shots 3x as likely), a random slot but one of each sample replaced with
         probability ``negative_sampling`` by a keyframe of another story. Each keyframe is the
-        shot's first frame half of the time, else a random frame of it. Returns the number of negatives."""
+        shot's first frame half of the time, else a random frame of it. Returns the keyframes, the number
+        of negatives and each keyframe's source shot ``[B, k]``."""
         b = len(shots)
         rows = self._later_row[shots]
         draw = rng.random((b, k))
@@ -198,7 +205,7 @@ class LatentStore:
         frame = np.where(rng.random((b, k)) < 0.5, 0, (rng.random((b, k)) * n).astype(np.int64))
         # slots in drawing order, negatives where they fell, as retrieval returns bank order
         mem = self._gather(self.start[source] + frame).permute(0, 2, 1, 3, 4).contiguous()  # [B, C, k, h, w]
-        return mem, int(negative.sum())
+        return mem, int(negative.sum()), torch.from_numpy(source)
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:

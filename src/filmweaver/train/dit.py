@@ -8,6 +8,7 @@ cache frames (asymmetric noising) and regress the velocity ``eps - x_0`` of the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -38,8 +39,16 @@ class CacheGuidedDenoiser(nn.Module):
         self.backbone = backbone
         self.text_encoder = text_encoder
 
-    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames]):
+    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames], tag_ids=None, tag_mask=None):
+        """``tag_ids`` / ``tag_mask`` ``[B, K, L]``: the names each shot-cache keyframe shows (entity tags,
+        pooled like :func:`filmweaver.text.pooled_embeddings`) for a backbone with entity tags."""
         text = embed_token_ids(self.text_encoder, ids, mask)
+        if tag_ids is not None:
+            b, k, n = tag_ids.shape
+            hidden = embed_token_ids(self.text_encoder, tag_ids.reshape(b * k, n), tag_mask.reshape(b * k, n)).float()
+            m = tag_mask.reshape(b * k, n, 1).to(hidden.dtype)
+            pooled = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).reshape(b, k, -1)
+            context = [dataclasses.replace(c, entity_embeddings=pooled) if c.kind == "shot" else c for c in context]
         return self.backbone(x_t, timestep, text, context=context)
 
 
@@ -121,11 +130,13 @@ class EMA:
 
 def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
               empty_ids: torch.Tensor, empty_mask: torch.Tensor, cfg: DiTPhase, accelerator, out_dir: Path,
-              seed: int = 0, log_every: int = 50, checkpoint_every: int = 1000, progress: bool = True) -> dict:
+              seed: int = 0, log_every: int = 50, checkpoint_every: int = 1000, progress: bool = True,
+              tag_ids: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None) -> dict:
     """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
 
     ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
-    ``[1, L]`` the empty prompt (text dropout for classifier-free guidance).
+    ``[1, L]`` the empty prompt (text dropout for classifier-free guidance); ``tag_ids/tag_mask [S, L]``
+    (entity tags): the names every shot shows, which its keyframes carry when they are memory.
     """
     device = accelerator.device
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -211,8 +222,12 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         drop = torch.rand(b, device=device) < aug.text_dropout
         ids = torch.where(drop[:, None], empty_ids, ids)
         mask = torch.where(drop[:, None], empty_mask, mask)
+        tags = {}
+        if tag_ids is not None and batch.memory_source is not None:
+            src = to_device(batch.memory_source, device)
+            tags = {"tag_ids": tag_ids[src], "tag_mask": tag_mask[src]}
         with accelerator.autocast():
-            v = model(x_t, s * 1000.0, ids, mask, ctx)
+            v = model(x_t, s * 1000.0, ids, mask, ctx, **tags)
         se = (v.float() - (eps - x0)).pow(2)  # [B, C, F, h, w]: the velocity's squared error
         loss = region_weighted_mean(se, batch.coverage, region_weights)
         accelerator.backward(loss)

@@ -61,7 +61,7 @@ def build_models(cfg: TrainConfig, device) -> FilmModels:
             raise ValueError("model.kind: pretrained needs model.path (a diffusers Wan directory or hub id)")
         return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device))
     return synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1],
-                                         transformer=src.transformer)
+                              transformer=src.transformer, grammar=src.grammar)
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -93,12 +93,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     data = load_rendered(d.cache_dir) if d.cache_dir else None
     if data is None:
         data = render_dataset(d.num_stories, d.num_long_takes, d.first_seed, tuple(d.shot_frames), d.long_take_frames,
-                              d.height, d.width, d.workers, progress)
+                              d.height, d.width, d.workers, progress, cast_stories=d.cast_stories)
         if d.cache_dir and accelerator.is_main_process:
             save_rendered(data, d.cache_dir)
     timings["render_s"] = round(time.perf_counter() - t, 1)
     summary["data"] = {"frames": int(len(data.frames)), "shots": data.num_shots, "stories": d.num_stories,
-                       "long_takes": d.num_long_takes}
+                       "cast_stories": d.cast_stories, "long_takes": d.num_long_takes}
     accelerator.print(f"rendered {len(data.frames)} frames in {data.num_shots} shots ({timings['render_s']} s)")
     models = build_models(cfg, device)
     scratch = cfg.model.kind != "pretrained"
@@ -107,6 +107,9 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     if scratch and cfg.vae is not None:
         t = time.perf_counter()
         vae_dir = out / "vae"
+        if cfg.vae.init_from and not (vae_dir / "config.json").is_file() and accelerator.is_main_process:
+            shutil.copytree(Path(_model_dir(cfg.vae.init_from)) / "vae", vae_dir)
+            summary["vae"] = {"init_from": cfg.vae.init_from}
         if not (vae_dir / "config.json").is_file() and accelerator.is_main_process:
             summary["vae"] = train_vae(models.codec.vae, data, cfg, device, progress)
             set_latent_statistics(models.codec.vae, data, device)
@@ -122,6 +125,9 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     if scratch and cfg.embedder is not None:
         t = time.perf_counter()
         emb_dir = out / "embedder"
+        if cfg.embedder.init_from and not (emb_dir / "config.json").is_file() and accelerator.is_main_process:
+            shutil.copytree(Path(_model_dir(cfg.embedder.init_from)) / "embedder", emb_dir)
+            summary["embedder"] = {"init_from": cfg.embedder.init_from}
         if not (emb_dir / "config.json").is_file() and accelerator.is_main_process:
             summary["embedder"] = train_embedder(models, data, cfg, device, progress)
             models.embedder.model.save_pretrained(emb_dir)
@@ -138,7 +144,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     # 4. probe (before the DiT: it needs only the frames and the VAE, and the DiT can then take the rest
     # of a time budget). Trained on the main process; the others wait for it.
     probe_dir = out / "probe"
-    if cfg.probe is not None and scratch and not (probe_dir / "probe.json").is_file():
+    cast_probe = bool(d.cast_stories) and not (probe_dir / "cast" / "probe.json").is_file()
+    if cfg.probe is not None and scratch and (not (probe_dir / "probe.json").is_file() or cast_probe):
         t = time.perf_counter()
         if accelerator.is_main_process:
             summary["probe"] = train_probe_phase(models, data, cfg, device, probe_dir, progress)
@@ -160,7 +167,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     text_encoder = models.prompt_encoder.text_encoder
     dcfg = cfg.dit
     if dcfg.init_from and not (out / "checkpoint" / "state.json").is_file():  # a resume has its own weights
-        init_dit_from(models, dcfg.init_from)
+        init_dit_from(models, _model_dir(dcfg.init_from))
         summary["dit_init_from"] = dcfg.init_from
     if dcfg.lora is not None or not scratch:
         from peft import LoraConfig as PeftLoraConfig
@@ -176,10 +183,18 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         text_encoder.requires_grad_(dcfg.train_text_encoder)
     for expert in models.experts():
         expert.context_attention = dcfg.context_attention
+        if dcfg.entity_tags:
+            expert.enable_entity_tags()
         if dcfg.compile_blocks:
             expert.compile_blocks(dynamic=True)
     module = CacheGuidedDenoiser(models.backbone, text_encoder).to(device)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
+    tags = {}
+    if dcfg.entity_tags:
+        if data.cast_names is None:
+            raise ValueError("dit.entity_tags needs a rendered set with every shot's characters (render it again)")
+        tag_ids, tag_mask = models.prompt_encoder.tokenize([" ".join(n) for n in data.cast_names])
+        tags = {"tag_ids": tag_ids.to(device), "tag_mask": tag_mask.to(device)}
     e_ids, e_mask = models.prompt_encoder.tokenize([""])
     minutes = dit_minutes(cfg, time.perf_counter() - run_start)
     if minutes != dcfg.max_minutes:
@@ -187,7 +202,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         dcfg = dcfg.model_copy(update={"max_minutes": minutes})
     summary["dit_max_minutes"] = minutes
     summary["dit"] = train_dit(module, store, ids, mask, e_ids, e_mask, dcfg, accelerator, out, cfg.seed,
-                               cfg.log_every, cfg.checkpoint_every, progress)
+                               cfg.log_every, cfg.checkpoint_every, progress, **tags)
     timings["dit_s"] = round(time.perf_counter() - t, 1)
     del store
 
@@ -209,6 +224,13 @@ def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict
     return summary
 
 
+def _model_dir(spec: str) -> str:
+    """A model directory, or ``"builtin"``: the shipped model's."""
+    from filmweaver.models import BUILTIN_MODEL_DIR
+
+    return str(BUILTIN_MODEL_DIR) if spec == "builtin" else spec
+
+
 def init_dit_from(models: FilmModels, model_dir: str) -> None:
     """Copy a saved model's transformer, context projections and text encoder into ``models`` (the
     architectures must match: a missing or mis-shaped tensor is an error naming it)."""
@@ -219,11 +241,31 @@ def init_dit_from(models: FilmModels, model_dir: str) -> None:
     for dst, s, name in pairs:
         theirs = s.state_dict()
         mine = dst.state_dict()
+        if name == "text encoder":  # a grown vocabulary: each known word keeps its embedding
+            theirs = _vocabulary_mapped(theirs, mine, src.prompt_encoder.tokenizer, models.prompt_encoder.tokenizer)
         bad = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
         if bad or set(theirs) - set(mine):
             raise ValueError(f"dit.init_from={model_dir}: the {name} does not match this architecture "
                              f"(first differing tensor: {(bad or sorted(set(theirs) - set(mine)))[0]})")
         dst.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
+
+
+def _vocabulary_mapped(theirs: dict, mine: dict, their_tokenizer, my_tokenizer) -> dict:
+    """``theirs`` with every token-embedding matrix re-indexed to ``my_tokenizer``'s vocabulary: a token
+    both know keeps its row, a new one starts at the mean of the old rows (a vocabulary that grew)."""
+    old, new = their_tokenizer.get_vocab(), my_tokenizer.get_vocab()
+    if old == new:
+        return theirs
+    out = dict(theirs)
+    for k, v in theirs.items():
+        if k in mine and v.ndim == 2 and v.shape[0] == len(old) and mine[k].shape[0] == len(new) \
+                and v.shape[1] == mine[k].shape[1]:
+            rows = v.mean(0, keepdim=True).repeat(len(new), 1)
+            for tok, i in new.items():
+                if tok in old:
+                    rows[i] = v[old[tok]]
+            out[k] = rows
+    return out
 
 
 def export_ema(ema_file: str | Path, base_model: str | Path, out_dir: str | Path, model_id: str | None = None) -> dict:
@@ -343,12 +385,38 @@ def train_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, probe_
 
     pc = cfg.probe
     d = cfg.data
-    # held-out frames come from stories outside the training range (and outside the evaluation range)
-    held = render_dataset(pc.held_out_stories, 0, d.first_seed + 50_000_000, tuple(d.shot_frames), d.long_take_frames,
-                          d.height, d.width, d.workers, progress)
-    probe, acc = train_probe(data.frames, data.frame_labels(), held.frames, held.frame_labels(), models.codec,
-                             pc.steps, pc.batch_size, pc.lr, device, cfg.seed, progress)
-    probe.save(probe_dir, acc)
+    acc: dict = {}
+    if pc.init_from and not (probe_dir / "probe.json").is_file():
+        shutil.copytree(Path(_model_dir(pc.init_from)) / "probe", probe_dir)
+        acc["attributes"] = {"init_from": pc.init_from}
+    if not (probe_dir / "probe.json").is_file():
+        # held-out frames come from stories outside the training range (and outside the evaluation range)
+        held = render_dataset(pc.held_out_stories, 0, d.first_seed + 50_000_000, tuple(d.shot_frames),
+                              d.long_take_frames, d.height, d.width, d.workers, progress)
+        probe, acc["attributes"] = train_probe(data.frames, data.frame_labels(), held.frames, held.frame_labels(),
+                                               models.codec, pc.steps, pc.batch_size, pc.lr, device, cfg.seed, progress)
+        probe.save(probe_dir, acc["attributes"])
+    if d.cast_stories and not (probe_dir / "cast" / "probe.json").is_file():
+        acc["cast"] = train_cast_probe_phase(models, data, cfg, device, probe_dir / "cast", progress)
+    return acc if d.cast_stories or pc.init_from else acc["attributes"]
+
+
+def train_cast_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, cast_dir: Path, progress: bool) -> dict:
+    """The cast probe (who is where: synth.cast_metrics reads generated cast stories with it), on the
+    training frames, checked on held-out cast stories."""
+    from filmweaver.synth.probe import cast_targets, train_cast_probe
+
+    pc, d = cfg.probe, cfg.data
+    held = render_dataset(0, 0, d.first_seed + 60_000_000, tuple(d.shot_frames), d.long_take_frames, d.height, d.width,
+                          d.workers, progress, cast_stories=max(20, pc.held_out_stories // 4))
+
+    def targets(s):
+        return cast_targets(np.repeat(s.shot_cast, s.shot_length, axis=0), s.frame_boxes,
+                            np.repeat(s.shot_labels[:, 4:], s.shot_length, axis=0))
+
+    probe, acc = train_cast_probe(data.frames, targets(data), held.frames, targets(held), models.codec, pc.steps,
+                                  pc.batch_size, pc.lr, device, cfg.seed, progress)
+    probe.save(cast_dir, acc)
     return acc
 
 
