@@ -3,16 +3,17 @@
 # diffusers + pydantic are all training needs). Renders, copies the shipped VAE/embedder/attribute probe,
 # trains the cast probe, then the DiT for what is left of dit.max_minutes; packs the model (15 MB parts),
 # the log, the summary and the loss plot into $OUT. Unpack here with: cat model-*.part-* | tar xz -C DEST
-#   bash tools/device/synth_cast.sh            (SETS="--set ..." adds overrides)
+#   bash tools/device/synth_cast.sh            (SETS="--set ..." adds overrides, RUN the output directory,
+#                                               CARRY the carried piece: A, or T = the training wheels alone)
 set -uo pipefail
 OUT=${OUT:?}
 export PYTHONUNBUFFERED=1
-bash tools/device/device_carry.sh A > "$OUT/carry.log" 2>&1
-. tools/device/device_setup.sh > "$OUT/setup.log" 2>&1
-cat "$OUT/setup.log"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.csv" 2>&1
-RUN=runs/synth-cast
-python3 -m filmweaver.train configs/synth-cast.yaml ${SETS:-} 2>&1 | grep -v "it/s]" > "$OUT/train.log"
+# (at most 8 files come back: the logs of the set-up go to the output tail, not to $OUT)
+bash tools/device/device_carry.sh ${CARRY:-A} > /tmp/carry.log 2>&1
+. tools/device/device_setup.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+RUN=${RUN:-runs/synth-cast}
+python3 -m filmweaver.train configs/synth-cast.yaml -o $RUN ${SETS:-} 2>&1 | grep -v "it/s]" > "$OUT/train.log"
 echo "train rc=${PIPESTATUS[0]}"
 tail -5 "$OUT/train.log"
 for f in log.jsonl summary.json loss.png; do [ -f $RUN/$f ] && cp $RUN/$f "$OUT/"; done

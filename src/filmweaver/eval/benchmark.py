@@ -28,8 +28,9 @@ from filmweaver.progress import progress_bar
 # the columns of the summary table, in order (others stay in report.json)
 TABLE = ["consistency_overall", "consistency_shots_all", "consistency_shots_top10", "prompt_following_global",
          "prompt_following_shot", "clipscore", "character_consistency", "aesthetic", "inception_score",
-         "entity_consistency", "smoothness", "seam_ratio", "probe/consistency_overall", "probe/gt_identity", "probe/gt_adherence",
-         "seconds_per_shot"]
+         "entity_consistency", "smoothness", "seam_ratio", "probe/consistency_overall", "probe/gt_identity",
+         "probe/gt_adherence", "probe/gt_character_identity", "probe/gt_character_identity_all_attributes",
+         "probe/gt_swap_rate", "probe/gt_presence", "seconds_per_shot"]
 
 
 def story_scripts(scripts_dir: str | Path, limit: int | None = None) -> list[Path]:

@@ -52,7 +52,7 @@ METRICS = ["aesthetic", "inception_score", "consistency_overall", "consistency_s
            "prompt_following_global", "prompt_following_shot", "clipscore", "character_consistency",
            "character_clipscore", "entity_consistency", "smoothness", "seam_ratio"]
 # for tables: which way is better
-LOWER_IS_BETTER = {"seam_ratio", "seconds_per_shot"}
+LOWER_IS_BETTER = {"seam_ratio", "seconds_per_shot", "probe/gt_swap_rate"}
 log = logging.getLogger("filmweaver")
 VIDEO_FRAMES = 8  # frames sampled per shot for video-level embeddings and IS
 

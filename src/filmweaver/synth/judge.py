@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from filmweaver.eval.judges import EvalSetupError
 from filmweaver.models import BUILTIN_MODEL_DIR
+from filmweaver.synth.cast_metrics import probe_reader, project_cast_records, summarize_cast
 from filmweaver.synth.evaluate import evaluate_project, summarize
-from filmweaver.synth.probe import AttributeProbe
+from filmweaver.synth.probe import AttributeProbe, CastProbe
 from filmweaver.synth.world import ALL_ATTRIBUTES
 
 
@@ -22,8 +23,9 @@ class ProbeJudge:
 
     model_id = "filmweaver-synth-probe"
 
-    def __init__(self, probe):
+    def __init__(self, probe, cast_probe=None):
         self.probe = probe
+        self.cast_probe = cast_probe  # reads who is where in cast stories (probe/cast beside the probe)
         self.attributes = ALL_ATTRIBUTES
 
     @classmethod
@@ -31,7 +33,8 @@ class ProbeJudge:
         path = BUILTIN_MODEL_DIR / "probe" if spec == "builtin" else Path(spec)
         if not (path / "probe.json").is_file():
             raise EvalSetupError(f"probe judge: {path} has no probe.json (set --probe to a trained probe directory)")
-        return cls(AttributeProbe.load(path, device=device))
+        cast = CastProbe.load(path / "cast", device=device) if (path / "cast" / "probe.json").is_file() else None
+        return cls(AttributeProbe.load(path, device=device), cast)
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -55,9 +58,16 @@ class ProbeJudge:
     def ground_truth_metrics(self, run_dir, script: dict, chunk_frames: int) -> dict[str, tuple]:
         """Identity, location and prompt adherence against a synthetic story's ground truth."""
         summary = summarize(evaluate_project(run_dir, script, self.probe, chunk_frames))
-        return {f"gt_{key}": (summary[key], summary.get(f"{key.split('_')[0]}_shots"),
-                              f"synthetic ground truth: {key} (filmweaver.synth.evaluate)")
-                for key in ("identity", "identity_all_attributes", "location", "adherence")}
+        out = {f"gt_{key}": (summary[key], summary.get(f"{key.split('_')[0]}_shots"),
+                             f"synthetic ground truth: {key} (filmweaver.synth.evaluate)")
+               for key in ("identity", "identity_all_attributes", "location", "adherence")}
+        if self.cast_probe is not None and script.get("ground_truth", {}).get("cast"):
+            cast = summarize_cast(project_cast_records(run_dir, script, probe_reader(self.cast_probe)))
+            for key, n in (("character_identity", "appearances"), ("character_identity_all_attributes", "appearances"),
+                           ("swap_rate", "multi_character_appearances"), ("presence", "shots")):
+                out[f"gt_{key}"] = (cast[key], cast[n], f"synthetic ground truth, cast probe: {key} "
+                                    "(filmweaver.synth.cast_metrics)")
+        return out
 
 
 def load_probe_judge(spec: str = "builtin", device: str = "cpu") -> ProbeJudge:

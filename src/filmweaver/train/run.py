@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from filmweaver.backbone.vae import LatentCodec
+from filmweaver.memory.embedder import CLIPEmbedder
 from filmweaver.models import FilmModels
 from filmweaver.progress import progress_bar
 from filmweaver.synth.architecture import SYNTH_DEFAULTS, synth_architecture
@@ -132,9 +133,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             summary["embedder"] = train_embedder(models, data, cfg, device, progress)
             models.embedder.model.save_pretrained(emb_dir)
         accelerator.wait_for_everyone()
-        from transformers import CLIPModel
+        if cfg.embedder.init_from:  # another model's embedder keeps its own tokenizer and vocabulary
+            models.embedder = CLIPEmbedder.from_pretrained(str(emb_dir), device=str(device))
+        else:
+            from transformers import CLIPModel
 
-        models.embedder.model = CLIPModel.from_pretrained(emb_dir).to(device)
+            models.embedder.model = CLIPModel.from_pretrained(emb_dir).to(device)
         models.embedder.model.eval().requires_grad_(False)
         timings["embedder_s"] = round(time.perf_counter() - t, 1)
 
@@ -238,6 +242,9 @@ def init_dit_from(models: FilmModels, model_dir: str) -> None:
     pairs = [(models.backbone.transformer, src.backbone.transformer, "transformer"),
              (models.backbone.context_proj, src.backbone.context_proj, "context projections"),
              (models.prompt_encoder.text_encoder, src.prompt_encoder.text_encoder, "text encoder")]
+    if src.backbone.entity_proj is not None:  # a model trained with entity tags passes them on
+        models.backbone.enable_entity_tags()
+        pairs.append((models.backbone.entity_proj, src.backbone.entity_proj, "entity projection"))
     for dst, s, name in pairs:
         theirs = s.state_dict()
         mine = dst.state_dict()
