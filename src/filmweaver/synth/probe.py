@@ -21,6 +21,26 @@ from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, LOCATIO
 PROBE_DIR = "probe"
 
 
+@torch.no_grad()
+def _predict(probe: nn.Module, images: torch.Tensor, heads: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    dev = next(probe.parameters()).device
+    outs = {k: [] for k in heads}
+    for chunk in images.split(batch_size):
+        for k, v in probe(chunk.to(dev).float()).items():
+            outs[k].append(v.argmax(-1).cpu())
+    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in outs.items()}
+
+
+def _save(probe: nn.Module, directory: str | Path, meta: dict) -> None:
+    """``probe.safetensors`` (float32) and ``probe.json`` (``meta``) in ``directory``."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in probe.state_dict().items()}, str(d / "probe.safetensors"))
+    (d / "probe.json").write_text(json.dumps(meta, indent=2))
+
+
 class AttributeProbe(nn.Module):
     """``[N, 3, H, W]`` in [0, 1] -> one logit vector per attribute (:data:`ALL_ATTRIBUTES` order)."""
 
@@ -39,25 +59,12 @@ class AttributeProbe(nn.Module):
         f = self.features(images * 2 - 1).mean(dim=(2, 3))
         return {k: head(f) for k, head in self.heads.items()}
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
         """Class index per attribute, ``{name: [N]}``."""
-        dev = next(self.parameters()).device
-        outs = {k: [] for k in ALL_ATTRIBUTES}
-        for chunk in images.split(batch_size):
-            for k, v in self(chunk.to(dev).float()).items():
-                outs[k].append(v.argmax(-1).cpu())
-        return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in outs.items()}
+        return _predict(self, images, list(ALL_ATTRIBUTES), batch_size)
 
     def save(self, directory: str | Path, metrics: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(d / "probe.safetensors"))
-        (d / "probe.json").write_text(json.dumps({"width": self.width, "attributes": ALL_ATTRIBUTES,
-                                                  "held_out_accuracy": metrics or {}}, indent=2))
+        _save(self, directory, {"width": self.width, "attributes": ALL_ATTRIBUTES, "held_out_accuracy": metrics or {}})
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> AttributeProbe:
@@ -111,26 +118,13 @@ class CastProbe(nn.Module):
         h = self.trunk(f)
         return {k: self.heads[k.replace(".", "_")](h) for k in self.head_names}
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
         """Class index per head ``{name: [N]}``."""
-        dev = next(self.parameters()).device
-        outs = {k: [] for k in self.head_names}
-        for chunk in images.split(batch_size):
-            for k, v in self(chunk.to(dev).float()).items():
-                outs[k].append(v.argmax(-1).cpu())
-        return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in outs.items()}
+        return _predict(self, images, self.head_names, batch_size)
 
     def save(self, directory: str | Path, metrics: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(d / "probe.safetensors"))
-        (d / "probe.json").write_text(json.dumps({"kind": "cast", "width": self.width, "hidden": self.hidden,
-                                                  "max_cast": MAX_CAST, "x_bins": X_BINS, "heads": self.head_names,
-                                                  "held_out_accuracy": metrics or {}}, indent=2))
+        _save(self, directory, {"kind": "cast", "width": self.width, "hidden": self.hidden, "max_cast": MAX_CAST,
+                                "x_bins": X_BINS, "heads": self.head_names, "held_out_accuracy": metrics or {}})
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> CastProbe:
@@ -183,10 +177,7 @@ def train_cast_probe(frames: np.ndarray, targets: dict[str, np.ndarray], held_fr
     probe.train()
     for step in progress_bar(range(steps), desc="cast probe", enabled=progress):
         idx = rng.integers(len(frames), size=batch_size)
-        x = torch.from_numpy(frames[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        if step % 2:
-            x = _vae_roundtrip(codec, x)
-        x = (x * (1 + 0.1 * (torch.rand(len(x), 1, 1, 1, device=device) - 0.5))).clamp(0, 1)
+        x = _training_view(torch.from_numpy(frames[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0, step, codec)
         out = probe(x)
         ii = torch.from_numpy(idx).to(device)
         loss = sum(F.cross_entropy(out[k], table[k][ii], ignore_index=-1) for k in probe.head_names
@@ -222,6 +213,14 @@ def _vae_roundtrip(codec, images: torch.Tensor) -> torch.Tensor:
     return codec.decode(codec.encode_images(images)).squeeze(2) if images.ndim == 4 else images
 
 
+def _training_view(x: torch.Tensor, step: int, codec) -> torch.Tensor:
+    """A probe's training frames ``[B, 3, H, W]``: every other batch through the VAE (generated frames are
+    VAE decodes), and a light photometric jitter so it reads attributes, not exact pixel values."""
+    if step % 2:
+        x = _vae_roundtrip(codec, x)
+    return (x * (1 + 0.1 * (torch.rand(len(x), 1, 1, 1, device=x.device) - 0.5))).clamp(0, 1)
+
+
 def _batch(frames: np.ndarray, labels: np.ndarray, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(frames[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
     return x, torch.from_numpy(labels[idx]).to(device)
@@ -241,11 +240,7 @@ def train_probe(frames: np.ndarray, labels: np.ndarray, held_frames: np.ndarray,
     probe.train()
     for step in progress_bar(range(steps), desc="probe", enabled=progress):
         x, y = _batch(frames, labels, rng.integers(len(frames), size=batch_size), device)
-        if step % 2:
-            x = _vae_roundtrip(codec, x)
-        # light photometric jitter so the probe reads attributes, not exact pixel values
-        x = (x * (1 + 0.1 * (torch.rand(len(x), 1, 1, 1, device=device) - 0.5))).clamp(0, 1)
-        out = probe(x)
+        out = probe(_training_view(x, step, codec))
         loss = sum(F.cross_entropy(out[k], y[:, j]) for j, k in enumerate(keys))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -130,17 +130,7 @@ class SynthStory:
         """ST-Bench JSON (+ per-shot frame counts and ground truth)."""
         if self.cast is not None:
             return self._cast_script()
-        scenes = []
-        for i, spec in enumerate(self.shots):
-            s = self.scene_of_shot[i]
-            if len(scenes) <= s:
-                scenes.append({"scene_num": s + 1, "video_prompts": [], "first_frame_prompt": [], "cut": [],
-                               "shots": []})
-            sc = scenes[s]
-            sc["video_prompts"].append(self.prompts[i])
-            sc["first_frame_prompt"].append(self.prompts[i])
-            sc["cut"].append(self.cuts[i])
-            sc["shots"].append({"num_frames": spec.num_frames})
+        scenes = self._scenes(lambda i: {})
         c = self.character
         return {
             "story_name": f"synth-{self.seed}",
