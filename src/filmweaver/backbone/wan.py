@@ -44,6 +44,12 @@ from filmweaver.backbone.causal_kv import (  # noqa: F401 - re-exported: the bac
     causal_context_blocks,
     set_context_attention,
 )
+from filmweaver.backbone.entity_tags import (
+    add_entity_tags,
+    entity_projection,
+    save_entity_projection,
+    saved_entity_projection,
+)
 from filmweaver.backbone.fusion import BiasGELUProjection, FusedAway  # noqa: F401 - re-exported
 from filmweaver.backbone.rope import RopeTables, grid_positions, rope_from_positions  # noqa: F401 - re-exported
 from filmweaver.context import ContextFrames
@@ -51,7 +57,6 @@ from filmweaver.offload import execution_device
 from filmweaver.parallel import ContextParallel
 
 CONTEXT_PROJ_FILE = "context_projections.safetensors"
-ENTITY_PROJ_FILE = "entity_projection.safetensors"
 
 
 def compressed_patch_embedding(base: nn.Conv3d, factor: int) -> nn.Conv3d:
@@ -102,6 +107,10 @@ class ContextWanTransformer(nn.Module):
     ``Conv3d`` per compression factor (2, 4). LoRA adapters (peft) attach to ``transformer`` as usual.
     """
 
+    # A little over 250 lines: besides embedding and forward (~200), the class keeps one-line entry
+    # points to its modes (causal context, parallelism, fusion, compilation, entity tags; each lives in
+    # its own module) so that every caller configures one object.
+
     def __init__(self, transformer, compressions: tuple[int, ...] = (2, 4), context_attention: str = "full"):
         super().__init__()
         self.transformer = transformer
@@ -150,17 +159,9 @@ class ContextWanTransformer(nn.Module):
         fusion.compile_blocks(self.transformer, dynamic=dynamic, backend=backend, mode=mode)
 
     def enable_entity_tags(self) -> None:
-        """Memory tokens carry whom they show: each context frame's ``entity_embeddings`` (pooled text
-        embeddings of the names it shows) go through one linear map to the model width and are added to
-        that frame's tokens, so attention can bind a look to a name. The map starts at zero: enabling it
-        changes nothing until it is trained (the memory LoRA / the built-in model train it)."""
+        """Memory tokens carry whom they show (:mod:`~filmweaver.backbone.entity_tags`; zero at first)."""
         if self.entity_proj is None:
-            tr = self.transformer
-            inner = tr.config.num_attention_heads * tr.config.attention_head_dim
-            self.entity_proj = nn.Linear(tr.config.text_dim, inner, device=tr.patch_embedding.weight.device,
-                                         dtype=tr.patch_embedding.weight.dtype)
-            nn.init.zeros_(self.entity_proj.weight)
-            nn.init.zeros_(self.entity_proj.bias)
+            self.entity_proj = entity_projection(self.transformer)
 
     @property
     def config(self):
@@ -178,16 +179,15 @@ class ContextWanTransformer(nn.Module):
         state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.context_proj.state_dict().items()}
         save_file(state, str(Path(directory) / CONTEXT_PROJ_FILE))
         if self.entity_proj is not None:
-            state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.entity_proj.state_dict().items()}
-            save_file(state, str(Path(directory) / ENTITY_PROJ_FILE))
+            save_entity_projection(self.entity_proj, directory, dtype)
 
     def load_context_projections(self, directory: str | Path) -> bool:
         """Load trained projections if the directory has them; keep the FramePack init otherwise. A
         saved entity projection enables the entity tags."""
-        entity = Path(directory) / ENTITY_PROJ_FILE
-        if entity.is_file():
+        tags = saved_entity_projection(directory)
+        if tags is not None:
             self.enable_entity_tags()
-            self.entity_proj.load_state_dict(load_file(str(entity)))
+            self.entity_proj.load_state_dict(tags)
         path = Path(directory) / CONTEXT_PROJ_FILE
         if not path.is_file():
             return False
@@ -226,10 +226,7 @@ class ContextWanTransformer(nn.Module):
             if x.shape[0] != b:  # context shared across the batch (e.g. cond/uncond of batched CFG)
                 x = x.repeat(b // x.shape[0], 1, 1)
             if block.entity_embeddings is not None and self.entity_proj is not None:
-                tags = self.entity_proj(block.entity_embeddings.to(device=x.device, dtype=x.dtype))  # [(B,) F, D]
-                if tags.ndim == 3 and tags.shape[0] != x.shape[0]:
-                    tags = tags.repeat(x.shape[0] // tags.shape[0], 1, 1)
-                x = x + tags.repeat_interleave(x.shape[1] // tags.shape[-2], dim=-2)  # each frame's tokens its tag
+                x = add_entity_tags(self.entity_proj, x, block.entity_embeddings)
             tokens.append(x)
             positions.append(grid_positions(block.positions, h, w, block.compression, block.spatial))
             spans.append((block.kind, start, start + x.shape[1]))

@@ -78,6 +78,38 @@ def warn_vocabulary(models: FilmModels, story: StoryScript) -> None:
         log.warning(message)
 
 
+def make_samplers(cfg: EngineConfig, models: FilmModels, storymem_layout: bool,
+                  user_set: set[str]) -> tuple[FlowMatchSampler, FlowMatchSampler]:
+    """The sampler, and the one for StoryMem's first-shot (T2V) model with its own shift and guidance
+    (the same one where there is no such model). StoryMem's layout samples at its M2V shift unless the
+    user set one."""
+    sampler_cfg = cfg.sampler
+    if storymem_layout and "sampler.shift" not in user_set:
+        sampler_cfg = sampler_cfg.model_copy(update={"shift": cfg.storymem.m2v_shift})
+    sampler = FlowMatchSampler(sampler_cfg, models.scheduler_config, boundary=getattr(models.backbone, "boundary", None))
+    if not (storymem_layout and models.first_shot_backbone is not None):
+        return sampler, sampler
+    sm = cfg.storymem
+    first = FlowMatchSampler(
+        sampler_cfg.model_copy(update={"shift": sm.first_shot_shift, "guidance_scale": sm.first_shot_guidance,
+                                       "guidance_scale_2": None, "memory_guidance_scale": 1.0}),
+        models.scheduler_config, boundary=getattr(models.first_shot_backbone, "boundary", None))
+    return sampler, first
+
+
+def model_record(models: FilmModels, m2v: bool, image_conditioned: bool) -> dict:
+    """What the manifest records of the models a project is made with."""
+    rec = {"id": models.model_id, "trained": models.trained, "embedder": models.embedder_id,
+           "layout": "m2v" if m2v else "context"}
+    if models.setup is not None:
+        rec["setup"] = models.setup.model_dump(mode="json")
+    if image_conditioned:
+        rec["image_encoder"] = models.image_encoder.model_id
+    if not models.trained:
+        rec["warning"] = UNTRAINED_BANNER
+    return rec
+
+
 class StoryEngine:
     """Generates, resumes, extends and regenerates the shots of one project directory.
 
@@ -108,7 +140,8 @@ class StoryEngine:
         # StoryMem's own layout and sampling where the backbone has its (I2V) channel layout
         self.storymem_layout = self.m2v and cfg.storymem.enabled
         self.image_conditioned = bool(getattr(models.backbone.config, "image_dim", None))
-        self.sampler, self.first_shot_sampler = self._samplers((config or EngineConfig()).set_fields() | set(explicit))
+        self.sampler, self.first_shot_sampler = make_samplers(cfg, models, self.storymem_layout,
+                                                              (config or EngineConfig()).set_fields() | set(explicit))
         self.selector = make_keyframe_selector(cfg, str(models.backbone.device))
         self.detector = make_detector(cfg.keyframes.entity_detector, cfg.keyframes.entity_detector_model,
                                       str(models.backbone.device))
@@ -120,22 +153,6 @@ class StoryEngine:
         self.bank = BankStore(p, self.story, models, (cfg.height, cfg.width), cfg.keyframes.dedupe_threshold)
         self.memory = MemoryAssembler(models, cfg, p, self.story, policy, self.plan, self.storymem_layout,
                                       self.image_conditioned)
-
-    def _samplers(self, user_set: set[str]) -> tuple[FlowMatchSampler, FlowMatchSampler]:
-        """The sampler, and the one for StoryMem's first-shot (T2V) model with its own shift and guidance."""
-        cfg, models = self.config, self.models
-        sampler_cfg = cfg.sampler
-        if self.storymem_layout and "sampler.shift" not in user_set:
-            sampler_cfg = sampler_cfg.model_copy(update={"shift": cfg.storymem.m2v_shift})
-        sampler = FlowMatchSampler(sampler_cfg, models.scheduler_config, boundary=getattr(models.backbone, "boundary", None))
-        if not (self.storymem_layout and models.first_shot_backbone is not None):
-            return sampler, sampler
-        sm = cfg.storymem
-        first = FlowMatchSampler(
-            sampler_cfg.model_copy(update={"shift": sm.first_shot_shift, "guidance_scale": sm.first_shot_guidance,
-                                           "guidance_scale_2": None, "memory_guidance_scale": 1.0}),
-            models.scheduler_config, boundary=getattr(models.first_shot_backbone, "boundary", None))
-        return sampler, first
 
     # -- planning ----------------------------------------------------------------------------------
     @property
@@ -265,14 +282,7 @@ class StoryEngine:
         self.story = p.import_story(self.story)
         self.bank.story = self.memory.story = self.story  # reference images now resolve inside the project
         m["story"] = {"name": self.story.story_name, "overview": self.story.story_overview, "base_dir": "."}
-        m["model"] = {"id": self.models.model_id, "trained": self.models.trained,
-                      "embedder": self.models.embedder_id, "layout": "m2v" if self.m2v else "context"}
-        if self.models.setup is not None:
-            m["model"]["setup"] = self.models.setup.model_dump(mode="json")
-        if self.image_conditioned:
-            m["model"]["image_encoder"] = self.models.image_encoder.model_id
-        if not self.models.trained:
-            m["model"]["warning"] = UNTRAINED_BANNER
+        m["model"] = model_record(self.models, self.m2v, self.image_conditioned)
         m["config"] = self.config.model_dump(mode="json")
         p.save()
 
@@ -322,29 +332,35 @@ class StoryEngine:
         self.bank.after = bank
 
         # 4. The manifest last.
-        shot = plan.shot
-        stale = p.mark_stale_after(i, f"shot {shot.number} was regenerated")
-        record = ShotRecord(
-            index=i, number=shot.number, scene_num=shot.scene_num, json_path=shot.json_path, prompt=plan.prompt,
-            negative_prompt=plan.negative_prompt, cut=shot.cut, seed=plan.seed, characters=shot.options.characters,
-            location=shot.options.location, entities={"characters": shown.characters, "locations": shown.locations,
-                                                      "objects": shown.objects}, status="done", fingerprint=plan.fingerprint, num_chunks=plan.num_chunks,
-            num_latent_frames=latents.shape[2], num_frames=done.frames.shape[0], fps=cfg.fps,
-            continuation=memory.continuation, chunks=chunk_log, image_condition=memory.image_source,
-            shot_cache=memory.describe(cfg.shot_cache.gap), keyframes=done.keyframes,
-            keyframe_threshold=done.keyframe_threshold,
-            files={"video": p.file_entry(p.shot_video(i)), "state": p.file_entry(p.shot_state(i)),
-                   "keyframes": [p.file_entry(p.keyframe_png(k.name)) for k in done.keyframes]},
-            timings=ShotTimings(round(t_memory, 3), round(t_denoise, 3), round(done.decode_s, 3),
-                                round(done.keyframes_s, 3), round(done.write_s, 3),
-                                round(time.perf_counter() - t_start, 3), round(time.process_time() - cpu_start, 3)),
-            finished_at=round(time.time(), 3), made_stale=[s + 1 for s in stale] or None)
+        stale = p.mark_stale_after(i, f"shot {plan.shot.number} was regenerated")
+        timings = ShotTimings(round(t_memory, 3), round(t_denoise, 3), round(done.decode_s, 3),
+                              round(done.keyframes_s, 3), round(done.write_s, 3),
+                              round(time.perf_counter() - t_start, 3), round(time.process_time() - cpu_start, 3))
+        record = self._shot_record(plan, memory, chunk_log, latents, done, timings, stale)
         manifest_record = record.to_manifest()
         p.set_shot_record(manifest_record)
         self._verified.add(i)
         self._verified.difference_update(stale)
         p.save()
         return manifest_record
+
+    def _shot_record(self, plan: ShotPlan, memory, chunk_log: list[dict], latents: torch.Tensor, done,
+                     timings: ShotTimings, stale: list[int]) -> ShotRecord:
+        cfg, p, shot, i = self.config, self.project, plan.shot, plan.shot.index
+        shown = shot.entities
+        return ShotRecord(
+            index=i, number=shot.number, scene_num=shot.scene_num, json_path=shot.json_path, prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt, cut=shot.cut, seed=plan.seed, characters=shot.options.characters,
+            location=shot.options.location,
+            entities={"characters": shown.characters, "locations": shown.locations, "objects": shown.objects},
+            status="done", fingerprint=plan.fingerprint, num_chunks=plan.num_chunks,
+            num_latent_frames=latents.shape[2], num_frames=done.frames.shape[0], fps=cfg.fps,
+            continuation=memory.continuation, chunks=chunk_log, image_condition=memory.image_source,
+            shot_cache=memory.describe(cfg.shot_cache.gap), keyframes=done.keyframes,
+            keyframe_threshold=done.keyframe_threshold,
+            files={"video": p.file_entry(p.shot_video(i)), "state": p.file_entry(p.shot_state(i)),
+                   "keyframes": [p.file_entry(p.keyframe_png(k.name)) for k in done.keyframes]},
+            timings=timings, finished_at=round(time.time(), 3), made_stale=[s + 1 for s in stale] or None)
 
     def _write_summaries(self) -> None:
         """After an operation: the step cache's calibration, the keyframe bank, then the pictures and

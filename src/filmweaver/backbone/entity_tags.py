@@ -1,0 +1,47 @@
+"""Entity tags: memory tokens carry whom they show.
+
+Each context frame's ``entity_embeddings`` (the pooled text embedding of the names it shows,
+:attr:`filmweaver.context.ContextFrames.entity_embeddings`) goes through one linear map to the model
+width and is added to that frame's tokens, so attention can bind a look to a name. The map starts at
+zero: a backbone with tags enabled computes what it did until the map is trained (``dit.entity_tags``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+ENTITY_PROJ_FILE = "entity_projection.safetensors"
+
+
+def entity_projection(transformer) -> nn.Linear:
+    """A zero-initialised ``text_dim -> inner_dim`` map on the transformer's device and dtype."""
+    cfg, ref = transformer.config, transformer.patch_embedding.weight
+    proj = nn.Linear(cfg.text_dim, cfg.num_attention_heads * cfg.attention_head_dim, device=ref.device, dtype=ref.dtype)
+    nn.init.zeros_(proj.weight)
+    nn.init.zeros_(proj.bias)
+    return proj
+
+
+def add_entity_tags(proj: nn.Linear, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """``tokens [B, F * n, D]`` of a block of ``F`` frames plus each frame's tag, ``embeddings [F, D_text]``
+    (shared across the batch) or ``[B', F, D_text]`` (per sample; repeated when the batch was, as for
+    classifier-free guidance)."""
+    tags = proj(embeddings.to(device=tokens.device, dtype=tokens.dtype))
+    if tags.ndim == 3 and tags.shape[0] != tokens.shape[0]:
+        tags = tags.repeat(tokens.shape[0] // tags.shape[0], 1, 1)
+    return tokens + tags.repeat_interleave(tokens.shape[1] // tags.shape[-2], dim=-2)
+
+
+def save_entity_projection(proj: nn.Linear, directory: str | Path, dtype: torch.dtype) -> None:
+    state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in proj.state_dict().items()}
+    save_file(state, str(Path(directory) / ENTITY_PROJ_FILE))
+
+
+def saved_entity_projection(directory: str | Path) -> dict | None:
+    """The weights saved in ``directory``, or None (a model without tags)."""
+    path = Path(directory) / ENTITY_PROJ_FILE
+    return load_file(str(path)) if path.is_file() else None
