@@ -204,3 +204,32 @@ def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_prob
     w_old = single.prompt_encoder.text_encoder.shared.weight
     w_new = cast.prompt_encoder.text_encoder.shared.weight
     assert len(new) > len(old) and all(torch.equal(w_new[new[t]], w_old[i]) for t, i in old.items())
+
+
+@pytest.mark.slow
+def test_the_cast_recipe_starts_from_the_shipped_model_and_keeps_its_embedder_whole(tmp_path):
+    """configs/synth-cast.yaml in miniature: VAE and embedder taken from the shipped model (the embedder
+    with its own tokenizer: the cast grammar's vocabulary is the text encoder's, not the CLIP's), the
+    transformer and text encoder grown from it; the model embeds cast prompts and generates."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from filmweaver.cli import app
+    from filmweaver.models import BUILTIN_MODEL_DIR, FilmModels
+
+    out = tmp_path / "run"
+    sets = ["data.num_stories=1", "data.cast_stories=2", "data.num_long_takes=0", "data.shot_frames=[8]",
+            "data.cache_dir=null", "data.workers=1", "probe=null", "dit.batch_size=2", "dit.stages.1.steps=2",
+            "dit.compile_blocks=false", "dit.max_minutes=null", 'mixed_precision="no"']
+    res = CliRunner().invoke(app, ["train", "configs/synth-cast.yaml", "-o", str(out), *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    model, shipped = FilmModels.from_pretrained(str(out / "model")), FilmModels.from_pretrained(str(BUILTIN_MODEL_DIR))
+    assert model.embedder.tokenizer.get_vocab() == shipped.embedder.tokenizer.get_vocab()
+    assert "and" in model.prompt_encoder.tokenizer.get_vocab() and model.backbone.entity_proj is not None
+    story = make_cast_story(11, characters=3, min_shots=2, max_shots=2, frames=(4,))
+    assert model.embedder.embed_texts(story.prompts).shape[0] == 2  # a cast prompt, read by the shipped CLIP
+    (tmp_path / "s.json").write_text(json.dumps(story.to_script()))
+    res = CliRunner().invoke(app, ["generate", str(tmp_path / "s.json"), "-o", str(tmp_path / "film"), "--model",
+                                   str(out / "model"), "--policy", "entity", "--steps", "2"])
+    assert res.exit_code == 0, res.output
