@@ -102,8 +102,13 @@ def pooled_embeddings(encoder: WanPromptEncoder, texts: list[str]) -> torch.Tens
     """One vector per text ``[N, D]``: the mean of its real tokens' hidden states (names of entities,
     for the entity tags on memory tokens)."""
     emb = encoder.encode(texts).float()
-    mask = encoder.tokenize(texts)[1].to(emb.device, emb.dtype)
-    return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    return mean_over_tokens(emb, encoder.tokenize(texts)[1])
+
+
+def mean_over_tokens(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``hidden [N, L, D]`` averaged over the real tokens of ``mask [N, L]`` -> ``[N, D]``."""
+    m = mask.to(hidden.device, hidden.dtype)[..., None]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def embed_token_ids(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

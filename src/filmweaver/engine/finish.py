@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from filmweaver.engine.records import KeyframeRecord
 from filmweaver.io import as_8bit, atomic_path, save_png, storyboard_thumbnails, to_pil, write_video
-from filmweaver.memory.detect import EntityDetector, name_boxes
+from filmweaver.memory.detect import EntityDetector, locate_entities
 from filmweaver.memory.keyframes import Keyframe, KeyframeBank, StoryMemKeyframeSelector
 from filmweaver.project import Project
 
@@ -63,10 +63,8 @@ class ShotContents:
         """Per image ``[N, 3, H, W]``: each located character's box (fractions of the frame)."""
         if self.detector is None or not self.characters:
             return [{} for _ in images]
-        found = self.detector.detect(images)
-        return [{name: tuple(box.as_list()) for name, box in
-                 name_boxes(embedder, img, boxes, list(self.characters), self.descriptions).items()}
-                for img, boxes in zip(images, found, strict=True)]
+        return [{name: tuple(box.as_list()) for name, box in named.items()}
+                for named in locate_entities(self.detector, embedder, images, list(self.characters), self.descriptions)]
 
 
 def add_keyframes(project: Project, models, selector, frames: torch.Tensor, bank: KeyframeBank, index: int,

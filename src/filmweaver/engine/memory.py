@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ from filmweaver.memory.keyframes import KeyframeBank
 from filmweaver.memory.shot_cache import RetrievedKeyframe, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.project import Project
-from filmweaver.script import StoryScript
+from filmweaver.script import StoryScript, names_in
 from filmweaver.text import pooled_embeddings
 
 
@@ -109,11 +108,7 @@ class MemoryAssembler:
 
     def named_characters(self, plan: ShotPlan) -> set[str]:
         """Sheet characters a shot names: its ``characters`` option, or the name as a word of its prompt."""
-        named = set(plan.shot.options.characters)
-        for c in self.story.characters:
-            if re.search(rf"\b{re.escape(c.name)}\b", plan.prompt):
-                named.add(c.name)
-        return named
+        return set(plan.shot.options.characters) | set(names_in(plan.prompt, [c.name for c in self.story.characters]))
 
     def character_anchors(self, plan: ShotPlan, bank: KeyframeBank) -> list[int]:
         """Bank indices of each named character's anchor: the first keyframe of the earliest earlier

@@ -83,18 +83,6 @@ class ShotRecord:
     timings: ShotTimings
     finished_at: float  # wall clock: successive shots' gaps are their real cost
     made_stale: list[int] | None = None  # numbers of the later shots this one made stale
-    extra: dict = field(default_factory=dict)  # fields a newer writer added (kept as they are)
 
     def to_manifest(self) -> dict:
-        d = dataclasses.asdict(self)
-        extra = d.pop("extra")
-        return {**_without_unset(d, ("image_condition", "made_stale")), **extra}
-
-    @classmethod
-    def from_manifest(cls, d: dict) -> ShotRecord:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in d.items() if k in names}
-        known.setdefault("image_condition", None)
-        known["keyframes"] = [KeyframeRecord(**k) for k in known.get("keyframes", [])]
-        known["timings"] = ShotTimings(**known["timings"])
-        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+        return _without_unset(dataclasses.asdict(self), ("image_condition", "made_stale"))

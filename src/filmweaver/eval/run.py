@@ -46,7 +46,7 @@ from filmweaver.eval.judges import (
     load_plugin,
     load_probe_judge,
 )
-from filmweaver.memory.detect import make_detector, name_boxes
+from filmweaver.memory.detect import locate_entities, make_detector
 
 METRICS = ["aesthetic", "inception_score", "consistency_overall", "consistency_shots_all", "consistency_shots_top10",
            "prompt_following_global", "prompt_following_shot", "clipscore", "character_consistency",
@@ -235,8 +235,9 @@ def _crops(views: list[ShotView], detector, clip, descriptions: dict[str, str]) 
             if len(v.characters) == 1:
                 out.setdefault(v.characters[0], []).extend((v.index, k) for k in v.keyframes)
             continue
-        for frame, boxes in zip(v.keyframes, detector.detect(v.keyframes), strict=True):
-            for name, box in name_boxes(clip, frame, boxes, v.characters, descriptions).items():
+        for frame, named in zip(v.keyframes, locate_entities(detector, clip, v.keyframes, v.characters, descriptions),
+                                strict=True):
+            for name, box in named.items():
                 out.setdefault(name, []).append((v.index, box.crop(frame)))
     how = (f"crops from detector {detector.name}, named by CLIP crop-description matching" if detector is not None else
            "whole keyframes of single-character shots (no detector configured: set --detector for crops)")

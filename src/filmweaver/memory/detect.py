@@ -169,6 +169,13 @@ def assign_boxes(similarity: torch.Tensor, min_similarity: float = -1.0) -> dict
     return {e: b for e, b in best.items() if sim[b][e] >= min_similarity}
 
 
+def locate_entities(detector: EntityDetector, embedder, images: torch.Tensor, entities: list[str],
+                    descriptions: dict[str, str]) -> list[dict[str, Box]]:
+    """Per image ``[N, 3, H, W]``, each of ``entities`` its box (:func:`name_boxes` on the detector's)."""
+    return [name_boxes(embedder, img, boxes, entities, descriptions)
+            for img, boxes in zip(images, detector.detect(images), strict=True)]
+
+
 def name_boxes(embedder, image: torch.Tensor, boxes: list[Box], entities: list[str],
                descriptions: dict[str, str]) -> dict[str, Box]:
     """Each of ``entities`` its box in ``image [3, H, W]``: a lone entity with a lone box takes it;

@@ -23,7 +23,7 @@ from filmweaver.memory.shot_cache import memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.progress import progress_bar
 from filmweaver.synth.world import COVERAGE_LAYERS
-from filmweaver.text import embed_token_ids
+from filmweaver.text import embed_token_ids, mean_over_tokens
 from filmweaver.train.config import DiTPhase
 from filmweaver.train.data import Batch, LatentStore, to_device
 
@@ -45,9 +45,8 @@ class CacheGuidedDenoiser(nn.Module):
         text = embed_token_ids(self.text_encoder, ids, mask)
         if tag_ids is not None:
             b, k, n = tag_ids.shape
-            hidden = embed_token_ids(self.text_encoder, tag_ids.reshape(b * k, n), tag_mask.reshape(b * k, n)).float()
-            m = tag_mask.reshape(b * k, n, 1).to(hidden.dtype)
-            pooled = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).reshape(b, k, -1)
+            ids, tag_mask = tag_ids.reshape(b * k, n), tag_mask.reshape(b * k, n)
+            pooled = mean_over_tokens(embed_token_ids(self.text_encoder, ids, tag_mask).float(), tag_mask).reshape(b, k, -1)
             context = [dataclasses.replace(c, entity_embeddings=pooled) if c.kind == "shot" else c for c in context]
         return self.backbone(x_t, timestep, text, context=context)
 
