@@ -3,10 +3,9 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from filmweaver.bench import SHAPES, forward_flops, run_bench
+from filmweaver.bench import SHAPES, BenchOptions, forward_flops, run_bench, run_story_bench
 
 
 def test_release_shape_token_count_and_flops():
@@ -27,8 +26,8 @@ def test_release_shape_token_count_and_flops():
 
 
 def test_bench_cases_on_cpu():
-    res = run_bench("tiny", 64, 64, 9, memory=(0, 3), temporal=(False, True), device="cpu", dtype=__import__("torch").float32,
-                    warmup=0, repeats=1, progress=False)
+    res = run_bench(BenchOptions(shape="tiny", height=64, width=64, frames=9, memory=(0, 3), temporal=(False, True),
+                                 device="cpu", dtype="float32", warmup=0, repeats=1))
     cases = {(c["memory"], c["temporal"]): c for c in res["cases"]}
     assert cases[(0, False)]["tokens"] == 3 * 4 * 4 and cases[(0, False)]["vs_no_context"] == 1.0
     assert cases[(3, False)]["context_tokens"] == 3 * 16  # one latent frame per keyframe
@@ -61,13 +60,11 @@ def test_bench_cli_writes_json(tmp_path):
 
 
 def test_story_bench_times_every_shot_and_memory_grows_only_with_sink_window(tmp_path):
-    import torch
 
-    from filmweaver.bench import run_story_bench
 
-    kw = dict(shape="tiny", height=32, width=32, frames=5, shots=5, steps=1, device="cpu", dtype=torch.float32)
-    topk = run_story_bench(method="filmweaver", out_dir=str(tmp_path / "a"), **kw)
-    sink = run_story_bench(method="storymem", out_dir=str(tmp_path / "b"), **kw)
+    kw = dict(shape="tiny", height=32, width=32, frames=5, story=5, steps=1, device="cpu", dtype="float32")
+    topk = run_story_bench(BenchOptions(method="filmweaver", **kw), out_dir=str(tmp_path / "a"))
+    sink = run_story_bench(BenchOptions(method="storymem", **kw), out_dir=str(tmp_path / "b"))
     assert [r["shot"] for r in topk["shots"]] == [1, 2, 3, 4, 5]
     assert all(r["denoise_s"] > 0 for r in topk["shots"]) and topk["last_over_second"] is not None
     assert max(r["memory"] for r in topk["shots"]) <= 3  # topk k=3: bounded
@@ -75,13 +72,12 @@ def test_story_bench_times_every_shot_and_memory_grows_only_with_sink_window(tmp
 
 
 def test_story_bench_with_causal_context_and_pooled_memory(tmp_path):
-    import torch
 
-    from filmweaver.bench import run_story_bench
 
-    kw = dict(shape="tiny", height=64, width=64, frames=5, shots=4, steps=2, device="cpu", dtype=torch.float32)
-    full = run_story_bench(out_dir=str(tmp_path / "a"), **kw)
-    cheap = run_story_bench(out_dir=str(tmp_path / "b"), context_attention="causal", memory_compression=2, **kw)
+    kw = dict(shape="tiny", height=64, width=64, frames=5, story=4, steps=2, device="cpu", dtype="float32")
+    full = run_story_bench(BenchOptions(**kw), out_dir=str(tmp_path / "a"))
+    cheap = run_story_bench(BenchOptions(context_attention="causal", memory_compression=2, **kw),
+                            out_dir=str(tmp_path / "b"))
     assert cheap["context_attention"] == "causal" and cheap["memory_compression"] == 2
     assert [4 * r["context_tokens"] for r in cheap["shots"]] == [r["context_tokens"] for r in full["shots"]]
 
@@ -91,14 +87,12 @@ def test_story_bench_warmup_and_model_offload(tmp_path):
     story is the same story, and the warm-up's project is not the measured one."""
     import json
 
-    import torch
 
-    from filmweaver.bench import run_story_bench
 
-    kw = dict(shape="tiny", height=32, width=32, frames=5, shots=3, steps=1, device="cpu", dtype=torch.float32)
-    plain = run_story_bench(out_dir=str(tmp_path / "a"), **kw)
-    warm = run_story_bench(out_dir=str(tmp_path / "b"), warmup=True, offload="model", **kw)
-    block = run_story_bench(out_dir=str(tmp_path / "d"), offload="block", **kw)
+    kw = dict(shape="tiny", height=32, width=32, frames=5, story=3, steps=1, device="cpu", dtype="float32")
+    plain = run_story_bench(BenchOptions(**kw), out_dir=str(tmp_path / "a"))
+    warm = run_story_bench(BenchOptions(story_warmup=True, offload="model", **kw), out_dir=str(tmp_path / "b"))
+    block = run_story_bench(BenchOptions(offload="block", **kw), out_dir=str(tmp_path / "d"))
     assert [r["context_tokens"] for r in block["shots"]] == [r["context_tokens"] for r in plain["shots"]]
     assert not plain["warmed_up"] and warm["warmed_up"] and warm["offload"] == "model"
     assert [r["context_tokens"] for r in warm["shots"]] == [r["context_tokens"] for r in plain["shots"]]
@@ -106,7 +100,7 @@ def test_story_bench_warmup_and_model_offload(tmp_path):
     assert len(manifest["shots"]) == 3 and all(s["status"] == "done" for s in manifest["shots"])
     assert plain["peak_gpu_gib"] is None  # CPU: no GPU memory to report
     with pytest.raises(ValueError, match="offload"):
-        run_story_bench(out_dir=str(tmp_path / "c"), offload="sequential", **kw)
+        run_story_bench(BenchOptions(offload="sequential", **kw), out_dir=str(tmp_path / "c"))
 
 
 def test_markdown_rows_reports_context_parallel_flops_per_gpu():
@@ -125,13 +119,34 @@ def test_markdown_rows_reports_context_parallel_flops_per_gpu():
 
 
 def test_cfg_parallel_bench_needs_an_even_batch_and_torchrun():
-    from filmweaver.bench import run_bench
 
     kw = dict(shape="tiny", height=32, width=32, frames=5, memory=(0,), temporal=(False,), device="cpu",
-              dtype=torch.float32, warmup=0, repeats=1, progress=False)
+              dtype="float32", warmup=0, repeats=1)
     with pytest.raises(ValueError, match="odd"):
-        run_bench(batch=1, cfg_parallel=True, **kw)
+        run_bench(BenchOptions(batch=1, cfg_parallel=True, **kw))
     with pytest.raises(ValueError, match="do not combine"):
-        run_bench(batch=2, cfg_parallel=True, context_parallel="ulysses", **kw)
+        run_bench(BenchOptions(batch=2, cfg_parallel=True, context_parallel="ulysses", **kw))
     with pytest.raises(RuntimeError, match="torchrun"):
-        run_bench(batch=2, cfg_parallel=True, **kw)
+        run_bench(BenchOptions(batch=2, cfg_parallel=True, **kw))
+
+
+def test_bench_options_write_their_command_and_every_shape_builds_from_the_one_table():
+    """One list of bench options: the quoted command names what differs from the defaults, in order,
+    and reads back through the CLI's parsers to the same options; presets name their shapes."""
+    import dataclasses
+
+    from filmweaver.models import TRANSFORMER_SHAPES, WAN_PRESETS, transformer_shape
+
+    opts = BenchOptions(shape="14b", memory=(0, 10), temporal=(False,), context_timestep=None, compile_blocks=True,
+                        story_warmup=False, cfg_parallel=True, batch=2)
+    cmd = opts.command()
+    assert cmd == ("torchrun --nproc_per_node 2 -m filmweaver.cli bench --shape 14b --memory 0,10 --temporal no "
+                   "--batch 2 --context-timestep shared --compile --cfg-parallel --no-story-warmup")
+    assert BenchOptions().command() == "filmweaver bench --shape 1.3b"
+    for f in dataclasses.fields(BenchOptions):
+        if f.metadata["parse"]:
+            assert f.metadata["parse"](f.metadata["text"](getattr(opts, f.name))) == getattr(opts, f.name)
+    assert SHAPES["wan2.1-t2v-14b"] == SHAPES["14b"] == transformer_shape("wan2.2-t2v-a14b")
+    assert all(WAN_PRESETS[p]["shape"] in TRANSFORMER_SHAPES for p in WAN_PRESETS)
+    with pytest.raises(KeyError, match="unknown shape"):
+        transformer_shape("7b")

@@ -474,14 +474,12 @@ def test_run_arm_evaluates_a_generated_story_against_its_ground_truth(tmp_path):
     every shot is read back from its mp4 by the probe and compared with the story's ground truth."""
     from filmweaver.models import BUILTIN_MODEL_DIR
     from filmweaver.synth.evaluate import eval_stories, run_arm
-    from filmweaver.synth.probe import AttributeProbe
     from filmweaver.synth.stories import story_from_script
     from filmweaver.synth.world import ALL_ATTRIBUTES
 
     script = eval_stories(1, first_seed=3_000_000, frames=(12,), max_shots=3)[0]
-    probe = AttributeProbe.load(BUILTIN_MODEL_DIR / "probe")
-    res = run_arm("full", BUILTIN_MODEL_DIR, {"sampler": {"num_inference_steps": 2}}, [script], tmp_path, probe,
-                  progress=False)
+    res = run_arm("full", BUILTIN_MODEL_DIR, {"sampler": {"num_inference_steps": 2}}, [script], tmp_path,
+                  BUILTIN_MODEL_DIR / "probe", progress=False)
     _, specs = story_from_script(script)
     assert len(res["records"]) == len(specs) >= 3
     for rec, spec in zip(res["records"], specs, strict=True):
@@ -491,6 +489,14 @@ def test_run_arm_evaluates_a_generated_story_against_its_ground_truth(tmp_path):
         assert rec["match"] == {k: rec["read"][k] == rec["truth"][k] for k in ALL_ATTRIBUTES}
         assert rec["num_chunks"] == 3 and rec["seam_ratio"] is not None
     assert res["summary"]["shots"] == len(specs)
+    # the benchmark runner's layout: the story as a script file, the run, its metrics with the records
+    metrics = json.loads((tmp_path / "runs" / "full" / script["story_name"] / "metrics.json").read_text())
+    assert metrics["metrics"]["probe/gt_identity"]["value"] == pytest.approx(res["summary"]["identity"], abs=1e-6)
+    assert json.loads((tmp_path / "stories" / f"{script['story_name']}.json").read_text()) == script
+    # a second call resumes: nothing is generated again, the records are the same
+    again = run_arm("full", BUILTIN_MODEL_DIR, {"sampler": {"num_inference_steps": 2}}, [script], tmp_path,
+                    BUILTIN_MODEL_DIR / "probe", progress=False)
+    assert again["records"] == res["records"]
 
 
 def test_an_arm_can_name_the_training_run_whose_model_it_uses():
@@ -620,26 +626,37 @@ def test_report_only_without_results_says_where_it_looked(tmp_path):
               "--probe", "src/filmweaver/weights/synth-small/probe", "--device", "cpu"])
 
 
-def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
-    from filmweaver.synth.evaluate import EVAL_FIRST_SEED, main, write_report
+def _evaluated_arm(out, arm: str, records: list[dict]) -> None:
+    """An arm's runs as the benchmark runner leaves them: runs/ARM/STORY/metrics.json with the probe's
+    per-shot ground-truth records (here written directly, not generated)."""
+    for story in sorted({r["story"] for r in records}):
+        run = out / "runs" / arm / story
+        run.mkdir(parents=True)
+        rows = [{k: v for k, v in r.items() if k != "story"} for r in records if r["story"] == story]
+        (run / "metrics.json").write_text(json.dumps({"metrics": {}, "ground_truth_records": rows}))
 
+
+def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
+    from filmweaver.synth.evaluate import EVAL_FIRST_SEED, eval_stories, main, write_report
+
+    names = [s["story_name"] for s in eval_stories(2)]
     rec = _shot_record
-    ref = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 2) for s in "abcd"]
-    better = [rec(s, 0, 4, True) for s in "abcd"] + [rec(s, 1, 3) for s in "abcd"]
+    ref = [rec(s, 0, 4, True) for s in names] + [rec(s, 1, 2) for s in names]
+    better = [rec(s, 0, 4, True) for s in names] + [rec(s, 1, 3) for s in names]
     old = tmp_path / "old"
     write_report([{"arm": "full", "summary": summarize(ref), "records": ref}], old,
                  {"stories": 2, "first_seed": EVAL_FIRST_SEED})
     out = tmp_path / "new"
-    out.mkdir()
-    (out / "arm_full.json").write_text(json.dumps({"arm": "full", "records": better}))
+    _evaluated_arm(out, "full", better)
     common = [str(tmp_path), str(out), "--stories", "2", "--report-only", "--arms", "full",
               "--probe", "src/filmweaver/weights/synth-small/probe", "--device", "cpu"]
     main([*common, "--from-report", f"{old}/report.json:full=full@old"])
     md = (out / "report.md").read_text()
+    assert "| full | 75.0% (75-75) |" in md
     assert "| full@old | 50.0% (50-50) | -25.0 (-25.0 to -25.0) |" in md  # the new model first, paired per shot
-    assert json.loads((out / "arm_full@old.json").read_text())["imported_from"] == f"{old}/report.json:full"
-    (out / "arm_full.json").write_text(json.dumps({"arm": "full", "records": better}))
-    with pytest.raises(SystemExit, match="also an arm evaluated here"):  # would overwrite the new results
+    arms = {a["arm"]: a for a in json.loads((out / "report.json").read_text())["arms"]}
+    assert arms["full@old"]["imported_from"] == f"{old}/report.json:full"
+    with pytest.raises(SystemExit, match="also an arm evaluated here"):  # would shadow the new results
         main([*common, "--from-report", f"{old}/report.json:full"])
     with pytest.raises(SystemExit, match="no arm 'sink_window'.*it has full"):
         main([*common, "--from-report", f"{old}/report.json:sink_window"])
@@ -647,6 +664,10 @@ def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
         main([*common[:3], "3", *common[4:], "--from-report", f"{old}/report.json:full=x"])
     with pytest.raises(SystemExit):  # imported arms are not run: only with --report-only
         main([str(tmp_path), str(out), "--arms", "full", "--from-report", f"{old}/report.json:full=x"])
+    # a shard that has not finished: the report says which stories are missing instead of a partial table
+    (out / "runs" / "full" / names[1] / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match=f"full: 1 of 2 stories not evaluated .*{names[1]}"):
+        main(common)
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from filmweaver.models import BUILTIN_MODEL_DIR
 from filmweaver.synth.evaluate import eval_stories, run_arm
-from filmweaver.synth.probe import AttributeProbe
 
 
 def main() -> None:
@@ -34,13 +33,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "tuning.jsonl"
     done = {json.loads(line)["arm"] for line in log.read_text().splitlines()} if log.is_file() else set()
-    probe = AttributeProbe.load(Path(args.model) / "probe")
     stories = eval_stories(args.stories, first_seed=args.first_seed)
     for name, overrides in zip(args.arms[::2], args.arms[1::2], strict=True):
         if name in done:
             continue
         t = time.time()
-        res = run_arm(name, args.model, json.loads(overrides), stories, out / "projects", probe, progress=False)
+        res = run_arm(name, args.model, json.loads(overrides), stories, out / "projects", Path(args.model) / "probe",
+                      progress=False)
         s = res["summary"]
         with open(log, "a") as f:
             f.write(json.dumps({"arm": name, "overrides": json.loads(overrides), "model": args.model,

@@ -1,7 +1,7 @@
 """``filmweaver bench``: time the context-injected Wan forward at real sizes with random weights.
 
 Timing does not depend on the weights' values, so the transformer is built from the release config
-(:data:`SHAPES`) on the device and filled with random numbers; nothing is downloaded. One case is one
+(:data:`SHAPES`, from :data:`filmweaver.models.TRANSFORMER_SHAPES`) on the device and filled with random numbers; nothing is downloaded. One case is one
 forward of ``ContextWanTransformer`` on a chunk of ``frames`` video frames at ``height x width``
 (Wan's VAE: 4x in time, 8x in space, patch 1x2x2) with ``memory`` shot-cache keyframes (one latent
 frame each) and, optionally, the temporal cache (default schedule). Reported per case: seconds per
@@ -14,24 +14,121 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from filmweaver.runtime import RuntimeOptions, prepare_experts
+from filmweaver.backbone.causal_kv import ContextKVCache
+from filmweaver.backbone.vae import LatentCodec, latent_frame_count
+from filmweaver.backbone.wan import ContextWanTransformer
+from filmweaver.context import ContextFrames
+from filmweaver.engine import StoryEngine
+from filmweaver.engine.records import ShotRecord
+from filmweaver.memory.shot_cache import memory_positions
+from filmweaver.memory.temporal_cache import TemporalCache
+from filmweaver.methods import method_config
+from filmweaver.models import TRANSFORMER_SHAPES, WAN_PRESETS, FilmModels, transformer_shape
+from filmweaver.runtime import DTYPES, RuntimeOptions, prepare_experts
+from filmweaver.script import parse_story
+from filmweaver.text import BYTE_VOCAB_SIZE, WanPromptEncoder, byte_level_tokenizer
 
-# WanTransformer3DModel configs of the releases (diffusers' transformer/config.json)
-SHAPES: dict[str, dict] = {
-    "1.3b": dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960, text_dim=4096,
-                 in_channels=16, out_channels=16, freq_dim=256),
-    "14b": dict(num_attention_heads=40, attention_head_dim=128, num_layers=40, ffn_dim=13824, text_dim=4096,
-                in_channels=16, out_channels=16, freq_dim=256),
-    "5b": dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336, text_dim=4096,
-               in_channels=48, out_channels=48, freq_dim=256),
-    "tiny": dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, ffn_dim=64, text_dim=32,
-                 in_channels=16, out_channels=16, freq_dim=32),
-}
+# Shapes a bench can build: the release transformers and the tiny preset's (one table, in models), by
+# shape or by preset name
+SHAPES: dict[str, dict] = {name: transformer_shape(name) for name in [*TRANSFORMER_SHAPES, *WAN_PRESETS]}
 TEXT_TOKENS = 512  # UMT5 sequence length Wan uses
+
+
+def _flag(flag: str, help: str, text=None, parse=None, switch: bool = False) -> dict:
+    """Field metadata: the ``filmweaver bench`` option, its help, and for values that are not plain
+    text on the command line, how to write (``text``) and read (``parse``) them."""
+    return {"flag": flag, "help": help, "text": text or str, "parse": parse, "switch": switch}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(m) for m in text.split(","))
+
+
+def _yes_no(text: str) -> tuple[bool, ...]:
+    return tuple(v.strip() == "yes" for v in text.split(","))
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Every ``filmweaver bench`` option with its default, written once: the CLI builds its options from
+    these fields, :func:`run` takes them, and :meth:`command` writes the command line a table quotes
+    (the options that differ from their defaults, in field order). ``story`` > 0 times a whole story
+    (:func:`run_story_bench`) instead of single forwards (:func:`run_bench`)."""
+
+    shape: str = field(default="1.3b", metadata=_flag("--shape", "transformer shape: 1.3b | 14b | 5b | tiny, or a "
+                                                      "preset's (wan2.1-t2v-1.3b...); random weights"))
+    story: int = field(default=0, metadata=_flag("--story", "instead: generate an N-shot story end to end and time "
+                                                 "every shot"))
+    steps: int = field(default=4, metadata=_flag("--steps", "--story: denoising steps per chunk"))
+    memory: tuple[int, ...] = field(default=(0, 3, 10), metadata=_flag(
+        "--memory", "shot-cache keyframe counts to time", lambda v: ",".join(map(str, v)), _ints))
+    temporal: tuple[bool, ...] = field(default=(False, True), metadata=_flag(
+        "--temporal", "with the temporal cache: no | yes | no,yes",
+        lambda v: ",".join("yes" if t else "no" for t in v), _yes_no))
+    batch: int = field(default=1, metadata=_flag("--batch", "batch per forward (2 = conditional + unconditional, "
+                                                 "batched CFG)"))
+    context_timestep: float | None = field(default=0.0, metadata=_flag(
+        "--context-timestep", "noise level of context frames; 'shared' = the generated frames' timestep",
+        lambda v: "shared" if v is None else f"{v:g}", lambda t: None if t == "shared" else float(t)))
+    context_attention: str = field(default="full", metadata=_flag(
+        "--context-attention", "full | causal (context attends only to context; its keys/values are computed "
+        "once per chunk and reused at every step)"))
+    memory_compression: int = field(default=1, metadata=_flag(
+        "--memory-compression", "keyframes pooled into 2x2 or 4x4 patches (shot_cache.compression)"))
+    attention_backend: str | None = field(default=None, metadata=_flag(
+        "--attention", "attention backend: a diffusers one (flash, _native_cudnn, native, sage...) or flash4 "
+        "(the installed flash-attn-4 package; Hopper/Blackwell)"))
+    compile_blocks: bool = field(default=False, metadata=_flag(
+        "--compile", "torch.compile the repeated transformer blocks", switch=True))
+    compile_mode: str | None = field(default=None, metadata=_flag(
+        "--compile-mode", "--compile: torch.compile mode (e.g. max-autotune-no-cudagraphs)"))
+    fuse_qkv: bool = field(default=False, metadata=_flag("--fuse-qkv", "one q/k/v matrix product per attention "
+                                                         "layer", switch=True))
+    fuse_ffn: bool = field(default=False, metadata=_flag("--fuse-ffn", "CUDA: each FFN's up-projection and GELU in "
+                                                         "one cuBLASLt call", switch=True))
+    context_parallel: str | None = field(default=None, metadata=_flag(
+        "--context-parallel", "ulysses | ring: split every forward over the GPUs of `torchrun --nproc_per_node N` "
+        "(rank 0 reports)"))
+    cfg_parallel: bool = field(default=False, metadata=_flag(
+        "--cfg-parallel", "two ranks under torchrun, half the batch each plus the all-gather (a guided step of one "
+        "story: --batch 2; compare with --batch 2 on one GPU)", switch=True))
+    offload: str = field(default="none", metadata=_flag("--offload", "--story: none | model | block (as generate "
+                                                        "--offload)"))
+    warmup: int = field(default=2, metadata=_flag("--warmup", "unmeasured forwards before timing"))
+    repeats: int = field(default=5, metadata=_flag("--repeats", "timed forwards (the median is reported)"))
+    height: int = field(default=480, metadata=_flag("--height", "frame height"))
+    width: int = field(default=832, metadata=_flag("--width", "frame width"))
+    frames: int = field(default=81, metadata=_flag("--frames", "video frames per chunk"))
+    method: str = field(default="filmweaver", metadata=_flag("--method", "--story: the method (memory settings) "
+                                                             "to time"))
+    story_warmup: bool | None = field(default=None, metadata=_flag(
+        "--story-warmup", "--story: generate the story once unmeasured first (default: with --compile)"))
+    device: str = field(default="cuda", metadata=_flag("--device", "torch device"))
+    dtype: str = field(default="bfloat16", metadata=_flag("--dtype", "bfloat16 | float16 | float32"))
+
+    def command(self) -> str:
+        """The ``filmweaver bench`` command line of these options (under ``torchrun`` when parallel)."""
+        parallel = self.context_parallel or self.cfg_parallel
+        out = ["torchrun --nproc_per_node 2 -m filmweaver.cli bench" if parallel else "filmweaver bench"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == f.default and f.name != "shape":  # the shape is always named
+                continue
+            meta = f.metadata
+            if meta["switch"]:
+                out.append(meta["flag"])
+            elif isinstance(value, bool):  # a tri-state switch (story_warmup)
+                out.append(meta["flag"] if value else "--no-" + meta["flag"][2:])
+            else:
+                out.append(f"{meta['flag']} {meta['text'](value)}")
+        return " ".join(out)
+
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, DTYPES[self.dtype])
 
 
 @dataclass
@@ -58,12 +155,8 @@ def build_transformer(shape: str, device, dtype):
     """A random-weight ``ContextWanTransformer`` of a release shape, built directly on ``device``."""
     from diffusers import WanTransformer3DModel
 
-    from filmweaver.backbone.wan import ContextWanTransformer
-
-    cfg = dict(SHAPES[shape])
     with torch.device("meta"):
-        tr = WanTransformer3DModel(patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                   eps=1e-6, **cfg)
+        tr = WanTransformer3DModel(**SHAPES[shape])
     tr = tr.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -113,13 +206,7 @@ def _time(fn, device, warmup: int, repeats: int) -> float:
 
 
 @torch.no_grad()
-def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81,
-              memory: tuple[int, ...] = (0, 3, 10), temporal: tuple[bool, ...] = (False, True), batch: int = 1,
-              device: str = "cuda", dtype: torch.dtype = torch.bfloat16, attention_backend: str | None = None,
-              compile_blocks: bool = False, context_timestep: float | None = 0.0, warmup: int = 2, repeats: int = 5,
-              progress: bool = True, context_attention: str = "full", context_parallel: str | None = None,
-              memory_compression: int = 1, fuse_qkv: bool = False, compile_mode: str | None = None,
-              fuse_ffn: bool = False, cfg_parallel: bool = False) -> dict:
+def run_bench(options: BenchOptions, progress: bool = False) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
     ``context_timestep``: the noise level context frames are shown at. A number (the engine's default,
@@ -141,13 +228,12 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     each rank runs half the batch (one branch of classifier-free guidance) and the outputs are
     all-gathered, as :meth:`~filmweaver.sampler.FlowMatchSampler.enable_cfg_parallel` samples; compare
     with ``batch`` 2 on one GPU (batched CFG)."""
-    from filmweaver.context import ContextFrames
-    from filmweaver.memory.shot_cache import memory_positions
-    from filmweaver.memory.temporal_cache import TemporalCache
-
+    o = options
+    shape, height, width, frames, memory, temporal, batch = (o.shape, o.height, o.width, o.frames, o.memory,
+                                                              o.temporal, o.batch)
+    device, dtype, context_timestep, context_attention = o.device, o.torch_dtype(), o.context_timestep, o.context_attention
+    context_parallel, cfg_parallel, warmup, repeats = o.context_parallel, o.cfg_parallel, o.warmup, o.repeats
     dev = torch.device(device)
-    from filmweaver.backbone.wan import ContextKVCache
-
     world = 1
     if cfg_parallel and batch % 2:
         raise ValueError(f"CFG parallelism splits the batch in two branches: batch {batch} is odd")
@@ -161,12 +247,12 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
     bb = build_transformer(shape, dev, dtype)
     bb.context_attention = context_attention
     # the commands' own set-up of the transformer, in its one order
-    prepare_experts([bb], RuntimeOptions(device=device, attention=attention_backend, compile_blocks=compile_blocks,
-                                         compile_mode=compile_mode, fuse_qkv=fuse_qkv, fuse_ffn=fuse_ffn,
+    prepare_experts([bb], RuntimeOptions(device=device, attention=o.attention_backend, compile_blocks=o.compile_blocks,
+                                         compile_mode=o.compile_mode, fuse_qkv=o.fuse_qkv, fuse_ffn=o.fuse_ffn,
                                          context_parallel=context_parallel))
     cfg = SHAPES[shape]
     c = cfg["in_channels"]
-    lf, lh, lw = 1 + (frames - 1) // 4, height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space
+    lf, lh, lw = latent_frame_count(frames), height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space
     if cfg["in_channels"] == 48:  # Wan2.2 TI2V-5B VAE: 16x space
         lh, lw = height // 16, width // 16
     g = torch.Generator(device=dev).manual_seed(0)
@@ -191,7 +277,7 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
             if m:
                 mem = torch.randn(1, c, m, lh, lw, generator=g, device=dev, dtype=dtype)
                 ctx.append(ContextFrames(mem, memory_positions(m, cache.capacity), context_timestep, 1, kind="shot",
-                                         spatial=memory_compression))
+                                         spatial=o.memory_compression))
             ctx += cache.context(context_timestep)
             n_ctx = bb.count_tokens(ctx, (lh, lw))
             n_gen = lf * (lh // 2) * (lw // 2)
@@ -212,13 +298,11 @@ def run_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: 
             if progress:
                 print(json.dumps(asdict(case)), flush=True)
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-           "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default",
-           "compile_repeated_blocks": compile_blocks, "compile_mode": compile_mode if compile_blocks else None,
-           "fused_qkv": fuse_qkv, "fused_ffn_gelu": fuse_ffn, "context_timestep": context_timestep,
+           "dtype": str(dtype).removeprefix("torch."), "attention_backend": o.attention_backend or "default",
+           "compile_repeated_blocks": o.compile_blocks, "compile_mode": o.compile_mode if o.compile_blocks else None,
+           "fused_qkv": o.fuse_qkv, "fused_ffn_gelu": o.fuse_ffn, "context_timestep": context_timestep,
            "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
-           "cfg_parallel": cfg_parallel,
-           "memory_compression": memory_compression,
-           "warmup": warmup,
+           "cfg_parallel": cfg_parallel, "memory_compression": o.memory_compression, "warmup": warmup,
            "repeats": repeats}
     try:
         import diffusers
@@ -260,9 +344,6 @@ def random_film_models(shape: str, device, dtype, frames: int, height: int, widt
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from filmweaver.backbone.vae import LatentCodec
-    from filmweaver.models import FilmModels
-    from filmweaver.text import BYTE_VOCAB_SIZE, WanPromptEncoder, byte_level_tokenizer
 
     cfg = SHAPES[shape]
     if cfg["in_channels"] != 16:
@@ -279,7 +360,7 @@ def random_film_models(shape: str, device, dtype, frames: int, height: int, widt
         prompt_encoder=WanPromptEncoder(byte_level_tokenizer(model_max_length=TEXT_TOKENS),
                                         text_encoder.to(device=device, dtype=dtype).eval(), max_sequence_length=TEXT_TOKENS),
         embedder=tiny.embedder, scheduler_config=None, model_id=f"random-wan-{shape}", trained=False,
-        defaults=dict(height=height, width=width, fps=16, chunk_frames=1 + (frames - 1) // 4,
+        defaults=dict(height=height, width=width, fps=16, chunk_frames=latent_frame_count(frames),
                       num_inference_steps=steps, guidance_scale=5.0),
     )
 
@@ -311,12 +392,8 @@ def bench_script(shots: int) -> dict:
             "scenes": [{"scene_num": 1, "video_prompts": prompts, "cut": [True] * shots}]}
 
 
-def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, frames: int = 81, shots: int = 10,
-                    steps: int = 4, method: str = "filmweaver", device: str = "cuda",
-                    dtype: torch.dtype = torch.bfloat16, out_dir: str | None = None, context_attention: str = "full",
-                    memory_compression: int = 1, compile_blocks: bool = False, warmup: bool | None = None,
-                    offload: str = "none", attention_backend: str | None = None) -> dict:
-    """Generate a ``shots``-shot story with random real-size weights and the engine as users run it;
+def run_story_bench(options: BenchOptions, out_dir: str | None = None) -> dict:
+    """Generate an ``options.story``-shot story with random real-size weights and the engine as users run it;
     report each shot's denoising seconds, context tokens and memory size, shot N / shot 2, and the peak
     GPU memory. ``context_attention`` / ``memory_compression`` / ``compile_blocks``: as in :func:`run_bench`.
 
@@ -326,10 +403,12 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     moves each to the GPU when it runs (``--offload model``); ``"block"`` streams the transformer blocks too."""
     import tempfile
 
-    from filmweaver.engine import StoryEngine
-    from filmweaver.methods import method_config
-    from filmweaver.script import parse_story
 
+    o = options
+    shape, height, width, frames, shots, steps, method = o.shape, o.height, o.width, o.frames, o.story, o.steps, o.method
+    device, dtype, offload, context_attention, memory_compression = (o.device, o.torch_dtype(), o.offload,
+                                                                     o.context_attention, o.memory_compression)
+    compile_blocks, attention_backend, warmup = o.compile_blocks, o.attention_backend, o.story_warmup
     dev = torch.device(device)
     models = random_film_models(shape, torch.device("cpu") if offload != "none" else dev, dtype, frames, height,
                                 width, steps)
@@ -354,14 +433,15 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
     engine.generate()
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     rows, previous = [], None
-    for rec in engine.project.shots:
-        t = rec["timings"]
+    for rec in map(ShotRecord.from_manifest, engine.project.shots):
+        t = rec.timings
         # wall_s: from the previous shot's end to this one's (everything, the manifest writes included)
-        wall = t["total_s"] if previous is None else rec["finished_at"] - previous
-        previous = rec["finished_at"]
-        rows.append({"shot": rec["number"], "denoise_s": t["denoise_s"], "total_s": t["total_s"],
-                     "wall_s": round(wall, 3), **{k: t[k] for k in ("memory_s", "decode_s", "keyframes_s", "write_s", "cpu_s")},
-                     "context_tokens": rec["chunks"][0]["context_tokens"], "memory": len(rec["shot_cache"])})
+        wall = t.total_s if previous is None else rec.finished_at - previous
+        previous = rec.finished_at
+        rows.append({"shot": rec.number, "denoise_s": t.denoise_s, "total_s": t.total_s, "wall_s": round(wall, 3),
+                     "memory_s": t.memory_s, "decode_s": t.decode_s, "keyframes_s": t.keyframes_s,
+                     "write_s": t.write_s, "cpu_s": t.cpu_s, "context_tokens": rec.chunks[0].context_tokens,
+                     "memory": len(rec.shot_cache)})
     ratio = rows[-1]["denoise_s"] / rows[1]["denoise_s"] if len(rows) > 1 and rows[1]["denoise_s"] else None
     return {"shape": shape, "height": height, "width": width, "frames": frames, "steps": steps, "method": method,
             "context_attention": context_attention, "memory_compression": memory_compression,
@@ -372,3 +452,24 @@ def run_story_bench(shape: str = "1.3b", height: int = 480, width: int = 832, fr
             "total_last_over_second": _fitted_last_over_second(rows, "total_s"),
             "cpu_last_over_second": _fitted_last_over_second(rows, "cpu_s"),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}
+
+
+def run(options: BenchOptions, progress: bool = False, out_dir: str | None = None) -> tuple[dict, str]:
+    """One bench as the CLI runs it: the result (with its ``command``) and its markdown rows."""
+    command = options.command()
+    if options.story:
+        result = run_story_bench(options, out_dir)
+        result["command"] = command
+        return result, story_markdown(result, command)
+    result = run_bench(options, progress)
+    result["command"] = command
+    return result, markdown_rows(result, command)
+
+
+def story_markdown(result: dict, command: str) -> str:
+    rows = "\n".join(f"| {r['shot']} | {r['memory']} | {r['context_tokens']} | {r['denoise_s']} |"
+                     for r in result["shots"])
+    return (f"{result['device']}: shot {len(result['shots'])} / shot 2 = {result['last_over_second']}; peak GPU "
+            f"memory {result.get('peak_gpu_gib')} GiB; warmed up: {result.get('warmed_up')}; offload: "
+            f"{result.get('offload')}\n\n| shot | memory | context tokens | denoise s |\n|---|---|---|---|\n{rows}\n\n"
+            f"Command: `{command}`\n")

@@ -3,6 +3,8 @@ benchmark."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -543,15 +545,16 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
 @app.command()
 def info(out: Path = typer.Argument(..., help="project directory")):
     """Print a project's shots, status, modes and memory (no lock: safe while another command writes)."""
+    from filmweaver.engine.records import ShotRecord
+
     project = _read_project(out)
     if project.recovered:
         console.print(f"[bold yellow]warning:[/] {project.recovered}", highlight=False)
     m = project.manifest
     typer.echo(f"{m['story']['name']} | model {m['model']['id']} (trained: {m['model']['trained']})")
-    for r in m.get("shots", []):
-        modes = ",".join(c["mode"] for c in r["chunks"])
-        mem = ", ".join(f"{x['keyframe']}({x['similarity']})" for x in r["shot_cache"]) or "-"
-        typer.echo(f"shot {r['number']:>2} {r['status']:<5} chunks {r['num_chunks']} [{modes}] memory: {mem}")
+    for r in map(ShotRecord.from_manifest, m.get("shots", [])):
+        mem = ", ".join(f"{x.keyframe}({x.similarity})" for x in r.shot_cache) or "-"
+        typer.echo(f"shot {r.number:>2} {r.status:<5} chunks {r.num_chunks} [{','.join(r.modes)}] memory: {mem}")
 
 
 
@@ -702,83 +705,64 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
     console.print(f"[bold green]wrote[/] {out / 'report.html'}", highlight=False)
 
 
-@app.command()
-def bench(shape: str = typer.Option("1.3b", help="transformer shape: 1.3b | 14b | 5b | tiny (random weights)"),
-          height: int = 480, width: int = 832, frames: int = typer.Option(81, help="video frames per chunk"),
-          memory: str = typer.Option("0,3,10", help="shot-cache keyframe counts to time"),
-          temporal: str = typer.Option("no,yes", help="with the temporal cache: no | yes | no,yes"),
-          batch: int = typer.Option(1, help="batch per forward (2 = conditional + unconditional, batched CFG)"),
-          attention: str | None = typer.Option(None, help="attention backend: a diffusers one (flash, _native_cudnn, native, sage...) or flash4 (the installed flash-attn-4 package; Hopper/Blackwell)"),
-          compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile the repeated transformer blocks"),
-          compile_mode: str | None = typer.Option(None, help="--compile: torch.compile mode (e.g. max-autotune-no-cudagraphs)"),
-          fuse_qkv: bool = typer.Option(False, "--fuse-qkv", help="one q/k/v matrix product per attention layer"),
-          fuse_ffn: bool = typer.Option(False, "--fuse-ffn", help="CUDA: each FFN's up-projection and GELU in one cuBLASLt call"),
-          context_timestep: str = typer.Option("0", help="noise level of context frames; 'shared' = the generated frames' timestep"),
-          context_attention: str = typer.Option("full", help="full | causal (context attends only to context; its keys/"
-                                                "values are computed once per chunk and reused at every step)"),
-          context_parallel: str | None = typer.Option(None, help="ulysses | ring: split every forward over the GPUs of "
-                                                      "`torchrun --nproc_per_node N` (rank 0 reports)"),
-          cfg_parallel: bool = typer.Option(False, "--cfg-parallel", help="two ranks under torchrun, half the batch each "
-                                            "plus the all-gather (a guided step of one story: --batch 2; compare with "
-                                            "--batch 2 on one GPU)"),
-          memory_compression: int = typer.Option(1, help="keyframes pooled into 2x2 or 4x4 patches (shot_cache.compression)"),
-          repeats: int = 5, warmup: int = 2,
-          device: str = typer.Option("cuda"), dtype: str = typer.Option("bfloat16"),
-          story: int = typer.Option(0, help="instead: generate an N-shot story end to end and time every shot"),
-          steps: int = typer.Option(4, help="--story: denoising steps per chunk"),
-          method: str = typer.Option("filmweaver", help="--story: the method (memory settings) to time"),
-          offload: str = typer.Option("none", help="--story: none | model | block (as generate --offload)"),
-          story_warmup: bool | None = typer.Option(None, "--story-warmup/--no-story-warmup",
-                                                   help="--story: generate the story once unmeasured first "
-                                                   "(default: with --compile)"),
-          out: Path | None = typer.Option(None, "-o", "--out", help="write the results as JSON here")):
+def bench(out: Path | None = None, **options):
     """Seconds per forward, tokens, memory overhead and TFLOP/s of the context-injected Wan transformer
     (or, with --story N, seconds per shot along a story)."""
-    import sys
-
     import torch
 
-    from filmweaver.bench import SHAPES, markdown_rows, run_bench, run_story_bench
-    from filmweaver.runtime import DTYPES
+    from filmweaver.bench import SHAPES, BenchOptions, run
 
-    if shape not in SHAPES:
-        _fail(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    given = {}
+    for f in dataclasses.fields(BenchOptions):
+        value = options[f.name]
+        given[f.name] = f.metadata["parse"](value) if f.metadata["parse"] and isinstance(value, str) else value
+    opts = BenchOptions(**given)
+    if opts.shape not in SHAPES:
+        _fail(f"unknown shape {opts.shape!r}: choose from {', '.join(SHAPES)}")
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
-    if story:
-        result = run_story_bench(shape, height, width, frames, story, steps, method, device, getattr(torch, DTYPES[dtype]),
-                                 context_attention=context_attention, memory_compression=memory_compression,
-                                 compile_blocks=compile_blocks, warmup=story_warmup, offload=offload,
-                                 attention_backend=attention)
-        result["command"] = "filmweaver bench " + " ".join(sys.argv[2:])
-        if out is not None:
-            from filmweaver.io import write_json
-
-            write_json(out, result)
-        typer.echo(json.dumps(result, indent=1))
-        return
     try:
-        result = run_bench(shape, height, width, frames, tuple(int(m) for m in memory.split(",")),
-                           tuple(v.strip() == "yes" for v in temporal.split(",")), batch, device,
-                           getattr(torch, DTYPES[dtype]), attention, compile_blocks,
-                           None if context_timestep == "shared" else float(context_timestep), warmup, repeats,
-                           progress=False, context_attention=context_attention, context_parallel=context_parallel,
-                           memory_compression=memory_compression, fuse_qkv=fuse_qkv, compile_mode=compile_mode,
-                           fuse_ffn=fuse_ffn, cfg_parallel=cfg_parallel)
+        result, markdown = run(opts)
     except (ValueError, RuntimeError) as e:  # a bad combination, or a parallel flag outside torchrun
         _fail(str(e))
-    if context_parallel or cfg_parallel:
+    if opts.context_parallel or opts.cfg_parallel:
         import torch.distributed as dist
 
         if dist.get_rank():
             return
-    command = "filmweaver bench " + " ".join(sys.argv[2:])
-    result["command"] = command
     if out is not None:
         from filmweaver.io import write_json
 
         write_json(out, result)
-    typer.echo(markdown_rows(result, command))
+    typer.echo(markdown)
+
+
+def _bench_signature() -> inspect.Signature:
+    """``bench``'s options, one per :class:`~filmweaver.bench.BenchOptions` field (its flag, default and
+    help), so the option list lives in one place."""
+    from filmweaver.bench import BenchOptions
+
+    params = [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(
+        None, "-o", "--out", help="write the results as JSON here"))]
+    for f in dataclasses.fields(BenchOptions):
+        meta = f.metadata
+        if meta["switch"]:
+            annotation, default = bool, typer.Option(False, meta["flag"], help=meta["help"])
+        elif f.type in ("bool | None",):
+            flag = meta["flag"]
+            annotation = bool | None
+            default = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=meta["help"])
+        elif meta["parse"] is not None:  # written as text on the command line
+            annotation, default = str, typer.Option(meta["text"](f.default), meta["flag"], help=meta["help"])
+        else:
+            annotation = {"int": int, "str": str, "str | None": str | None}[f.type]
+            default = typer.Option(f.default, meta["flag"], help=meta["help"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
+    return inspect.Signature(params)
+
+
+bench.__signature__ = _bench_signature()
+app.command()(bench)
 
 
 if __name__ == "__main__":

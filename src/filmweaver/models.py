@@ -43,27 +43,55 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+# WanTransformer3DModel configs: the releases' (diffusers' transformer/config.json) and the tiny random
+# preset's. One table: presets name their shape, ``filmweaver bench`` builds random transformers from it.
+_WAN_COMMON = dict(patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+TRANSFORMER_SHAPES: dict[str, dict] = {
+    "1.3b": dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960, text_dim=4096,
+                 in_channels=16, out_channels=16, freq_dim=256),
+    "14b": dict(num_attention_heads=40, attention_head_dim=128, num_layers=40, ffn_dim=13824, text_dim=4096,
+                in_channels=16, out_channels=16, freq_dim=256),
+    "5b": dict(num_attention_heads=24, attention_head_dim=128, num_layers=30, ffn_dim=14336, text_dim=4096,
+               in_channels=48, out_channels=48, freq_dim=256),
+    "tiny": dict(num_attention_heads=2, attention_head_dim=12, num_layers=2, ffn_dim=32, text_dim=32,
+                 in_channels=16, out_channels=16, freq_dim=256, rope_max_seq_len=32),
+}
+
 # Real Wan checkpoints (diffusers layout). Each preset is a hub id (or pass --model DIR for a local copy
-# of the same layout) plus the settings the model was released with: EngineConfig defaults (dotted keys
-# reach into sections). chunk_frames counts latent frames (Wan's VAE: 4x in time, so 21 = 81 frames).
+# of the same layout), its transformer shape, and the settings the model was released with: EngineConfig
+# defaults (dotted keys reach into sections). chunk_frames counts latent frames (Wan's VAE: 4x in time,
+# so 21 = 81 frames). An A14B's two experts and the I2V's transformer share the 14B shape (the I2V's
+# input has 36 channels: noise, mask and image latents; ``bench`` times the T2V layout).
 _WAN480 = dict(height=480, width=832, fps=16, chunk_frames=21, num_inference_steps=50, guidance_scale=5.0)
 WAN_PRESETS: dict[str, dict] = {
-    "wan2.1-t2v-1.3b": {"hub_id": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0}},
-    "wan2.1-t2v-14b": {"hub_id": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "wan2.1-t2v-1.3b": {"hub_id": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "shape": "1.3b",
+                        "defaults": {**_WAN480, "sampler.shift": 3.0}},
+    "wan2.1-t2v-14b": {"hub_id": "Wan-AI/Wan2.1-T2V-14B-Diffusers", "shape": "14b",
                        "defaults": {**_WAN480, "height": 720, "width": 1280, "sampler.shift": 5.0}},
     # I2V: the engine conditions each shot on an image (a cut: false shot's previous frame, else its best
     # retrieved keyframe) through the CLIP vision tower and the I2V channel layout (see the engine)
-    "wan2.1-i2v-14b-480p": {"hub_id": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "defaults": {**_WAN480, "sampler.shift": 3.0}},
-    "wan2.2-ti2v-5b": {"hub_id": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    "wan2.1-i2v-14b-480p": {"hub_id": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "shape": "14b",
+                            "defaults": {**_WAN480, "sampler.shift": 3.0}},
+    "wan2.2-ti2v-5b": {"hub_id": "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "shape": "5b",
                        "defaults": dict(height=704, width=1280, fps=24, chunk_frames=31, num_inference_steps=50,
                                         guidance_scale=5.0, **{"sampler.shift": 5.0})},
-    "wan2.2-t2v-a14b": {"hub_id": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    "wan2.2-t2v-a14b": {"hub_id": "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "shape": "14b",
                         "defaults": {**_WAN480, "num_inference_steps": 40, "guidance_scale": 4.0,
                                      "sampler.guidance_scale_2": 3.0, "sampler.shift": 12.0}},
-    "wan2.2-i2v-a14b": {"hub_id": "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    "wan2.2-i2v-a14b": {"hub_id": "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "shape": "14b",
                         "defaults": {**_WAN480, "num_inference_steps": 40, "guidance_scale": 3.5,
                                      "sampler.guidance_scale_2": 3.5, "sampler.shift": 5.0}},
 }
+
+
+def transformer_shape(name: str) -> dict:
+    """The ``WanTransformer3DModel`` config of a shape (``1.3b``, ``14b``, ``5b``, ``tiny``) or of a
+    preset's transformer (``wan2.1-t2v-1.3b``...). Raises ``KeyError`` naming the choices."""
+    if name in WAN_PRESETS:
+        name = WAN_PRESETS[name]["shape"]
+    if name not in TRANSFORMER_SHAPES:
+        raise KeyError(f"unknown shape {name!r}: choose from {', '.join([*TRANSFORMER_SHAPES, *WAN_PRESETS])}")
+    return {**_WAN_COMMON, **TRANSFORMER_SHAPES[name]}
 
 
 @dataclass
@@ -124,11 +152,7 @@ class FilmModels:
         from transformers import CLIPConfig, CLIPModel, UMT5Config, UMT5EncoderModel
 
         torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        )
+        transformer = WanTransformer3DModel(**transformer_shape("tiny"))
         vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True])
         text_encoder = UMT5EncoderModel(UMT5Config(

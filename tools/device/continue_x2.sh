@@ -71,7 +71,7 @@ for arm in $A $B; do
 done
 if [ "$EVAL" = 1 ]; then
   bash tools/device/synth_eval.sh runs/ev runs/ev/eval "$EVAL_ARMS" 8 "0 1"
-  tar czf runs/pack/eval.tgz runs/ev/eval/arm_*.json runs/ev/eval/report.* runs/ev/*.log
+  tar czf runs/pack/eval.tgz runs/ev/eval/report.* runs/ev/*.log
 fi
 date +%T >> runs/wall.txt
 echo ALL-DONE \$(date +%T)

@@ -19,45 +19,21 @@ from pathlib import Path
 
 import torch
 
-from filmweaver.bench import markdown_rows, run_bench, run_story_bench
-
-TORCHRUN2 = "torchrun --nproc_per_node 2 -m filmweaver.cli bench"
-# run_bench / run_story_bench keyword -> the `filmweaver bench` option that sets it, in the order quoted
-_FLAGS = [("shape", "--shape"), ("story", "--story"), ("steps", "--steps"), ("memory", "--memory"),
-          ("temporal", "--temporal"), ("batch", "--batch"), ("context_timestep", "--context-timestep"),
-          ("context_attention", "--context-attention"), ("memory_compression", "--memory-compression"),
-          ("attention_backend", "--attention"), ("compile_blocks", "--compile"), ("compile_mode", "--compile-mode"),
-          ("fuse_qkv", "--fuse-qkv"), ("fuse_ffn", "--fuse-ffn"),
-          ("context_parallel", "--context-parallel"), ("cfg_parallel", "--cfg-parallel"), ("offload", "--offload"),
-          ("warmup", "--warmup"),
-          ("repeats", "--repeats")]
-
-_SWITCHES = {"compile_blocks", "fuse_qkv", "fuse_ffn", "cfg_parallel"}  # flags without a value
+from filmweaver.bench import BenchOptions, run
 
 
 def bench_command(kw: dict) -> str:
     """The command line equivalent to one case (what BENCHMARKS.md quotes for its rows)."""
     if kw.get("kernels"):
         return "python3 tools/device/gpu_bench.py OUT attn_kernels"
-    out = [TORCHRUN2 if kw.get("context_parallel") or kw.get("cfg_parallel") else "filmweaver bench"]
-    for key, flag in _FLAGS:
-        if key not in kw or (key in _SWITCHES and not kw[key]):
-            continue
-        v = kw[key]
-        if key == "memory":
-            v = ",".join(str(m) for m in v)
-        elif key == "temporal":
-            v = ",".join("yes" if t else "no" for t in v)
-        elif key == "context_timestep":
-            v = "shared" if v is None else v
-        out.append(flag if key in _SWITCHES else f"{flag} {v}")
-    return " ".join(out)
+    return BenchOptions(**kw).command()
+
 
 # one 14B forward without context, FlashAttention-4, compiled blocks: the base of the TFLOP/s cases
 _14B_FLASH4_COMPILED = dict(shape="14b", memory=(0,), temporal=(False,), attention_backend="flash4",
                             compile_blocks=True, warmup=2, repeats=3)
 
-GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N) / attention_kernels (kernels=True)
+GROUPS = {  # name -> BenchOptions fields (story=N: a story) or attention_kernels (kernels=True)
     "wan": [  # measured 2026-11-21 (reports/bench-h200/)
         ("13b_native", dict(shape="1.3b", memory=(0, 3, 10), temporal=(False, True))),
         ("13b_cudnn", dict(shape="1.3b", attention_backend="_native_cudnn", memory=(0, 10))),
@@ -133,13 +109,6 @@ GROUPS = {  # name -> keyword arguments of run_bench / run_story_bench (story=N)
 }
 
 
-def _story_markdown(res: dict, command: str) -> str:
-    rows = "\n".join(f"| {r['shot']} | {r['memory']} | {r['context_tokens']} | {r['denoise_s']} |" for r in res["shots"])
-    return (f"{res['device']}: shot {len(res['shots'])} / shot 2 = {res['last_over_second']}; peak GPU memory "
-            f"{res.get('peak_gpu_gib')} GiB; warmed up: {res.get('warmed_up')}; offload: {res.get('offload')}\n\n"
-            f"| shot | memory | context tokens | denoise s |\n|---|---|---|---|\n{rows}\n\nCommand: `{command}`\n")
-
-
 def attention_kernels(tokens: int = 32760, heads: int = 12, head_dim: int = 128, repeats: int = 20) -> dict:
     """Each attention backend alone at the 1.3B shape's self-attention (one 480x832x81 chunk): its error
     against float32 attention on fresh random inputs, and its TFLOP/s (4 * S^2 * H * D per call)."""
@@ -210,16 +179,11 @@ def main(out: str, only: list[str]) -> None:
         t = time.perf_counter()
         command = bench_command(kw)
         try:
-            kw = dict(kw)
-            if kw.pop("kernels", False):
+            if kw.get("kernels"):
                 res = attention_kernels()
                 md = _kernels_markdown(res, command)
-            elif "story" in kw:
-                res = run_story_bench(shots=kw.pop("story"), **kw)
-                md = _story_markdown(res, command)
             else:
-                res = run_bench(progress=False, **kw)
-                md = markdown_rows(res, command)
+                res, md = run(BenchOptions(**kw))
             res["command"], res["wall_s"] = command, round(time.perf_counter() - t, 1)
             if _writes():
                 (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1))

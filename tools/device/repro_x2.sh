@@ -49,7 +49,7 @@ EOF
 set -u
 export CUDA_VISIBLE_DEVICES=1
 bash tools/device/synth_eval.sh $R $R/eval "$ARMS" $SHARDS
-tar czf runs/pack/report-shipped.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*.log
+tar czf runs/pack/report-shipped.tgz $R/eval/report.* $R/eval/ablation.png $R/*.log
 echo EVAL-DONE
 FA4=1 . tools/device/device_setup.sh
 bash tools/device/bench_one_gpu.sh 1 runs/bench runs/pack/bench.tgz 14b_flash4_compile_fuse_ffn 14b_flash4_compile_plain

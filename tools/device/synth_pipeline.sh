@@ -80,8 +80,8 @@ fi
 
 STORIES=$STORIES bash tools/device/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS "${EVAL_GPUS[*]}"
 
-P=$R/eval/projects/full
-tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \
+P=$R/eval/runs/full
+tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/ablation.png $R/*/loss.png $R/*/summary.json \
   $R/*/log.jsonl $R/*.log $(ls -d $P/*/storyboard.png $P/*/memory.png | head -12)
 echo EVAL-DONE
 [ -n "${BENCH_PID:-}" ] && wait $BENCH_PID

@@ -22,6 +22,6 @@ tar czf $R/pack/train.tgz $R/full/log.jsonl $R/full/summary.json $R/full/loss.pn
 echo TRAINING-DONE
 if [ -n "$EVAL_ARMS" ] && [ $rc -eq 0 ]; then
   STORIES=$STORIES bash tools/device/synth_eval.sh $R $R/eval "$EVAL_ARMS" $SHARDS
-  tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/arm_*.json $R/eval/ablation.png
+  tar czf $R/pack/report.tgz $R/eval/report.* $R/eval/ablation.png
 fi
 echo ALL-DONE

@@ -9,6 +9,19 @@ from __future__ import annotations
 import torch
 
 
+def latent_frame_count(num_frames: int, temporal_factor: int = 4, round_up: bool = False) -> int:
+    """Latent frames a causal video VAE makes of ``num_frames``: the first frame alone, then one per
+    ``temporal_factor`` frames (Wan: 81 -> 21). ``round_up``: count a last partial group as a frame (the
+    clip padded to :func:`pixel_frame_count` of the result, repeating its last frame)."""
+    rest = num_frames - 1
+    return 1 + (-(-rest // temporal_factor) if round_up else rest // temporal_factor)
+
+
+def pixel_frame_count(num_latent_frames: int, temporal_factor: int = 4) -> int:
+    """Video frames ``num_latent_frames`` decode to: ``1 + temporal_factor * (L - 1)`` (Wan: 21 -> 81)."""
+    return 1 + temporal_factor * (num_latent_frames - 1)
+
+
 class LatentCodec:
     def __init__(self, vae):
         self.vae = vae.eval()
@@ -31,10 +44,10 @@ class LatentCodec:
 
     def num_latent_frames(self, num_frames: int) -> int:
         """Causal VAE: the first frame alone, then one latent frame per ``temporal_factor`` frames."""
-        return (num_frames - 1) // self.temporal_factor + 1
+        return latent_frame_count(num_frames, self.temporal_factor)
 
     def num_pixel_frames(self, num_latent_frames: int) -> int:
-        return 1 + self.temporal_factor * (num_latent_frames - 1)
+        return pixel_frame_count(num_latent_frames, self.temporal_factor)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.spatial_factor, width // self.spatial_factor

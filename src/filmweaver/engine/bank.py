@@ -13,6 +13,7 @@ import logging
 import torch
 from safetensors import safe_open
 
+from filmweaver.engine.records import KeyframeRecord, ShotRecord
 from filmweaver.io import load_image
 from filmweaver.memory.keyframes import Keyframe, KeyframeBank, bank_exists
 from filmweaver.project import Project, ProjectError
@@ -66,14 +67,14 @@ class BankStore:
                          entities=(name,))
                 for j, ((_, name, _), img, emb, lat) in enumerate(zip(refs, images, embs, lats, strict=True))]
 
-    def _keyframes(self, index: int) -> list[tuple[dict, int]]:
+    def _keyframes(self, index: int) -> list[tuple[KeyframeRecord, int]]:
         """(keyframe record, shot index) of every keyframe the finished shots before ``index`` added."""
-        return [(k, r["index"]) for r in self.project.shots if r["index"] < index and r.get("status") == "done"
-                for k in r.get("keyframes", []) if k.get("added_to_bank")]
+        return [(k, r.index) for r in map(ShotRecord.from_manifest, self.project.shots) if r.index < index and r.done
+                for k in r.keyframes if k.added_to_bank]
 
     def _matches_shots(self, bank: KeyframeBank, index: int) -> bool:
         names = [e.name for e in bank if e.kind != "reference"]
-        return names == [k["name"] for k, _ in self._keyframes(index)]
+        return names == [k.name for k, _ in self._keyframes(index)]
 
     def _from_shots(self, index: int) -> KeyframeBank:
         """The bank before shot ``index``, rebuilt from the shots' state files and keyframe PNGs (exactly
@@ -81,11 +82,11 @@ class BankStore:
         p, entries = self.project, []
         for k, shot_index in self._keyframes(index):
             with safe_open(str(p.shot_state(shot_index)), "pt") as f:
-                if f"bank.{k['frame_index']}.embedding" not in f.keys():
+                if f"bank.{k.frame_index}.embedding" not in f.keys():
                     raise ProjectError(f"{p.root}: the keyframe bank is damaged and shot {shot_index + 1} predates "
                                        "rebuildable banks: regenerate from that shot, or generate --force")
-                emb, lat = f.get_tensor(f"bank.{k['frame_index']}.embedding"), f.get_tensor(f"bank.{k['frame_index']}.latent")
-            entries.append(Keyframe(load_image(p.keyframe_png(k["name"])), emb, lat, source_shot=shot_index,
-                                    frame_index=k["frame_index"], entities=tuple(k.get("entities", ())),
-                                    boxes={n: tuple(b) for n, b in k.get("boxes", {}).items()}))
+                emb, lat = f.get_tensor(f"bank.{k.frame_index}.embedding"), f.get_tensor(f"bank.{k.frame_index}.latent")
+            entries.append(Keyframe(load_image(p.keyframe_png(k.name)), emb, lat, source_shot=shot_index,
+                                    frame_index=k.frame_index, entities=tuple(k.entities),
+                                    boxes={n: tuple(b) for n, b in k.boxes.items()}))
         return KeyframeBank(entries, self.dedupe_threshold)

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from filmweaver.context import ContextFrames
 from filmweaver.engine.config import EngineConfig
 from filmweaver.engine.plan import ShotPlan
+from filmweaver.engine.records import MemoryRecord
 from filmweaver.memory.keyframes import KeyframeBank
 from filmweaver.memory.shot_cache import RetrievedKeyframe, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
@@ -47,16 +48,15 @@ class ShotMemory:
     image_source: str | None = None  # Wan2.1-I2V: what the conditioning image is
     image: torch.Tensor | None = None  # Wan2.1-I2V: its CLIP tokens [1, L_img, image_dim]
 
-    def describe(self, gap: float) -> list[dict]:
+    def describe(self, gap: float) -> list[MemoryRecord]:
         """The shot cache as the manifest records it: each keyframe, why it is there, where it sits."""
         positions = memory_positions(len(self.retrieved), self.temporal.capacity, gap).tolist()
         out = []
         for r, position in zip(self.retrieved, positions, strict=True):
             e = self.bank.entries[r.bank_index]
-            out.append({"keyframe": e.name, "kind": e.kind, "label": e.label,
-                        "source_shot": e.source_shot + 1 if e.source_shot >= 0 else None,
-                        "frame_index": e.frame_index, "similarity": None if r.similarity is None else round(r.similarity, 4),
-                        "role": r.role, "position": position, "entities": list(e.entities)})
+            out.append(MemoryRecord(e.name, e.kind, e.label, e.source_shot + 1 if e.source_shot >= 0 else None,
+                                    e.frame_index, None if r.similarity is None else round(r.similarity, 4), r.role,
+                                    position, list(e.entities)))
         return out
 
 

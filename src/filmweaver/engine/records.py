@@ -1,5 +1,6 @@
-"""What the manifest records about each shot and chunk, as typed records (written by the engine,
-read by the summaries, the evaluation and the app)."""
+"""What the manifest records about each shot and chunk, as typed records: the engine writes them
+(``to_manifest``), the summaries, the CLI, the benchmarks, the evaluation and the app read them back
+(``from_manifest``). A field an older manifest lacks reads as its default, or ``None``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ MODES = {(False, False): "text", (False, True): "temporal", (True, False): "shot
 
 def _without_unset(d: dict, optional: tuple[str, ...]) -> dict:
     return {k: v for k, v in d.items() if not (k in optional and v is None)}
+
+
+def _from_dict(cls, d: dict, **typed):
+    """``cls`` from a manifest dict: its known fields (unknown keys are ignored), a missing one as its
+    default or ``None``; ``typed`` replaces fields already converted to their record types."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in typed:
+            values[f.name] = typed[f.name]
+        elif f.name in d:
+            values[f.name] = d[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            values[f.name] = None
+    return cls(**values)
 
 
 @dataclass
@@ -27,6 +42,10 @@ class ChunkRecord:
     def to_manifest(self) -> dict:
         return _without_unset(dataclasses.asdict(self), ("context_tokens", "layout", "memory_frames"))
 
+    @classmethod
+    def from_manifest(cls, d: dict) -> ChunkRecord:
+        return _from_dict(cls, d)
+
 
 @dataclass
 class KeyframeRecord:
@@ -37,6 +56,29 @@ class KeyframeRecord:
     max_bank_similarity: float
     entities: list[str] = field(default_factory=list)  # whom and what it shows (its shot's entities)
     boxes: dict[str, list[float]] = field(default_factory=dict)  # located characters: x0, y0, x1, y1 (fractions)
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> KeyframeRecord:
+        return _from_dict(cls, d)
+
+
+@dataclass
+class MemoryRecord:
+    """One keyframe in a shot's shot cache: which, why (``role``, ``similarity``) and where it sits."""
+
+    keyframe: str
+    kind: str  # "shot" (from an earlier shot) or "reference" (a user's image)
+    label: str | None
+    source_shot: int | None  # its shot's number (None: a reference image)
+    frame_index: int
+    similarity: float | None
+    role: str
+    position: float
+    entities: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> MemoryRecord:
+        return _from_dict(cls, d)
 
 
 @dataclass
@@ -50,6 +92,10 @@ class ShotTimings:
     # CPU seconds of this process (all threads): the work, without the time a busy or virtual machine
     # spent elsewhere
     cpu_s: float
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> ShotTimings:
+        return _from_dict(cls, d)
 
 
 @dataclass
@@ -74,9 +120,9 @@ class ShotRecord:
     num_frames: int
     fps: int
     continuation: str | None  # mi2v | mm2v | keyframe_first | None
-    chunks: list[dict]  # ChunkRecord.to_manifest(), an extension's after the chunks it builds on
+    chunks: list[ChunkRecord]  # an extension's after the chunks it builds on
     image_condition: str | None  # Wan2.1-I2V: what the conditioning image was (absent otherwise)
-    shot_cache: list[dict]  # ShotMemory.describe()
+    shot_cache: list[MemoryRecord]
     keyframes: list[KeyframeRecord]
     keyframe_threshold: float
     files: dict  # video, state, keyframes: Project.file_entry() each
@@ -85,4 +131,22 @@ class ShotRecord:
     made_stale: list[int] | None = None  # numbers of the later shots this one made stale
 
     def to_manifest(self) -> dict:
-        return _without_unset(dataclasses.asdict(self), ("image_condition", "made_stale"))
+        d = dataclasses.asdict(self)
+        d["chunks"] = [c.to_manifest() for c in self.chunks]
+        return _without_unset(d, ("image_condition", "made_stale"))
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> ShotRecord:
+        return _from_dict(cls, d, chunks=[ChunkRecord.from_manifest(c) for c in d.get("chunks", [])],
+                          shot_cache=[MemoryRecord.from_manifest(m) for m in d.get("shot_cache", [])],
+                          keyframes=[KeyframeRecord.from_manifest(k) for k in d.get("keyframes", [])],
+                          timings=ShotTimings.from_manifest(d.get("timings", {})))
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def modes(self) -> list[str]:
+        """Each chunk's inference mode, in order."""
+        return [c.mode for c in self.chunks]

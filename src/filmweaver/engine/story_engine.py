@@ -16,7 +16,7 @@ from filmweaver.engine.denoise import chunk_schedule, denoise_chunks
 from filmweaver.engine.finish import ShotContents, finish_shot
 from filmweaver.engine.memory import MemoryAssembler
 from filmweaver.engine.plan import ShotPlan, chunks_for, plan_shots
-from filmweaver.engine.records import ShotRecord, ShotTimings
+from filmweaver.engine.records import ChunkRecord, ShotRecord, ShotTimings
 from filmweaver.engine.step_cache import StepCache
 from filmweaver.engine.storymem import storymem_shot
 from filmweaver.engine.summaries import write_summaries
@@ -305,7 +305,7 @@ class StoryEngine:
         text = models.prompt_encoder.encode([plan.prompt]).to(backbone.device, backbone.dtype)
         negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device, backbone.dtype)
         # an extension keeps the log of the chunks it builds on
-        chunk_log = list(p.shot_record(i)["chunks"]) if prior_latents is not None else []
+        chunk_log = ShotRecord.from_manifest(p.shot_record(i)).chunks if prior_latents is not None else []
         trim = 0  # video frames a StoryMem continuation fixed, dropped from the shot as StoryMem does
         if self.storymem_layout:
             video, trim, memory.continuation, record = storymem_shot(
@@ -320,7 +320,7 @@ class StoryEngine:
             chunks, records = denoise_chunks(models, self.sampler, self.step_cache, cfg, self.m2v, plan, memory,
                                              chunk_schedule(plan, cfg.chunk_frames, first_chunk, anchor), text,
                                              negative, self.latent_hw, self.progress)
-        chunk_log += [r.to_manifest() for r in records]
+        chunk_log += records
         latents = torch.cat(([prior_latents.cpu()] if prior_latents is not None else []) + chunks, dim=2)
         t_denoise = time.perf_counter() - t_start - t_memory
 
@@ -344,7 +344,7 @@ class StoryEngine:
         p.save()
         return manifest_record
 
-    def _shot_record(self, plan: ShotPlan, memory, chunk_log: list[dict], latents: torch.Tensor, done,
+    def _shot_record(self, plan: ShotPlan, memory, chunk_log: list[ChunkRecord], latents: torch.Tensor, done,
                      timings: ShotTimings, stale: list[int]) -> ShotRecord:
         cfg, p, shot, i = self.config, self.project, plan.shot, plan.shot.index
         shown = shot.entities

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from filmweaver.engine.records import ShotRecord
 from filmweaver.io import concat_videos, contact_sheet, load_image, read_video, save_png, write_video
 from filmweaver.project import Project
 
@@ -46,31 +47,31 @@ def write_summaries(project: Project, policy: str, fps: int, banner: str | None 
     """Storyboard, memory sheet and film of every shot that has a video (stale ones marked), then
     their paths in the manifest. ``banner``: a warning across the pictures (an untrained model)."""
     p = project
-    done = [r for r in p.shots if r.get("status") in ("done", "stale") and p.shot_video(r["index"]).is_file()]
+    done = [r for r in map(ShotRecord.from_manifest, p.shots)
+            if r.status in ("done", "stale") and p.shot_video(r.index).is_file()]
     if not done:
         return
     board = []
     for r in done:
-        thumbs, picks = storyboard_frames(p, r["index"])
-        status = "" if r["status"] == "done" else " [STALE]"
-        caption = f"Shot {r['number']} (scene {r['scene_num']}, {'cut' if r['cut'] else 'continues'}){status}: {r['prompt']}"
+        thumbs, picks = storyboard_frames(p, r.index)
+        status = "" if r.done else " [STALE]"
+        caption = f"Shot {r.number} (scene {r.scene_num}, {'cut' if r.cut else 'continues'}){status}: {r.prompt}"
         board.append((caption, [(t, f"frame {k}") for t, k in zip(thumbs, picks, strict=True)]))
     name = p.manifest.get("story", {}).get("name") or "story"
     save_png(contact_sheet(board, title=f"{name}: storyboard", banner=banner), p.storyboard_path)
     mem_rows = []
     for r in done:
         thumbs = []
-        for m in r.get("shot_cache", []):
-            png = p.bank_dir / f"{m['keyframe']}.png"
+        for m in r.shot_cache:
+            png = p.bank_dir / f"{m.keyframe}.png"
             if png.is_file():
-                sim = "-" if m["similarity"] is None else f"{m['similarity']:.2f}"
-                who = ", ".join(m.get("entities", []))  # whom it shows, where the story says
-                thumbs.append((load_image(png), f"{who} ({sim})" if who else f"{m['keyframe']} sim {sim}"))
-        modes = ",".join(sorted({c["mode"] for c in r["chunks"]}))
-        mem_rows.append((f"Shot {r['number']} [{modes}]: {r['prompt']}", thumbs))
+                sim = "-" if m.similarity is None else f"{m.similarity:.2f}"
+                who = ", ".join(m.entities)  # whom it shows, where the story says
+                thumbs.append((load_image(png), f"{who} ({sim})" if who else f"{m.keyframe} sim {sim}"))
+        mem_rows.append((f"Shot {r.number} [{','.join(sorted(set(r.modes)))}]: {r.prompt}", thumbs))
     save_png(contact_sheet(mem_rows, title=f"{name}: shot cache per shot ({policy})", banner=banner),
              p.memory_sheet_path)
-    write_film(p, [p.shot_video(r["index"]) for r in done], fps)
+    write_film(p, [p.shot_video(r.index) for r in done], fps)
     p.manifest["film"] = p.rel(p.film_path)
     p.manifest["storyboard"] = p.rel(p.storyboard_path)
     p.manifest["memory_sheet"] = p.rel(p.memory_sheet_path)

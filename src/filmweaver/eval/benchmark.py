@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from filmweaver.engine.records import ShotRecord
 from filmweaver.eval import metrics as M
 from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs, judge_notes
 from filmweaver.methods import METHODS, method_config
 from filmweaver.parallel import barrier
 from filmweaver.progress import progress_bar
+from filmweaver.settings import merge_settings
 
 # the columns of the summary table, in order (others stay in report.json)
 TABLE = ["consistency_overall", "consistency_shots_all", "consistency_shots_top10", "prompt_following_global",
@@ -46,56 +49,90 @@ def _fresh(project: Path, judges: Judges) -> bool:
     return r.is_file() and json.loads(r.read_text()).get("inputs") == evaluation_inputs(project, judges)
 
 
-def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str], models, judges: Judges,
-                  engine_settings: dict | None = None, max_shots: int | None = None, progress: bool = True,
-                  shard: tuple[int, int] = (0, 1), wait=barrier) -> dict | None:
-    """Generate (or resume) and evaluate every (story, method); write the reports. Returns report.json.
+@dataclass
+class Arm:
+    """One column of a benchmark: a method (:data:`~filmweaver.methods.METHODS`), engine settings over
+    it, and the model that generates it (``None``: the benchmark's ``models``; a callable is called
+    once, when the arm first runs, so arms on other models load only where they run)."""
 
-    ``shard=(rank, world)``: this process takes every ``world``-th (story, method) pair, as one process
+    name: str
+    method: str = "filmweaver"
+    settings: dict = field(default_factory=dict)
+    models: object | None = None
+
+    @classmethod
+    def of(cls, arm: str | Arm) -> Arm:
+        return arm if isinstance(arm, Arm) else cls(arm, arm)
+
+
+def run_benchmark(scripts: list[Path], out_dir: str | Path, methods: list[str | Arm], models, judges: Judges,
+                  engine_settings: dict | None = None, max_shots: int | None = None, progress: bool = True,
+                  shard: tuple[int, int] = (0, 1), wait=barrier, report: bool = True) -> dict | None:
+    """Generate (or resume) and evaluate every (story, arm); write the reports. Returns report.json.
+
+    ``methods``: method names, or :class:`Arm` s (a method with settings and a model of its own);
+    ``engine_settings`` apply to every arm, under an arm's own settings.
+
+    ``shard=(rank, world)``: this process takes every ``world``-th (story, arm) pair, as one process
     per GPU under ``torchrun``; after ``wait()`` (a barrier), rank 0 gathers every pair's metrics.json
-    and writes the report (other ranks return None)."""
+    and writes the report (other ranks return None). ``report=False``: only this share is generated
+    and evaluated (independent processes; a client gathers the metrics.json files)."""
     from filmweaver.engine import StoryEngine
     from filmweaver.script import load_story
 
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
+    arms = [Arm.of(m) for m in methods]
+    for arm in arms:
+        if arm.method not in METHODS:
+            raise ValueError(f"unknown method {arm.method!r}: choose from {', '.join(METHODS)}")
     rank, world = shard
     out = Path(out_dir)
     stories = [(p.stem, load_story(p)) for p in scripts]  # every script is validated before any work
-    pairs = [(stem, story, method) for stem, story in stories for method in methods]
+    pairs = [(stem, story, arm) for stem, story in stories for arm in arms]
     mine = pairs[rank::world]
     bar = progress_bar(total=len(mine), desc="benchmark" if world == 1 else f"benchmark [{rank}/{world}]",
                        enabled=progress)
-    for stem, story, method in mine:
-        bar.set_postfix_str(f"{stem} / {method}")
-        project = out / "runs" / method / stem
-        engine = StoryEngine(models, project, story=story, config=method_config(method, engine_settings),
-                             progress=False)
+    loaded: dict[str, object] = {}
+    for stem, story, arm in mine:
+        bar.set_postfix_str(f"{stem} / {arm.name}")
+        project = out / "runs" / arm.name / stem
+        if arm.name not in loaded:
+            loaded[arm.name] = arm.models() if callable(arm.models) else (arm.models or models)
+        config = method_config(arm.method, merge_settings(engine_settings or {}, arm.settings))
+        engine = StoryEngine(loaded[arm.name], project, story=story, config=config, progress=False)
         generated = engine.generate(max_shots=max_shots)
         if generated or not _fresh(project, judges):
             evaluate_run(project, judges)
         bar.update(1)
     bar.close()
+    if not report:
+        return None
     if world > 1:
         wait()
         if rank != 0:
             return None
+    names = [arm.name for arm in arms]
     results: dict[str, dict[str, dict]] = {}
-    for stem, _, method in pairs:
-        path = out / "runs" / method / stem / "metrics.json"
-        if not path.is_file():
-            raise RuntimeError(f"{path} is missing: a shard did not finish (rerun to resume)")
-        results.setdefault(stem, {})[method] = json.loads(path.read_text())
-    report = summarize_benchmark(results, methods)
+    for stem, _, arm in pairs:
+        results.setdefault(stem, {})[arm.name] = read_metrics(out / "runs" / arm.name / stem)
+    summary = summarize_benchmark(results, names)
     prompts = [shot.prompt for _, story in stories for shot in story.shots()]
     # what a reader must know: the generator or the judge could not read the prompts, the judge is synthetic
-    unseen = models.prompt_encoder.coverage(prompts).warning(f"the generator {models.model_id}'s text encoder")
-    report["notes"] = ([unseen] if unseen else []) + _generator_notes(models) + judge_notes(judges, prompts)
-    report["settings"] = {"engine": engine_settings or {}, "max_shots": max_shots, "model": models.model_id,
-                          "scripts": [str(p) for p in scripts]}
-    write_reports(report, out)
-    return report
+    generator = models if models is not None else next(iter(loaded.values()))
+    unseen = generator.prompt_encoder.coverage(prompts).warning(f"the generator {generator.model_id}'s text encoder")
+    summary["notes"] = ([unseen] if unseen else []) + _generator_notes(generator) + judge_notes(judges, prompts)
+    summary["settings"] = {"engine": engine_settings or {}, "max_shots": max_shots, "model": generator.model_id,
+                           "scripts": [str(p) for p in scripts],
+                           "arms": {a.name: {"method": a.method, "settings": a.settings} for a in arms}}
+    write_reports(summary, out)
+    return summary
+
+
+def read_metrics(project: Path) -> dict:
+    """A finished run's metrics.json, or an error saying the run is not done."""
+    path = project / "metrics.json"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: a shard did not finish (rerun to resume)")
+    return json.loads(path.read_text())
 
 
 def _generator_notes(models) -> list[str]:
@@ -249,14 +286,12 @@ def write_reports(report: dict, out: Path) -> None:
 def _shot_memory_rows(project: Path) -> list[str]:
     m = json.loads((project / "manifest.json").read_text())
     rows = []
-    for s in m.get("shots", []):
+    for s in map(ShotRecord.from_manifest, m.get("shots", [])):
         mem = ", ".join(
-            f"{html.escape(str(r.get('keyframe')))} ({r['role']}"
-            + (f", sim {r['similarity']:.3f}" if r.get("similarity") is not None else "") + ")"
-            for r in s.get("shot_cache", [])) or "none"
-        modes = ", ".join(sorted({str(c["mode"]) for c in s.get("chunks", [])}))
-        rows.append(f"<tr><td>{s['number']}</td><td>{html.escape(s['prompt'][:140])}</td><td>{modes}</td>"
-                    f"<td>{mem}</td></tr>")
+            f"{html.escape(str(r.keyframe))} ({r.role}" + (f", sim {r.similarity:.3f}" if r.similarity is not None else "")
+            + ")" for r in s.shot_cache) or "none"
+        rows.append(f"<tr><td>{s.number}</td><td>{html.escape(s.prompt[:140])}</td>"
+                    f"<td>{', '.join(sorted(set(map(str, s.modes))))}</td><td>{mem}</td></tr>")
     return rows
 
 

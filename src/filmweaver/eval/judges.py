@@ -41,11 +41,13 @@ def load_clip_judge(spec: str, device: str = "cpu") -> CLIPEmbedder:
 
 class GroundTruthJudge(Protocol):
     """A judge that also knows the truth of some stories (the synthetic world's probe: a script with a
-    ``ground_truth`` section). ``ground_truth_metrics`` returns ``{name: (value, count, protocol)}``."""
+    ``ground_truth`` section). ``ground_truth`` returns ``({name: (value, count, protocol)}, records)``:
+    the metrics and the per-shot rows they were computed from (kept in metrics.json, so a client can
+    pool or pair shots across stories without judging them again)."""
 
     model_id: str
 
-    def ground_truth_metrics(self, run_dir, script: dict, chunk_frames: int) -> dict[str, tuple]: ...
+    def ground_truth(self, run_dir, script: dict, chunk_frames: int) -> tuple[dict[str, tuple], list[dict]]: ...
 
 
 # The synthetic world's attribute probe is a plug-in like any user's: the library names its factory,

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from filmweaver.backbone.vae import pixel_frame_count
+from filmweaver.engine.records import ShotRecord
 from filmweaver.eval import metrics as M
 from filmweaver.eval.judges import (
     AestheticScorer,
@@ -161,25 +163,26 @@ def load_shots(run_dir: str | Path) -> tuple[dict, object, list[ShotView]]:
     chunk_frames = p.manifest.get("config", {}).get("chunk_frames")
     views = []
     for shot in story.shots():
-        rec = p.shot_record(shot.index)
-        if rec is None or rec.get("status") != "done" or not p.shot_video(shot.index).is_file():
+        found = p.shot_record(shot.index)
+        rec = ShotRecord.from_manifest(found) if found is not None else None
+        if rec is None or not rec.done or not p.shot_video(shot.index).is_file():
             continue
         frames, _ = read_video(p.shot_video(shot.index))
-        idx = [k["frame_index"] for k in rec.get("keyframes", []) if k["frame_index"] < len(frames)]
+        idx = [k.frame_index for k in rec.keyframes if k.frame_index < len(frames)]
         kf = frames[idx] if idx else frames[len(frames) // 2 : len(frames) // 2 + 1]
         vid = frames[np.linspace(0, len(frames) - 1, min(VIDEO_FRAMES, len(frames))).round().astype(int)]
-        views.append(ShotView(shot.index, rec["prompt"], frames, kf, vid, list(shot.entities.characters),
-                              _chunk_boundaries(rec, chunk_frames), rec.get("timings", {}).get("total_s")))
+        views.append(ShotView(shot.index, rec.prompt, frames, kf, vid, list(shot.entities.characters),
+                              _chunk_boundaries(rec, chunk_frames), rec.timings.total_s))
     return p.manifest, story, views
 
 
-def _chunk_boundaries(rec: dict, chunk_frames: int | None) -> list[int]:
-    n_lat, n_pix = rec.get("num_latent_frames"), rec.get("num_frames")
+def _chunk_boundaries(rec: ShotRecord, chunk_frames: int | None) -> list[int]:
+    n_lat, n_pix = rec.num_latent_frames, rec.num_frames
     if not chunk_frames or not n_lat or not n_pix:
         return []
-    tf = 1 if n_pix == n_lat else (n_pix - 1) // max(1, n_lat - 1)  # Wan's causal VAE: 1 + 4 (L - 1)
+    tf = 1 if n_pix == n_lat else (n_pix - 1) // max(1, n_lat - 1)  # the codec's temporal factor
     starts = range(chunk_frames, n_lat, chunk_frames)
-    return [lat if tf == 1 else 1 + tf * (lat - 1) for lat in starts]
+    return [lat if tf == 1 else pixel_frame_count(lat, tf) for lat in starts]
 
 
 def _consistency_metrics(out: dict, prefix: str, judge, model_id: str, pre: str, story, views: list[ShotView],
@@ -332,12 +335,13 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
     out["seam_ratio"] = _entry(np.median(seams) if seams else None, "none (pixels)",
                                "mean change across chunk boundaries / median change inside chunks; median over multi-chunk shots",
                                "decoded mp4 frames", len(seams), **({} if seams else {"reason": "no multi-chunk shot"}))
+    truth_records = None
     if judges.probe is not None:
         pre = "frames resized to 64x64; texts: attribute words of the synthetic grammar"
         _consistency_metrics(out, "probe/", judges.probe, judges.probe.model_id, pre, story, views)
         script = json.loads(Path(run_dir, "story.json").read_text())
-        if script.get("ground_truth") is not None and hasattr(judges.probe, "ground_truth_metrics"):
-            truth = judges.probe.ground_truth_metrics(run_dir, script, manifest["config"]["chunk_frames"])
+        if script.get("ground_truth") is not None and hasattr(judges.probe, "ground_truth"):
+            truth, truth_records = judges.probe.ground_truth(run_dir, script, manifest["config"]["chunk_frames"])
             for name, (value, n, protocol) in truth.items():
                 out[f"probe/{name}"] = _entry(value, judges.probe.model_id, protocol, "probe reads every frame", n)
     times = [v.seconds for v in views if v.seconds is not None]
@@ -351,6 +355,8 @@ def evaluate_run(run_dir: str | Path, judges: Judges, write: bool = True) -> dic
         "metrics": {k: out[k] for k in sorted(out, key=lambda k: (k.startswith("probe/"), k))},
         "skipped": judges.skipped, "notes": notes, "versions": _versions(), "inputs": evaluation_inputs(run_dir, judges),
     }
+    if truth_records is not None:
+        result["ground_truth_records"] = truth_records
     if write:
         write_json(Path(run_dir) / "metrics.json", result)
         from filmweaver.io import atomic_path

@@ -15,7 +15,12 @@ story's ground truth:
   boundaries divided by the median change inside chunks (1.0 = seamless).
 
 ``python -m filmweaver.synth.evaluate RUNS_DIR OUT_DIR`` runs the ablation arms (:data:`ARMS`) on
-held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``. An arm may name the
+held-out stories and writes ``report.json``, ``report.md`` and ``ablation.png``. It is a client of the
+benchmark runner (:func:`filmweaver.eval.benchmark.run_benchmark`): the stories are written to
+``OUT/stories``, each arm is a benchmark :class:`~filmweaver.eval.benchmark.Arm` (engine settings on a
+trained model), generated into ``OUT/runs/ARM/STORY`` (resumable, sharded with ``--shard K/N``) and
+judged by the probe, whose per-shot ground-truth records in each run's ``metrics.json`` are pooled
+here into the ablation's tables (paired intervals over stories). An arm may name the
 training run whose model it uses, ``ARM@RUN`` (``no_shot_cache@char6``: the no-shot-cache settings on
 ``RUNS/char6/model``), so one ablation compares several trained models. ``--report-only
 --from-report REPORT:ARM=NAME`` adds an arm of an earlier report on the same stories (the shipped
@@ -31,8 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from filmweaver.engine.records import ShotRecord
+from filmweaver.eval.benchmark import Arm, run_benchmark
+from filmweaver.eval.judges import EvalSetupError
 from filmweaver.eval.metrics import seam_ratio
-from filmweaver.synth.stories import story_from_script
+from filmweaver.eval.run import EvalConfig, Judges
+from filmweaver.io import read_video, write_json
+from filmweaver.models import FilmModels
+from filmweaver.project import Project
+from filmweaver.synth.stories import make_story, story_from_script
 from filmweaver.synth.world import (
     ALL_ATTRIBUTES,
     CHARACTER_ATTRIBUTES,
@@ -86,9 +98,6 @@ def _majority(pred: torch.Tensor) -> int:
 
 def evaluate_project(project_dir: str | Path, script: dict, probe, chunk_frames: int) -> list[dict]:
     """One record per shot of a generated synthetic story."""
-    from filmweaver.io import read_video
-    from filmweaver.project import Project
-
     gt, specs = story_from_script(script)
     p = Project(project_dir)
     records = []
@@ -97,15 +106,15 @@ def evaluate_project(project_dir: str | Path, script: dict, probe, chunk_frames:
         pred = probe.predict(frames)
         read = {k: _majority(v) for k, v in pred.items()}
         truth = {**spec.character.labels(), **spec.location.labels()}
-        shot = p.shot_record(i)
+        shot = ShotRecord.from_manifest(p.shot_record(i))
         g = gt["shots"][i]
         records.append({
             "shot": i, "restates_character": g["restates_character"], "restates_location": g["restates_location"],
             "match": {k: read[k] == truth[k] for k in ALL_ATTRIBUTES},
             "read": {k: ALL_ATTRIBUTES[k][read[k]] for k in ALL_ATTRIBUTES},
             "truth": {k: ALL_ATTRIBUTES[k][truth[k]] for k in ALL_ATTRIBUTES}, "framing": spec.framing,
-            "num_chunks": shot["num_chunks"], "seam_ratio": seam_ratio(frames, chunk_frames),
-            "seconds": shot["timings"]["total_s"], "modes": sorted({c["mode"] for c in shot["chunks"]}),
+            "num_chunks": shot.num_chunks, "seam_ratio": seam_ratio(frames, chunk_frames),
+            "seconds": shot.timings.total_s, "modes": sorted(set(shot.modes)),
         })
     return records
 
@@ -225,32 +234,58 @@ def paired_identity_difference(reference: list[dict], records: list[dict], resam
 
 
 def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), max_shots: int = 8) -> list[dict]:
-    from filmweaver.synth.stories import make_story
-
     return [make_story(first_seed + k, max_shots=max_shots, frames=tuple(frames)).to_script() for k in range(num)]
 
 
-def run_arm(arm: str, model_dir: str | Path, overrides: dict, stories: list[dict], out_dir: str | Path, probe,
-            device: str = "cpu", progress: bool = True) -> dict:
-    from filmweaver.engine import EngineConfig, StoryEngine
-    from filmweaver.models import FilmModels
-    from filmweaver.progress import progress_bar
-    from filmweaver.script import parse_story
+def write_stories(stories: list[dict], out_dir: str | Path) -> list[Path]:
+    """The stories as script files ``OUT/stories/NAME.json``: the benchmark's input (kept, so the
+    evaluated stories can be read and rerun)."""
+    paths = []
+    for script in stories:
+        path = Path(out_dir) / "stories" / f"{script['story_name']}.json"
+        if not path.is_file() or json.loads(path.read_text()) != script:
+            write_json(path, script)
+        paths.append(path)
+    return paths
 
-    models = FilmModels.from_pretrained(str(model_dir), device=device)
-    cfg = EngineConfig.model_validate(overrides)
-    records = []
-    for script in progress_bar(stories, desc=arm, enabled=progress):
-        story = parse_story(script, file=script["story_name"])
-        project = Path(out_dir) / arm / script["story_name"]
-        engine = StoryEngine(models, project, story=story, config=cfg, progress=False)
-        engine.generate()
-        rows = evaluate_project(project, script, probe, engine.config.chunk_frames * models.codec.temporal_factor)
-        for r in rows:
-            r["story"] = script["story_name"]
-        records += rows
-    return {"arm": arm, "model": str(model_dir), "overrides": overrides, "summary": summarize(records),
-            "records": records}
+
+def ablation_arm(arm: str, model_dir: str | Path, overrides: dict, device: str = "cpu") -> Arm:
+    """A benchmark arm: the engine defaults with ``overrides`` on the model in ``model_dir``."""
+    return Arm(arm, "filmweaver", overrides, models=lambda: FilmModels.from_pretrained(str(model_dir), device=device))
+
+
+def probe_judges(probe_dir: str | Path, device: str = "cpu") -> Judges:
+    """The judges of the ablation: the attribute probe alone (its ground-truth records per shot)."""
+    return Judges(EvalConfig(clip=None, probe=str(probe_dir), device=device))
+
+
+def arm_result(out_dir: str | Path, arm: str, stories: list[dict]) -> dict | None:
+    """An arm's shot records over ``stories``, gathered from its runs' ``metrics.json``; ``None`` if none
+    has run, an :class:`AblationError` if only some have (a shard still running, or one that failed)."""
+    runs = [Path(out_dir) / "runs" / arm / s["story_name"] for s in stories]
+    done = [r for r in runs if (r / "metrics.json").is_file()]
+    if not done:
+        return None
+    if len(done) < len(runs):
+        missing = [r.name for r in runs if r not in done]
+        raise AblationError(f"{arm}: {len(missing)} of {len(runs)} stories not evaluated in {Path(out_dir) / 'runs' / arm} "
+                            f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}): rerun to resume")
+    records, model = [], None
+    for run in done:
+        metrics = json.loads((run / "metrics.json").read_text())
+        if "ground_truth_records" not in metrics:
+            raise AblationError(f"{run}/metrics.json has no ground-truth records (evaluated without the probe?)")
+        records += [{**r, "story": run.name} for r in metrics["ground_truth_records"]]
+        model = metrics.get("generator", {}).get("id", model)
+    return {"arm": arm, "model": model, "summary": summarize(records), "records": records}
+
+
+def run_arm(arm: str, model_dir: str | Path, overrides: dict, stories: list[dict], out_dir: str | Path,
+            probe_dir: str | Path, device: str = "cpu", progress: bool = True) -> dict:
+    """One arm on ``stories`` through the benchmark runner (resumable); its shot records and summary."""
+    run_benchmark(write_stories(stories, out_dir), out_dir, [ablation_arm(arm, model_dir, overrides, device)], None,
+                  probe_judges(probe_dir, device), progress=progress, report=False)
+    return {**arm_result(out_dir, arm, stories), "model": str(model_dir), "overrides": overrides}
 
 
 def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
@@ -361,29 +396,11 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
     plt.close(fig)
 
 
-def merge_shards(out: Path, arm: str) -> dict | None:
-    """``arm_ARM.json``, or the merge of a complete set of ``arm_ARM.shardKofN.json`` (None if neither)."""
-    whole = out / f"arm_{arm}.json"
-    if whole.is_file():
-        return json.loads(whole.read_text())
-    parts = sorted(out.glob(f"arm_{arm}.shard*of*.json"))
-    if not parts:
-        return None
-    n = int(parts[0].stem.rsplit("of", 1)[1])
-    if len(parts) != n:
-        raise AblationError(f"{arm}: {len(parts)} of {n} shards in {out} ({', '.join(p.name for p in parts)})")
-    shards = [json.loads(p.read_text()) for p in parts]
-    records = [r for sh in shards for r in sh["records"]]
-    merged = {**shards[0], "records": records, "summary": summarize(records), "shards": n}
-    whole.write_text(json.dumps(merged))
-    return merged
-
-
-def import_arm(spec: str, out: Path, stories: int, first_seed: int, taken: list[str] = ()) -> str:
-    """``REPORT:ARM=NAME`` (``=NAME`` optional): copy arm ``ARM`` of a committed ``report.json[.gz]`` into
-    ``out/arm_NAME.json``, so a new model is compared (paired, shot by shot) with one evaluated before
-    without evaluating it again. The report must cover the same stories, and NAME must not be one of
-    ``taken`` (the arms evaluated here). Returns NAME."""
+def import_arm(spec: str, stories: int, first_seed: int, taken: list[str] = ()) -> dict:
+    """``REPORT:ARM=NAME`` (``=NAME`` optional): arm ``ARM`` of a committed ``report.json[.gz]``, named
+    NAME, so a new model is compared (paired, shot by shot) with one evaluated before without
+    evaluating it again. The report must cover the same stories, and NAME must not be one of ``taken``
+    (the arms evaluated here)."""
     import gzip
 
     path, sep, arm = spec.rpartition(":")
@@ -393,7 +410,7 @@ def import_arm(spec: str, out: Path, stories: int, first_seed: int, taken: list[
     name = name or arm
     if name in taken:
         raise AblationError(f"--from-report {spec!r}: {name!r} is also an arm evaluated here; name the import "
-                         f"another way (REPORT:{arm}=OTHER_NAME)")
+                            f"another way (REPORT:{arm}=OTHER_NAME)")
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
             report = json.load(f)
@@ -402,43 +419,35 @@ def import_arm(spec: str, out: Path, stories: int, first_seed: int, taken: list[
     meta = report.get("meta", {})
     if (meta.get("stories"), meta.get("first_seed")) != (stories, first_seed):
         raise AblationError(f"--from-report {spec!r}: {path} covers {meta.get('stories')} stories from seed "
-                         f"{meta.get('first_seed')}, this evaluation {stories} from {first_seed}")
+                            f"{meta.get('first_seed')}, this evaluation {stories} from {first_seed}")
     arms = {a["arm"]: a for a in report.get("arms", [])}
     if arm not in arms:
         raise AblationError(f"--from-report {spec!r}: no arm {arm!r} in {path} (it has {', '.join(arms)})")
-    target = out / f"arm_{name}.json"
-    if target.is_file() and "imported_from" not in json.loads(target.read_text()):
-        raise AblationError(f"--from-report {spec!r}: {target} holds results evaluated here; name the import "
-                         f"another way (REPORT:{arm}=OTHER_NAME)")
-    out.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({**arms[arm], "arm": name, "imported_from": f"{path}:{arm}"}))
-    return name
+    return {**arms[arm], "arm": name, "imported_from": f"{path}:{arm}"}
 
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: a library error becomes one line and exit status 2."""
     try:
         _main(argv)
-    except AblationError as e:
+    except (AblationError, EvalSetupError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 def _main(argv: list[str] | None) -> None:
     import argparse
 
-    from filmweaver.synth.probe import AttributeProbe
-
     ap = argparse.ArgumentParser(prog="python -m filmweaver.synth.evaluate")
     ap.add_argument("runs", help="directory holding the training runs named in ARMS (full/, no_noise/, ...)")
-    ap.add_argument("out", help="where projects and the report go")
+    ap.add_argument("out", help="where the stories, the arms' projects (runs/ARM/STORY) and the report go")
     ap.add_argument("--stories", type=int, default=50)
     ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
     ap.add_argument("--arms", nargs="*", default=list(ARMS), help="arms of ARMS, each optionally ARM@RUN")
     ap.add_argument("--probe", default=None, help="probe directory (default: RUNS/full/model/probe)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--shard", default="0/1", help="K/N: run the K-th of N interleaved shares of the stories "
-                    "(parallel processes); --report-only merges the shares")
-    ap.add_argument("--report-only", action="store_true", help="merge arm results already in OUT into the report")
+    ap.add_argument("--shard", default="0/1", help="K/N: run the K-th of N interleaved shares of the (story, arm) "
+                    "pairs (parallel processes); --report-only then writes the report")
+    ap.add_argument("--report-only", action="store_true", help="write the report from the arms' results in OUT")
     ap.add_argument("--from-report", action="append", default=[], metavar="REPORT:ARM[=NAME]",
                     help="with --report-only: add arm ARM of an earlier report.json[.gz] on the same stories as "
                     "NAME (after the --arms), e.g. reports/synth-small/run9/report.json.gz:full=full@run9")
@@ -446,32 +455,29 @@ def _main(argv: list[str] | None) -> None:
     runs, out = Path(args.runs), Path(args.out)
     if args.from_report and not args.report_only:
         ap.error("--from-report needs --report-only (imported arms are not run)")
-    for arm in args.arms:
-        resolve_arm(arm)  # a misspelt arm fails now, not after the others have run
+    arms = {arm: resolve_arm(arm) for arm in args.arms}  # a misspelt arm fails now, not after the others have run
     k, n = (int(x) for x in args.shard.split("/"))
     if not 0 <= k < n:
         ap.error(f"--shard {args.shard}: expected K/N with 0 <= K < N")
-    probe = AttributeProbe.load(args.probe or runs / "full" / "model" / "probe", device=args.device)
+    probe_dir = Path(args.probe or runs / "full" / "model" / "probe")
     stories = eval_stories(args.stories, args.first_seed)
     if not args.report_only:
-        for arm in args.arms:
-            path = out / (f"arm_{arm}.json" if n == 1 else f"arm_{arm}.shard{k}of{n}.json")
-            if not path.is_file():
-                run_name, overrides = resolve_arm(arm)
-                res = run_arm(arm, runs / run_name / "model", overrides, stories[k::n], out / "projects", probe,
-                              args.device)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(res))
+        bench_arms = [ablation_arm(arm, runs / run_name / "model", overrides, args.device)
+                      for arm, (run_name, overrides) in arms.items()]
+        run_benchmark(write_stories(stories, out), out, bench_arms, None, probe_judges(probe_dir, args.device),
+                      shard=(k, n), report=False)
         if n > 1:
-            return  # one share of many: `--report-only` merges them once all are done
-    imported = [import_arm(spec, out, args.stories, args.first_seed, taken=args.arms) for spec in args.from_report]
-    results = [r for r in (merge_shards(out, arm) for arm in [*args.arms, *imported]) if r is not None]
+            return  # one share of many: `--report-only` writes the report once all are done
+    imported = [import_arm(spec, args.stories, args.first_seed, taken=args.arms) for spec in args.from_report]
+    results = [r for r in (arm_result(out, arm, stories) for arm in args.arms) if r is not None] + imported
     if not results:
-        raise AblationError(f"no results in {out} for {', '.join(args.arms)} (expected arm_ARM.json or its shards)")
+        raise AblationError(f"no results in {out} for {', '.join(args.arms)} (expected runs/ARM/STORY/metrics.json)")
     for r in results:  # summaries from the records, so a report written by an older version gains new metrics
         r["summary"] = summarize(r["records"])
-    write_report(results, out, {"stories": args.stories, "first_seed": args.first_seed,
-                                "probe_held_out_accuracy": getattr(probe, "held_out_accuracy", {})})
+    meta = {"stories": args.stories, "first_seed": args.first_seed}
+    if (probe_dir / "probe.json").is_file():
+        meta["probe_held_out_accuracy"] = json.loads((probe_dir / "probe.json").read_text()).get("held_out_accuracy", {})
+    write_report(results, out, meta)
 
 
 if __name__ == "__main__":

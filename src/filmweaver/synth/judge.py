@@ -55,9 +55,12 @@ class ProbeJudge:
         return F.normalize(torch.tensor(rows), dim=-1)
 
 
-    def ground_truth_metrics(self, run_dir, script: dict, chunk_frames: int) -> dict[str, tuple]:
-        """Identity, location and prompt adherence against a synthetic story's ground truth."""
-        summary = summarize(evaluate_project(run_dir, script, self.probe, chunk_frames))
+    def ground_truth(self, run_dir, script: dict, chunk_frames: int) -> tuple[dict[str, tuple], list[dict]]:
+        """Identity, location and prompt adherence against a synthetic story's ground truth (and, for a
+        cast story with a cast probe, per-character identity, swaps and presence); with the per-shot
+        records of :func:`~filmweaver.synth.evaluate.evaluate_project`."""
+        records = evaluate_project(run_dir, script, self.probe, chunk_frames)
+        summary = summarize(records)
         out = {f"gt_{key}": (summary[key], summary.get(f"{key.split('_')[0]}_shots"),
                              f"synthetic ground truth: {key} (filmweaver.synth.evaluate)")
                for key in ("identity", "identity_all_attributes", "location", "adherence")}
@@ -67,7 +70,7 @@ class ProbeJudge:
                            ("swap_rate", "multi_character_appearances"), ("presence", "shots")):
                 out[f"gt_{key}"] = (cast[key], cast[n], f"synthetic ground truth, cast probe: {key} "
                                     "(filmweaver.synth.cast_metrics)")
-        return out
+        return out, records
 
 
 def load_probe_judge(spec: str = "builtin", device: str = "cpu") -> ProbeJudge:

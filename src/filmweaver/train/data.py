@@ -20,9 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from filmweaver.backbone.vae import LatentCodec
+from filmweaver.backbone.vae import LatentCodec, latent_frame_count, pixel_frame_count
 from filmweaver.progress import progress_bar
 from filmweaver.synth.dataset import RenderedSet
+
+# AutoencoderKLWan encodes the first frame, then chunks of 4 frames (with or without temporal downsampling)
+WAN_ENCODER_CHUNK = 4
 
 
 @dataclass
@@ -102,8 +105,12 @@ class LatentStore:
     @torch.no_grad()
     def encode(cls, data: RenderedSet, codec: LatentCodec, device: torch.device, batch_size: int = 32,
                dtype: torch.dtype = torch.float16, progress: bool = True) -> LatentStore:
-        """Encode every shot with the (causal) VAE; shots are padded to ``1 + 4k`` frames by repeating
-        the last frame (later frames do not change earlier latents) and the padding is dropped."""
+        """Encode every shot with the (causal) VAE; shots are padded to the Wan encoder's chunks (``1 + 4k`` frames) by repeating
+        the last frame (later frames do not change earlier latents) and the padding is dropped. One latent per
+        frame: the synthetic world's VAE has no temporal compression."""
+        if codec.temporal_factor != 1:
+            raise ValueError(f"the latent store holds one latent per frame: it needs a VAE without temporal "
+                             f"compression, not one of factor {codec.temporal_factor}")
         c = codec.latent_channels
         h, w = codec.latent_size(data.frames.shape[1], data.frames.shape[2])
         out = torch.empty((len(data.frames), c, h, w), dtype=dtype, device=device)
@@ -112,7 +119,7 @@ class LatentStore:
             by_len.setdefault(n, []).append(s)
         bar = progress_bar(total=data.num_shots, desc="encode", enabled=progress)
         for n, shots in by_len.items():
-            padded = 1 + 4 * -(-(n - 1) // 4)
+            padded = pixel_frame_count(latent_frame_count(n, WAN_ENCODER_CHUNK, round_up=True), WAN_ENCODER_CHUNK)
             for k in range(0, len(shots), batch_size):
                 group = shots[k : k + batch_size]
                 idx = np.stack([np.minimum(np.arange(padded), n - 1) + data.shot_start[s] for s in group])
