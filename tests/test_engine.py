@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from filmweaver.cli import app
-from filmweaver.engine import EngineConfig, KeyframeConfig, ShotCacheConfig, StoryEngine
+from filmweaver.engine import EngineConfig, KeyframeConfig, ShotCacheConfig, ShotRecord, StoryEngine
 from filmweaver.io import read_video
 from filmweaver.project import ProjectError
 from filmweaver.script import load_story, parse_story
@@ -141,6 +141,19 @@ def test_extend_shot_keeps_frames_and_uses_temporal_cache(tiny_models, tmp_path)
     # the extension survives a resume (the fingerprint is of the base shot)
     assert engine.generate() == [1]
     assert manifest(out)["shots"][0]["num_chunks"] == 3
+    # the typed record reads back what the engine wrote, and writes the same dict again
+    for rec in manifest(out)["shots"]:
+        typed = ShotRecord.from_manifest(rec)
+        assert typed.to_manifest() == rec and typed.timings.total_s == rec["timings"]["total_s"]
+    typed = ShotRecord.from_manifest(manifest(out)["shots"][0])
+    assert typed.modes == ["text", "temporal", "temporal"] and typed.done
+    # a record an older version wrote (no entities, no CPU time, keyframes without boxes) still reads
+    old_rec = json.loads(json.dumps(manifest(out)["shots"][0]))
+    del old_rec["entities"], old_rec["timings"]["cpu_s"]
+    for k in old_rec["keyframes"]:
+        k.pop("boxes"), k.pop("entities")
+    typed = ShotRecord.from_manifest(old_rec)
+    assert typed.entities is None and typed.timings.cpu_s is None and typed.keyframes[0].boxes == {}
 
 
 def test_durations_make_multi_chunk_shots(tiny_models, tmp_path):

@@ -270,15 +270,7 @@ def run_bench(options: BenchOptions, progress: bool = False) -> dict:
     base_seconds = None
     for tc in temporal:
         for m in memory:
-            ctx = []
-            cache = TemporalCache() if tc else TemporalCache([])
-            if tc:
-                cache.push(torch.randn(1, c, cache.capacity, lh, lw, generator=g, device=dev, dtype=dtype))
-            if m:
-                mem = torch.randn(1, c, m, lh, lw, generator=g, device=dev, dtype=dtype)
-                ctx.append(ContextFrames(mem, memory_positions(m, cache.capacity), context_timestep, 1, kind="shot",
-                                         spatial=o.memory_compression))
-            ctx += cache.context(context_timestep)
+            ctx = _random_context(o, m, tc, (c, lh, lw), g, dev, dtype)
             n_ctx = bb.count_tokens(ctx, (lh, lw))
             n_gen = lf * (lh // 2) * (lw // 2)
             reuse = context_attention == "causal" and n_ctx > 0 and context_timestep is not None
@@ -297,20 +289,41 @@ def run_bench(options: BenchOptions, progress: bool = False) -> dict:
             cases.append(case)
             if progress:
                 print(json.dumps(asdict(case)), flush=True)
+    return {"cases": [asdict(c) for c in cases], "env": _bench_env(o, dev, dtype, world)}
+
+
+def _random_context(o: BenchOptions, memory: int, temporal: bool, latent_shape: tuple[int, int, int], g, dev,
+                    dtype) -> list[ContextFrames]:
+    """Random context of one case: ``memory`` shot-cache keyframes (one latent frame each) and, with
+    ``temporal``, a full temporal cache (default schedule); ``latent_shape`` = (channels, h, w)."""
+    c, lh, lw = latent_shape
+    ctx = []
+    cache = TemporalCache() if temporal else TemporalCache([])
+    if temporal:
+        cache.push(torch.randn(1, c, cache.capacity, lh, lw, generator=g, device=dev, dtype=dtype))
+    if memory:
+        mem = torch.randn(1, c, memory, lh, lw, generator=g, device=dev, dtype=dtype)
+        ctx.append(ContextFrames(mem, memory_positions(memory, cache.capacity), o.context_timestep, 1, kind="shot",
+                                 spatial=o.memory_compression))
+    return ctx + cache.context(o.context_timestep)
+
+
+def _bench_env(o: BenchOptions, dev: torch.device, dtype: torch.dtype, world: int) -> dict:
+    """What a row's numbers depend on besides the case: device, versions, the transformer's set-up."""
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "dtype": str(dtype).removeprefix("torch."), "attention_backend": o.attention_backend or "default",
            "compile_repeated_blocks": o.compile_blocks, "compile_mode": o.compile_mode if o.compile_blocks else None,
-           "fused_qkv": o.fuse_qkv, "fused_ffn_gelu": o.fuse_ffn, "context_timestep": context_timestep,
-           "context_attention": context_attention, "context_parallel": context_parallel, "world_size": world,
-           "cfg_parallel": cfg_parallel, "memory_compression": o.memory_compression, "warmup": warmup,
-           "repeats": repeats}
+           "fused_qkv": o.fuse_qkv, "fused_ffn_gelu": o.fuse_ffn, "context_timestep": o.context_timestep,
+           "context_attention": o.context_attention, "context_parallel": o.context_parallel, "world_size": world,
+           "cfg_parallel": o.cfg_parallel, "memory_compression": o.memory_compression, "warmup": o.warmup,
+           "repeats": o.repeats}
     try:
         import diffusers
 
         env["diffusers"] = diffusers.__version__
     except ImportError:
         pass
-    return {"cases": [asdict(c) for c in cases], "env": env}
+    return env
 
 
 def markdown_rows(result: dict, command: str) -> str:

@@ -29,8 +29,15 @@ def _from_dict(cls, d: dict, **typed):
     return cls(**values)
 
 
+class _FromManifest:
+    @classmethod
+    def from_manifest(cls, d: dict):
+        """The record from its manifest dict (see :func:`_from_dict`)."""
+        return _from_dict(cls, d)
+
+
 @dataclass
-class ChunkRecord:
+class ChunkRecord(_FromManifest):
     chunk: int | str  # its index in the shot, or "anchor" (keyframe-first's one-frame chunk)
     mode: str  # MODES: text | temporal | shot | both
     seed: int
@@ -42,13 +49,9 @@ class ChunkRecord:
     def to_manifest(self) -> dict:
         return _without_unset(dataclasses.asdict(self), ("context_tokens", "layout", "memory_frames"))
 
-    @classmethod
-    def from_manifest(cls, d: dict) -> ChunkRecord:
-        return _from_dict(cls, d)
-
 
 @dataclass
-class KeyframeRecord:
+class KeyframeRecord(_FromManifest):
     name: str
     file: str  # relative to the project
     frame_index: int
@@ -57,13 +60,9 @@ class KeyframeRecord:
     entities: list[str] = field(default_factory=list)  # whom and what it shows (its shot's entities)
     boxes: dict[str, list[float]] = field(default_factory=dict)  # located characters: x0, y0, x1, y1 (fractions)
 
-    @classmethod
-    def from_manifest(cls, d: dict) -> KeyframeRecord:
-        return _from_dict(cls, d)
-
 
 @dataclass
-class MemoryRecord:
+class MemoryRecord(_FromManifest):
     """One keyframe in a shot's shot cache: which, why (``role``, ``similarity``) and where it sits."""
 
     keyframe: str
@@ -76,13 +75,9 @@ class MemoryRecord:
     position: float
     entities: list[str] = field(default_factory=list)
 
-    @classmethod
-    def from_manifest(cls, d: dict) -> MemoryRecord:
-        return _from_dict(cls, d)
-
 
 @dataclass
-class ShotTimings:
+class ShotTimings(_FromManifest):
     memory_s: float
     denoise_s: float
     decode_s: float
@@ -92,10 +87,6 @@ class ShotTimings:
     # CPU seconds of this process (all threads): the work, without the time a busy or virtual machine
     # spent elsewhere
     cpu_s: float
-
-    @classmethod
-    def from_manifest(cls, d: dict) -> ShotTimings:
-        return _from_dict(cls, d)
 
 
 @dataclass
