@@ -71,13 +71,12 @@ ARMS = {
     "no_negative_sampling": ("no_negatives", {}),
     "sink_window": ("full", {"shot_cache": {"policy": "sink_window"}}),
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
-    # the synthetic models' default has guidance on the shot cache too (memory_guidance_scale 4 since run 7's
-    # held-out check; 2 before, and in the filmweaver.json of models trained before it): without it, and at 2
+    # the synthetic models' default guides on the shot cache too (memory_guidance_scale in the model's
+    # filmweaver.json): without it, and at lower scales
     "no_memory_guidance": ("full", {"sampler": {"memory_guidance_scale": 1.0}}),
     "memory_guidance_2": ("full", {"sampler": {"memory_guidance_scale": 2.0}}),
-    # a candidate default: +4.6 points of identity on the tuning stories (reports/synth-small/guidance_tuning.md)
+    # tuning candidates (their identity on the tuning stories: reports/synth-small/guidance_tuning.md)
     "memory_guidance_3": ("full", {"sampler": {"memory_guidance_scale": 3.0}}),
-    # candidates from run 7's model on the tuning stories: +4.6 and +3.2 identity points (guidance_tuning.md)
     "memory_guidance_4": ("full", {"sampler": {"memory_guidance_scale": 4.0}}),
     "k2_memory_guidance_3": ("full", {"shot_cache": {"k": 2}, "sampler": {"memory_guidance_scale": 3.0}}),
 }

@@ -315,8 +315,8 @@ def fit_schedule(plan: dict, step: int, fitted_total: int, ceiling: int) -> None
     """Set ``plan`` (``total`` and stage ``bounds``) to ``fitted_total`` steps, the stages still ahead
     scaled in proportion, never below ``step`` (a stage already under way is not skipped) and never above
     ``ceiling`` (the configured steps). It grows back as well as shrinks: one slow window (compiling a
-    new batch mode's graph, a neighbour on the host) must not cut the whole run short, as it cut run 6
-    to a third of its steps (reports/synth-small/device_runs.md)."""
+    new batch mode's graph, a neighbour on the host) must not cut the whole run short (a fit that only
+    shrinks once cut a run to a third of its steps: reports/synth-small/device_runs.md)."""
     fitted_total = max(step + 1, min(ceiling, fitted_total))
     ratio = fitted_total / plan["total"]
     plan["bounds"] = [b if b <= step else max(step + 1, int(round(b * ratio))) for b in plan["bounds"]]
