@@ -62,3 +62,26 @@ def entitybench_story(shots_per_scene=(2, 1, 2)) -> dict:
             "entity_schedule": schedule,
             "entity_descriptions": {label: {"name": nm, "label": label, "description": d} for label, (nm, d) in sheet.items()},
             "_name_map": {label: nm for label, (nm, _) in sheet.items()}, "_num_scenes": len(scenes), "_num_shots": i}
+
+
+class BrightBlobCounter:
+    """A people detector for curation tests: one box per 8x8 block of the frame whose mean brightness is
+    above 0.9 (tests draw "people" as white squares). A real detector of that picture, through the
+    same plug-in path as any other (``filters.people_detector=helpers:bright_blob_counter``)."""
+
+    name = "bright-blobs"
+
+    def detect(self, images):
+        from filmweaver.memory.detect import Box
+
+        out = []
+        for image in images:
+            h, w = image.shape[1:]
+            blocks = image.mean(0).unfold(0, 8, 8).unfold(1, 8, 8).mean((-1, -2))  # [h/8, w/8]
+            out.append([Box(x * 8 / w, y * 8 / h, (x + 1) * 8 / w, (y + 1) * 8 / h)
+                        for y, x in (blocks > 0.9).nonzero().tolist()])
+        return out
+
+
+def bright_blob_counter(model=None, device="cpu"):
+    return BrightBlobCounter()

@@ -585,6 +585,51 @@ def train(config: Path = typer.Argument(..., help="training config (YAML), e.g. 
                   f"timings {summary['timings']}", highlight=False)
 
 
+@app.command()
+def curate(inputs: list[Path] = typer.Argument(..., help="video files, or directories of them"),
+           out: Path = typer.Option(..., "-o", "--out", help="the dataset directory (resumable)"),
+           config: Path | None = typer.Option(None, "--config", help="curation settings (YAML/JSON)"),
+           set_: list[str] = typer.Option([], "--set", help="override a setting: dotted.key=value (repeatable), "
+                                          "e.g. shots.detector=pyscenedetect, filters.max_people=2"),
+           workers: int | None = typer.Option(None, help="videos curated in parallel (processes)"),
+           device: str | None = typer.Option(None, help="cpu | cuda (the detectors, embedder and captioner)"),
+           force: bool = typer.Option(False, "--force", help="curate videos that already have a record again"),
+           quiet: bool = typer.Option(False, "--quiet", help="no progress bar")):
+    """Raw videos -> multi-shot training samples: shots, filters, scenes, captions, WebDataset shards, report."""
+    from pydantic import ValidationError
+
+    from filmweaver.curate import CurateConfig
+    from filmweaver.curate import curate as run_curate
+    from filmweaver.curate.video import find_videos
+    from filmweaver.settings import SettingsError, apply_overrides, read_settings
+
+    try:
+        raw = apply_overrides(read_settings(config) if config is not None else {}, list(set_), "the curation")
+        raw.update({k: v for k, v in {"workers": workers, "device": device}.items() if v is not None})
+        cfg = CurateConfig.model_validate(raw)
+    except SettingsError as e:
+        _fail(str(e))
+    except ValidationError as e:
+        err = e.errors()[0]
+        _fail(f"{config or '--set'}: {'.'.join(map(str, err['loc']))}: {err['msg']}")
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        _fail(f"{missing[0]}: no such file or directory")
+    videos = find_videos(inputs)
+    if not videos:
+        _fail(f"{', '.join(map(str, inputs))}: no videos ({', '.join(('.mp4', '.mkv', '.mov', '...'))})")
+    try:
+        records = run_curate(videos, out, cfg, force=force, progress=not quiet)
+    except ValueError as e:
+        _fail(str(e))
+    samples = sum(len(r.get("samples", [])) for r in records)
+    failed = [r for r in records if r["status"] != "done"]
+    for r in failed:
+        console.print(f"[bold yellow]skipped:[/] {r.get('error')}", highlight=False)
+    console.print(f"[bold green]done:[/] {samples} samples from {len(records) - len(failed)} of {len(records)} videos "
+                  f"in {out} (report: {out / 'report.html'})", highlight=False)
+
+
 @app.command("export-ema")
 def export_ema_(ema: Path = typer.Argument(..., help="a run's checkpoint/ema.safetensors (or a half-precision copy)"),
                 base: str = typer.Argument(..., help="model directory giving the architecture, VAE, embedder and probe"),

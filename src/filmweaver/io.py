@@ -131,31 +131,72 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.T
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
+class VideoWriter:
+    """An H.264 (yuv420p) mp4 written frame by frame (``[H, W, 3]`` uint8), atomically: the file
+    appears complete on ``close()``, or not at all if the writer is dropped by an error."""
+
+    def __init__(self, path: str | Path, fps: float, crf: int = 18):
+        self.path, self.fps, self.crf = path, fps, crf
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._container = None
+        self.frames = 0
+
+    def _open(self, h: int, w: int) -> None:
+        import av
+
+        self._container = av.open(self._tmp, mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=round(self.fps))
+        # yuv420p needs even sides: odd frames are padded by edge replication rather than resampled
+        self._pad = (h % 2, w % 2)
+        self._stream.width, self._stream.height = w + self._pad[1], h + self._pad[0]
+        self._stream.pix_fmt = "yuv420p"
+        # x264's macroblock-tree rate control made encodes of identical frames differ from run to run
+        # (up to 24/255 per pixel after decoding; 7 of 12 encodes of one rendered shot): a
+        # regenerated shot must give the same file, so it is off (a small loss in compression)
+        self._stream.options = {"crf": str(self.crf), "x264-params": "mbtree=0"}
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if self._container is None:
+            self._open(*frame.shape[:2])
+        ph, pw = self._pad
+        if ph or pw:
+            frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.mux(self._stream.encode())
+            self._container.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if self._container is not None:
+            self._container.close()
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_video(path: str | Path, frames: torch.Tensor | Sequence[torch.Tensor], fps: float, crf: int = 18) -> None:
     """Write ``[T, 3, H, W]`` frames in [0, 1] as H.264 (yuv420p) mp4, atomically."""
-    import av
-
     if isinstance(frames, torch.Tensor):
         frames = [frames]
-    arrays = [to_uint8(f) for f in frames]
-    h, w = arrays[0].shape[1:3]
-    # yuv420p needs even sides; pad by edge replication rather than resample.
-    ph, pw = h % 2, w % 2
-    with atomic_path(path) as tmp:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=round(fps))
-            stream.width, stream.height = w + pw, h + ph
-            stream.pix_fmt = "yuv420p"
-            # x264's macroblock-tree rate control made encodes of identical frames differ from run to run
-            # (up to 24/255 per pixel after decoding; 7 of 12 encodes of one rendered shot): a
-            # regenerated shot must give the same file, so it is off (a small loss in compression)
-            stream.options = {"crf": str(crf), "x264-params": "mbtree=0"}
-            for arr in arrays:
-                for frame in arr:
-                    if ph or pw:
-                        frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
+    with VideoWriter(path, fps, crf) as writer:
+        for arr in (to_uint8(f) for f in frames):
+            for frame in arr:
+                writer.write(frame)
 
 
 STORYBOARD_THUMB_WIDTH = 320  # twice the storyboard's thumbnails: sharp after its resize

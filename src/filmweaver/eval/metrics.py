@@ -129,3 +129,40 @@ def gap_curve(points: list[tuple[int, int, float]], buckets=GAP_BUCKETS) -> list
 
 def gap_label(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else (f"{lo}+" if hi >= 10_000 else f"{lo}-{hi}")
+
+
+def boundary_f1(predicted: list[float], true: list[float], tolerance: float) -> dict:
+    """Precision, recall and F1 of detected shot boundaries (frame positions) against the true ones: a
+    prediction within ``tolerance`` frames of a true boundary matches it, each at most once (matched in
+    order of distance, so one close prediction is not spent on a farther boundary)."""
+    pairs = sorted((abs(p - t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(true)
+                   if abs(p - t) <= tolerance)
+    used_p, used_t = set(), set()
+    for _, i, j in pairs:
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+    hits = len(used_p)
+    precision = hits / len(predicted) if predicted else float(not true)
+    recall = hits / len(true) if true else float(not predicted)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "matched": hits, "predicted": len(predicted),
+            "true": len(true), "tolerance_frames": tolerance}
+
+
+def adjusted_rand_index(labels_a: list, labels_b: list) -> float:
+    """Hubert & Arabie's adjusted Rand index of two labellings of the same items: 1 for the same
+    partition, about 0 for chance agreement (1.0 when both put every item alone or all together)."""
+    from collections import Counter
+    from math import comb
+
+    if len(labels_a) != len(labels_b):
+        raise ValueError(f"two labellings of different lengths ({len(labels_a)} vs {len(labels_b)})")
+    n = len(labels_a)
+    pairs = sum(comb(c, 2) for c in Counter(zip(labels_a, labels_b, strict=True)).values())
+    a = sum(comb(c, 2) for c in Counter(labels_a).values())
+    b = sum(comb(c, 2) for c in Counter(labels_b).values())
+    total = comb(n, 2)
+    expected = a * b / total if total else 0.0
+    top = (a + b) / 2
+    return 1.0 if top == expected else (pairs - expected) / (top - expected)

@@ -1,0 +1,182 @@
+"""`filmweaver curate`: real detectors (TransNetV2 from its wheel, PySceneDetect) on a synthetic feature
+film with known shots and scenes; the probe captioner against the film's truth; bad input; resume."""
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from filmweaver.cli import app
+from filmweaver.curate import CurateConfig, curate, read_samples
+from filmweaver.curate.config import Scenes
+from filmweaver.curate.scenes import group_scenes
+from filmweaver.curate.shots import SceneDetectDetector, ShotSpan, TransNetV2Detector, boundaries
+from filmweaver.curate.video import FrameStream
+from filmweaver.eval.metrics import adjusted_rand_index, boundary_f1
+from filmweaver.io import read_video, write_video
+from filmweaver.script import parse_story
+from filmweaver.synth.feature_film import write_film
+from filmweaver.synth.world import CHARACTER_ATTRIBUTES
+
+SYNTH = {"captions": {"captioner": "filmweaver.synth.captioner:probe_captioner"},
+         "filters": {"people_detector": "none"},
+         "scenes": {"embedder": "filmweaver.synth.captioner:probe_embedder", "similarity": 0.62}}
+
+
+@pytest.fixture(scope="module")
+def film(tmp_path_factory):
+    path = tmp_path_factory.mktemp("films") / "film-7.mp4"
+    truth = write_film(path, seed=7, scenes=4)
+    return path, truth
+
+
+def test_boundary_f1_and_adjusted_rand_index():
+    r = boundary_f1([10.5, 30.0, 52.0], [10.5, 31.5, 70.5], tolerance=2)
+    assert (r["matched"], r["precision"], r["recall"]) == (2, 2 / 3, 2 / 3)
+    assert boundary_f1([], [], 2)["f1"] == 1.0 and boundary_f1([5.0], [], 2)["f1"] == 0.0
+    # one prediction between two boundaries is spent on the nearer one only
+    assert boundary_f1([10.0], [9.0, 10.5], tolerance=2)["matched"] == 1
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 9, 9]) == 1.0
+    assert adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) < 0
+    assert abs(adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) - 0.2424) < 1e-3
+
+
+def test_the_synthetic_film_matches_its_truth(film):
+    path, truth = film
+    frames, fps = read_video(path)
+    assert len(frames) == truth["frames"] and fps == truth["fps"]
+    shots = truth["shots"]
+    assert all(a["end"] <= b["start"] for a, b in zip(shots, shots[1:], strict=False))
+    scenes = [s["scene"] for s in shots]
+    assert all(2 <= scenes.count(k) <= 5 for k in set(scenes))
+    for t in truth["transitions"]:  # a fade goes through black; a dissolve does not
+        mid = frames[(t["start"] + t["end"]) // 2].mean()
+        assert (mid < 0.25) if t["kind"] == "fade" else (mid > 0.05)
+
+
+def test_both_shot_detectors_find_the_cuts(film):
+    path, truth = film
+    for detector in (TransNetV2Detector(), SceneDetectDetector()):
+        spans, info = detector.detect(path)
+        r = boundary_f1(boundaries(spans), truth["boundaries"], tolerance=2)
+        assert r["precision"] >= 0.9 and r["f1"] >= 0.75, (detector.name, r)
+        assert info["frames_decoded"] == truth["frames"]
+
+
+def test_transnetv2_streams_its_input():
+    """Windows are made while frames arrive: the first is ready after 75 frames of an endless video."""
+    taken = []
+
+    def endless():
+        for t in itertools.count():
+            taken.append(t)
+            yield np.zeros((27, 48, 3), np.uint8)
+
+    first = next(TransNetV2Detector._windows(TransNetV2Detector.__new__(TransNetV2Detector), endless()))
+    assert first.shape == (100, 27, 48, 3) and len(taken) == 75
+
+
+def test_scene_grouping_follows_the_window_and_the_size_limits():
+    e = torch.eye(3)[[0, 0, 0, 1, 1, 2, 0]]
+    assert group_scenes(e, Scenes(similarity=0.9)) == [[0, 1, 2], [3, 4], [5], [6]]
+    assert group_scenes(e, Scenes(similarity=0.9, max_shots=2)) == [[0, 1], [2], [3, 4], [5], [6]]
+
+
+def test_curate_a_film_into_samples_checked_against_its_truth(film, tmp_path):
+    path, truth = film
+    out = tmp_path / "ds"
+    [rec] = curate([path], out, CurateConfig.model_validate(SYNTH), progress=False)
+    assert rec["status"] == "done" and rec["samples"]
+    spans = [ShotSpan(s["start"], s["end"]) for s in rec["shots"]]
+    assert boundary_f1(boundaries(spans), truth["boundaries"], 2)["f1"] >= 0.75
+    # every shot under a second was dropped, with the reason
+    for s in rec["shots"]:
+        if (s["end"] - s["start"]) / truth["fps"] < 1:
+            assert s["dropped"].startswith("shorter than 1 s")
+    # scenes against the truth (each detected shot given the true scene of its middle frame)
+    def true_scene(s):
+        mid = (s["start"] + s["end"]) // 2
+        return next((t["scene"] for t in truth["shots"] if t["start"] <= mid < t["end"]), None)
+    grouped = [(s["scene"], true_scene(s)) for s in rec["shots"] if s["scene"] is not None and true_scene(s) is not None]
+    assert adjusted_rand_index(*zip(*grouped, strict=True)) >= 0.75
+    samples = list(read_samples(out))
+    assert [s["key"] for s in samples] == [x["key"] for x in rec["samples"]]
+    words_right = total = 0
+    for sample in samples:
+        story = parse_story(sample["script"])  # an ST-Bench script that filmweaver loads
+        shots = story.shots()
+        assert len(shots) == len(sample["clips"]) >= 2 and story.entities()
+        descriptions = set()
+        for shot, prov, clip in zip(shots, sample["provenance"]["shots"], sample["clips"], strict=True):
+            assert prov["caption"] == shot.prompt and prov["validation"].startswith("ok")
+            assert clip[4:8] == b"ftyp"  # an mp4
+            t = next(x for x in truth["shots"] if x["start"] <= (prov["start"] + prov["end"]) // 2 < x["end"])
+            character = t["spec"]["character"]
+            words = shot.prompt.replace(",", " ").split()
+            words_right += sum(character[k] in words for k in ("shape", "colour"))
+            total += 2
+            descriptions.add(shot.prompt.split(" in a ")[0])
+        assert len(descriptions) == 1  # captioned as a group: one description of the character a scene
+    assert words_right / total >= 0.9
+    assert (out / "report.html").is_file() and (out / "report" / "film-7.png").is_file()
+    # a second run keeps the finished video as it is
+    before = (out / "videos" / "film-7.json").stat().st_mtime_ns
+    curate([path], out, CurateConfig.model_validate(SYNTH), progress=False)
+    assert (out / "videos" / "film-7.json").stat().st_mtime_ns == before
+
+
+def test_bad_videos_are_reported_and_the_good_one_is_curated(film, tmp_path):
+    path, _ = film
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(path, src / "good.mp4")
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "notes.mp4").write_text("not a video at all\n")
+    data = path.read_bytes()
+    (src / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    # one long shot: no cut, so no multi-shot sample (and a clear reason)
+    frames = torch.linspace(0, 1, 40).view(40, 1, 1, 1).expand(40, 3, 32, 32)
+    write_video(src / "onecut.mp4", frames, fps=12)
+    r = CliRunner().invoke(app, ["curate", str(src), "-o", str(tmp_path / "ds"), "--quiet",
+                                 "--set", "captions.captioner=none", "--set", "filters.people_detector=none"])
+    assert r.exit_code == 0, r.output
+    recs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "ds" / "videos").glob("*.json")}
+    assert recs["good"]["status"] == "done" and recs["good"]["samples"]
+    assert "empty file" in recs["empty"]["error"]
+    assert "not a readable video" in recs["notes"]["error"] and "not a readable video" in recs["truncated"]["error"]
+    assert recs["onecut"]["status"] == "done" and not recs["onecut"]["samples"]
+    assert recs["onecut"]["shots"][0]["dropped"].startswith("a scene of 1 shot")
+    assert "skipped:" in r.output and "empty file" in r.output
+    html = (tmp_path / "ds" / "report.html").read_text()
+    assert "empty file" in html and "good" in html
+
+
+def test_crowded_shots_are_dropped_by_a_plugged_in_people_detector(tmp_path):
+    """Two shots of one scene, the second with four white squares: with max_people 3 it is dropped."""
+    rng = np.random.default_rng(0)
+    base = torch.from_numpy(rng.uniform(0.2, 0.6, (3, 64, 64))).float()
+    first = base.expand(24, 3, 64, 64).clone()
+    second = torch.from_numpy(rng.uniform(0.0, 0.5, (3, 64, 64))).float().expand(24, 3, 64, 64).clone()
+    for x in (0, 16, 32, 48):
+        second[:, :, 8:16, x:x + 8] = 1.0
+    write_video(tmp_path / "crowd.mp4", torch.cat([first, second]), fps=12)
+    cfg = CurateConfig.model_validate({"filters": {"people_detector": "helpers:bright_blob_counter", "max_people": 3},
+                                       "shots": {"detector": "pyscenedetect"}})
+    [rec] = curate([tmp_path / "crowd.mp4"], tmp_path / "ds", cfg, progress=False)
+    people = [s["people"] for s in rec["shots"]]
+    assert people == [0, 4] and rec["shots"][1]["dropped"] == "4 people (more than 3)"
+
+
+def test_frame_stream_reports_where_decoding_stopped(film, tmp_path):
+    path, truth = film
+    data = path.read_bytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(data[:200] + bytes(len(data) - 200))  # the header kept, the rest zeroed
+    stream = FrameStream(bad)
+    n = sum(1 for _ in stream)
+    assert n < truth["frames"] and (stream.error is None or "decoding stopped" in stream.error)
