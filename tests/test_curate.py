@@ -4,7 +4,6 @@ film with known shots and scenes; the probe captioner against the film's truth; 
 import itertools
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from filmweaver.eval.metrics import adjusted_rand_index, boundary_f1
 from filmweaver.io import read_video, write_video
 from filmweaver.script import parse_story
 from filmweaver.synth.feature_film import write_film
-from filmweaver.synth.world import CHARACTER_ATTRIBUTES
 
 SYNTH = {"captions": {"captioner": "filmweaver.synth.captioner:probe_captioner"},
          "filters": {"people_detector": "none"},
