@@ -85,3 +85,44 @@ class BrightBlobCounter:
 
 def bright_blob_counter(model=None, device="cpu"):
     return BrightBlobCounter()
+
+
+def tiny_vlm(directory) -> str:
+    """A tiny random LLaVA (CLIP vision tower + Llama, a word-level tokenizer, a chat template) saved
+    in ``directory``: a real transformers vision-language model, untrained, built offline."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "yes", "no", ":", "{", "}", '"', "shots", "a"]
+    words += [f"w{i}" for i in range(40)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% else %}"
+                "{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}: {% endif %}")
+    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                                     crop_size={"height": 32, "width": 32}),
+                               tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=template)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=32, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2),
+        image_token_index=4, vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)

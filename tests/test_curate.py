@@ -178,3 +178,51 @@ def test_frame_stream_reports_where_decoding_stopped(film, tmp_path):
     stream = FrameStream(bad)
     n = sum(1 for _ in stream)
     assert n < truth["frames"] and (stream.error is None or "decoding stopped" in stream.error)
+
+
+def test_group_answers_are_parsed_or_rejected_with_the_reason():
+    from filmweaver.curate.captions import CaptionError, parse_group_answer
+
+    answer = ('Here you are: {"characters": [{"name": "Mara", "description": "a woman in a red coat"}], '
+              '"shots": ["Mara walks in.", "A street at night.", "Mara looks up at Mara\'s window."]} done')
+    caps = parse_group_answer(answer, 3)
+    assert caps.characters == [{"name": "Mara", "description": "a woman in a red coat"}]
+    assert caps.shot_characters == [["Mara"], [], ["Mara"]]
+    assert caps.entity_schedule() == {"1:1": {"characters": ["Mara"]}, "1:3": {"characters": ["Mara"]}}
+    with pytest.raises(CaptionError, match="described 1 shots, not 3"):
+        parse_group_answer('{"shots": ["one"]}', 3)
+    with pytest.raises(CaptionError, match="not the JSON asked for"):
+        parse_group_answer("three people walk", 3)
+
+
+def test_a_transformers_vlm_captions_and_validates_through_the_pipeline(film, tmp_path):
+    """A tiny random LLaVA: the real model is asked (group prompt, then validation); its untrained
+    answers are not the JSON asked for, so every scene is dropped and the report says why."""
+    from helpers import tiny_vlm
+
+    from filmweaver.curate.captions import VLMCaptioner
+
+    model = tiny_vlm(tmp_path / "vlm")
+    vlm = VLMCaptioner(model)
+    frames = torch.rand(2, 3, 40, 48)
+    answer = vlm.ask(list(frames), "describe", max_new_tokens=6)
+    assert isinstance(answer, str) and answer
+    path, _ = film
+    cfg = CurateConfig.model_validate({**SYNTH, "captions": {"captioner": model, "max_new_tokens": 8}})
+    [rec] = curate([path], tmp_path / "ds", cfg, progress=False)
+    in_scenes = [s for s in rec["shots"] if s["scene"] is not None and not s["dropped"].startswith("a scene of")]
+    assert in_scenes and all(s["dropped"].startswith("captioning failed: the captioner's answer is not the JSON")
+                             for s in in_scenes)
+    assert not rec["samples"]
+    # validation on its own: the verdict follows the model's answer (greedy: the same answer twice)
+    from filmweaver.curate.config import Captions
+
+    cfg = Captions(max_new_tokens=4)
+    answer = vlm.ask(list(frames), cfg.validate_prompt.format(caption="a caption"), cfg.max_new_tokens)
+    verdict = vlm.validate(frames, "a caption", cfg)
+    if answer.lower().startswith("yes"):
+        assert verdict.caption == "a caption" and verdict.note == "ok"
+    elif answer.lower().startswith("no"):
+        assert verdict.note.startswith(("refined:", "the model says"))
+    else:
+        assert verdict.caption is None and verdict.note == f"unreadable validation answer: {answer[:60]!r}"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from filmweaver.curate import filters as F
-from filmweaver.curate.captions import SceneCaptions, make_captioner
+from filmweaver.curate.captions import CaptionError, SceneCaptions, make_captioner
 from filmweaver.curate.config import CurateConfig
 from filmweaver.curate.dataset import ShardWriter, sample_script
 from filmweaver.curate.report import write_contact_sheet, write_report
@@ -237,8 +237,13 @@ def _captions(scenes: list[list[int]], shots: list[ShotRecord], samples, tools: 
             caps = SceneCaptions([""] * len(members))
         else:
             frames = [samples[k][: cfg.captions.frames_per_shot] for k in members]
-            caps = tools.captioner.caption_scene(frames, cfg.captions)
-            if cfg.captions.validate_captions:
+            try:
+                caps = tools.captioner.caption_scene(frames, cfg.captions)
+            except CaptionError as e:
+                caps = None
+                for k in members:
+                    shots[k].dropped = f"captioning failed: {e}"
+            if caps is not None and cfg.captions.validate_captions:
                 caps = _validated(caps, members, shots, samples, tools, cfg)
         for k, text in zip(members, caps.shots if caps else [], strict=False):
             shots[k].caption = text
