@@ -226,3 +226,18 @@ def test_a_transformers_vlm_captions_and_validates_through_the_pipeline(film, tm
         assert verdict.note.startswith(("refined:", "the model says"))
     else:
         assert verdict.caption is None and verdict.note == f"unreadable validation answer: {answer[:60]!r}"
+
+
+@pytest.mark.slow
+def test_curation_on_a_local_ray_instance_matches_the_process(film, tmp_path):
+    """Two films through Ray Data (a local Ray, one actor per video) give the records one process gives."""
+    path, _ = film
+    second = tmp_path / "second.mp4"
+    shutil.copy(path, second)
+    cfg = CurateConfig.model_validate({**SYNTH, "workers": 2, "shots": {"detector": "pyscenedetect"}})
+    with_ray = curate([path, second], tmp_path / "ray", cfg, progress=False, ray_address="local")
+    alone = curate([path], tmp_path / "one", cfg.model_copy(update={"workers": 1}), progress=False)
+    assert [r["status"] for r in with_ray] == ["done", "done"]
+    strip = lambda r: [(s["start"], s["end"], s["scene"], s["dropped"], s["caption"]) for s in r["shots"]]  # noqa: E731
+    assert strip(with_ray[0]) == strip(alone[0]) == strip(with_ray[1])
+    assert len(list(read_samples(tmp_path / "ray"))) == 2 * len(alone[0]["samples"])

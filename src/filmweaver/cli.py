@@ -593,6 +593,8 @@ def curate(inputs: list[Path] = typer.Argument(..., help="video files, or direct
                                           "e.g. shots.detector=pyscenedetect, filters.max_people=2"),
            workers: int | None = typer.Option(None, help="videos curated in parallel (processes)"),
            device: str | None = typer.Option(None, help="cpu | cuda (the detectors, embedder and captioner)"),
+           ray: str | None = typer.Option(None, "--ray", help="curate on a Ray cluster through Ray Data: its address, "
+                                          "or 'local' to start one here (pip install 'filmweaver[ray]')"),
            force: bool = typer.Option(False, "--force", help="curate videos that already have a record again"),
            quiet: bool = typer.Option(False, "--quiet", help="no progress bar")):
     """Raw videos -> multi-shot training samples: shots, filters, scenes, captions, WebDataset shards, report."""
@@ -619,7 +621,7 @@ def curate(inputs: list[Path] = typer.Argument(..., help="video files, or direct
     if not videos:
         _fail(f"{', '.join(map(str, inputs))}: no videos ({', '.join(('.mp4', '.mkv', '.mov', '...'))})")
     try:
-        records = run_curate(videos, out, cfg, force=force, progress=not quiet)
+        records = run_curate(videos, out, cfg, force=force, progress=not quiet, ray_address=ray)
     except ValueError as e:
         _fail(str(e))
     samples = sum(len(r.get("samples", [])) for r in records)

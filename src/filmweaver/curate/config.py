@@ -63,4 +63,4 @@ class CurateConfig(_Section):
     clip_height: int = 480  # clips are written at this height (never enlarged), the width in proportion
     samples_per_shard: int = 64
     device: str = "cpu"
-    workers: int = 1  # videos processed in parallel (processes)
+    workers: int = 0  # videos processed in parallel (processes, or Ray actors); 0: one per two cores

@@ -13,7 +13,8 @@ Per video, in this order:
    record ``videos/STEM.json`` last: a video with a record is done (``--force`` redoes it), a crash
    redoes only the video it was in.
 
-Videos run in a pool of ``workers`` processes (each loads the models once).
+Videos run in a pool of ``workers`` processes (each loads the models once; 0 = one per two cores), or
+on a Ray cluster through Ray Data (``--ray ADDRESS``; ``local`` starts one here).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -288,8 +290,50 @@ def is_done(path: Path, out: Path) -> bool:
                                                                              and path.stat().st_size else None)
 
 
-def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool = False, progress: bool = True) -> list[dict]:
-    """Curate every video into ``out`` (resuming: finished videos are kept); returns their records."""
+class _RayCurator:
+    """A Ray Data actor: loads the tools once, curates the videos it is given."""
+
+    def __init__(self, cfg_json: str, out: str):
+        torch.set_num_threads(1)
+        self.cfg = CurateConfig.model_validate_json(cfg_json)
+        self.tools, self.out = Tools.load(self.cfg), Path(out)
+
+    def __call__(self, row: dict) -> dict:
+        rec = curate_video(Path(row["path"]), self.out, self.cfg, self.tools)
+        return {"stem": rec["stem"], "status": rec["status"]}
+
+
+def _curate_with_ray(todo: list[Path], out: Path, cfg: CurateConfig, address: str, workers: int) -> None:
+    """Every video through Ray Data on the cluster at ``address`` (``local``: a Ray started here), one
+    actor per worker. Workers write into ``out`` themselves: on several machines it must be a shared
+    filesystem."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ValueError("--ray needs Ray Data: pip install 'filmweaver[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
+                 **({"num_cpus": max(workers, 1)} if address == "local" else {}))
+    try:
+        ds = ray.data.from_items([{"path": str(v)} for v in todo])
+        ds.map(_RayCurator, fn_constructor_args=(cfg.model_dump_json(), str(out)), concurrency=max(workers, 1),
+               num_cpus=1).take_all()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def default_workers(videos: int) -> int:
+    """A local process pool: one process per two cores (each runs its own torch threads), at most one per video."""
+    return max(1, min(videos, (os.cpu_count() or 2) // 2))
+
+
+def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool = False, progress: bool = True,
+           ray_address: str | None = None) -> list[dict]:
+    """Curate every video into ``out`` (resuming: finished videos are kept); returns their records.
+    ``ray_address``: curate on a Ray cluster (``local`` starts one here) instead of the process pool."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = [v.stem for v in videos]
@@ -297,9 +341,13 @@ def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool =
     if twice:
         raise ValueError(f"two inputs share the name {twice[0]!r}: rename one (outputs are named by it)")
     todo = [v for v in videos if force or not is_done(v, out)]
+    workers = cfg.workers or default_workers(len(todo))
+    if ray_address and todo:
+        _curate_with_ray(todo, out, cfg, ray_address, workers)
+        todo = []
     bar = progress_bar(total=len(todo), desc="curate", enabled=progress)
-    if cfg.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=(cfg.model_dump_json(),)) as pool:
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(),)) as pool:
             for _ in pool.map(_run_in_worker, [(str(v), str(out)) for v in todo]):
                 bar.update(1)
     else:

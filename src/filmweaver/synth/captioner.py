@@ -1,9 +1,9 @@
 """The synthetic world's captioner for ``filmweaver curate``: the attribute probe (not a vision-language
 model) reads a shot's character and location, and the world's grammar writes them as a caption.
 
-Captioned as a group, the character's attributes are the majority over every frame of the scene (one
-description, the same in each shot); per shot, over that shot's frames alone. The location is always
-read per shot. ``validate`` reads the shot again: a caption that disagrees with it on two or more
+Captioned as a group, the character's and the location's attributes are the majority over every
+frame of the scene (a scene is one place; one description, the same in each shot); per shot, over that
+shot's frames alone. ``validate`` reads the shot again: a caption that disagrees with it on two or more
 character attributes is rejected.
 
 ``--set captions.captioner=filmweaver.synth.captioner:probe_captioner`` (the shipped model's probe).
@@ -55,7 +55,8 @@ class ProbeCaptioner:
     def caption_scene(self, shots: list[torch.Tensor], cfg: Captions) -> SceneCaptions:
         per_shot = [self.read(s) for s in shots]
         group = self.read(torch.cat(shots)) if cfg.group else None
-        captions = [self.caption(group or r, r) for r in per_shot]
+        # together: the scene's one character and one place, each read over all of its frames
+        captions = [self.caption(group or r, group or r) for r in per_shot]
         look = group or per_shot[0]
         characters = [{"name": NAME, "description": describe_character(NAME, Character(
             **{k: look[k] for k in CHARACTER_ATTRIBUTES}))[:-1]}]
