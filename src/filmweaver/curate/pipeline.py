@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -347,7 +348,9 @@ def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool =
         todo = []
     bar = progress_bar(total=len(todo), desc="curate", enabled=progress)
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(),)) as pool:
+        # spawned, not forked: a forked child cannot use CUDA once the parent has
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(cfg.model_dump_json(),)) as pool:
             for _ in pool.map(_run_in_worker, [(str(v), str(out)) for v in todo]):
                 bar.update(1)
     else:
