@@ -140,8 +140,9 @@ def test_bad_videos_are_reported_and_the_good_one_is_curated(film, tmp_path):
     # one long shot: no cut, so no multi-shot sample (and a clear reason)
     frames = torch.linspace(0, 1, 40).view(40, 1, 1, 1).expand(40, 3, 32, 32)
     write_video(src / "onecut.mp4", frames, fps=12)
-    r = CliRunner().invoke(app, ["curate", str(src), "-o", str(tmp_path / "ds"), "--quiet",
-                                 "--set", "captions.captioner=none", "--set", "filters.people_detector=none"])
+    r = CliRunner().invoke(app, ["curate", str(src), "-o", str(tmp_path / "ds"), "--quiet", "--workers", "1",
+                                 "--set", "captions.captioner=none", "--set", "filters.people_detector=none",
+                                 "--set", "shots.detector=pyscenedetect"])
     assert r.exit_code == 0, r.output
     recs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "ds" / "videos").glob("*.json")}
     assert recs["good"]["status"] == "done" and recs["good"]["samples"]
@@ -208,7 +209,8 @@ def test_a_transformers_vlm_captions_and_validates_through_the_pipeline(film, tm
     answer = vlm.ask(list(frames), "describe", max_new_tokens=6)
     assert isinstance(answer, str) and answer
     path, _ = film
-    cfg = CurateConfig.model_validate({**SYNTH, "captions": {"captioner": model, "max_new_tokens": 8}})
+    cfg = CurateConfig.model_validate({**SYNTH, "captions": {"captioner": model, "max_new_tokens": 8},
+                                       "shots": {"detector": "pyscenedetect"}})
     [rec] = curate([path], tmp_path / "ds", cfg, progress=False)
     in_scenes = [s for s in rec["shots"] if s["scene"] is not None and not s["dropped"].startswith("a scene of")]
     assert in_scenes and all(s["dropped"].startswith("captioning failed: the captioner's answer is not the JSON")
