@@ -243,3 +243,24 @@ def test_curation_on_a_local_ray_instance_matches_the_process(film, tmp_path):
     strip = lambda r: [(s["start"], s["end"], s["scene"], s["dropped"], s["caption"]) for s in r["shots"]]  # noqa: E731
     assert strip(with_ray[0]) == strip(alone[0]) == strip(with_ray[1])
     assert len(list(read_samples(tmp_path / "ray"))) == 2 * len(alone[0]["samples"])
+
+
+def test_samples_can_carry_the_models_latents_and_prompt_embeddings(film, tmp_path):
+    """latents.model=synth: each shot's VAE latents at the built-in model's 64x64 and each prompt's
+    embedding, in the sample, equal to what the model computes from the clip itself."""
+    from filmweaver.models import load_models
+
+    path, _ = film
+    cfg = CurateConfig.model_validate({**SYNTH, "shots": {"detector": "pyscenedetect"}, "latents": {"model": "synth"}})
+    curate([path], tmp_path / "ds", cfg, progress=False)
+    sample = next(read_samples(tmp_path / "ds"))
+    models = load_models("synth")
+    assert sorted(sample["latents"]) == [f"shot_{i + 1:03d}" for i in range(len(sample["clips"]))]
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(sample["clips"][0])
+    frames, _ = read_video(clip)
+    frames = torch.nn.functional.interpolate(frames, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    expected = models.codec.encode(frames.permute(1, 0, 2, 3)[None])[0]
+    torch.testing.assert_close(sample["latents"]["shot_001"], expected, rtol=1e-4, atol=1e-4)
+    prompt = parse_story(sample["script"]).shots()[0].prompt
+    torch.testing.assert_close(sample["text"]["shot_001"], models.prompt_encoder.encode([prompt])[0].float())

@@ -55,11 +55,22 @@ class Captions(_Section):
         "'yes', or 'no: ' followed by a corrected, specific caption.")
 
 
+class Latents(_Section):
+    """Precomputed model inputs in each sample (what training would otherwise compute every epoch)."""
+
+    model: str | None = None  # None: none; "synth" / "tiny" / a Wan preset, or a diffusers directory / hub id
+    preset: str | None = None  # with model = a directory of a Wan release: its preset (its settings)
+    height: int | None = None  # default: the model's own resolution
+    width: int | None = None
+    text: bool = True  # the shots' prompt embeddings too
+
+
 class CurateConfig(_Section):
     shots: ShotDetection = Field(default_factory=ShotDetection)
     filters: Filters = Field(default_factory=Filters)
     scenes: Scenes = Field(default_factory=Scenes)
     captions: Captions = Field(default_factory=Captions)
+    latents: Latents = Field(default_factory=Latents)
     clip_height: int = 480  # clips are written at this height (never enlarged), the width in proportion
     samples_per_shard: int = 64
     device: str = "cpu"

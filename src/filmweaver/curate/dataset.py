@@ -13,6 +13,8 @@ Layout of ``DATASET/``::
         KEY.shot_001.mp4 ... its shots' clips, in order
         KEY.provenance.json  source file and digest, each shot's frame and time range, detector scores,
                              the captioner and each caption's validation
+        KEY.latents.safetensors, KEY.text.safetensors   (latents.model set) each shot's VAE latents
+                             and prompt embedding, by that model at its resolution
     videos/STEM.json         the video's record: every detected shot, kept or dropped and why (written
                              last: a video with a record is done)
     index.json               every sample: key, shard, shots; report.html: the pictures
@@ -26,6 +28,8 @@ import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from safetensors.torch import load
 
 from filmweaver.curate.captions import SceneCaptions
 from filmweaver.io import atomic_path
@@ -57,11 +61,12 @@ class ShardWriter:
         self.pending: list[tuple[str, list[tuple[str, bytes]]]] = []
         self.written: list[str] = []
 
-    def add(self, script: dict, clips: list[Path], provenance: dict) -> str:
+    def add(self, script: dict, clips: list[Path], provenance: dict, extra: list[tuple[str, bytes]] = ()) -> str:
+        """One sample; ``extra``: more (suffix, bytes) members (precomputed latents, text embeddings)."""
         key = sample_key(script["story_name"])
         files = [("script.json", json.dumps(script, indent=1).encode()),
                  *((f"shot_{i + 1:03d}.mp4", Path(c).read_bytes()) for i, c in enumerate(clips)),
-                 ("provenance.json", json.dumps({"format": FORMAT, **provenance}, indent=1).encode())]
+                 ("provenance.json", json.dumps({"format": FORMAT, **provenance}, indent=1).encode()), *extra]
         self.pending.append((key, files))
         if len(self.pending) == self.per_shard:
             self._flush()
@@ -86,7 +91,8 @@ class ShardWriter:
 
 def read_samples(dataset: str | Path) -> Iterator[dict]:
     """Every sample of a dataset, in shard order: ``{"key", "script", "provenance", "clips": [bytes]}``
-    (through ``webdataset``, as a training loader reads the shards)."""
+    plus ``latents`` / ``text`` (``{shot_NNN: tensor}``) where they were precomputed (through
+    ``webdataset``, as a training loader reads the shards)."""
     import webdataset as wds
 
     shards = sorted(str(p) for p in (Path(dataset) / "shards").glob("*.tar"))
@@ -94,5 +100,9 @@ def read_samples(dataset: str | Path) -> Iterator[dict]:
         return
     for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
         clips = [sample[k] for k in sorted(k for k in sample if k.startswith("shot_") and k.endswith(".mp4"))]
-        yield {"key": sample["__key__"], "script": json.loads(sample["script.json"]),
+        out = {"key": sample["__key__"], "script": json.loads(sample["script.json"]),
                "provenance": json.loads(sample["provenance.json"]), "clips": clips}
+        for name in ("latents", "text"):
+            if f"{name}.safetensors" in sample:
+                out[name] = load(sample[f"{name}.safetensors"])
+        yield out

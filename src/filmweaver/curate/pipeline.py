@@ -36,6 +36,7 @@ from filmweaver.curate import filters as F
 from filmweaver.curate.captions import CaptionError, SceneCaptions, make_captioner
 from filmweaver.curate.config import CurateConfig
 from filmweaver.curate.dataset import ShardWriter, sample_script
+from filmweaver.curate.latents import LatentEncoder
 from filmweaver.curate.report import write_contact_sheet, write_report
 from filmweaver.curate.scenes import group_scenes
 from filmweaver.curate.shots import ShotSpan, make_shot_detector
@@ -55,6 +56,7 @@ class Tools:
     people: object | None
     embedder: object
     captioner: object | None
+    latents: object | None = None  # LatentEncoder, where latents.model is set
 
     @classmethod
     def load(cls, cfg: CurateConfig) -> Tools:
@@ -66,9 +68,10 @@ class Tools:
         embedder = (import_factory(cfg.scenes.embedder, "scene embedder", "scenes.embedder")(device=cfg.device)
                     if ":" in cfg.scenes.embedder and not Path(cfg.scenes.embedder).exists()
                     else load_clip_judge(cfg.scenes.embedder, cfg.device))
+        latents = LatentEncoder(cfg.latents, cfg.device) if cfg.latents.model else None
         return cls(make_shot_detector(s.detector, cfg.device, **options),
                    make_detector(cfg.filters.people_detector, device=cfg.device), embedder,
-                   make_captioner(cfg.captions.captioner, cfg.device))
+                   make_captioner(cfg.captions.captioner, cfg.device), latents)
 
 
 @dataclasses.dataclass
@@ -181,7 +184,8 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools) -> dict
             provenance = {"source": str(path), "digest": record["digest"], "scene": j + 1,
                           "shots": [dataclasses.asdict(shots[k]) for k in members],
                           "detector": detection["detector"], "captioner": getattr(tools.captioner, "name", None)}
-            key = writer.add(script, [clips[k] for k in members], provenance)
+            extra = tools.latents.files([clips[k] for k in members], caps.shots) if tools.latents else []
+            key = writer.add(script, [clips[k] for k in members], provenance, extra)
             record["samples"].append({"key": key, "scene": j + 1, "shots": [shots[k].number for k in members]})
         record["shards"] = writer.close()
         record["status"] = "done"
