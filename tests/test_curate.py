@@ -153,6 +153,23 @@ def test_bad_videos_are_reported_and_the_good_one_is_curated(film, tmp_path):
     assert "skipped:" in r.output and "empty file" in r.output
     html = (tmp_path / "ds" / "report.html").read_text()
     assert "empty file" in html and "good" in html
+    # a second run tries none of them again, the unusable ones included
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ds" / "videos").glob("*.json")}
+    r = CliRunner().invoke(app, ["curate", str(src), "-o", str(tmp_path / "ds"), "--quiet", "--workers", "1",
+                                 "--set", "captions.captioner=none", "--set", "filters.people_detector=none",
+                                 "--set", "shots.detector=pyscenedetect"])
+    assert r.exit_code == 0 and stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ds" / "videos").glob("*.json")}
+    # a damaged record is redone; so is a video curated with other settings
+    (tmp_path / "ds" / "videos" / "good.json").write_text("{not json")
+    r = CliRunner().invoke(app, ["curate", str(src / "good.mp4"), "-o", str(tmp_path / "ds"), "--quiet",
+                                 "--set", "captions.captioner=none", "--set", "filters.people_detector=none",
+                                 "--set", "shots.detector=pyscenedetect"])
+    assert r.exit_code == 0 and json.loads((tmp_path / "ds" / "videos" / "good.json").read_text())["status"] == "done"
+    r = CliRunner().invoke(app, ["curate", str(src / "good.mp4"), "-o", str(tmp_path / "ds"), "--quiet",
+                                 "--set", "captions.captioner=none", "--set", "filters.people_detector=none",
+                                 "--set", "shots.detector=pyscenedetect", "--set", "filters.min_shot_seconds=0.5"])
+    redone = json.loads((tmp_path / "ds" / "videos" / "good.json").read_text())
+    assert r.exit_code == 0 and redone["config"]["filters"]["min_shot_seconds"] == 0.5
 
 
 def test_crowded_shots_are_dropped_by_a_plugged_in_people_detector(tmp_path):

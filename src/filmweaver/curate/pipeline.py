@@ -145,10 +145,11 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools) -> dict
     stem = path.stem
     record = {"video": str(path), "stem": stem, "status": "error", "shots": [], "samples": [], "config": cfg.model_dump()}
     shots: list[ShotRecord] = []
+    if path.is_file() and path.stat().st_size:
+        record["digest"] = file_digest(path)  # before probing: a file that is not a video is not tried again
     try:
         info = probe_video(path)
         record["info"] = info.to_dict()
-        record["digest"] = file_digest(path)
         # 2. shots
         spans, detection = tools.shots.detect(path)
         record["detection"] = detection
@@ -285,14 +286,23 @@ def _run_in_worker(args: tuple[str, str]) -> dict:
     return curate_video(Path(path), Path(out), _WORKER["cfg"], _WORKER["tools"])
 
 
-def is_done(path: Path, out: Path) -> bool:
-    """The video has a finished record made from this very file."""
+def _settings(config: dict) -> dict:
+    """The settings that change a video's result (not where or how fast it runs)."""
+    return {k: v for k, v in config.items() if k not in ("workers", "device")}
+
+
+def is_done(path: Path, out: Path, cfg: CurateConfig) -> bool:
+    """The video has a finished record made from this very file with these settings."""
     rec = out / "videos" / f"{path.stem}.json"
     if not rec.is_file():
         return False
-    data = json.loads(rec.read_text())
-    return data.get("status") in ("done", "error") and data.get("digest") == (file_digest(path) if path.is_file()
-                                                                             and path.stat().st_size else None)
+    try:
+        data = json.loads(rec.read_text())
+    except json.JSONDecodeError:  # damaged: redone
+        return False
+    digest = file_digest(path) if path.is_file() and path.stat().st_size else None
+    return (data.get("status") in ("done", "error") and data.get("digest") == digest
+            and _settings(data.get("config", {})) == _settings(cfg.model_dump()))
 
 
 class _RayCurator:
@@ -345,7 +355,7 @@ def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool =
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
         raise ValueError(f"two inputs share the name {twice[0]!r}: rename one (outputs are named by it)")
-    todo = [v for v in videos if force or not is_done(v, out)]
+    todo = [v for v in videos if force or not is_done(v, out, cfg)]
     workers = cfg.workers or default_workers(len(todo))
     if ray_address and todo:
         _curate_with_ray(todo, out, cfg, ray_address, workers)
