@@ -23,7 +23,7 @@ from filmweaver.synth.feature_film import write_film
 
 SYNTH = {"captions": {"captioner": "filmweaver.synth.captioner:probe_captioner"},
          "filters": {"people_detector": "none"},
-         "scenes": {"embedder": "filmweaver.synth.captioner:probe_embedder", "similarity": 0.62}}
+         "scenes": {"embedder": "filmweaver.synth.captioner:probe_embedder", "similarity": 0.66}}
 
 
 @pytest.fixture(scope="module")
