@@ -126,3 +126,23 @@ def tiny_vlm(directory) -> str:
     LlavaForConditionalGeneration(config).save_pretrained(directory)
     processor.save_pretrained(directory)
     return str(directory)
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str | None:
+    """A headless-capable Chromium on this machine (Debian's ``chromium``), or None."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def dump_dom(page, profile, budget_ms: int = 10000) -> str:
+    """The DOM of a local HTML page after its scripts ran, as headless Chromium sees it."""
+    import subprocess
+
+    return subprocess.run([chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+                           "--dump-dom", Path(page).resolve().as_uri()], capture_output=True, text=True,
+                          timeout=120).stdout

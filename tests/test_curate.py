@@ -122,6 +122,10 @@ def test_curate_a_film_into_samples_checked_against_its_truth(film, tmp_path):
         assert len(descriptions) == 1  # captioned as a group: one description of the character a scene
     assert words_right / total >= 0.9
     assert (out / "report.html").is_file() and (out / "report" / "film-7.png").is_file()
+    from helpers import chromium, dump_dom
+
+    if chromium() is not None:  # the report's contact sheet loads in a browser
+        assert 'data-images-ok="1"' in dump_dom(out / "report.html", tmp_path / "chrome")
     # a second run keeps the finished video as it is
     before = (out / "videos" / "film-7.json").stat().st_mtime_ns
     curate([path], out, CurateConfig.model_validate(SYNTH), progress=False)

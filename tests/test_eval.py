@@ -2,13 +2,13 @@
 the benchmark runner and its HTML report in a real browser."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import CHROME_FLAGS, chromium
 from typer.testing import CliRunner
 
 from filmweaver.eval import metrics as M
@@ -209,12 +209,8 @@ def test_keyframe_first_generates_an_anchor_then_animates(tmp_path):
 
 
 # -- benchmark --------------------------------------------------------------------------------------
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.mark.slow
@@ -257,7 +253,7 @@ def test_benchmark_writes_reports_resumes_and_renders(tmp_path):
     assert (mp4.stat().st_mtime_ns, (out / "runs/storymem/s1/metrics.json").stat().st_mtime_ns) == before
     assert again["means"] == report["means"]
 
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); report files checked above")
     page = (out / "report.html").resolve().as_uri()

@@ -66,6 +66,11 @@ def write_report(records: list[dict], out: Path) -> None:
         if rows:
             parts.append("<details><summary>shots</summary><table><tr><th>shot</th><th>time</th><th>scene</th>"
                          f"<th>kept / dropped</th><th>caption</th><th>validation</th></tr>{rows}</table></details>")
+    # the page checks in the browser that every picture loaded: <body data-images-ok> = their count or the failures
+    parts.append(
+        "<script>window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.complete||"
+        "i.naturalWidth===0).map(i=>i.getAttribute('src'));document.body.dataset.imagesOk=bad.length?'FAILED '+"
+        "bad.join(' '):String(document.images.length);});</script>")
     parts.append("</body></html>")
     with atomic_path(out / "report.html") as tmp:
         Path(tmp).write_text("\n".join(parts))
