@@ -15,6 +15,7 @@ class ShotDetection(_Section):
     threshold: float = 0.5  # transnetv2: transition probability above which a frame is a transition
     adaptive_threshold: float = 3.0  # pyscenedetect: AdaptiveDetector's
     fade_threshold: float = 12.0  # pyscenedetect: ThresholdDetector's mean-pixel level of "black"
+    min_shot_frames: int = 8  # pyscenedetect: no cut closer than this to the last one
 
 
 class Filters(_Section):

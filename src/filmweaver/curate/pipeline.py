@@ -64,7 +64,8 @@ class Tools:
 
         s = cfg.shots
         options = {"threshold": s.threshold} if s.detector == "transnetv2" else {
-            "adaptive_threshold": s.adaptive_threshold, "fade_threshold": s.fade_threshold}
+            "adaptive_threshold": s.adaptive_threshold, "fade_threshold": s.fade_threshold,
+            "min_shot_frames": s.min_shot_frames}
         embedder = (import_factory(cfg.scenes.embedder, "scene embedder", "scenes.embedder")(device=cfg.device)
                     if ":" in cfg.scenes.embedder and not Path(cfg.scenes.embedder).exists()
                     else load_clip_judge(cfg.scenes.embedder, cfg.device))
