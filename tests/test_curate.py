@@ -285,3 +285,20 @@ def test_samples_can_carry_the_models_latents_and_prompt_embeddings(film, tmp_pa
     torch.testing.assert_close(sample["latents"]["shot_001"], expected, rtol=1e-4, atol=1e-4)
     prompt = parse_story(sample["script"]).shots()[0].prompt
     torch.testing.assert_close(sample["text"]["shot_001"], models.prompt_encoder.encode([prompt])[0].float())
+
+
+def test_static_and_duplicate_filters_are_optional_and_say_why():
+    from filmweaver.curate import filters as F
+    from filmweaver.curate.config import Filters
+
+    still = torch.full((3, 3, 16, 16), 0.5)
+    moving = torch.stack([torch.full((3, 16, 16), v) for v in (0.2, 0.5, 0.8)])
+    assert F.is_static(still, Filters()) is None  # off by default
+    on = Filters(drop_static=True, drop_duplicates=True)
+    assert F.is_static(still, on).startswith("static (change 0.0000") and F.is_static(moving, on) is None
+    e = torch.nn.functional.normalize(torch.tensor([1.0, 0.1]), dim=0)
+    kept = [(3, torch.tensor([1.0, 0.0])), (5, torch.tensor([0.0, 1.0]))]
+    assert F.duplicate_of(e, kept, on).startswith("near-duplicate of shot 3 (cosine 0.995")
+    assert F.duplicate_of(torch.nn.functional.normalize(torch.tensor([1.0, 1.0]), dim=0), kept, on) is None
+    assert F.too_short(11, 12.0, Filters()) == "shorter than 1 s (0.92 s)" and F.too_short(12, 12.0, Filters()) is None
+    assert F.too_crowded([1, 4, 2], Filters()) == "4 people (more than 3)" and F.too_crowded([3], Filters()) is None
