@@ -41,6 +41,7 @@ from filmweaver.curate.report import write_contact_sheet, write_report
 from filmweaver.curate.scenes import group_scenes
 from filmweaver.curate.shots import ShotSpan, make_shot_detector
 from filmweaver.curate.video import FrameStream, VideoError, probe_video
+from filmweaver.eval.judges import import_factory, load_clip_judge
 from filmweaver.io import VideoWriter, file_digest, write_json
 from filmweaver.memory.detect import make_detector
 from filmweaver.progress import progress_bar
@@ -60,8 +61,6 @@ class Tools:
 
     @classmethod
     def load(cls, cfg: CurateConfig) -> Tools:
-        from filmweaver.eval.judges import import_factory, load_clip_judge
-
         s = cfg.shots
         options = {"threshold": s.threshold} if s.detector == "transnetv2" else {
             "adaptive_threshold": s.adaptive_threshold, "fade_threshold": s.fade_threshold,
