@@ -7,6 +7,7 @@ sets it) and the output is a terminal: a piped or logged run gets no bars (tqdm'
 from __future__ import annotations
 
 import os
+import sys
 
 from tqdm.auto import tqdm
 
@@ -15,3 +16,9 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     """``tqdm(iterable, **kwargs)``, off unless ``enabled``, off under ``TQDM_DISABLE``, off off a terminal."""
     quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
     return tqdm(iterable, disable=True if (quiet or not enabled) else None, **kwargs)
+
+
+def shows_progress(enabled: bool = True) -> bool:
+    """Whether :func:`progress_bar` would draw: for libraries that take a plain on/off switch."""
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    return enabled and not quiet and sys.stderr.isatty()

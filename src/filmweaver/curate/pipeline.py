@@ -100,7 +100,7 @@ def clip_size(width: int, height: int, max_height: int) -> tuple[int, int]:
 
 
 def split_clips(path: Path, spans: list[ShotSpan], keep: set[int], work: Path, size: tuple[int, int], fps: float,
-                samples_per_shot: int) -> tuple[dict[int, torch.Tensor], dict[int, Path], str | None]:
+                samples_per_shot: int, progress: bool = False) -> tuple[dict[int, torch.Tensor], dict[int, Path], str | None]:
     """One streaming pass: the clip of each shot in ``keep`` written to ``work``, and ``samples_per_shot``
     evenly spaced frames of it (``[S, 3, H, W]`` in [0, 1]). Returns samples, clips and a decode error."""
     owner = np.full(max((s.end for s in spans), default=0), -1)
@@ -111,7 +111,8 @@ def split_clips(path: Path, spans: list[ShotSpan], keep: set[int], work: Path, s
     samples: dict[int, list[np.ndarray]] = {k: [] for k in keep}
     writers: dict[int, VideoWriter] = {}
     clips: dict[int, Path] = {}
-    stream = FrameStream(path, size=size)
+    stream = FrameStream(path, size=size, progress=f"clips {path.name}" if progress else None,
+                         total=spans[-1].end if spans else None)
     try:
         for t, frame in enumerate(stream):
             k = int(owner[t]) if t < len(owner) else -1
@@ -139,7 +140,7 @@ def _people(tools: Tools, frames: torch.Tensor) -> int:
     return max((len(b) for b in tools.people.detect(frames)), default=0)
 
 
-def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools) -> dict:
+def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools, progress: bool = False) -> dict:
     """Curate one video into ``out``; returns (and writes, last) its record ``videos/STEM.json``."""
     t0 = time.perf_counter()
     stem = path.stem
@@ -151,7 +152,7 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools) -> dict
         info = probe_video(path)
         record["info"] = info.to_dict()
         # 2. shots
-        spans, detection = tools.shots.detect(path)
+        spans, detection = tools.shots.detect(path, progress=progress)
         record["detection"] = detection
         if not spans:
             raise VideoError(f"{path}: no frames could be decoded")
@@ -165,7 +166,7 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools) -> dict
         keep = {k for k, s in enumerate(shots) if s.dropped is None}
         samples_per_shot = max(cfg.filters.people_frames, cfg.captions.frames_per_shot, 2)
         samples, clips, decode_error = split_clips(path, spans, keep, work, clip_size(info.width, info.height,
-                                                   cfg.clip_height), fps, samples_per_shot)
+                                                   cfg.clip_height), fps, samples_per_shot, progress)
         if decode_error or detection.get("decode_error"):
             record["decode_error"] = decode_error or detection.get("decode_error")
         for k in keep - set(clips):
@@ -371,7 +372,7 @@ def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool =
         tools = Tools.load(cfg) if todo else None
         for v in todo:
             bar.set_postfix_str(v.name)
-            curate_video(v, out, cfg, tools)
+            curate_video(v, out, cfg, tools, progress)  # bars over its frames too (the pool's workers show none)
             bar.update(1)
     bar.close()
     records = [json.loads((out / "videos" / f"{v.stem}.json").read_text()) for v in videos]

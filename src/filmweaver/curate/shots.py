@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from filmweaver.curate.video import FrameStream, VideoError
+from filmweaver.progress import shows_progress
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class ShotSpan:
 class ShotDetector(Protocol):
     name: str
 
-    def detect(self, path: str | Path) -> tuple[list[ShotSpan], dict]:
-        """The shots of one video, and facts for the provenance (frames decoded, errors...)."""
+    def detect(self, path: str | Path, progress: bool = False) -> tuple[list[ShotSpan], dict]:
+        """The shots of one video, and facts for the provenance (frames decoded, errors...); ``progress``:
+        a bar over its frames."""
         ...
 
 
@@ -159,8 +161,9 @@ class TransNetV2Detector:
             run()
         return (np.concatenate(out) if out else np.zeros(0, np.float32))[:count]
 
-    def detect(self, path: str | Path) -> tuple[list[ShotSpan], dict]:
-        stream = FrameStream(path, size=self.size)
+    def detect(self, path: str | Path, progress: bool = False) -> tuple[list[ShotSpan], dict]:
+        stream = FrameStream(path, size=self.size, progress=f"shots {Path(path).name}" if progress else None,
+                             total=_frame_count(path) if progress else None)
         probs = self.probabilities(stream)
         spans = spans_from_transitions(probs > self.threshold, probs)
         return spans, {"frames_decoded": stream.decoded, "decode_error": stream.error,
@@ -176,21 +179,28 @@ class SceneDetectDetector:
         self.adaptive_threshold, self.fade_threshold, self.min_shot_frames = (adaptive_threshold, fade_threshold,
                                                                               min_shot_frames)
 
-    def detect(self, path: str | Path) -> tuple[list[ShotSpan], dict]:
+    def detect(self, path: str | Path, progress: bool = False) -> tuple[list[ShotSpan], dict]:
         from scenedetect import AdaptiveDetector, SceneManager, ThresholdDetector, open_video
 
-        video = open_video(str(path), backend="pyav")
+        # suppress_output: else PySceneDetect hands FFmpeg's logging back to stderr for the whole process
+        video = open_video(str(path), backend="pyav", suppress_output=True)
         manager = SceneManager()
         manager.add_detector(AdaptiveDetector(adaptive_threshold=self.adaptive_threshold,
                                               min_scene_len=self.min_shot_frames))
         manager.add_detector(ThresholdDetector(threshold=self.fade_threshold, min_scene_len=self.min_shot_frames,
                                                add_final_scene=True))
-        decoded = manager.detect_scenes(video=video, show_progress=False)
+        decoded = manager.detect_scenes(video=video, show_progress=shows_progress(progress))
         scenes = manager.get_scene_list(start_in_scene=True)
         spans = [ShotSpan(a.frame_num, b.frame_num) for a, b in scenes if b.frame_num > a.frame_num]
         return spans, {"frames_decoded": int(decoded), "decode_error": None,
                        "detector": {"name": self.name, "adaptive_threshold": self.adaptive_threshold,
                                     "fade_threshold": self.fade_threshold}}
+
+
+def _frame_count(path) -> int | None:
+    from filmweaver.curate.video import probe_video
+
+    return probe_video(path).frames
 
 
 DETECTORS = {"transnetv2": TransNetV2Detector, "pyscenedetect": SceneDetectDetector}

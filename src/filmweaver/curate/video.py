@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from filmweaver.progress import progress_bar
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
 
 
@@ -64,8 +66,10 @@ class FrameStream:
     ``size = (width, height)`` by FFmpeg's scaler. After iterating, ``decoded`` counts the frames and
     ``error`` says why decoding stopped early (``None``: the whole file decoded)."""
 
-    def __init__(self, path: str | Path, size: tuple[int, int] | None = None):
+    def __init__(self, path: str | Path, size: tuple[int, int] | None = None, progress: str | None = None,
+                 total: int | None = None):
         self.path, self.size = str(path), size
+        self.progress, self.total = progress, total  # a progress bar's label (None: none), frames expected
         self.decoded = 0
         self.error: str | None = None
 
@@ -73,6 +77,7 @@ class FrameStream:
         import av
 
         self.decoded, self.error = 0, None
+        bar = progress_bar(total=self.total, desc=self.progress, unit="frame", leave=False, enabled=bool(self.progress))
         try:
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
@@ -84,9 +89,12 @@ class FrameStream:
                     else:
                         arr = frame.to_ndarray(format="rgb24")
                     self.decoded += 1
+                    bar.update(1)
                     yield arr
         except av.error.FFmpegError as e:
             self.error = f"decoding stopped after frame {self.decoded} ({type(e).__name__}: {e.strerror or e})"
+        finally:
+            bar.close()
 
 
 def find_videos(inputs: list[str | Path]) -> list[Path]:
