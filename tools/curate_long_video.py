@@ -17,9 +17,10 @@ from filmweaver.io import VideoWriter
 
 DETECT = """
 import json, sys, time
+from filmweaver.curate.config import ShotDetection
 from filmweaver.curate.shots import make_shot_detector
 t = time.perf_counter()
-spans, info = make_shot_detector(sys.argv[2]).detect(sys.argv[1])
+spans, info = make_shot_detector(ShotDetection(detector=sys.argv[2])).detect(sys.argv[1])
 print(json.dumps({"shots": len(spans), "frames": info["frames_decoded"], "seconds": time.perf_counter() - t}))
 """
 

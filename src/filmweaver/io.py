@@ -321,6 +321,14 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
+# For a report page a browser test opens: when the page has loaded, <body data-images-ok> holds the count
+# of its images (or "FAILED" and those that did not load), and data-js-error any script error
+PAGE_CHECK_SCRIPT = (
+    "<script>window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.complete||i.naturalWidth===0)"
+    ".map(i=>i.getAttribute('src'));document.body.dataset.imagesOk=bad.length?'FAILED '+bad.join(' '):String(document.images.length);"
+    "});window.addEventListener('error',e=>{document.body.dataset.jsError=String(e.message)});</script>")
+
+
 def contact_sheet(rows: list[tuple[str, list[tuple[torch.Tensor, str]]]], title: str = "", thumb: int = 160,
                   banner: str | None = None) -> Image.Image:
     """A grid: one row per item, a caption column, then labelled thumbnails.

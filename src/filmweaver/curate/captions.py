@@ -15,7 +15,6 @@ vision-language model, named as such, which makes the whole pipeline checkable a
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from filmweaver.curate.config import Captions
+from filmweaver.eval.judges import load_plugin
 from filmweaver.script import names_in
 
 
@@ -135,9 +135,5 @@ def make_captioner(spec: str, device: str = "cpu") -> Captioner | None:
     if spec == "none":
         return None
     if ":" in spec and not Path(spec).exists():
-        module, factory = spec.split(":", 1)
-        try:
-            return getattr(importlib.import_module(module), factory)(device=device)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"captioner {spec!r}: {e}") from None
+        return load_plugin(spec, "captioner", "captions.captioner", device)
     return VLMCaptioner(spec, device)

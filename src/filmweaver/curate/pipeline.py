@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -41,12 +40,10 @@ from filmweaver.curate.report import write_contact_sheet, write_report
 from filmweaver.curate.scenes import group_scenes
 from filmweaver.curate.shots import ShotSpan, make_shot_detector
 from filmweaver.curate.video import FrameStream, VideoError, probe_video
-from filmweaver.eval.judges import import_factory, load_clip_judge
+from filmweaver.eval.judges import load_clip_judge, load_plugin
 from filmweaver.io import VideoWriter, file_digest, write_json
 from filmweaver.memory.detect import make_detector
 from filmweaver.progress import progress_bar
-
-log = logging.getLogger("filmweaver")
 
 
 @dataclasses.dataclass
@@ -61,21 +58,17 @@ class Tools:
 
     @classmethod
     def load(cls, cfg: CurateConfig) -> Tools:
-        s = cfg.shots
-        options = {"threshold": s.threshold} if s.detector == "transnetv2" else {
-            "adaptive_threshold": s.adaptive_threshold, "fade_threshold": s.fade_threshold,
-            "min_shot_frames": s.min_shot_frames}
-        embedder = (import_factory(cfg.scenes.embedder, "scene embedder", "scenes.embedder")(device=cfg.device)
+        embedder = (load_plugin(cfg.scenes.embedder, "scene embedder", "scenes.embedder", cfg.device)
                     if ":" in cfg.scenes.embedder and not Path(cfg.scenes.embedder).exists()
                     else load_clip_judge(cfg.scenes.embedder, cfg.device))
         latents = LatentEncoder(cfg.latents, cfg.device) if cfg.latents.model else None
-        return cls(make_shot_detector(s.detector, cfg.device, **options),
+        return cls(make_shot_detector(cfg.shots, cfg.device),
                    make_detector(cfg.filters.people_detector, device=cfg.device), embedder,
                    make_captioner(cfg.captions.captioner, cfg.device), latents)
 
 
 @dataclasses.dataclass
-class ShotRecord:
+class DetectedShot:
     """One detected shot of a source video, as the provenance records it."""
 
     number: int  # 1-based, in the video
@@ -83,7 +76,6 @@ class ShotRecord:
     end: int
     seconds: tuple[float, float]
     score: float | None
-    clip: str | None = None  # relative to the dataset (kept shots' clips end up inside the shards)
     dropped: str | None = None
     people: int | None = None
     static_change: float | None = None
@@ -145,7 +137,7 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools, progres
     t0 = time.perf_counter()
     stem = path.stem
     record = {"video": str(path), "stem": stem, "status": "error", "shots": [], "samples": [], "config": cfg.model_dump()}
-    shots: list[ShotRecord] = []
+    shots: list[DetectedShot] = []
     if path.is_file() and path.stat().st_size:
         record["digest"] = file_digest(path)  # before probing: a file that is not a video is not tried again
     try:
@@ -157,7 +149,7 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools, progres
         if not spans:
             raise VideoError(f"{path}: no frames could be decoded")
         fps = info.fps
-        shots = [ShotRecord(k + 1, s.start, s.end, (round(s.start / fps, 3), round(s.end / fps, 3)), s.score)
+        shots = [DetectedShot(k + 1, s.start, s.end, (round(s.start / fps, 3), round(s.end / fps, 3)), s.score)
                  for k, s in enumerate(spans)]
         for s in shots:
             s.dropped = F.too_short(s.end - s.start, fps, cfg.filters)
@@ -172,9 +164,10 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools, progres
         for k in keep - set(clips):
             shots[k].dropped = "incomplete (the file ends inside it)"
         # 4. filters
-        kept = _filter(shots, samples, clips, tools, cfg)
+        embeddings: dict[int, torch.Tensor] = {}
+        kept = _filter(shots, samples, clips, embeddings, tools, cfg)
         # 5-6. scenes and captions
-        scenes = _scenes(kept, samples, tools, cfg)
+        scenes = _scenes(kept, samples, embeddings, tools, cfg)
         captions = _captions(scenes, shots, samples, tools, cfg)
         write_contact_sheet(out / "report" / f"{stem}.png", f"{path.name}: {len(shots)} shots", shots, samples, scenes)
         # 7. samples
@@ -200,7 +193,15 @@ def curate_video(path: Path, out: Path, cfg: CurateConfig, tools: Tools, progres
     return record
 
 
-def _filter(shots: list[ShotRecord], samples, clips, tools: Tools, cfg: CurateConfig) -> list[int]:
+def _embedding(tools: Tools, frames: torch.Tensor) -> torch.Tensor:
+    """A shot's embedding ``[D]`` (unit): the mean of its sampled frames'."""
+    emb = tools.embedder.embed_images(frames).float().mean(0)
+    return emb / emb.norm()
+
+
+def _filter(shots: list[DetectedShot], samples, clips, embeddings: dict[int, torch.Tensor], tools: Tools,
+            cfg: CurateConfig) -> list[int]:
+    """The shots every filter keeps (``embeddings``: filled with those the duplicate filter computed)."""
     kept, kept_embeddings = [], []
     for k, s in enumerate(shots):
         if s.dropped is not None:
@@ -210,8 +211,7 @@ def _filter(shots: list[ShotRecord], samples, clips, tools: Tools, cfg: CurateCo
         s.static_change = round(F.static_change(frames), 5)
         s.dropped = F.too_crowded([s.people], cfg.filters) or F.is_static(frames, cfg.filters)
         if s.dropped is None and cfg.filters.drop_duplicates:
-            emb = tools.embedder.embed_images(frames).mean(0)
-            emb = emb / emb.norm()
+            emb = embeddings[k] = _embedding(tools, frames)
             s.dropped = F.duplicate_of(emb, kept_embeddings, cfg.filters)
             if s.dropped is None:
                 kept_embeddings.append((s.number, emb))
@@ -222,15 +222,15 @@ def _filter(shots: list[ShotRecord], samples, clips, tools: Tools, cfg: CurateCo
     return kept
 
 
-def _scenes(kept: list[int], samples, tools: Tools, cfg: CurateConfig) -> list[list[int]]:
+def _scenes(kept: list[int], samples, embeddings: dict[int, torch.Tensor], tools: Tools,
+            cfg: CurateConfig) -> list[list[int]]:
     if not kept:
         return []
-    emb = torch.stack([tools.embedder.embed_images(samples[k]).float().mean(0) for k in kept])
-    emb = emb / emb.norm(dim=-1, keepdim=True)
+    emb = torch.stack([embeddings[k] if k in embeddings else _embedding(tools, samples[k]) for k in kept])
     return [[kept[i] for i in scene] for scene in group_scenes(emb, cfg.scenes)]
 
 
-def _captions(scenes: list[list[int]], shots: list[ShotRecord], samples, tools: Tools,
+def _captions(scenes: list[list[int]], shots: list[DetectedShot], samples, tools: Tools,
               cfg: CurateConfig) -> list[SceneCaptions | None]:
     """Each scene's captions (``None``: not a sample, the shots' ``dropped`` says why)."""
     out = []

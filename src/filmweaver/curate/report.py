@@ -5,13 +5,13 @@ middle frame labelled with its number and caption; a last row for the dropped sh
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from filmweaver.io import atomic_path, contact_sheet, save_png, write_json
+from filmweaver.curate.dataset import FORMAT
+from filmweaver.io import PAGE_CHECK_SCRIPT, atomic_path, contact_sheet, save_png, write_json
 
 
 def write_contact_sheet(path: Path, title: str, shots: list, samples: dict[int, torch.Tensor],
@@ -37,7 +37,7 @@ def write_contact_sheet(path: Path, title: str, shots: list, samples: dict[int, 
 
 def write_report(records: list[dict], out: Path) -> None:
     index = [{**s, "video": r["stem"]} for r in records for s in r.get("samples", [])]
-    write_json(out / "index.json", {"format": "filmweaver-curated/1", "samples": index,
+    write_json(out / "index.json", {"format": FORMAT, "samples": index,
                                     "videos": [{"stem": r["stem"], "status": r["status"], "error": r.get("error")}
                                                for r in records]})
     drops = Counter((s.get("dropped") or "").split(" (")[0] for r in records for s in r.get("shots", [])
@@ -66,15 +66,8 @@ def write_report(records: list[dict], out: Path) -> None:
         if rows:
             parts.append("<details><summary>shots</summary><table><tr><th>shot</th><th>time</th><th>scene</th>"
                          f"<th>kept / dropped</th><th>caption</th><th>validation</th></tr>{rows}</table></details>")
-    # the page checks in the browser that every picture loaded: <body data-images-ok> = their count or the failures
-    parts.append(
-        "<script>window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.complete||"
-        "i.naturalWidth===0).map(i=>i.getAttribute('src'));document.body.dataset.imagesOk=bad.length?'FAILED '+"
-        "bad.join(' '):String(document.images.length);});</script>")
+    parts.append(PAGE_CHECK_SCRIPT)  # the browser test reads whether every picture loaded
     parts.append("</body></html>")
     with atomic_path(out / "report.html") as tmp:
         Path(tmp).write_text("\n".join(parts))
 
-
-def load_records(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "videos").glob("*.json"))]

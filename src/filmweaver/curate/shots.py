@@ -25,7 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from filmweaver.curate.video import FrameStream, VideoError
+from filmweaver.curate.config import ShotDetection
+from filmweaver.curate.video import FrameStream, VideoError, probe_video
 from filmweaver.progress import shows_progress
 
 
@@ -163,7 +164,7 @@ class TransNetV2Detector:
 
     def detect(self, path: str | Path, progress: bool = False) -> tuple[list[ShotSpan], dict]:
         stream = FrameStream(path, size=self.size, progress=f"shots {Path(path).name}" if progress else None,
-                             total=_frame_count(path) if progress else None)
+                             total=probe_video(path).frames if progress else None)
         probs = self.probabilities(stream)
         spans = spans_from_transitions(probs > self.threshold, probs)
         return spans, {"frames_decoded": stream.decoded, "decode_error": stream.error,
@@ -194,21 +195,13 @@ class SceneDetectDetector:
         spans = [ShotSpan(a.frame_num, b.frame_num) for a, b in scenes if b.frame_num > a.frame_num]
         return spans, {"frames_decoded": int(decoded), "decode_error": None,
                        "detector": {"name": self.name, "adaptive_threshold": self.adaptive_threshold,
-                                    "fade_threshold": self.fade_threshold}}
+                                    "fade_threshold": self.fade_threshold, "min_shot_frames": self.min_shot_frames}}
 
 
-def _frame_count(path) -> int | None:
-    from filmweaver.curate.video import probe_video
-
-    return probe_video(path).frames
-
-
-DETECTORS = {"transnetv2": TransNetV2Detector, "pyscenedetect": SceneDetectDetector}
-
-
-def make_shot_detector(name: str, device: str = "cpu", **options) -> ShotDetector:
-    if name == "transnetv2":
-        return TransNetV2Detector(device=device, **options)
-    if name == "pyscenedetect":
-        return SceneDetectDetector(**options)
-    raise ValueError(f"shot detector {name!r}: expected one of {', '.join(DETECTORS)}")
+def make_shot_detector(cfg: ShotDetection, device: str = "cpu") -> ShotDetector:
+    """The detector ``cfg.detector`` names, with its settings from ``cfg``."""
+    if cfg.detector == "transnetv2":
+        return TransNetV2Detector(threshold=cfg.threshold, device=device)
+    if cfg.detector == "pyscenedetect":
+        return SceneDetectDetector(cfg.adaptive_threshold, cfg.fade_threshold, cfg.min_shot_frames)
+    raise ValueError(f"shot detector {cfg.detector!r}: expected transnetv2 or pyscenedetect")

@@ -23,6 +23,7 @@ import numpy as np
 from filmweaver.engine.records import ShotRecord
 from filmweaver.eval import metrics as M
 from filmweaver.eval.run import LOWER_IS_BETTER, Judges, evaluate_run, evaluation_inputs, judge_notes
+from filmweaver.io import PAGE_CHECK_SCRIPT, atomic_path, write_json
 from filmweaver.methods import METHODS, method_config
 from filmweaver.parallel import barrier
 from filmweaver.progress import progress_bar
@@ -272,8 +273,6 @@ def _plots(report: dict, out: Path) -> list[str]:
 
 
 def write_reports(report: dict, out: Path) -> None:
-    from filmweaver.io import atomic_path, write_json
-
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
@@ -337,10 +336,7 @@ def render_html(report: dict, out: Path, plots: list[str]) -> str:
             parts.append("<table><tr><th>shot</th><th>prompt</th><th>modes</th><th>shot cache (role, similarity)</th></tr>"
                          + "".join(_shot_memory_rows(project)) + "</table>")
         parts.append("</details>")
-    parts.append(
-        "<script>window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.complete||i.naturalWidth===0)"
-        ".map(i=>i.getAttribute('src'));document.body.dataset.imagesOk=bad.length?'FAILED '+bad.join(' '):String(document.images.length);"
-        "});window.addEventListener('error',e=>{document.body.dataset.jsError=String(e.message)});</script>")
+    parts.append(PAGE_CHECK_SCRIPT)
     parts.append("</body></html>")
     return "\n".join(parts)
 

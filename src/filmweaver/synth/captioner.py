@@ -19,11 +19,44 @@ import torch.nn.functional as F
 from filmweaver.curate.captions import SceneCaptions, Verdict
 from filmweaver.curate.config import Captions
 from filmweaver.models import BUILTIN_MODEL_DIR
+from filmweaver.synth.evaluate import majority
 from filmweaver.synth.probe import AttributeProbe
-from filmweaver.synth.stories import describe_character, describe_place
-from filmweaver.synth.world import CHARACTER_ATTRIBUTES, LOCATION_ATTRIBUTES, Character, Location
+from filmweaver.synth.stories import (
+    ACCESSORY_WORDS,
+    PATTERN_WORDS,
+    TIME_WORDS,
+    describe_character,
+    describe_place,
+)
+from filmweaver.synth.world import (
+    ALL_ATTRIBUTES,
+    CHARACTER_ATTRIBUTES,
+    LOCATION_ATTRIBUTES,
+    Character,
+    Location,
+)
 
 NAME = "Character 1"
+
+# the word of the world's grammar that states each attribute value (None: a value stated by saying
+# nothing: no pattern, no accessory)
+VALUE_WORDS = {k: {v: v for v in values} for k, values in ALL_ATTRIBUTES.items()}
+VALUE_WORDS["pattern"] = {v: (p.split() or [None])[-1] for v, p in PATTERN_WORDS.items()}
+VALUE_WORDS["accessory"] = {v: (a.split() or [None])[-1] for v, a in ACCESSORY_WORDS.items()}
+VALUE_WORDS["time"] = {v: t.split()[-1] for v, t in TIME_WORDS.items()}
+
+
+def caption_words(caption: str) -> set[str]:
+    return set(caption.lower().replace(",", " ").replace(".", " ").split())
+
+
+def states(words: set[str], attribute: str, value: str) -> bool:
+    """Whether a caption's ``words`` state ``value`` of ``attribute``: its word, or for a value said by
+    saying nothing, none of the other values' words."""
+    word = VALUE_WORDS[attribute][value]
+    if word is not None:
+        return word in words
+    return not any(w in words for w in VALUE_WORDS[attribute].values() if w)
 
 
 def probe_input(frames: torch.Tensor) -> torch.Tensor:
@@ -43,8 +76,7 @@ class ProbeCaptioner:
     def read(self, frames: torch.Tensor) -> dict[str, str]:
         """Majority attribute values over ``frames [N, 3, H, W]``."""
         pred = self.probe.predict(probe_input(frames).to(next(self.probe.parameters()).device))
-        vocab = {**CHARACTER_ATTRIBUTES, **LOCATION_ATTRIBUTES}
-        return {k: vocab[k][int(torch.bincount(v.cpu()).argmax())] for k, v in pred.items()}
+        return {k: ALL_ATTRIBUTES[k][majority(v.cpu())] for k, v in pred.items()}
 
     @staticmethod
     def caption(character: dict[str, str], place: dict[str, str]) -> str:
@@ -63,12 +95,10 @@ class ProbeCaptioner:
         return SceneCaptions(captions, characters, [[NAME] for _ in shots])
 
     def validate(self, frames: torch.Tensor, caption: str, cfg: Captions) -> Verdict:
-        own = self.read(frames)
-        words = set(caption.lower().replace(",", " ").replace(".", " ").split())
-        disputed = [f"{k} {own[k]}" for k in CHARACTER_ATTRIBUTES
-                    if k != "pattern" and own[k] != "none" and own[k] not in words]
-        if own["pattern"] != "plain" and {"striped": "stripes", "dotted": "dots"}[own["pattern"]] not in words:
-            disputed.append(f"pattern {own['pattern']}")
+        own, words = self.read(frames), caption_words(caption)
+        # what the shot shows and the caption leaves out (a missing "no accessory" is no dispute)
+        disputed = [f"{k} {own[k]}" for k in ("shape", "colour", "accessory", "pattern")
+                    if VALUE_WORDS[k][own[k]] is not None and not states(words, k, own[k])]
         if len(disputed) >= 2:
             return Verdict(None, "the shot reads otherwise: " + ", ".join(disputed))
         return Verdict(caption, "ok" if not disputed else f"ok ({disputed[0]} disputed)")

@@ -24,8 +24,9 @@ from filmweaver.curate import CurateConfig, curate
 from filmweaver.curate.shots import SceneDetectDetector, TransNetV2Detector, boundaries
 from filmweaver.eval.metrics import adjusted_rand_index, boundary_f1
 from filmweaver.io import VideoWriter, write_json
+from filmweaver.synth.captioner import caption_words, states
 from filmweaver.synth.feature_film import write_film
-from filmweaver.synth.world import CHARACTER_ATTRIBUTES, LOCATION_ATTRIBUTES
+from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, LOCATION_ATTRIBUTES
 
 # shot-detector thresholds tuned on three development films (seeds 0-2; held-out films start at 5,000,000):
 # TransNetV2's transition probability is near 0 away from cuts, and cuts between two shots of one flat
@@ -36,19 +37,10 @@ SYNTH_CURATION = {"captions": {"captioner": "filmweaver.synth.captioner:probe_ca
                   "filters": {"people_detector": "none"},
                   # the middle of the similarities (0.62-0.70) that grouped the development films' scenes exactly
                   "scenes": {"embedder": "filmweaver.synth.captioner:probe_embedder", "similarity": 0.66}}
-PATTERN_WORD = {"striped": "stripes", "dotted": "dots"}
-TIME_WORD = {"day": "day", "dusk": "dusk", "night": "night"}
-
-
 def caption_matches(caption: str, spec: dict) -> dict[str, bool]:
     """Which of the shot's true attributes its caption states (the world's grammar)."""
-    words = set(caption.replace(",", " ").replace(".", " ").split())
-    c, loc = spec["character"], spec["location"]
-    out = {"shape": c["shape"] in words, "colour": c["colour"] in words,
-           "pattern": (not words & {"stripes", "dots"}) if c["pattern"] == "plain" else PATTERN_WORD[c["pattern"]] in words,
-           "accessory": (not words & {"hat", "scarf"}) if c["accessory"] == "none" else c["accessory"] in words}
-    out.update({"props": loc["props"] in words, "ground": loc["ground"] in words, "time": TIME_WORD[loc["time"]] in words})
-    return out
+    words, truth = caption_words(caption), {**spec["character"], **spec["location"]}
+    return {k: states(words, k, truth[k]) for k in ALL_ATTRIBUTES}
 
 
 def _truth_shot(truth: dict, s: dict) -> dict | None:

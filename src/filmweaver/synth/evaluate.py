@@ -91,7 +91,8 @@ def resolve_arm(arm: str) -> tuple[str, dict]:
     return run or run_name, overrides
 
 
-def _majority(pred: torch.Tensor) -> int:
+def majority(pred: torch.Tensor) -> int:
+    """The most frequent class index of ``pred [N]``."""
     return int(torch.bincount(pred).argmax())
 
 
@@ -103,7 +104,7 @@ def evaluate_project(project_dir: str | Path, script: dict, probe, chunk_frames:
     for i, spec in enumerate(specs):
         frames, _ = read_video(p.shot_video(i))
         pred = probe.predict(frames)
-        read = {k: _majority(v) for k, v in pred.items()}
+        read = {k: majority(v) for k, v in pred.items()}
         truth = {**spec.character.labels(), **spec.location.labels()}
         shot = ShotRecord.from_manifest(p.shot_record(i))
         g = gt["shots"][i]
