@@ -233,3 +233,51 @@ def test_the_cast_recipe_starts_from_the_shipped_model_and_keeps_its_embedder_wh
     res = CliRunner().invoke(app, ["generate", str(tmp_path / "s.json"), "-o", str(tmp_path / "film"), "--model",
                                    str(out / "model"), "--policy", "entity", "--steps", "2"])
     assert res.exit_code == 0, res.output
+
+
+def test_entity_memory_draws_each_characters_least_crowded_appearance_last_in_the_shots_order():
+    """The trainer's entity draw is what the `entity` policy retrieves: per character of the shot (in
+    its order, nearest the generated frames) a keyframe of an earlier shot showing it with the fewest
+    others; the slots before them are ordinary draws."""
+    from filmweaver.synth.architecture import synth_architecture
+    from filmweaver.synth.dataset import render_dataset
+    from filmweaver.train.data import LatentStore
+
+    data = render_dataset(0, 0, first_seed=0, shot_frames=(4,), workers=1, progress=False, cast_stories=6)
+    store = LatentStore.encode(data, synth_architecture(size="test").codec, torch.device("cpu"), progress=False,
+                               dtype=torch.float32)
+    names = data.cast_names
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(20):
+        batch = store.sample("shot", 16, 2, 0, 4, rng, negative_sampling=0.5, entity_memory=1.0)
+        for shot, sources in zip(batch.shot_index.tolist(), batch.memory_source.tolist(), strict=True):
+            story = store.story_shots[int(data.shot_story[shot])]
+            earlier = story[: store.position[shot]]
+            seen = [n for n in names[shot] if any(n in names[e] for e in earlier)]
+            tail = sources[len(sources) - len(seen):]
+            for name, src in zip(seen, tail, strict=True):
+                assert src in earlier and name in names[src]
+                assert len(names[src]) == min(len(names[e]) for e in earlier if name in names[e])
+            checked += len(seen)
+    assert checked > 100
+    # without the entity draw the last slot is often not the shot's own character alone
+    plain = store.sample("shot", 64, 2, 0, 1, np.random.default_rng(1), negative_sampling=0.0)
+    solo = [len(names[s]) == 1 for s in plain.memory_source[:, -1].tolist()]
+    assert not all(solo)
+
+
+def test_the_entity_policy_places_each_characters_own_look_last_in_the_shots_order():
+    from filmweaver.memory.keyframes import Keyframe, KeyframeBank
+    from filmweaver.memory.shot_cache import EntityMemory
+
+    def kf(shot, entities, emb):
+        return Keyframe(torch.zeros(3, 4, 4), torch.nn.functional.normalize(emb, dim=0), source_shot=shot,
+                        entities=tuple(entities))
+
+    prompt = torch.nn.functional.normalize(torch.ones(8), dim=0)
+    bank = KeyframeBank([kf(0, ["Bo"], -torch.ones(8)), kf(1, ["Ada", "Bo"], torch.ones(8)),
+                         kf(2, ["Ada"], -torch.ones(8)), kf(3, [], torch.ones(8))])
+    chosen = EntityMemory(k=3).select(bank, prompt, entities=["Ada", "Bo"])
+    # the crowded frame is not Bo's look though it shows him: each has a solo frame
+    assert [(r.bank_index, r.role) for r in chosen] == [(1, "retrieved"), (2, "entity"), (0, "entity")]

@@ -9,7 +9,7 @@ F=/tmp/carry/files
 PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir"
 mkdir -p /tmp/site /tmp/fa4site
 if [ ! -f /tmp/site/.base ] && $PIP --target /tmp/site $F/diffusers-*.whl $F/pydantic-*.whl $F/pydantic_core-*.whl \
-     $F/annotated_types-*.whl $F/typing_inspection-*.whl 2>/dev/null; then touch /tmp/site/.base; fi
+     $F/annotated_types-*.whl $F/typing_inspection-*.whl $(ls $F/typing_extensions-*.whl 2>/dev/null) 2>/dev/null; then touch /tmp/site/.base; fi
 if [ ! -f /tmp/site/.av ] && ls $F/av-*.whl >/dev/null 2>&1 && $PIP --target /tmp/avsite $F/av-*.whl 2>/dev/null; then
   cp -r /tmp/avsite/* /tmp/site/ && touch /tmp/site/.av
 fi

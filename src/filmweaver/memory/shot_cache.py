@@ -9,11 +9,13 @@ Three policies behind one interface:
   rest up to ``max_size``; the oldest sliding ones drop first.
 * ``entity``: every entity the shot shows is represented: its reference image, else its best earlier
   appearance (least crowded: fewest other entities in the frame; then largest: its box, or its share
-  of the frame; then first), one keyframe each (a keyframe may stand for several); the remaining slots
-  up to ``k`` go by prompt similarity, as ``topk``.
+  of the frame; then first), one keyframe each (a keyframe may stand for several only when it is
+  each one's best); the remaining slots up to ``k`` go by prompt similarity, as ``topk``.
 
-Both return the chosen entries in bank (story) order, so that their temporal positions follow the
-story, with each one's prompt similarity for the manifest and the memory sheets.
+``topk`` and ``sink_window`` return the chosen entries in bank (story) order, so that their temporal
+positions follow the story; ``entity`` returns the similarity fill in bank order, then one keyframe
+per entity in the order the shot names them (nearest the generated frames: the trainer places them
+the same way), each with its prompt similarity for the manifest and the memory sheets.
 """
 
 from __future__ import annotations
@@ -137,23 +139,23 @@ class EntityMemory:
     name: str = "entity"
 
     def select(self, bank, prompt_embedding=None, required=None, entities=None):
-        guaranteed = list(dict.fromkeys(required or []))
-        covered = {bank.entries[i].label for i in guaranteed if bank.entries[i].kind == "reference"}
+        required = list(dict.fromkeys(required or []))
+        referenced = {bank.entries[i].label for i in required if bank.entries[i].kind == "reference"}
+        # each entity its own best appearance (a crowded frame does not stand for an entity that was
+        # seen alone: one look per name is what lets the model tell the characters apart)
+        named = []
         for entity in entities or []:
-            if entity in covered:
-                continue
-            i = best_appearance(bank, entity)
-            if i is not None:
-                if i not in guaranteed:
-                    guaranteed.append(i)
-                covered.update(bank.entries[i].entities or (bank.entries[i].label,))
+            i = None if entity in referenced else best_appearance(bank, entity)
+            if i is not None and i not in named and i not in required:
+                named.append(i)
+        guaranteed = required + named
         # every entity is kept even past k; the rest of k goes by prompt similarity
         fill = TopKRetrieval(k=max(self.k, len(guaranteed)), per_shot=self.per_shot)
         chosen = fill.select(bank, prompt_embedding, guaranteed) if prompt_embedding is not None else [
             RetrievedKeyframe(i, None, "required") for i in sorted(guaranteed)]
-        named = set(guaranteed) - set(required or [])
-        return [RetrievedKeyframe(r.bank_index, r.similarity, "entity" if r.bank_index in named else r.role)
-                for r in chosen]
+        by_index = {r.bank_index: r for r in chosen}
+        rest = [r for r in chosen if r.bank_index not in named]
+        return rest + [RetrievedKeyframe(i, by_index[i].similarity, "entity") for i in named]
 
 
 def make_shot_cache_policy(name: str, k: int = DEFAULT_K, sink: int = DEFAULT_SINK, max_size: int = DEFAULT_MAX_SIZE,

@@ -88,6 +88,9 @@ class Augment(_Cfg):
     noise_shot_cache: tuple[float, float] | None = (100.0, 400.0)  # timestep range; None = clean
     noise_temporal_cache: tuple[float, float] | None = (0.0, 100.0)
     text_dropout: float = 0.1  # empty prompt, for classifier-free guidance
+    # probability that a sample's memory is drawn as the `entity` shot-cache policy retrieves it (each
+    # character's least crowded earlier appearance, last, in the shot's order; train/data.py)
+    entity_memory: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class Stage(_Cfg):

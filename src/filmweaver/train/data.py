@@ -10,7 +10,10 @@ operations. A batch has one inference mode (the context structure must be the sa
 * ``both``: a chunk inside a later shot, with both caches.
 
 Memory keyframes come from earlier shots of the same story (preferring, like prompt retrieval, shots
-at the same location); with ``negative_sampling`` a slot may hold a keyframe of another story.
+at the same location); with ``negative_sampling`` a slot may hold a keyframe of another story. With
+``entity_memory`` a sample's memory is drawn as the ``entity`` shot-cache policy retrieves it: each
+character the shot shows one keyframe of its least crowded earlier appearance, last and in the order
+the shot names them, the free slots before them drawn as above.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class LatentStore:
         self.take_ids = np.nonzero(story < 0)[0]
         self.later_shot_ids = np.array([s for s in self.story_shot_ids if self.position[s] > 0])
         self._index_memory_sources()
+        self._index_appearances()
 
     def _index_memory_sources(self) -> None:
         """Padded tables for drawing a whole batch's memory at once (no per-sample Python).
@@ -100,6 +104,27 @@ class LatentStore:
             self._story_count[i] = len(shots)
         self._story_row = np.full(int(data.shot_story.max(initial=-1)) + 1, -1, dtype=np.int64)  # story id -> row
         self._story_row[self.story_ids] = np.arange(len(self.story_ids))
+
+    def _index_appearances(self) -> None:
+        """Padded tables for the entity policy's draw: ``_appearances[r, j]`` the earlier shots of
+        later shot ``later_shot_ids[r]``'s story that show its ``j``-th character (in the shot's order)
+        least crowded (fewest characters), ``_appearance_count[r, j]`` how many (0: first seen here, or
+        no ``j``-th character). Without cast names every shot shows its story's one character."""
+        data, later = self.data, self.later_shot_ids
+        names = data.cast_names or [["?"]] * len(data.shot_story)
+        slots = max([len(names[int(s)]) for s in later], default=1)
+        width = max([self.position[int(s)] for s in later], default=1)
+        self._appearances = np.zeros((len(later), slots, width), dtype=np.int64)
+        self._appearance_count = np.zeros((len(later), slots), dtype=np.int64)
+        for r, s in enumerate(later.tolist()):
+            earlier = self.story_shots[int(data.shot_story[s])][: self.position[s]]
+            for j, name in enumerate(names[s]):
+                seen = [e for e in earlier if name in names[e]]
+                if seen:
+                    fewest = min(len(names[e]) for e in seen)
+                    best = [e for e in seen if len(names[e]) == fewest]
+                    self._appearances[r, j, : len(best)] = best
+                    self._appearance_count[r, j] = len(best)
 
     @classmethod
     @torch.no_grad()
@@ -139,7 +164,7 @@ class LatentStore:
         return table[to_device(torch.from_numpy(frame_index), table.device)]
 
     def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
-               long_takes: float = 0.0, negative_sampling: float = 0.0) -> Batch:
+               long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0) -> Batch:
         """A batch of ``mode``, drawn for the whole batch at once (a per-sample Python loop cost ~10 ms
         a memory batch on the training host, which bounds the step rate of this small model)."""
         b = batch_size
@@ -175,7 +200,7 @@ class LatentStore:
             hist = [h.permute(1, 0, 2, 3) for h in torch.split(frames, count.tolist())]
         mem, negatives, source = None, 0, None
         if mode in ("shot", "both"):
-            mem, negatives, source = self._memory(shots, num_memory, rng, negative_sampling)
+            mem, negatives, source = self._memory(shots, num_memory, rng, negative_sampling, entity_memory)
         return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover, source)
 
     def _inner_starts(self, shots: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
@@ -186,13 +211,15 @@ class LatentStore:
         continuing = ~self.data.shot_cut[shots] & (self.data.shot_story[shots] >= 0) & (rng.random(len(shots)) < 0.25)
         return np.where(continuing, 0, start)
 
-    def _memory(self, shots: np.ndarray, k: int, rng: np.random.Generator,
-                negative_sampling: float) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _memory(self, shots: np.ndarray, k: int, rng: np.random.Generator, negative_sampling: float,
+                entity_memory: float = 0.0) -> tuple[torch.Tensor, int, torch.Tensor]:
         """``[B, C, k, h, w]`` keyframes of earlier shots of each sample's story (with replacement,
         same-location shots 3x as likely), a random slot but one of each sample replaced with
-        probability ``negative_sampling`` by a keyframe of another story. Each keyframe is the
-        shot's first frame half of the time, else a random frame of it. Returns the keyframes, the number
-        of negatives and each keyframe's source shot ``[B, k]``."""
+        probability ``negative_sampling`` by a keyframe of another story; with probability
+        ``entity_memory`` a sample's last slots hold its characters' appearances instead
+        (:meth:`_entity_slots`). Each keyframe is the shot's first frame half of the time, else a
+        random frame of it. Returns the keyframes, the number of negatives and each keyframe's source
+        shot ``[B, k]``."""
         b = len(shots)
         rows = self._later_row[shots]
         draw = rng.random((b, k))
@@ -208,11 +235,34 @@ class LatentStore:
             source = np.where(negative, self._story_table[other, shot_in], source)
         else:
             negative[:] = False
+        if entity_memory > 0:
+            source, negative = self._entity_slots(rows, source, negative, rng.random(b) < entity_memory, rng)
         n = self.length[source]
         frame = np.where(rng.random((b, k)) < 0.5, 0, (rng.random((b, k)) * n).astype(np.int64))
         # slots in drawing order, negatives where they fell, as retrieval returns bank order
         mem = self._gather(self.start[source] + frame).permute(0, 2, 1, 3, 4).contiguous()  # [B, C, k, h, w]
         return mem, int(negative.sum()), torch.from_numpy(source)
+
+    def _entity_slots(self, rows: np.ndarray, source: np.ndarray, negative: np.ndarray, chosen: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """For the samples ``chosen [B]``: the last ``m`` of the ``k`` slots become one least crowded
+        earlier appearance of each of the shot's first ``m`` characters seen before (``m`` at most
+        ``k``), in the shot's order, as the ``entity`` policy places them; never negatives."""
+        b, k = source.shape
+        count = self._appearance_count[rows]  # [B, slots]
+        have = (count > 0) & chosen[:, None]
+        rank = np.cumsum(have, axis=1) - 1  # each present character's place among the shot's present ones
+        have &= rank < k
+        m = have.sum(1)  # [B] portraits per sample
+        pick = (rng.random(count.shape) * np.maximum(count, 1)).astype(np.int64)
+        drawn = np.take_along_axis(self._appearances[rows], pick[:, :, None], axis=2)[:, :, 0]  # [B, slots]
+        source, negative = source.copy(), negative.copy()
+        for j in range(count.shape[1]):
+            i = np.nonzero(have[:, j])[0]
+            slot = k - m[i] + rank[i, j]
+            source[i, slot] = drawn[i, j]
+            negative[i, slot] = False
+        return source, negative
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
