@@ -281,3 +281,45 @@ def test_the_entity_policy_places_each_characters_own_look_last_in_the_shots_ord
     chosen = EntityMemory(k=3).select(bank, prompt, entities=["Ada", "Bo"])
     # the crowded frame is not Bo's look though it shows him: each has a solo frame
     assert [(r.bank_index, r.role) for r in chosen] == [(1, "retrieved"), (2, "entity"), (0, "entity")]
+
+
+def _shot_record(story, shot, cast):
+    base = {"shot": shot, "restates_character": shot == 0, "restates_location": shot == 0, "story": story,
+            "match": {k: True for k in ("shape", "colour", "pattern", "accessory", "props", "ground", "time")},
+            "seam_ratio": None, "seconds": 1.0, "cast": cast}
+    return base
+
+
+def _char(shot, name, right, first=False, gap=1, size=2):
+    attrs = ("shape", "colour", "pattern", "accessory")
+    return {"shot": shot, "name": name, "slot": 0, "cast_size": size, "first": first, "gap": None if first else gap,
+            "restated": first, "match": {k: right for k in attrs}, "swap": {k: not right for k in attrs},
+            "truth": {}, "read": {}, "present": True}
+
+
+def test_the_multi_character_ablation_pairs_arms_on_the_same_appearances_and_reports_them(tmp_path):
+    from filmweaver.synth.evaluate import paired_character_difference, summarize, write_report
+
+    def arm(right_later):
+        recs = []
+        for st in range(6):
+            recs.append(_shot_record(f"s{st}", 0, [_char(0, "Ada", True, first=True), _char(0, "Bo", True, first=True)]))
+            recs.append(_shot_record(f"s{st}", 1, [_char(1, "Ada", right_later(st, 0)), _char(1, "Bo", right_later(st, 1))]))
+            recs.append(_shot_record(f"s{st}", 5, [_char(5, "Ada", right_later(st, 2), gap=4, size=1)]))
+        return recs
+
+    good, poor = arm(lambda st, j: True), arm(lambda st, j: j == 0)
+    s_good, s_poor = summarize(good)["characters"], summarize(poor)["characters"]
+    assert s_good["appearances"] == 18 and s_good["character_identity"] == 1.0
+    assert s_poor["character_identity"] == pytest.approx(6 / 18)
+    assert s_poor["swap_rate"] == pytest.approx(6 / 12)  # Bo's look swapped in each two-character shot
+    d = paired_character_difference(poor, good)
+    assert d["difference"] == pytest.approx(12 / 18) and d["ci95"][0] > 0
+    # arms on other appearances cannot be paired
+    assert paired_character_difference(poor, good[:-1]) is None
+    results = [{"arm": "entity", "records": good, "summary": summarize(good)},
+               {"arm": "topk", "records": poor, "summary": summarize(poor)}]
+    write_report(results, tmp_path, {"stories": 6, "first_seed": 0, "world": "cast"})
+    md = (tmp_path / "report.md").read_text()
+    assert "| entity | 100.0%" in md and "| topk | 33.3%" in md and "-66.7 (" in md
+    assert "recurrence gap" in md and (tmp_path / "characters.png").is_file()

@@ -8,6 +8,10 @@
 F=/tmp/carry/files
 PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir"
 mkdir -p /tmp/site /tmp/fa4site
+# one compressed bundle instead (tools/device/make_site_bundle.sh): the base packages and PyAV, unpacked
+if [ ! -f /tmp/site/.av ] && [ -f $F/site.tar.xz ] && tar xJf $F/site.tar.xz -C /tmp/site; then
+  touch /tmp/site/.base /tmp/site/.av
+fi
 if [ ! -f /tmp/site/.base ] && $PIP --target /tmp/site $F/diffusers-*.whl $F/pydantic-*.whl $F/pydantic_core-*.whl \
      $F/annotated_types-*.whl $F/typing_inspection-*.whl $(ls $F/typing_extensions-*.whl 2>/dev/null) 2>/dev/null; then touch /tmp/site/.base; fi
 if [ ! -f /tmp/site/.av ] && ls $F/av-*.whl >/dev/null 2>&1 && $PIP --target /tmp/avsite $F/av-*.whl 2>/dev/null; then

@@ -44,7 +44,8 @@ from filmweaver.eval.run import EvalConfig, Judges
 from filmweaver.io import read_video, write_json
 from filmweaver.models import FilmModels
 from filmweaver.project import Project
-from filmweaver.synth.stories import make_story, story_from_script
+from filmweaver.synth.cast_metrics import summarize_cast
+from filmweaver.synth.stories import make_cast_story, make_story, story_from_script
 from filmweaver.synth.world import (
     ALL_ATTRIBUTES,
     CHARACTER_ATTRIBUTES,
@@ -53,6 +54,7 @@ from filmweaver.synth.world import (
     LOCATION_ATTRIBUTES,
 )
 
+CAST_ATTRS = list(CHARACTER_ATTRIBUTES)
 IDENTITY_CHANCE = float(np.mean([1 / len(v) for v in CHARACTER_ATTRIBUTES.values()]))
 EVAL_FIRST_SEED = 1_000_000  # held out: training uses seeds < 1,000,000
 
@@ -70,6 +72,9 @@ ARMS = {
     "no_noise_aug": ("no_noise", {}),
     "no_negative_sampling": ("no_negatives", {}),
     "sink_window": ("full", {"shot_cache": {"policy": "sink_window"}}),
+    # the shot-cache policies side by side, whatever the model's default (the multi-character ablation)
+    "entity": ("full", {"shot_cache": {"policy": "entity"}}),
+    "topk": ("full", {"shot_cache": {"policy": "topk"}}),
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
     # the synthetic models' default guides on the shot cache too (memory_guidance_scale in the model's
     # filmweaver.json): without it, and at lower scales
@@ -141,8 +146,26 @@ def _is_identity_shot(r: dict) -> bool:
     return r["shot"] > 0 and not r["restates_character"]
 
 
+def cast_rows(records: list[dict]) -> list[dict]:
+    """The per-character records that cast stories' shot records carry (``cast``), with their story."""
+    return [{**c, "story": r.get("story")} for r in records for c in r.get("cast", ())]
+
+
+def summarize_characters(records: list[dict]) -> dict | None:
+    """Per-character metrics of cast stories (:func:`~filmweaver.synth.cast_metrics.summarize_cast`) with
+    the story-resampled 95 % interval of per-character identity; None without cast records."""
+    rows = cast_rows(records)
+    if not rows:
+        return None
+    out = summarize_cast(rows)
+    ident = [r for r in rows if not r["first"] and not r["restated"]]
+    out["character_identity_ci95"] = _story_bootstrap(ident, CAST_ATTRS)
+    return out
+
+
 def summarize(records: list[dict]) -> dict:
-    """Aggregate metrics over the shot records of many stories."""
+    """Aggregate metrics over the shot records of many stories (with ``characters``, the per-character
+    metrics, where they are cast stories)."""
     char, loc = list(CHARACTER_ATTRIBUTES), list(LOCATION_ATTRIBUTES)
 
     def rate(rows, keys):
@@ -185,6 +208,7 @@ def summarize(records: list[dict]) -> dict:
                               for k in char},
         "identity_confusions": {k: Counter(f"{r['truth'][k]} -> {r['read'][k]}" for r in ident
                                            if "truth" in r and not r["match"][k]).most_common(3) for k in char},
+        "characters": summarize_characters(records),
     }
 
 
@@ -231,6 +255,35 @@ def paired_identity_difference(reference: list[dict], records: list[dict], resam
         delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in char)
         counts[i] += len(char)
     return {"difference": float(delta.sum() / counts.sum()), "ci95": _resampled_interval(delta, counts, resamples, seed)}
+
+
+def paired_character_difference(reference: list[dict], records: list[dict], resamples: int = 4000,
+                                seed: int = 0) -> dict | None:
+    """Per-character identity of ``records`` minus ``reference`` on the same (story, shot, character)
+    appearances, paired over stories as :func:`paired_identity_difference`; None unless both arms
+    scored the same appearances."""
+    def appearances(recs):
+        return {(str(r["story"]), r["shot"], r["name"]): r for r in cast_rows(recs) if not r["first"] and not r["restated"]}
+
+    a, b = appearances(reference), appearances(records)
+    if not a or a.keys() != b.keys():
+        return None
+    stories = sorted({k[0] for k in a})
+    index = {st: i for i, st in enumerate(stories)}
+    delta, counts = np.zeros(len(stories)), np.zeros(len(stories))
+    for key, r in a.items():
+        i = index[key[0]]
+        delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in CAST_ATTRS)
+        counts[i] += len(CAST_ATTRS)
+    return {"difference": float(delta.sum() / counts.sum()), "ci95": _resampled_interval(delta, counts, resamples, seed)}
+
+
+def eval_cast_stories(num: int, first_seed: int = EVAL_FIRST_SEED, min_shots: int = 6, max_shots: int = 10,
+                      frames=(12,)) -> list[dict]:
+    """Held-out multi-character stories: 2, 3 and 4 characters in turn (similar pairs and recurrence as
+    :func:`~filmweaver.synth.stories.make_cast_story` draws them)."""
+    return [make_cast_story(first_seed + k, characters=2 + k % 3, min_shots=min(min_shots, max_shots), max_shots=max_shots,
+                            frames=tuple(frames)).to_script() for k in range(num)]
 
 
 def eval_stories(num: int, first_seed: int = EVAL_FIRST_SEED, frames=(12, 20), max_shots: int = 8) -> list[dict]:
@@ -361,7 +414,9 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
             cells = sorted((v["rate"], f"{k} {val}", v["shots"]) for k, d in r["summary"]["identity_by_value"].items()
                            for val, v in d.items() if v["shots"] >= 5)[:4]
             lines.append(f"| {r['arm']} | " + ", ".join(f"{name} {100 * rt:.0f}% ({n})" for rt, name, n in cells) + " |")
+    lines += character_report_lines(results)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    character_figure(results, out)
     try:
         import matplotlib
 
@@ -393,6 +448,79 @@ def write_report(results: list[dict], out_dir: str | Path, meta: dict) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "ablation.png")
+    plt.close(fig)
+
+
+def character_report_lines(results: list[dict]) -> list[str]:
+    """The per-character table (cast stories): identity on later unrestated appearances with its
+    interval and its paired difference from the first arm, all four attributes, swaps, presence; then
+    identity by recurrence gap."""
+    rows = [r for r in results if r["summary"].get("characters")]
+    if not rows:
+        return []
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    first = rows[0]
+    lines = ["", f"Per character (cast probe): identity on each character's later appearances whose prompt does not "
+             f"describe it ({first['summary']['characters']['appearances']} per arm), in brackets the 95 % interval "
+             f"resampling stories; paired: the difference from {first['arm']} on the same appearances.", "",
+             "| arm | character identity | vs " + first["arm"] + " (paired 95%) | all four | "
+             + " | ".join(CAST_ATTRS) + " | swap rate | presence |", "|---" * (7 + len(CAST_ATTRS)) + "|"]
+    for r in rows:
+        c = r["summary"]["characters"]
+        ci = c.get("character_identity_ci95")
+        p = paired_character_difference(first["records"], r["records"]) if r is not first and "records" in r else None
+        c["identity_vs_first_arm"] = p
+        lines.append(f"| {r['arm']} | {pct(c['character_identity'])}" + (f" ({100 * ci[0]:.0f}-{100 * ci[1]:.0f})" if ci else "")
+                     + " | " + ("-" if p is None else f"{100 * p['difference']:+.1f} ({100 * p['ci95'][0]:+.1f} to "
+                                f"{100 * p['ci95'][1]:+.1f})")
+                     + f" | {pct(c['character_identity_all_attributes'])} | "
+                     + " | ".join(pct(c["character_identity_by_attribute"][k]) for k in CAST_ATTRS)
+                     + f" | {pct(c['swap_rate'])} | {pct(c['presence'])} |")
+    gaps = [g["gap"] for g in first["summary"]["characters"]["identity_by_gap"]]
+    if gaps:
+        lines += ["", "Per-character identity by recurrence gap (shots since the character was last seen; appearances):",
+                  "", "| arm | " + " | ".join(gaps) + " |", "|---" * (1 + len(gaps)) + "|"]
+        for r in rows:
+            by = {g["gap"]: g for g in r["summary"]["characters"]["identity_by_gap"]}
+            lines.append(f"| {r['arm']} | " + " | ".join(f"{100 * by[g]['identity']:.0f}% ({by[g]['n']})" if g in by else "-"
+                                                      for g in gaps) + " |")
+    return lines
+
+
+def character_figure(results: list[dict], out: Path) -> None:
+    """``characters.png``: per-character identity per arm (with intervals) and against recurrence gap."""
+    rows = [r for r in results if r["summary"].get("characters")]
+    if not rows:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (ax, gx) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
+    vals = [r["summary"]["characters"]["character_identity"] or 0 for r in rows]
+    cis = [r["summary"]["characters"].get("character_identity_ci95") or [v, v] for v, r in zip(vals, rows, strict=True)]
+    err = np.array([[v - lo, hi - v] for v, (lo, hi) in zip(vals, cis, strict=True)]).T
+    ax.bar(range(len(rows)), vals, yerr=err, capsize=2, color=["#2b6cb0"] + ["#a0aec0"] * (len(rows) - 1))
+    ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=35, ha="right", fontsize=8)
+    ax.axhline(0.9, ls=":", c="g", lw=1, label="target 0.9")
+    ax.axhline(IDENTITY_CHANCE, ls="--", c="r", lw=1, label="chance")
+    ax.set_title("per-character identity (later unrestated)")
+    ax.legend(fontsize=7, loc="lower right")
+    for r in rows:
+        by = r["summary"]["characters"]["identity_by_gap"]
+        gx.plot([g["gap"] for g in by], [g["identity"] for g in by], marker="o", label=r["arm"])
+    gx.axhline(IDENTITY_CHANCE, ls="--", c="r", lw=1)
+    gx.set_title("identity by recurrence gap (shots)")
+    gx.set_ylim(0, 1)
+    gx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "characters.png")
     plt.close(fig)
 
 
@@ -442,6 +570,10 @@ def _main(argv: list[str] | None) -> None:
     ap.add_argument("out", help="where the stories, the arms' projects (runs/ARM/STORY) and the report go")
     ap.add_argument("--stories", type=int, default=50)
     ap.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
+    ap.add_argument("--world", choices=("single", "cast"), default="single",
+                    help="single: one-character stories; cast: stories of 2-4 characters (per-character metrics; "
+                    "the probe directory needs its cast probe)")
+    ap.add_argument("--max-shots", type=int, default=None, help="longest story (default 8 single, 10 cast)")
     ap.add_argument("--arms", nargs="*", default=list(ARMS), help="arms of ARMS, each optionally ARM@RUN")
     ap.add_argument("--probe", default=None, help="probe directory (default: RUNS/full/model/probe)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -460,7 +592,10 @@ def _main(argv: list[str] | None) -> None:
     if not 0 <= k < n:
         ap.error(f"--shard {args.shard}: expected K/N with 0 <= K < N")
     probe_dir = Path(args.probe or runs / "full" / "model" / "probe")
-    stories = eval_stories(args.stories, args.first_seed)
+    if args.world == "cast":
+        stories = eval_cast_stories(args.stories, args.first_seed, max_shots=args.max_shots or 10)
+    else:
+        stories = eval_stories(args.stories, args.first_seed, max_shots=args.max_shots or 8)
     if not args.report_only:
         bench_arms = [ablation_arm(arm, runs / run_name / "model", overrides, args.device)
                       for arm, (run_name, overrides) in arms.items()]
@@ -474,7 +609,7 @@ def _main(argv: list[str] | None) -> None:
         raise AblationError(f"no results in {out} for {', '.join(args.arms)} (expected runs/ARM/STORY/metrics.json)")
     for r in results:  # summaries from the records, so a report written by an older version gains new metrics
         r["summary"] = summarize(r["records"])
-    meta = {"stories": args.stories, "first_seed": args.first_seed}
+    meta = {"stories": args.stories, "first_seed": args.first_seed, "world": args.world}
     if (probe_dir / "probe.json").is_file():
         meta["probe_held_out_accuracy"] = json.loads((probe_dir / "probe.json").read_text()).get("held_out_accuracy", {})
     write_report(results, out, meta)

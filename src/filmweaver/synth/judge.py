@@ -58,14 +58,18 @@ class ProbeJudge:
     def ground_truth(self, run_dir, script: dict, chunk_frames: int) -> tuple[dict[str, tuple], list[dict]]:
         """Identity, location and prompt adherence against a synthetic story's ground truth (and, for a
         cast story with a cast probe, per-character identity, swaps and presence); with the per-shot
-        records of :func:`~filmweaver.synth.evaluate.evaluate_project`."""
+        records of :func:`~filmweaver.synth.evaluate.evaluate_project` (in a cast story each with its
+        characters' records of :func:`~filmweaver.synth.cast_metrics.cast_records` as ``cast``)."""
         records = evaluate_project(run_dir, script, self.probe, chunk_frames)
         summary = summarize(records)
         out = {f"gt_{key}": (summary[key], summary.get(f"{key.split('_')[0]}_shots"),
                              f"synthetic ground truth: {key} (filmweaver.synth.evaluate)")
                for key in ("identity", "identity_all_attributes", "location", "adherence")}
         if self.cast_probe is not None and script.get("ground_truth", {}).get("cast"):
-            cast = summarize_cast(project_cast_records(run_dir, script, probe_reader(self.cast_probe)))
+            cast_rows = project_cast_records(run_dir, script, probe_reader(self.cast_probe))
+            for r in records:  # each shot record carries its characters' records (the ablation pools them)
+                r["cast"] = [c for c in cast_rows if c["shot"] == r["shot"]]
+            cast = summarize_cast(cast_rows)
             for key, n in (("character_identity", "appearances"), ("character_identity_all_attributes", "appearances"),
                            ("swap_rate", "multi_character_appearances"), ("presence", "shots")):
                 out[f"gt_{key}"] = (cast[key], cast[n], f"synthetic ground truth, cast probe: {key} "
