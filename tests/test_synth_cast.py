@@ -294,7 +294,7 @@ def _char(shot, name, right, first=False, gap=1, size=2):
     attrs = ("shape", "colour", "pattern", "accessory")
     return {"shot": shot, "name": name, "slot": 0, "cast_size": size, "first": first, "gap": None if first else gap,
             "restated": first, "match": {k: right for k in attrs}, "swap": {k: not right for k in attrs},
-            "truth": {}, "read": {}, "present": True}
+            "truth": {k: "x" for k in attrs}, "read": {k: "x" if right else "y" for k in attrs}, "present": True}
 
 
 def test_the_multi_character_ablation_pairs_arms_on_the_same_appearances_and_reports_them(tmp_path):
@@ -313,6 +313,7 @@ def test_the_multi_character_ablation_pairs_arms_on_the_same_appearances_and_rep
     assert s_good["appearances"] == 18 and s_good["character_identity"] == 1.0
     assert s_poor["character_identity"] == pytest.approx(6 / 18)
     assert s_poor["swap_rate"] == pytest.approx(6 / 12)  # Bo's look swapped in each two-character shot
+    assert s_poor["character_identity_as_drawn"] == pytest.approx(6 / 18) and s_poor["character_adherence"] == 1.0
     d = paired_character_difference(poor, good)
     assert d["difference"] == pytest.approx(12 / 18) and d["ci95"][0] > 0
     # arms on other appearances cannot be paired

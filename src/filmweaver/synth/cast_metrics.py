@@ -99,6 +99,10 @@ def summarize_cast(records: list[dict]) -> dict:
                            "n": len(rows)})
     return {
         "character_identity": mean([r["match"][k] for r in ident for k in ATTRS]),
+        # the other half of the story: are characters drawn as described where the prompt describes
+        # them, and do later appearances keep the look they were first drawn with (memory's copying)
+        "character_adherence": mean([r["match"][k] for r in records if r["restated"] for k in ATTRS]),
+        "character_identity_as_drawn": _as_first_drawn(records),
         "character_identity_by_attribute": {k: mean([r["match"][k] for r in ident]) for k in ATTRS},
         "character_identity_all_attributes": mean([all(r["match"][k] for k in ATTRS) for r in ident]),
         "swap_rate": mean([any(r["swap"].values()) for r in multi]),
@@ -108,6 +112,20 @@ def summarize_cast(records: list[dict]) -> dict:
         "multi_character_appearances": len(multi),
         "shots": len(shots),
     }
+
+
+def _as_first_drawn(records: list[dict]) -> float | None:
+    """Share of attributes on later unrestated appearances read as the character's first appearance
+    was read (None where either is unread): identity against the drawn look, not the scripted one."""
+    first: dict[tuple, dict] = {}
+    vals = []
+    for r in sorted(records, key=lambda r: (str(r.get("story")), r["shot"])):
+        key = (r.get("story"), r["name"])
+        if r["first"]:
+            first[key] = r["read"]
+        elif not r["restated"] and key in first:
+            vals += [r["read"][k] == first[key][k] for k in ATTRS if r["read"][k] is not None and first[key][k] is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def probe_reader(probe) -> Reader:

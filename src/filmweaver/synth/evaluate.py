@@ -465,9 +465,12 @@ def character_report_lines(results: list[dict]) -> list[str]:
     first = rows[0]
     lines = ["", f"Per character (cast probe): identity on each character's later appearances whose prompt does not "
              f"describe it ({first['summary']['characters']['appearances']} per arm), in brackets the 95 % interval "
-             f"resampling stories; paired: the difference from {first['arm']} on the same appearances.", "",
+             f"resampling stories; paired: the difference from {first['arm']} on the same appearances. As first drawn: "
+             "later appearances against the character's first appearance as read (memory's copying, whatever "
+             "was drawn); adherence: appearances whose prompt describes the character.", "",
              "| arm | character identity | vs " + first["arm"] + " (paired 95%) | all four | "
-             + " | ".join(CAST_ATTRS) + " | swap rate | presence |", "|---" * (7 + len(CAST_ATTRS)) + "|"]
+             + " | ".join(CAST_ATTRS) + " | as first drawn | adherence | swap rate | presence |",
+             "|---" * (9 + len(CAST_ATTRS)) + "|"]
     for r in rows:
         c = r["summary"]["characters"]
         ci = c.get("character_identity_ci95")
@@ -478,6 +481,7 @@ def character_report_lines(results: list[dict]) -> list[str]:
                                 f"{100 * p['ci95'][1]:+.1f})")
                      + f" | {pct(c['character_identity_all_attributes'])} | "
                      + " | ".join(pct(c["character_identity_by_attribute"][k]) for k in CAST_ATTRS)
+                     + f" | {pct(c.get('character_identity_as_drawn'))} | {pct(c.get('character_adherence'))}"
                      + f" | {pct(c['swap_rate'])} | {pct(c['presence'])} |")
     gaps = [g["gap"] for g in first["summary"]["characters"]["identity_by_gap"]]
     if gaps:
