@@ -42,6 +42,18 @@ class LatentCodec:
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def fingerprint(self) -> str:
+        """A short digest of the VAE's weights and normalisation: latents made by another VAE (or
+        another normalisation) are recognised as such, whatever either model is called."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(self.vae.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+        h.update(self._mean.numpy().tobytes() + self._std.numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def num_latent_frames(self, num_frames: int) -> int:
         """Causal VAE: the first frame alone, then one latent frame per ``temporal_factor`` frames."""
         return latent_frame_count(num_frames, self.temporal_factor)

@@ -91,7 +91,8 @@ class ShardWriter:
 
 def read_samples(dataset: str | Path) -> Iterator[dict]:
     """Every sample of a dataset, in shard order: ``{"key", "script", "provenance", "clips": [bytes]}``
-    plus ``latents`` / ``text`` (``{shot_NNN: tensor}``) where they were precomputed (through
+    plus ``latents`` / ``text`` (``{shot_NNN: tensor}``, with ``latents_meta`` / ``text_meta``: the
+    model and resolution they were made by) where they were precomputed (through
     ``webdataset``, as a training loader reads the shards)."""
     import webdataset as wds
 
@@ -105,4 +106,11 @@ def read_samples(dataset: str | Path) -> Iterator[dict]:
         for name in ("latents", "text"):
             if f"{name}.safetensors" in sample:
                 out[name] = load(sample[f"{name}.safetensors"])
+                out[f"{name}_meta"] = safetensors_metadata(sample[f"{name}.safetensors"])
         yield out
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's bytes (its header: a little-endian length, then JSON)."""
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})

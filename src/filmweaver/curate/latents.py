@@ -13,6 +13,14 @@ from filmweaver.curate.config import Latents
 from filmweaver.io import read_video
 
 
+@torch.no_grad()
+def clip_latents(codec, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``frames [T, 3, H, W]`` in [0, 1] resized to ``size`` and encoded: ``[C, T', h, w]`` on the CPU.
+    The one way curation's precomputed latents and the trainer's own encoding are made."""
+    frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return codec.encode(frames.permute(1, 0, 2, 3)[None].to(codec.device))[0].cpu()
+
+
 class LatentEncoder:
     def __init__(self, cfg: Latents, device: str = "cpu"):
         from filmweaver.models import WAN_PRESETS, load_models
@@ -23,19 +31,18 @@ class LatentEncoder:
         self.size = (cfg.height or d.get("height", 480), cfg.width or d.get("width", 832))
         self.text = cfg.text
         self.model_id = self.models.model_id
+        self.vae_fingerprint = self.models.codec.fingerprint()  # the trainer checks its own VAE against it
 
-    @torch.no_grad()
     def encode_clip(self, clip: Path) -> torch.Tensor:
         """A clip's latents ``[C, T', h, w]`` (its frames resized to the model's resolution)."""
-        frames, _ = read_video(clip)
-        frames = F.interpolate(frames, size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        return self.models.codec.encode(frames.permute(1, 0, 2, 3)[None])[0].cpu()
+        return clip_latents(self.models.codec, read_video(clip)[0], self.size)
 
     def files(self, clips: list[Path], prompts: list[str]) -> list[tuple[str, bytes]]:
         """The sample's ``latents.safetensors`` (``shot_001``...) and ``text.safetensors`` (``shot_001``...
         ``[L, D]`` each, with ``mask`` rows where the prompt encoder pads) as WebDataset members."""
         latents = {f"shot_{i + 1:03d}": self.encode_clip(c).contiguous() for i, c in enumerate(clips)}
-        meta = {"model": self.model_id, "height": str(self.size[0]), "width": str(self.size[1])}
+        meta = {"model": self.model_id, "height": str(self.size[0]), "width": str(self.size[1]),
+                "vae": self.vae_fingerprint}
         out = [("latents.safetensors", save(latents, metadata=meta))]
         if self.text and any(prompts):
             emb = self.models.prompt_encoder.encode(prompts).float().cpu()

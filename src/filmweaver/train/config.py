@@ -42,6 +42,7 @@ class LoraConfig(_Cfg):
 
 
 class SynthData(_Cfg):
+    kind: Literal["synth"] = "synth"
     num_stories: int = 2000
     num_long_takes: int = 500
     long_take_frames: int = 32
@@ -53,6 +54,19 @@ class SynthData(_Cfg):
     width: int = 64
     workers: int = 0  # 0 = every CPU core this process may use (its affinity: taskset, a container)
     cache_dir: str | None = None  # keep the rendered frames here (.npy) and reuse them (ablation runs share one)
+
+
+class CuratedData(_Cfg):
+    """A dataset made by ``filmweaver curate`` (WebDataset shards): each sample a scene of several shots,
+    its script's prompts and characters. Each shot's VAE latents are the shards' own where they were
+    precomputed by the model being trained at this resolution (``curate --set latents.model=...``), else
+    encoded once from the clips here and kept in ``output_dir/latents.safetensors``."""
+
+    kind: Literal["curated"]
+    path: str
+    height: int | None = None  # default: the model's resolution
+    width: int | None = None
+    min_shots: int = Field(2, ge=1)  # scenes with fewer kept shots teach no memory and are skipped
 
 
 class VaePhase(_Cfg):
@@ -158,7 +172,7 @@ class TrainConfig(_Cfg):
     log_every: int = 50
     checkpoint_every: int = 1000
     model: ModelSource = Field(default_factory=ModelSource)
-    data: SynthData = Field(default_factory=SynthData)
+    data: SynthData | CuratedData = Field(default_factory=SynthData)
     vae: VaePhase | None = Field(default_factory=VaePhase)
     embedder: EmbedderPhase | None = Field(default_factory=EmbedderPhase)
     dit: DiTPhase = Field(default_factory=DiTPhase)

@@ -25,7 +25,7 @@ import torch
 
 from filmweaver.backbone.vae import LatentCodec, latent_frame_count, pixel_frame_count
 from filmweaver.progress import progress_bar
-from filmweaver.synth.dataset import RenderedSet
+from filmweaver.synth.dataset import RenderedSet  # or a curated dataset's ShotTable: the same per-shot fields
 
 # AutoencoderKLWan encodes the first frame, then chunks of 4 frames (with or without temporal downsampling)
 WAN_ENCODER_CHUNK = 4
@@ -50,8 +50,10 @@ class LatentStore:
 
     def __init__(self, latents: torch.Tensor, data: RenderedSet, temporal_factor: int = 1,
                  coverage: torch.Tensor | None = None):
-        if temporal_factor != 1:
-            raise NotImplementedError("the sampler indexes frames 1:1 with latents (temporal_factor 1)")
+        # every index here counts latent frames (one per video frame for the synthetic VAE). With
+        # temporal compression only a shot's first latent frame encodes one image, as a keyframe of
+        # the engine's is encoded: memory then takes first latent frames only
+        self.image_frames_only = temporal_factor > 1
         self.latents = latents
         self.coverage = coverage
         self.data = data
@@ -239,6 +241,8 @@ class LatentStore:
             source, negative = self._entity_slots(rows, source, negative, rng.random(b) < entity_memory, rng)
         n = self.length[source]
         frame = np.where(rng.random((b, k)) < 0.5, 0, (rng.random((b, k)) * n).astype(np.int64))
+        if self.image_frames_only:
+            frame[:] = 0
         # slots in drawing order, negatives where they fell, as retrieval returns bank order
         mem = self._gather(self.start[source] + frame).permute(0, 2, 1, 3, 4).contiguous()  # [B, C, k, h, w]
         return mem, int(negative.sum()), torch.from_numpy(source)

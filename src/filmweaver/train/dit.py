@@ -151,19 +151,23 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     if (ckpt_dir / "state.json").is_file():
         step = _load_checkpoint(ckpt_dir, module, opt, sched, ema, plan)
         log = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()] if (out_dir / "log.jsonl").is_file() else []
+        # the steps after the checkpoint are trained again: their old log lines go
+        log = [r for r in log if r["step"] <= step]
+        if accelerator.is_main_process and (out_dir / "log.jsonl").is_file():
+            from filmweaver.io import write_text
+
+            write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
         accelerator.print(f"resumed DiT training at step {step}/{plan['total']}")
     model, opt = accelerator.prepare(module, opt)
     schedule = [tuple(x) for x in cfg.temporal_schedule]
     history = sum(n for _, n in schedule)
     aug = cfg.augment
-    rng = np.random.default_rng([seed, step, accelerator.process_index])
-    torch.manual_seed(seed * 1000 + step + accelerator.process_index)
     # several processes (data parallel: each rank draws its own batches, DDP averages the gradients):
     # every rank takes the step's batch mode and memory size from one generator they share, so all
     # ranks use the same parameters in a step (a mode without keyframes leaves the shot-cache
-    # projections unused); one process keeps the single generator it always had
+    # projections unused). Every step seeds its own generators from (seed, step, rank), so a run
+    # resumed from a checkpoint draws what the uninterrupted run drew: the same weights at the end.
     world = accelerator.num_processes
-    mode_rng = rng if world == 1 else np.random.default_rng([seed, step])
     bar = progress_bar(total=plan["total"], initial=step, desc="dit", enabled=progress and accelerator.is_main_process)
     t0, running = time.perf_counter(), []
     model.train()
@@ -202,6 +206,9 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
                     bar.total = plan["total"]
                     accelerator.print(f"fit_steps_to_time: {rate:.2f} it/s -> {plan['total']} steps (planned {planned})")
             window = (step + FIT_WINDOW, now)
+        rng = np.random.default_rng([seed, step, accelerator.process_index])
+        mode_rng = rng if world == 1 else np.random.default_rng([seed, step])
+        torch.manual_seed(seed * 1_000_003 + step * 1009 + accelerator.process_index)
         stage = cfg.stages[int(np.searchsorted(plan["bounds"], step, side="right"))]
         modes, weights = zip(*stage.modes.items(), strict=True)
         mode = str(mode_rng.choice(modes, p=np.array(weights) / sum(weights)))

@@ -87,22 +87,20 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     timings = {}
     t = run_start = time.perf_counter()
 
-    # 1. data
+    # 1. data: the synthetic world rendered here, or a curated dataset (read at the DiT, with the VAE)
     d = cfg.data
-    from filmweaver.synth.dataset import load_rendered, save_rendered
-
-    data = load_rendered(d.cache_dir) if d.cache_dir else None
-    if data is None:
-        data = render_dataset(d.num_stories, d.num_long_takes, d.first_seed, tuple(d.shot_frames), d.long_take_frames,
-                              d.height, d.width, d.workers, progress, cast_stories=d.cast_stories)
-        if d.cache_dir and accelerator.is_main_process:
-            save_rendered(data, d.cache_dir)
-    timings["render_s"] = round(time.perf_counter() - t, 1)
-    summary["data"] = {"frames": int(len(data.frames)), "shots": data.num_shots, "stories": d.num_stories,
-                       "cast_stories": d.cast_stories, "long_takes": d.num_long_takes}
-    accelerator.print(f"rendered {len(data.frames)} frames in {data.num_shots} shots ({timings['render_s']} s)")
-    models = build_models(cfg, device)
+    curated = d.kind == "curated"
     scratch = cfg.model.kind != "pretrained"
+    if curated:
+        check_curated_config(cfg)
+        data = None
+    else:
+        data = _rendered_data(cfg, accelerator, progress)
+        timings["render_s"] = round(time.perf_counter() - t, 1)
+        summary["data"] = {"frames": int(len(data.frames)), "shots": data.num_shots, "stories": d.num_stories,
+                           "cast_stories": d.cast_stories, "long_takes": d.num_long_takes}
+        accelerator.print(f"rendered {len(data.frames)} frames in {data.num_shots} shots ({timings['render_s']} s)")
+    models = build_models(cfg, device)
 
     # 2. VAE
     if scratch and cfg.vae is not None:
@@ -148,8 +146,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     # 4. probe (before the DiT: it needs only the frames and the VAE, and the DiT can then take the rest
     # of a time budget). Trained on the main process; the others wait for it.
     probe_dir = out / "probe"
-    cast_probe = bool(d.cast_stories) and not (probe_dir / "cast" / "probe.json").is_file()
-    if cfg.probe is not None and scratch and (not (probe_dir / "probe.json").is_file() or cast_probe):
+    cast_probe = not curated and bool(d.cast_stories) and not (probe_dir / "cast" / "probe.json").is_file()
+    if cfg.probe is not None and scratch and not curated and (not (probe_dir / "probe.json").is_file() or cast_probe):
         t = time.perf_counter()
         if accelerator.is_main_process:
             summary["probe"] = train_probe_phase(models, data, cfg, device, probe_dir, progress)
@@ -164,13 +162,18 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
 
     dit_minutes(cfg, time.perf_counter() - run_start)  # a spent budget fails here, before encoding and compiling
     t = time.perf_counter()
-    store = LatentStore.encode(data, models.codec, device, progress=progress,
-                               dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    store_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if curated:
+        data, store = _curated_store(cfg, models, out, device, store_dtype, summary, progress)
+    else:
+        store = LatentStore.encode(data, models.codec, device, progress=progress, dtype=store_dtype)
     timings["encode_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     text_encoder = models.prompt_encoder.text_encoder
     dcfg = cfg.dit
-    if dcfg.init_from and not (out / "checkpoint" / "state.json").is_file():  # a resume has its own weights
+    # also on a resume: the checkpoint holds the trained parameters only, so the frozen ones under a
+    # LoRA must come from init_from again (the trained ones are then replaced by the checkpoint's)
+    if dcfg.init_from:
         init_dit_from(models, _model_dir(dcfg.init_from))
         summary["dit_init_from"] = dcfg.init_from
     if dcfg.lora is not None or not scratch:
@@ -219,6 +222,47 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         plot_loss(out / "log.jsonl", out / "loss.png")
     timings["total_s"] = round(time.perf_counter() - run_start, 1)
     return _finish(out, summary, timings, accelerator.is_main_process)
+
+
+def _rendered_data(cfg: TrainConfig, accelerator, progress: bool):
+    """The synthetic world's training set, rendered (or read from ``data.cache_dir``)."""
+    from filmweaver.synth.dataset import load_rendered, save_rendered
+
+    d = cfg.data
+    data = load_rendered(d.cache_dir) if d.cache_dir else None
+    if data is None:
+        data = render_dataset(d.num_stories, d.num_long_takes, d.first_seed, tuple(d.shot_frames), d.long_take_frames,
+                              d.height, d.width, d.workers, progress, cast_stories=d.cast_stories)
+        if d.cache_dir and accelerator.is_main_process:
+            save_rendered(data, d.cache_dir)
+    return data
+
+
+def check_curated_config(cfg: TrainConfig) -> None:
+    """What a curated dataset cannot train (it has no renderer's ground truth): a VAE or an embedder
+    from scratch. One line naming the setting, before anything loads."""
+    if cfg.model.kind == "pretrained":
+        return
+    for phase in ("vae", "embedder"):
+        section = getattr(cfg, phase)
+        if section is not None and not section.init_from:
+            raise ValueError(f"data.kind: curated trains the DiT only: set {phase}.init_from (e.g. builtin) "
+                             f"for model.kind {cfg.model.kind}")
+
+
+def _curated_store(cfg: TrainConfig, models: FilmModels, out: Path, device, dtype, summary: dict, progress: bool):
+    """The curated dataset's shot table and latent store (latents precomputed in its shards, or encoded
+    once and kept in ``output_dir/latents.safetensors``)."""
+    from filmweaver.train.curated import load_curated
+    from filmweaver.train.data import LatentStore
+
+    d, codec = cfg.data, models.codec
+    size = (d.height or models.defaults.get("height", 480), d.width or models.defaults.get("width", 832))
+    latents, table, info = load_curated(d.path, codec, size, min_length=cfg.dit.chunk_frames, min_shots=d.min_shots,
+                                        cache=out / "latents.safetensors", progress=progress)
+    summary["data"] = {"kind": "curated", "path": d.path, "height": size[0], "width": size[1],
+                       "latent_frames": int(len(latents)), **info}
+    return table, LatentStore(latents.to(device=device, dtype=dtype), table, temporal_factor=codec.temporal_factor)
 
 
 def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict:
