@@ -454,3 +454,18 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
     bad = TrainConfig.model_validate({**cfg, "model": {"kind": "synth-small"}, "vae": {}, "output_dir": str(tmp_path / "x")})
     with pytest.raises(ValueError, match="vae.init_from"):
         run_training(bad, progress=False)
+
+
+def test_every_shipped_training_config_parses():
+    """configs/*.yaml are the documented recipes: each must load as a training config."""
+    from pathlib import Path
+
+    from filmweaver.train.config import load_train_config
+
+    configs = sorted(Path("configs").glob("*.yaml"))
+    assert any(c.name.startswith("lora-wan") for c in configs)
+    for c in configs:
+        cfg = load_train_config(c)
+        assert cfg.output_dir.startswith("runs/"), c
+    wan = load_train_config("configs/lora-wan2.1-t2v-1.3b.yaml")
+    assert wan.data.kind == "curated" and wan.model.kind == "pretrained" and wan.dit.lora.rank == 128

@@ -2,7 +2,8 @@
 
 ``filmweaver train CONFIG`` reads this file; every phase is optional, and a phase whose outputs are
 already in ``output_dir`` is skipped on resume. See ``configs/synth-small.yaml`` for the built-in
-model; ``model.kind: pretrained`` trains a LoRA on a pretrained Wan's transformer instead.
+model; ``model.kind: pretrained`` trains a LoRA on a pretrained Wan's transformer instead, on a curated
+dataset (``data.kind: curated``; ``configs/lora-wan2.1-t2v-1.3b.yaml``).
 """
 
 from __future__ import annotations
