@@ -233,28 +233,33 @@ def _resampled_interval(per_story: np.ndarray, counts: np.ndarray, resamples: in
     return [float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))]
 
 
+def _paired_difference(a: dict[tuple, dict], b: dict[tuple, dict], keys: list[str], resamples: int,
+                       seed: int) -> dict | None:
+    """Match rate of ``b`` minus ``a`` over the same units (``{(story, ...): record}``), with a 95 %
+    interval resampling whole stories for both together; None unless both hold the same units."""
+    if not a or a.keys() != b.keys():
+        return None
+    stories = sorted({k[0] for k in a})
+    index = {st: i for i, st in enumerate(stories)}
+    delta, counts = np.zeros(len(stories)), np.zeros(len(stories))
+    for key, r in a.items():
+        i = index[key[0]]
+        delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in keys)
+        counts[i] += len(keys)
+    return {"difference": float(delta.sum() / counts.sum()), "ci95": _resampled_interval(delta, counts, resamples, seed)}
+
+
 def paired_identity_difference(reference: list[dict], records: list[dict], resamples: int = 4000,
                                seed: int = 0) -> dict | None:
     """Identity of ``records`` minus that of ``reference`` on the same shots, with a paired 95% interval
     (whole stories resampled together for both arms, so story-to-story difficulty cancels out: a much
     tighter interval than comparing two unpaired ones). ``None`` unless both arms scored exactly the same
     identity shots (the same held-out stories)."""
-    char = list(CHARACTER_ATTRIBUTES)
-
     def identity_shots(recs):  # (story, shot) -> record
         return {(str(r.get("story")), r["shot"]): r for r in recs if _is_identity_shot(r)}
 
-    a, b = identity_shots(reference), identity_shots(records)
-    if not a or a.keys() != b.keys():
-        return None
-    stories = sorted({s for s, _ in a})
-    index = {s: i for i, s in enumerate(stories)}
-    delta, counts = np.zeros(len(stories)), np.zeros(len(stories))
-    for key, r in a.items():
-        i = index[key[0]]
-        delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in char)
-        counts[i] += len(char)
-    return {"difference": float(delta.sum() / counts.sum()), "ci95": _resampled_interval(delta, counts, resamples, seed)}
+    return _paired_difference(identity_shots(reference), identity_shots(records), list(CHARACTER_ATTRIBUTES),
+                              resamples, seed)
 
 
 def paired_character_difference(reference: list[dict], records: list[dict], resamples: int = 4000,
@@ -265,17 +270,7 @@ def paired_character_difference(reference: list[dict], records: list[dict], resa
     def appearances(recs):
         return {(str(r["story"]), r["shot"], r["name"]): r for r in cast_rows(recs) if not r["first"] and not r["restated"]}
 
-    a, b = appearances(reference), appearances(records)
-    if not a or a.keys() != b.keys():
-        return None
-    stories = sorted({k[0] for k in a})
-    index = {st: i for i, st in enumerate(stories)}
-    delta, counts = np.zeros(len(stories)), np.zeros(len(stories))
-    for key, r in a.items():
-        i = index[key[0]]
-        delta[i] += sum(float(b[key]["match"][k]) - float(r["match"][k]) for k in CAST_ATTRS)
-        counts[i] += len(CAST_ATTRS)
-    return {"difference": float(delta.sum() / counts.sum()), "ci95": _resampled_interval(delta, counts, resamples, seed)}
+    return _paired_difference(appearances(reference), appearances(records), CAST_ATTRS, resamples, seed)
 
 
 def eval_cast_stories(num: int, first_seed: int = EVAL_FIRST_SEED, min_shots: int = 6, max_shots: int = 10,
