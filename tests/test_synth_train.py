@@ -660,8 +660,10 @@ def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
         main([*common, "--from-report", f"{old}/report.json:full"])
     with pytest.raises(SystemExit, match="no arm 'sink_window'.*it has full"):
         main([*common, "--from-report", f"{old}/report.json:sink_window"])
-    with pytest.raises(SystemExit, match="covers 2 stories from seed .*this evaluation 3"):
+    with pytest.raises(SystemExit, match="covers 2 single stories from seed .*this evaluation 3 single"):
         main([*common[:3], "3", *common[4:], "--from-report", f"{old}/report.json:full=x"])
+    with pytest.raises(SystemExit, match="this evaluation 2 cast"):  # another world's stories do not pair
+        main([*common, "--world", "cast", "--from-report", f"{old}/report.json:full=x"])
     with pytest.raises(SystemExit):  # imported arms are not run: only with --report-only
         main([str(tmp_path), str(out), "--arms", "full", "--from-report", f"{old}/report.json:full=x"])
     # a shard that has not finished: the report says which stories are missing instead of a partial table

@@ -523,7 +523,7 @@ def character_figure(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def import_arm(spec: str, stories: int, first_seed: int, taken: list[str] = ()) -> dict:
+def import_arm(spec: str, stories: int, first_seed: int, taken: list[str] = (), world: str = "single") -> dict:
     """``REPORT:ARM=NAME`` (``=NAME`` optional): arm ``ARM`` of a committed ``report.json[.gz]``, named
     NAME, so a new model is compared (paired, shot by shot) with one evaluated before without
     evaluating it again. The report must cover the same stories, and NAME must not be one of ``taken``
@@ -544,9 +544,9 @@ def import_arm(spec: str, stories: int, first_seed: int, taken: list[str] = ()) 
     except (OSError, json.JSONDecodeError) as e:
         raise AblationError(f"--from-report {spec!r}: cannot read {path}: {e}") from None
     meta = report.get("meta", {})
-    if (meta.get("stories"), meta.get("first_seed")) != (stories, first_seed):
-        raise AblationError(f"--from-report {spec!r}: {path} covers {meta.get('stories')} stories from seed "
-                            f"{meta.get('first_seed')}, this evaluation {stories} from {first_seed}")
+    if (meta.get("stories"), meta.get("first_seed"), meta.get("world", "single")) != (stories, first_seed, world):
+        raise AblationError(f"--from-report {spec!r}: {path} covers {meta.get('stories')} {meta.get('world', 'single')} "
+                            f"stories from seed {meta.get('first_seed')}, this evaluation {stories} {world} from {first_seed}")
     arms = {a["arm"]: a for a in report.get("arms", [])}
     if arm not in arms:
         raise AblationError(f"--from-report {spec!r}: no arm {arm!r} in {path} (it has {', '.join(arms)})")
@@ -602,7 +602,8 @@ def _main(argv: list[str] | None) -> None:
                       shard=(k, n), report=False)
         if n > 1:
             return  # one share of many: `--report-only` writes the report once all are done
-    imported = [import_arm(spec, args.stories, args.first_seed, taken=args.arms) for spec in args.from_report]
+    imported = [import_arm(spec, args.stories, args.first_seed, taken=args.arms, world=args.world)
+                for spec in args.from_report]
     results = [r for r in (arm_result(out, arm, stories) for arm in args.arms) if r is not None] + imported
     if not results:
         raise AblationError(f"no results in {out} for {', '.join(args.arms)} (expected runs/ARM/STORY/metrics.json)")
