@@ -78,13 +78,14 @@ def project_cast_records(project_dir: str | Path, script: dict, read: Reader) ->
     return cast_records(lambda i: read_video(p.shot_video(i))[0], script, read)
 
 
-def _later_unrestated(r: dict) -> bool:
+def later_unrestated(r: dict) -> bool:
+    """A character's appearance after its first whose prompt does not describe it: only memory knows it."""
     return not r["first"] and not r["restated"]
 
 
 def summarize_cast(records: list[dict]) -> dict:
     """Per-character identity (each attribute, all four), swap rate, presence and identity by gap."""
-    ident = [r for r in records if _later_unrestated(r)]
+    ident = [r for r in records if later_unrestated(r)]
     multi = [r for r in ident if r["cast_size"] > 1]
     shots = {(r.get("story"), r["shot"]): r["present"] for r in records}
 
@@ -136,4 +137,4 @@ def probe_reader(probe) -> Reader:
     return read
 
 
-__all__ = ["MAX_CAST", "cast_records", "project_cast_records", "probe_reader", "summarize_cast"]
+__all__ = ["MAX_CAST", "cast_records", "later_unrestated", "project_cast_records", "probe_reader", "summarize_cast"]

@@ -44,7 +44,8 @@ from filmweaver.eval.run import EvalConfig, Judges
 from filmweaver.io import read_video, write_json
 from filmweaver.models import FilmModels
 from filmweaver.project import Project
-from filmweaver.synth.cast_metrics import summarize_cast
+from filmweaver.synth.cast_metrics import ATTRS as CAST_ATTRS
+from filmweaver.synth.cast_metrics import later_unrestated, summarize_cast
 from filmweaver.synth.stories import make_cast_story, make_story, story_from_script
 from filmweaver.synth.world import (
     ALL_ATTRIBUTES,
@@ -54,7 +55,6 @@ from filmweaver.synth.world import (
     LOCATION_ATTRIBUTES,
 )
 
-CAST_ATTRS = list(CHARACTER_ATTRIBUTES)
 IDENTITY_CHANCE = float(np.mean([1 / len(v) for v in CHARACTER_ATTRIBUTES.values()]))
 EVAL_FIRST_SEED = 1_000_000  # held out: training uses seeds < 1,000,000
 
@@ -158,7 +158,7 @@ def summarize_characters(records: list[dict]) -> dict | None:
     if not rows:
         return None
     out = summarize_cast(rows)
-    ident = [r for r in rows if not r["first"] and not r["restated"]]
+    ident = [r for r in rows if later_unrestated(r)]
     out["character_identity_ci95"] = _story_bootstrap(ident, CAST_ATTRS)
     return out
 
@@ -268,7 +268,7 @@ def paired_character_difference(reference: list[dict], records: list[dict], resa
     appearances, paired over stories as :func:`paired_identity_difference`; None unless both arms
     scored the same appearances."""
     def appearances(recs):
-        return {(str(r["story"]), r["shot"], r["name"]): r for r in cast_rows(recs) if not r["first"] and not r["restated"]}
+        return {(str(r["story"]), r["shot"], r["name"]): r for r in cast_rows(recs) if later_unrestated(r)}
 
     return _paired_difference(appearances(reference), appearances(records), CAST_ATTRS, resamples, seed)
 

@@ -79,14 +79,9 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
     if not index.is_file():
         raise ValueError(f"data.path: {path} is not a curated dataset (no index.json; make one with filmweaver curate)")
     digest = hashlib.sha256(index.read_bytes() + f"{fingerprint}{size}{min_length}{min_shots}".encode()).hexdigest()[:16]
-    if cache is not None and cache.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(cache), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("digest") == digest:
-                table = json.loads(meta["table"])
-                return f.get_tensor("latents"), _table(table), json.loads(meta["summary"])
+    cached = _read_cache(cache, digest)
+    if cached is not None:
+        return cached
     rows, parts, start = [], [], 0
     summary = {"samples": 0, "shots": 0, "skipped": {}, "latents": {"precomputed": 0, "encoded": 0}}
 
@@ -130,15 +125,32 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
                          f"frames (skipped: {summary['skipped'] or 'no samples'})")
     latents = torch.cat(parts)
     if cache is not None:
-        from safetensors.torch import save_file
-
-        from filmweaver.io import atomic_path
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp:
-            save_file({"latents": latents}, tmp, metadata={"digest": digest, "table": json.dumps(rows),
-                                                           "summary": json.dumps(summary)})
+        _write_cache(cache, digest, latents, rows, summary)
     return latents, _table(rows), summary
+
+
+def _read_cache(cache: Path | None, digest: str) -> tuple[torch.Tensor, ShotTable, dict] | None:
+    """What :func:`load_curated` kept in ``cache`` for the same dataset, VAE and settings (``digest``)."""
+    if cache is None or not cache.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(cache), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("digest") != digest:
+            return None
+        return f.get_tensor("latents"), _table(json.loads(meta["table"])), json.loads(meta["summary"])
+
+
+def _write_cache(cache: Path, digest: str, latents: torch.Tensor, rows: list[dict], summary: dict) -> None:
+    from safetensors.torch import save_file
+
+    from filmweaver.io import atomic_path
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        save_file({"latents": latents}, tmp, metadata={"digest": digest, "table": json.dumps(rows),
+                                                       "summary": json.dumps(summary)})
 
 
 def _table(rows: list[dict]) -> ShotTable:
