@@ -33,6 +33,16 @@ def film(tmp_path_factory):
     return path, truth
 
 
+@pytest.fixture(scope="module")
+def curated_film(film, tmp_path_factory):
+    """The film curated with PySceneDetect, each shot's latents precomputed by the built-in model (read
+    only: the tests that use it write elsewhere)."""
+    ds = tmp_path_factory.mktemp("curated") / "ds"
+    cfg = CurateConfig.model_validate({**SYNTH, "shots": {"detector": "pyscenedetect"}, "latents": {"model": "synth"}})
+    curate([film[0]], ds, cfg, progress=False)
+    return ds
+
+
 def test_boundary_f1_and_adjusted_rand_index():
     r = boundary_f1([10.5, 30.0, 52.0], [10.5, 31.5, 70.5], tolerance=2)
     assert (r["matched"], r["precision"], r["recall"]) == (2, 2 / 3, 2 / 3)
@@ -266,15 +276,12 @@ def test_curation_on_a_local_ray_instance_matches_the_process(film, tmp_path):
     assert len(list(read_samples(tmp_path / "ray"))) == 2 * len(alone[0]["samples"])
 
 
-def test_samples_can_carry_the_models_latents_and_prompt_embeddings(film, tmp_path):
+def test_samples_can_carry_the_models_latents_and_prompt_embeddings(curated_film, tmp_path):
     """latents.model=synth: each shot's VAE latents at the built-in model's 64x64 and each prompt's
     embedding, in the sample, equal to what the model computes from the clip itself."""
     from filmweaver.models import load_models
 
-    path, _ = film
-    cfg = CurateConfig.model_validate({**SYNTH, "shots": {"detector": "pyscenedetect"}, "latents": {"model": "synth"}})
-    curate([path], tmp_path / "ds", cfg, progress=False)
-    sample = next(read_samples(tmp_path / "ds"))
+    sample = next(read_samples(curated_film))
     models = load_models("synth")
     assert sorted(sample["latents"]) == [f"shot_{i + 1:03d}" for i in range(len(sample["clips"]))]
     clip = tmp_path / "clip.mp4"
@@ -319,7 +326,7 @@ def _curated_train_config(dataset, out, steps=8, **dit):
                                 "modes": {"text": 0.25, "temporal": 0.25, "shot": 0.25, "both": 0.25}}], **dit}}
 
 
-def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(film, tmp_path):
+def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(curated_film, tmp_path):
     """The path from footage to a model on the CPU: curate a synthetic film (latents precomputed by the
     built-in model), a few LoRA steps of the built-in model on its scenes (the loss falls on a fixed
     batch), a run killed mid-training resumes to the uninterrupted run's weights, and the trained model
@@ -333,10 +340,7 @@ def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(film, tmp_
     from filmweaver.train.dit import CacheGuidedDenoiser
     from filmweaver.train.run import run_training
 
-    path, _ = film
-    ds = tmp_path / "ds"
-    curate([path], ds, CurateConfig.model_validate({**SYNTH, "shots": {"detector": "pyscenedetect"},
-                                                     "latents": {"model": "synth"}}), progress=False)
+    ds = curated_film
     models = load_models("synth")
     latents, table, info = load_curated(ds, models.codec, (64, 64), min_length=4, progress=False)
     assert info["latents"]["precomputed"] == info["shots"] >= 2 and info["latents"]["encoded"] == 0
@@ -415,7 +419,7 @@ def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(film, tmp_
     assert (tmp_path / "film" / "shots").is_dir()
 
 
-def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generate_loads(film, tmp_path):
+def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generate_loads(curated_film, tmp_path):
     """The Wan path (a causal video VAE with 4x temporal compression: memory takes first latent
     frames): `model.kind: pretrained` on a curated dataset whose clips are encoded by the trainer, a
     LoRA file in diffusers' layout that `filmweaver generate --lora` puts on the base model."""
@@ -423,9 +427,7 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
     from filmweaver.train.config import TrainConfig
     from filmweaver.train.run import run_training
 
-    path, _ = film
-    ds = tmp_path / "ds"
-    curate([path], ds, CurateConfig.model_validate({**SYNTH, "shots": {"detector": "pyscenedetect"}}), progress=False)
+    ds = curated_film  # its precomputed latents are the built-in VAE's: this VAE encodes the clips itself
     base = tmp_path / "tiny-wan"
     load_models("tiny").save_pretrained(base)
     cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 3,
