@@ -542,10 +542,70 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
     _report(engine, [shot - 1])
 
 
+def _edit_memory(out: Path, action: str, shot: int, target: str, onward: bool, remove: bool, label: str = "") -> None:
+    """pin / ban / reference: a memory edit in the manifest (no model loads), under the project's lock."""
+    from filmweaver.engine.steering import MemoryEdit, add_reference_image, apply_edit
+    from filmweaver.project import ProjectError
+    from filmweaver.script import ScriptError
+
+    _require_project(out)
+    lock = _lock(out)
+    project = _read_project(out)
+    try:
+        story = project.load_story()
+        if not 1 <= shot <= len(story.shots()):
+            _fail(f"--shot {shot}: the story has {len(story.shots())} shots (1..{len(story.shots())})")
+        if label and label not in {e.name for e in story.entities()}:
+            _fail(f"--label {label!r}: not an entity of the story")
+        if action == "reference" and not remove:
+            target = add_reference_image(project, target)
+        edit = MemoryEdit(action, shot - 1, onward, keyframe="" if action == "reference" else target,
+                          image=target if action == "reference" else "", label=label)
+        stale = apply_edit(project, edit, len(story.shots()), remove=remove)
+    except (ProjectError, ScriptError, ValueError) as e:
+        _fail(str(e))
+    lock.release()
+    done = "removed" if remove else "recorded"
+    typer.echo(f"{done}: {edit.describe()}" + (f"; stale now: {[i + 1 for i in stale]}" if stale else "")
+               + " (run `filmweaver generate` or `next` to remake them)")
+
+
+Shot = Annotated[int, typer.Option("--shot", help="shot number (1-based)")]
+Onward = Annotated[bool, typer.Option("--onward", help="also every later shot")]
+Remove = Annotated[bool, typer.Option("--remove", help="undo the edit instead")]
+
+
+@app.command()
+def pin(out: Path = typer.Argument(..., help="project directory"),
+        keyframe: str = typer.Argument(..., help="a bank keyframe's name, e.g. shot001_f0000 (`filmweaver info`)"),
+        shot: Shot = ..., onward: Onward = False, remove: Remove = False):
+    """Keep a keyframe in a shot's memory whatever the policy picks; the shot and later ones go stale."""
+    _edit_memory(out, "pin", shot, keyframe, onward, remove)
+
+
+@app.command()
+def ban(out: Path = typer.Argument(..., help="project directory"),
+        keyframe: str = typer.Argument(..., help="a bank keyframe's name, e.g. shot002_f0008"),
+        shot: Shot = ..., onward: Onward = False, remove: Remove = False):
+    """Keep a keyframe out of a shot's memory; the shot and later ones go stale."""
+    _edit_memory(out, "ban", shot, keyframe, onward, remove)
+
+
+@app.command()
+def reference(out: Path = typer.Argument(..., help="project directory"),
+              image: str = typer.Argument(..., help="an image (PNG, JPEG, WebP; copied into the project), or with "
+                                          "--remove its path in the project (references/...)"),
+              shot: Shot = ..., label: str = typer.Option("", help="whom or what it shows: an entity of the story"),
+              onward: Onward = False, remove: Remove = False):
+    """Put an image of yours into a shot's memory as a reference; the shot and later ones go stale."""
+    _edit_memory(out, "reference", shot, image, onward, remove, label)
+
+
 @app.command()
 def info(out: Path = typer.Argument(..., help="project directory")):
     """Print a project's shots, status, modes and memory (no lock: safe while another command writes)."""
     from filmweaver.engine.records import ShotRecord
+    from filmweaver.engine.steering import memory_edits
 
     project = _read_project(out)
     if project.recovered:
@@ -555,6 +615,8 @@ def info(out: Path = typer.Argument(..., help="project directory")):
     for r in map(ShotRecord.from_manifest, m.get("shots", [])):
         mem = ", ".join(f"{x.keyframe}({x.similarity})" for x in r.shot_cache) or "-"
         typer.echo(f"shot {r.number:>2} {r.status:<5} chunks {r.num_chunks} [{','.join(r.modes)}] memory: {mem}")
+    for e in memory_edits(m):
+        typer.echo(f"memory edit: {e.describe()}")
 
 
 

@@ -87,13 +87,14 @@ class FlowMatchSampler:
         progress: bool = True,
         desc: str = "denoise",
         velocity_without_memory: VelocityFn | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Integrate from ``noise [B, C, F, h, w]`` to clean latents.
 
         ``velocity(x, t, text)`` gets ``x [B', C, F, h, w]`` in the model's dtype, ``t [B']`` and text
         ``[B', L, D]``; with batched CFG ``B' = 2B`` (conditional first). ``velocity_without_memory``:
         the same model without the shot-cache keyframes, for ``memory_guidance_scale`` (used with the
-        empty prompt only).
+        empty prompt only). ``on_step(steps done, steps)`` after every step.
         """
         cfg = self.cfg
         scheduler = make_scheduler(cfg, self.scheduler_config)
@@ -103,7 +104,7 @@ class FlowMatchSampler:
         b = latents.shape[0]
         # one tensor for every step (not a new one per step): backbones may cache per prompt tensor
         both = torch.cat([text, negative_text]) if negative_text is not None and cfg.batch_cfg else None
-        for t in progress_bar(scheduler.timesteps, desc=desc, leave=False, enabled=progress):
+        for k, t in enumerate(progress_bar(scheduler.timesteps, desc=desc, leave=False, enabled=progress)):
             scale = self.guidance_at(t)
             use_cfg = scale > 1.0 and negative_text is not None
             v_uncond = v_none = None
@@ -119,4 +120,6 @@ class FlowMatchSampler:
                 v_none = velocity_without_memory(latents, t.expand(b), negative_text)
             v = guided_velocity(v_cond, v_uncond, scale, v_none, cfg.memory_guidance_scale)
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(k + 1, len(scheduler.timesteps))
         return latents

@@ -9,6 +9,7 @@ exactly from the shots' state files and keyframe PNGs (a resumed story is the sa
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -59,13 +60,20 @@ class BankStore:
         return bank
 
     def _references(self) -> list[Keyframe]:
-        refs = self.story.references()
-        images = torch.stack([load_image(path, self.size) for _, _, path in refs])
-        embs = self.models.embedder.embed_images(images)
-        lats = self.models.codec.encode_images(images).cpu()
-        return [Keyframe(img, emb.float(), lat.float(), source_shot=-1, frame_index=j, kind="reference", label=name,
-                         entities=(name,))
-                for j, ((_, name, _), img, emb, lat) in enumerate(zip(refs, images, embs, lats, strict=True))]
+        return self.reference_entries([(name, path) for _, name, path in self.story.references()])
+
+    def reference_entries(self, images: list[tuple[str, Path]], numbers: list[int] | None = None) -> list[Keyframe]:
+        """Bank entries of reference images ``(label, path)``, numbered ``numbers`` (default 0, 1, ...;
+        their names: ``ref_<label>_<n>``)."""
+        if not images:
+            return []
+        pictures = torch.stack([load_image(path, self.size) for _, path in images])
+        embs = self.models.embedder.embed_images(pictures)
+        lats = self.models.codec.encode_images(pictures).cpu()
+        numbers = list(range(len(images))) if numbers is None else numbers
+        return [Keyframe(img, emb.float(), lat.float(), source_shot=-1, frame_index=n, kind="reference",
+                         label=label, entities=(label,) if label else ())
+                for n, (label, _), img, emb, lat in zip(numbers, images, pictures, embs, lats, strict=True)]
 
     def _keyframes(self, index: int) -> list[tuple[KeyframeRecord, int]]:
         """(keyframe record, shot index) of every keyframe the finished shots before ``index`` added."""

@@ -41,12 +41,13 @@ def chunk_schedule(plan: ShotPlan, chunk_frames: int, first_chunk: int, anchor: 
 
 def denoise_chunks(models, sampler, step_cache, cfg, m2v: bool, plan: ShotPlan, memory: ShotMemory,
                    schedule: list[Chunk], text: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int],
-                   progress: bool) -> tuple[list[torch.Tensor], list[ChunkRecord]]:
+                   progress: bool, on_step=None) -> tuple[list[torch.Tensor], list[ChunkRecord]]:
     """Each chunk of ``schedule`` in turn; every chunk made is pushed onto ``memory.temporal``.
 
     ``text`` / ``negative`` ``[1, L, D]`` in the backbone's dtype, the same tensors at every step (a
     causal-context model's key/value cache recognises the prompt by identity). Returns the video's
-    chunks ``[1, C, F, h, w]`` each (on the CPU) and a record per chunk."""
+    chunks ``[1, C, F, h, w]`` each (on the CPU) and a record per chunk. ``on_step(chunk label, steps
+    done, steps)`` after every denoising step."""
     backbone, i = models.backbone, plan.shot.index
     h, w = latent_hw
     video, records = [], []
@@ -64,7 +65,8 @@ def denoise_chunks(models, sampler, step_cache, cfg, m2v: bool, plan: ShotPlan, 
                 velocity_fn(models, m2v, context, memory.image), noise.to(backbone.device), text, negative,
                 progress=progress, desc="anchor frame" if anchor else f"chunk {chunk.label + 1}/{plan.num_chunks}",
                 velocity_without_memory=velocity_without_memory(models, m2v, cfg.sampler.memory_guidance_scale,
-                                                                context, memory.image))
+                                                                context, memory.image),
+                on_step=None if on_step is None else (lambda k, n, c=chunk.label: on_step(c, k, n)))
         memory.temporal.push(latents)
         if chunk.in_video:
             video.append(latents.cpu())

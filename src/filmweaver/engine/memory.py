@@ -18,15 +18,19 @@ import torch
 from safetensors import safe_open
 
 from filmweaver.context import ContextFrames
+from filmweaver.engine.bank import BankStore
 from filmweaver.engine.config import EngineConfig
 from filmweaver.engine.plan import ShotPlan
 from filmweaver.engine.records import MemoryRecord
+from filmweaver.engine.steering import edits_for, memory_edits, resolve_edits
 from filmweaver.memory.keyframes import KeyframeBank
 from filmweaver.memory.shot_cache import RetrievedKeyframe, memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
 from filmweaver.project import Project
 from filmweaver.script import StoryScript, names_in
 from filmweaver.text import pooled_embeddings
+
+ADDED_REFERENCE_BASE = 1000  # a reference added to one shot's memory: ref_<label>_1000 on (story's: from 0)
 
 
 def tail_frames(project: Project, index: int) -> torch.Tensor:
@@ -40,7 +44,7 @@ def tail_frames(project: Project, index: int) -> torch.Tensor:
 class ShotMemory:
     """Everything a shot is generated with from memory."""
 
-    bank: KeyframeBank  # before this shot (new keyframes are added to it)
+    bank: KeyframeBank  # before this shot, with the references added for this shot alone
     retrieved: list[RetrievedKeyframe]  # the shot cache, in bank order of the policy's choice
     temporal: TemporalCache
     shot_context: list[ContextFrames]  # the shot cache as one block (empty without keyframes)
@@ -64,15 +68,26 @@ class MemoryAssembler:
     """Builds each shot's :class:`ShotMemory` from the bank, the project's earlier shots and the config."""
 
     def __init__(self, models, cfg: EngineConfig, project: Project, story: StoryScript, policy,
-                 plans: Callable[[], list[ShotPlan]], storymem_layout: bool, image_conditioned: bool):
+                 plans: Callable[[], list[ShotPlan]], storymem_layout: bool, image_conditioned: bool,
+                 bank_store: BankStore):
         self.models, self.cfg, self.project, self.story, self.policy = models, cfg, project, story, policy
+        self.bank_store = bank_store  # makes the bank entries of the references a person added
         self.plans = plans  # every shot's plan (character anchors look at earlier shots' prompts)
         self.storymem_layout = storymem_layout
         self.image_conditioned = image_conditioned
 
     def assemble(self, plan: ShotPlan, bank: KeyframeBank, prior_latents: torch.Tensor | None) -> ShotMemory:
+        """``bank``: the bank before the shot (not changed: the shot's own references go into a copy)."""
         cfg, i, device = self.cfg, plan.shot.index, self.models.backbone.device
-        retrieved = self.retrieve(plan, bank)
+        pins, bans, added = resolve_edits(edits_for(self.project.manifest, i))
+        if added:
+            # numbered by their place among all added references: one name per image across the shots
+            every = [e for e in memory_edits(self.project.manifest) if e.action == "reference"]
+            extra = self.bank_store.reference_entries([(e.label, self.project.root / e.image) for e in added],
+                                                      [ADDED_REFERENCE_BASE + every.index(e) for e in added])
+            bank = KeyframeBank(bank.entries + extra, bank.dedupe_threshold)
+            pins = pins + [e.name for e in extra]
+        retrieved = self.retrieve(plan, bank, pins, bans)
         # StoryMem's layout has no temporal cache: a continuation goes into the video's condition
         use_temporal = cfg.temporal_cache.enabled and not self.storymem_layout
         temporal = TemporalCache(cfg.temporal_cache.schedule if use_temporal else [])
@@ -90,15 +105,28 @@ class MemoryAssembler:
         return memory
 
     # -- the shot cache --------------------------------------------------------------------------------
-    def retrieve(self, plan: ShotPlan, bank: KeyframeBank) -> list[RetrievedKeyframe]:
-        if len(bank) == 0 or self.cfg.shot_cache.policy == "none":
-            return []
-        text_emb = self.models.embedder.embed_texts([plan.prompt])[0]
-        wanted = set(plan.shot.entities.names()) | set(plan.shot.options.characters) | ({plan.shot.options.location} - {None})
-        required = [i for i, e in enumerate(bank) if e.kind == "reference" and e.label in wanted]
-        if self.cfg.shot_cache.anchor_characters:
-            required += [i for i in self.character_anchors(plan, bank) if i not in required]
-        return self.policy.select(bank, text_emb, required, entities=self.entities_to_show(plan))
+    def retrieve(self, plan: ShotPlan, bank: KeyframeBank, pins: list[str] = (),
+                 bans: set[str] = frozenset()) -> list[RetrievedKeyframe]:
+        """The shot cache: the policy's choice from the bank without the ``bans``, with every pinned
+        entry (by name) in it whatever the policy's size."""
+        visible = [j for j, e in enumerate(bank) if e.name not in bans]
+        view = bank if len(visible) == len(bank) else KeyframeBank([bank.entries[j] for j in visible],
+                                                                   bank.dedupe_threshold)
+        pinned = [v for v, e in enumerate(view) if e.name in pins]
+        if len(view) == 0 or self.cfg.shot_cache.policy == "none":
+            chosen = []
+        else:
+            text_emb = self.models.embedder.embed_texts([plan.prompt])[0]
+            wanted = set(plan.shot.entities.names()) | set(plan.shot.options.characters) | ({plan.shot.options.location} - {None})
+            required = pinned + [v for v, e in enumerate(view) if e.kind == "reference" and e.label in wanted
+                                 and v not in pinned]
+            if self.cfg.shot_cache.anchor_characters:
+                required += [v for v in self.character_anchors(plan, view) if v not in required]
+            chosen = self.policy.select(view, text_emb, required, entities=self.entities_to_show(plan))
+        have = {r.bank_index for r in chosen}
+        chosen += [RetrievedKeyframe(v, None, "pinned") for v in pinned if v not in have]  # past the policy's size
+        return [RetrievedKeyframe(visible[r.bank_index], r.similarity, "pinned" if r.bank_index in pinned else r.role)
+                for r in chosen]
 
     def entities_to_show(self, plan: ShotPlan) -> list[str]:
         """The shot's entities of the kinds memory must represent (``shot_cache.entity_kinds``)."""

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from filmweaver.engine.config import EngineConfig
+from filmweaver.engine.steering import MemoryEdit
 from filmweaver.io import file_digest
 from filmweaver.script import Shot, StoryScript
 
@@ -46,10 +47,13 @@ def chunks_for(shot: Shot, cfg: EngineConfig, codec) -> int:
 
 
 def plan_shots(story: StoryScript, cfg: EngineConfig, model_id: str, codec, overrides: dict,
-               one_clip_per_shot: bool = False) -> list[ShotPlan]:
+               one_clip_per_shot: bool = False, memory_edits: list[dict] | None = None) -> list[ShotPlan]:
     """Every shot's plan. ``overrides``: the manifest's per-shot prompt / seed / extra chunks (from
     regenerate and extend). ``one_clip_per_shot``: StoryMem's layout, which makes each shot one clip
-    (a shot needing more chunks is an error naming it)."""
+    (a shot needing more chunks is an error naming it). ``memory_edits``: the manifest's pins, bans and
+    added references (:mod:`~filmweaver.engine.steering`): each shot's fingerprint has those that apply
+    to it."""
+    edits = [MemoryEdit.from_manifest(d) for d in memory_edits or []]
     settings = cfg.model_dump(mode="json")
     # reference images seed every shot's memory: their contents are part of every shot's inputs
     references = [(kind, name, file_digest(path) if path.is_file() else None) for kind, name, path in story.references()]
@@ -72,7 +76,9 @@ def plan_shots(story: StoryScript, cfg: EngineConfig, model_id: str, codec, over
         neg = shot.negative_prompt or (cfg.storymem.negative_prompt if cfg.storymem.enabled else "")
         # what a schedule or the objects option add to a shot's inputs (absent: fingerprints as before)
         entities = [dataclasses.asdict(shot.entities)] if shot.entities.scheduled or shot.options.objects else []
+        steering = [e.to_manifest() for e in edits if e.applies_to(shot.index)]
         fp = fingerprint(prompt, neg, seed, shot.cut, base, shot.options.characters, shot.options.location,
-                         settings, model_id, *([references] if references else []), *entities)
+                         settings, model_id, *([references] if references else []), *entities,
+                         *([steering] if steering else []))
         plans.append(ShotPlan(shot, prompt, neg, seed, base, ov.get("extra_chunks", 0), fp))
     return plans

@@ -3,8 +3,10 @@ and the project's lifecycle, with each shot made by the stages of this package."
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,10 +15,13 @@ from safetensors.torch import load_file
 from filmweaver.engine.bank import BankStore
 from filmweaver.engine.config import EngineConfig
 from filmweaver.engine.denoise import chunk_schedule, denoise_chunks
+from filmweaver.engine.editing import reconcile_shots, remap_shot_indices
+from filmweaver.engine.events import Progress, ProgressCallback
 from filmweaver.engine.finish import ShotContents, finish_shot
 from filmweaver.engine.memory import MemoryAssembler
 from filmweaver.engine.plan import ShotPlan, chunks_for, plan_shots
 from filmweaver.engine.records import ChunkRecord, ShotRecord, ShotTimings
+from filmweaver.engine.steering import MemoryEdit, add_reference_image, apply_edit
 from filmweaver.engine.step_cache import StepCache
 from filmweaver.engine.storymem import storymem_shot
 from filmweaver.engine.summaries import write_summaries
@@ -27,7 +32,7 @@ from filmweaver.models import FilmModels
 from filmweaver.progress import progress_bar
 from filmweaver.project import Project, ProjectError, ProjectLock
 from filmweaver.sampler import FlowMatchSampler
-from filmweaver.script import Shot, StoryScript
+from filmweaver.script import Shot, StoryScript, parse_story
 
 log = logging.getLogger("filmweaver")
 
@@ -126,7 +131,11 @@ class StoryEngine:
         self.models = models
         self.project = p = project if isinstance(project, Project) else Project(project)
         self._verified: set[int] = set()  # shots whose files this operation checked or wrote
+        # with keep_frames, the frames [F, 3, H, W] in [0, 1] of each shot the last operation made (the API's .frames)
+        self.keep_frames = False
+        self.last_frames: dict[int, torch.Tensor] = {}
         self.progress = progress
+        self.on_progress: ProgressCallback | None = None  # called as shots start, step and finish
         self.story = story if story is not None else p.load_story()
         if config is None and p.exists:
             config = EngineConfig.model_validate(p.manifest["config"])
@@ -152,7 +161,7 @@ class StoryEngine:
         policy = make_shot_cache_policy(sc.policy, sc.k, sc.sink, sc.max_size, sc.per_shot)
         self.bank = BankStore(p, self.story, models, (cfg.height, cfg.width), cfg.keyframes.dedupe_threshold)
         self.memory = MemoryAssembler(models, cfg, p, self.story, policy, self.plan, self.storymem_layout,
-                                      self.image_conditioned)
+                                      self.image_conditioned, self.bank)
 
     # -- planning ----------------------------------------------------------------------------------
     @property
@@ -164,7 +173,8 @@ class StoryEngine:
 
     def plan(self) -> list[ShotPlan]:
         return plan_shots(self.story, self.config, self.models.model_id, self.models.codec,
-                          self.project.manifest.get("overrides", {}), one_clip_per_shot=self.storymem_layout)
+                          self.project.manifest.get("overrides", {}), one_clip_per_shot=self.storymem_layout,
+                          memory_edits=self.project.manifest.get("memory_edits"))
 
     # -- public operations (each holds the project's lock: one writer at a time) ----------------------
     def generate(self, force: bool = False, max_shots: int | None = None) -> list[int]:
@@ -212,6 +222,67 @@ class StoryEngine:
         with ProjectLock(self.project.root):
             self._tidy()
             self._extend_shot(index, chunks)
+
+    # -- editing the story (memory rebuilt: the changed shot and later ones go stale) ------------------
+    def replace_story(self, story: StoryScript, index_map: dict[int, int | None] | None = None) -> tuple[list[int], list[int]]:
+        """Put an edited version of the project's story in place. ``index_map``: each old shot index's
+        new one (None: deleted), where shots moved (:mod:`filmweaver.script_edit` gives it). Shots
+        from the first changed one on are stale; shots past the new end are removed. Returns
+        ``(stale indices, removed indices)``."""
+        with ProjectLock(self.project.root):
+            self._tidy()
+            p = self.project
+            if not p.exists:
+                self._use_story(story)
+                self._start_project(False)
+                return [], []
+            old = self.plan()
+            if index_map:
+                remap_shot_indices(p, index_map)
+            self._use_story(p.import_story(story))
+            p.manifest["story"]["name"] = self.story.story_name
+            stale, removed = reconcile_shots(p, old, self.plan())
+            p.save()
+            self._write_summaries()
+            return stale, removed
+
+    def edit_shots(self, edit: Callable[[dict], tuple[dict, dict]]) -> tuple[list[int], list[int]]:
+        """Apply one of :mod:`filmweaver.script_edit`'s edits to the project's story, e.g.
+        ``engine.edit_shots(lambda doc: script_edit.move_shot(doc, 3, 1))``."""
+        with ProjectLock(self.project.root):
+            doc = json.loads(self.project.story_path.read_text(encoding="utf-8")) if self.project.story_path.is_file() \
+                else self.story.model_dump(mode="json", exclude_none=True)
+            new_doc, index_map = edit(doc)
+            story = parse_story(new_doc, file=self.project.story_path, base_dir=self.project.root)
+            return self.replace_story(story, index_map)
+
+    # -- steering memory (engine.steering: pins, bans and references per shot) -------------------------
+    def pin(self, index: int, keyframe: str, onward: bool = False) -> list[int]:
+        """Keep bank entry ``keyframe`` in shot ``index``'s memory (and every later shot's, ``onward``).
+        The shot and later ones go stale; returns their indices."""
+        return apply_edit(self.project, MemoryEdit("pin", index, onward, keyframe=keyframe), len(self.story.shots()))
+
+    def ban(self, index: int, keyframe: str, onward: bool = False) -> list[int]:
+        """Keep bank entry ``keyframe`` out of shot ``index``'s memory (and later shots', ``onward``)."""
+        return apply_edit(self.project, MemoryEdit("ban", index, onward, keyframe=keyframe), len(self.story.shots()))
+
+    def add_reference(self, index: int, image: str | Path, label: str = "", onward: bool = False) -> str:
+        """Copy ``image`` into the project and put it in shot ``index``'s memory as a reference of
+        ``label`` (an entity of the story, or ""). Returns its path in the project."""
+        names = {e.name for e in self.story.entities()}
+        if label and label not in names:
+            raise ValueError(f"reference label {label!r} is not an entity of the story ({', '.join(sorted(names)) or 'none'})")
+        with ProjectLock(self.project.root):
+            rel = add_reference_image(self.project, image)
+            apply_edit(self.project, MemoryEdit("reference", index, onward, image=rel, label=label),
+                       len(self.story.shots()))
+            return rel
+
+    def remove_memory_edit(self, action: str, index: int, target: str) -> list[int]:
+        """Undo a pin, ban or reference (``target``: the keyframe's name, or the reference's path)."""
+        edit = MemoryEdit(action, index, keyframe="" if action == "reference" else target,
+                          image=target if action == "reference" else "")
+        return apply_edit(self.project, edit, len(self.story.shots()), remove=True)
 
     def _is_current(self, plan: ShotPlan) -> bool:
         """Done from these inputs with intact files; a damaged shot is reported and redone."""
@@ -264,11 +335,16 @@ class StoryEngine:
         p = self.project
         self.bank.reset()
         self._verified = set()
+        self.last_frames = {}
         if p.recovered:
             log.warning("%s: %s", p.root, p.recovered)
             p.recovered = None
         for part in p.remove_partial_files():
             log.info("removed %s, left by an interrupted write", part)
+
+    def _use_story(self, story: StoryScript) -> None:
+        self.story = self.bank.story = self.memory.story = story
+        self.descriptions = {e.name: e.description for e in story.entities()}
 
     def _start_project(self, force: bool) -> None:
         """Under the lock: tidy up, take in the story, record the setup."""
@@ -279,8 +355,7 @@ class StoryEngine:
             m.clear()
         else:
             p.check_same_story(self.story)
-        self.story = p.import_story(self.story)
-        self.bank.story = self.memory.story = self.story  # reference images now resolve inside the project
+        self._use_story(p.import_story(self.story))  # reference images now resolve inside the project
         m["story"] = {"name": self.story.story_name, "overview": self.story.story_overview, "base_dir": "."}
         m["model"] = model_record(self.models, self.m2v, self.image_conditioned)
         m["config"] = self.config.model_dump(mode="json")
@@ -294,6 +369,11 @@ class StoryEngine:
         t_start, cpu_start = time.perf_counter(), time.process_time()
         if i > 0:
             self._require_done_before(i)
+        num_shots = len(self.story.shots())
+        self._emit(Progress("shot", plan.shot.number, num_shots))
+
+        def on_step(chunk, k, n):
+            self._emit(Progress("step", plan.shot.number, num_shots, chunk, plan.num_chunks, k, n))
 
         # 1. Memory: the bank before this shot, the shot cache, the temporal cache (+ continuation).
         bank = self.bank.before(i)
@@ -310,7 +390,7 @@ class StoryEngine:
         if self.storymem_layout:
             video, trim, memory.continuation, record = storymem_shot(
                 models, (self.sampler, self.first_shot_sampler), self.step_cache, cfg, p, plan, memory, text,
-                negative, self.latent_hw, self.progress)
+                negative, self.latent_hw, self.progress, on_step)
             chunks, records = [video.cpu()], [record]
         else:
             anchor = cfg.keyframe_first and prior_latents is None and len(memory.temporal) == 0
@@ -319,7 +399,7 @@ class StoryEngine:
                 memory.continuation = "keyframe_first"
             chunks, records = denoise_chunks(models, self.sampler, self.step_cache, cfg, self.m2v, plan, memory,
                                              chunk_schedule(plan, cfg.chunk_frames, first_chunk, anchor), text,
-                                             negative, self.latent_hw, self.progress)
+                                             negative, self.latent_hw, self.progress, on_step)
         chunk_log += records
         latents = torch.cat(([prior_latents.cpu()] if prior_latents is not None else []) + chunks, dim=2)
         t_denoise = time.perf_counter() - t_start - t_memory
@@ -342,7 +422,14 @@ class StoryEngine:
         self._verified.add(i)
         self._verified.difference_update(stale)
         p.save()
+        if self.keep_frames:
+            self.last_frames[i] = done.frames
+        self._emit(Progress("shot_done", plan.shot.number, num_shots))
         return manifest_record
+
+    def _emit(self, event: Progress) -> None:
+        if self.on_progress is not None:
+            self.on_progress(event)
 
     def _shot_record(self, plan: ShotPlan, memory, chunk_log: list[ChunkRecord], latents: torch.Tensor, done,
                      timings: ShotTimings, stale: list[int]) -> ShotRecord:

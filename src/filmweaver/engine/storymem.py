@@ -17,7 +17,8 @@ from filmweaver.io import as_8bit
 
 
 def storymem_shot(models, samplers, step_cache, cfg, project, plan: ShotPlan, memory: ShotMemory,
-                  text: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int], progress: bool):
+                  text: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int], progress: bool,
+                  on_step=None):
     """Returns ``(video latents [1, C, F, h, w], video frames to trim, continuation, chunk record)``.
 
     ``samplers``: (the M2V sampler, the first-shot sampler). A continuation's leading frames are fixed
@@ -50,7 +51,8 @@ def storymem_shot(models, samplers, step_cache, cfg, project, plan: ShotPlan, me
         sampler = samplers[0]
     with step_cache.scope(f"shot{i}-chunk0"):
         latents = sampler.sample(velocity, noise.to(backbone.device), text, negative, progress=progress,
-                                 desc=f"shot {plan.shot.number}")
+                                 desc=f"shot {plan.shot.number}",
+                                 on_step=None if on_step is None else (lambda k, n: on_step(0, k, n)))
     mode = "shot" if retrieved else ("temporal" if lead is not None else "text")
     record = ChunkRecord(0, mode, plan.seed, round(time.perf_counter() - t0, 3), layout="storymem",
                          memory_frames=len(retrieved))
