@@ -10,42 +10,53 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-_PER_SHOT = ("video_prompts", "first_frame_prompt", "cut", "shots")
+_OWN = ("video_prompts", "cut", "shots")  # the per-shot lists a row holds as fields of its own
 
 
 @dataclass
 class _Row:
     scene: int  # index of its scene in the document
     prompt: str
-    first_frame_prompt: str | None
     cut: bool
     options: dict = field(default_factory=dict)
     schedule: dict | None = None  # its entity_schedule entry
+    # its values of the scene's other per-shot lists (first_frame_prompt, EntityBench's
+    # action_descriptions, ...): any list as long as the scene's video_prompts
+    extra: dict = field(default_factory=dict)
+
+
+def _per_shot_keys(scene: dict) -> list[str]:
+    n = len(scene["video_prompts"])
+    return [k for k, v in scene.items() if k not in _OWN and isinstance(v, list) and len(v) == n]
 
 
 def _rows(doc: dict) -> list[_Row]:
     rows = []
     schedule = doc.get("entity_schedule") or {}
     for si, scene in enumerate(doc["scenes"]):
-        ffp, cuts, opts = scene.get("first_frame_prompt"), scene.get("cut"), scene.get("shots")
+        cuts, opts, keys = scene.get("cut"), scene.get("shots"), _per_shot_keys(scene)
         for k, prompt in enumerate(scene["video_prompts"]):
-            rows.append(_Row(si, prompt, ffp[k] if ffp else None, cuts[k] if cuts else k == 0,
-                             dict(opts[k]) if opts else {}, schedule.get(f"{scene['scene_num']}:{k + 1}")))
+            rows.append(_Row(si, prompt, cuts[k] if cuts else k == 0, dict(opts[k]) if opts else {},
+                             schedule.get(f"{scene['scene_num']}:{k + 1}"), {key: scene[key][k] for key in keys}))
     return rows
 
 
 def _document(doc: dict, rows: list[_Row]) -> dict:
     """``doc`` with its shots replaced by ``rows`` (scenes left without shots are dropped)."""
     out = copy.deepcopy(doc)
+    if rows:
+        rows[0].cut = True  # nothing comes before the story's first shot: it is a cut whatever it was
     scenes, schedule = [], {}
     for si, scene in enumerate(doc["scenes"]):
         mine = [r for r in rows if r.scene == si]
         if not mine:
             continue
-        new = {k: copy.deepcopy(v) for k, v in scene.items() if k not in _PER_SHOT}
+        keys = _per_shot_keys(scene)
+        new = {k: copy.deepcopy(v) for k, v in scene.items() if k not in _OWN and k not in keys}
         new["video_prompts"] = [r.prompt for r in mine]
-        if scene.get("first_frame_prompt") is not None or any(r.first_frame_prompt for r in mine):
-            new["first_frame_prompt"] = [r.first_frame_prompt or r.prompt for r in mine]
+        for key in keys:  # a shot that came from elsewhere without the list's value: its prompt (texts)
+            texts = all(isinstance(v, str) for v in scene[key])
+            new[key] = [r.extra.get(key, r.prompt if texts else None) for r in mine]
         new["cut"] = [r.cut for r in mine]
         if scene.get("shots") is not None or any(r.options for r in mine):
             new["shots"] = [r.options for r in mine]
@@ -76,7 +87,7 @@ def insert_shot(doc: dict, at: int, prompt: str, cut: bool = True, options: dict
     if not prompt.strip():
         raise ValueError("insert: the new shot needs a prompt")
     scene = rows[at].scene if at < len(rows) else (rows[-1].scene if rows else 0)
-    rows.insert(at, _Row(scene, prompt, None, cut, dict(options or {}), entities))
+    rows.insert(at, _Row(scene, prompt, cut, dict(options or {}), entities))
     return _document(doc, rows), {i: (i if i < at else i + 1) for i in range(len(rows) - 1)}
 
 
@@ -113,9 +124,9 @@ def set_shot(doc: dict, index: int, prompt: str | None = None, cut: bool | None 
     if prompt is not None:
         if not prompt.strip():
             raise ValueError(f"edit: shot {index + 1} needs a prompt")
+        # the scene's other texts of this shot that were its prompt follow it (ST-Bench's first_frame_prompt)
+        r.extra = {k: (prompt if v == r.prompt else v) for k, v in r.extra.items()}
         r.prompt = prompt
-        if r.first_frame_prompt is not None:
-            r.first_frame_prompt = prompt
     if cut is not None:
         r.cut = cut
     if options:
