@@ -602,6 +602,36 @@ def reference(out: Path = typer.Argument(..., help="project directory"),
 
 
 @app.command()
+def studio(projects_dir: Path = typer.Argument(Path("projects"), help="directory of projects (created)"),
+           preset: Preset = None, model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None,
+           device: Device = "auto", dtype: Dtype = "float32",
+           host: str = typer.Option("127.0.0.1", help="address to serve on (0.0.0.0: every network interface)"),
+           port: int = typer.Option(7860, help="port"),
+           max_upload_mb: int = typer.Option(20, help="largest upload accepted, MB"),
+           example: Path | None = typer.Option(None, help="a script the editor starts with for a new project")):
+    """Make films in the browser (Gradio): write a story, generate, regenerate, extend, steer memory."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _fail("the studio needs Gradio: pip install 'filmweaver[app]'")
+    from filmweaver.pipeline import FilmPipeline
+    from filmweaver.studio import Studio, launch
+
+    runtime = _runtime(device, dtype)
+    setup = _model_setup(None, preset=preset, model=model, embedder=embedder, lora=lora)
+    text = ""
+    if example is not None:
+        try:
+            load_story(example)
+            text = example.read_text(encoding="utf-8")
+        except (ScriptError, OSError) as e:
+            _fail(f"--example {example}: {e}")
+    app_state = Studio(projects_dir, lambda: FilmPipeline(_load_models(setup, runtime), runtime))
+    console.print(f"filmweaver studio on http://{host}:{port} (projects in {app_state.root})", highlight=False)
+    launch(app_state, host=host, port=port, max_upload_mb=max_upload_mb, example=text)
+
+
+@app.command()
 def info(out: Path = typer.Argument(..., help="project directory")):
     """Print a project's shots, status, modes and memory (no lock: safe while another command writes)."""
     from filmweaver.engine.records import ShotRecord

@@ -101,12 +101,67 @@ class FilmPipeline:
         return self.open(directory, story, **open_kwargs).generate(callback=callback)
 
 
-class Film:
+class FilmReader:
+    """A project read without models: its shots, their memory, pictures and frames (the studio's page
+    and tools read projects this way while a job writes them)."""
+
+    def __init__(self, project: Project | str | Path):
+        self.project = project if isinstance(project, Project) else Project(project)
+
+    @property
+    def memory_edits(self):
+        return memory_edits(self.project.manifest)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    @property
+    def story(self) -> StoryScript:
+        return self.project.load_story()
+
+    @property
+    def shots(self) -> list[ShotView]:
+        """Every shot of the story, with its status and memory (read from the manifest)."""
+        views = []
+        for shot in self.story.shots():
+            rec = self.project.shot_record(shot.index)
+            if rec is None:
+                views.append(ShotView(shot.number, shot.prompt, "pending", characters=shot.entities.characters))
+                continue
+            r = ShotRecord.from_manifest(rec)
+            video = self.project.shot_video(shot.index)
+            views.append(ShotView(shot.number, r.prompt, r.status, rec.get("stale_reason"),
+                                  video if video.is_file() else None, r.shot_cache, r.keyframes,
+                                  shot.entities.characters))
+        return views
+
+    def picture(self, name: str) -> Path | None:
+        """The PNG of a bank entry or keyframe by name (a shot's keyframe, a story reference, or a
+        reference added to one shot's memory), or None."""
+        for path in (self.project.bank_dir / f"{name}.png", self.project.keyframe_png(name)):
+            if path.is_file():
+                return path
+        if name.startswith("ref_"):  # an added reference: ref_<label>_<ADDED_REFERENCE_BASE + n>
+            n = int(name.rsplit("_", 1)[1]) - ADDED_REFERENCE_BASE
+            added = [e for e in self.memory_edits if e.action == "reference"]
+            if 0 <= n < len(added):
+                return self.project.root / added[n].image
+        return None
+
+    def frames(self, shot: int) -> torch.Tensor:
+        """Shot ``shot``'s frames ``[F, 3, H, W]`` in ``[0, 1]``, read from its video."""
+        return read_video(self.project.shot_video(shot - 1))[0]
+
+
+
+class Film(FilmReader):
     """One project: generate, regenerate, extend, edit its shots, steer each shot's memory."""
 
     def __init__(self, engine: StoryEngine):
+        super().__init__(engine.project)
         self.engine = engine
-        self.project = engine.project
+
+    @property
+    def story(self) -> StoryScript:
+        return self.engine.story
 
     # -- making shots --------------------------------------------------------------------------------
     def generate(self, max_shots: int | None = None, force: bool = False,
@@ -137,11 +192,12 @@ class Film:
         return self._run(longer, callback)
 
     def _run(self, operation, callback) -> FilmOutput:
-        self.engine.on_progress = callback
+        previous = self.engine.on_progress  # a caller's own (the studio's) stays where none is given
+        self.engine.on_progress = callback or previous
         try:
             made = operation()
         finally:
-            self.engine.on_progress = None
+            self.engine.on_progress = previous
         frames = [self.engine.last_frames[i] for i in made if i in self.engine.last_frames]
         film = self.project.film_path if self.project.film_path.is_file() else None
         return FilmOutput([i + 1 for i in made], frames, self.project.root, film)
@@ -187,48 +243,6 @@ class Film:
     def add_reference(self, shot: int, image: str | Path, label: str = "", onward: bool = False) -> str:
         """An image of yours in shot ``shot``'s memory, showing ``label`` (an entity of the story)."""
         return self.engine.add_reference(shot - 1, image, label, onward)
-
-    @property
-    def memory_edits(self):
-        return memory_edits(self.project.manifest)
-
-    # -- reading ---------------------------------------------------------------------------------------
-    @property
-    def story(self) -> StoryScript:
-        return self.engine.story
-
-    @property
-    def shots(self) -> list[ShotView]:
-        """Every shot of the story, with its status and memory (read from the manifest)."""
-        views = []
-        for shot in self.engine.story.shots():
-            rec = self.project.shot_record(shot.index)
-            if rec is None:
-                views.append(ShotView(shot.number, shot.prompt, "pending", characters=shot.entities.characters))
-                continue
-            r = ShotRecord.from_manifest(rec)
-            video = self.project.shot_video(shot.index)
-            views.append(ShotView(shot.number, r.prompt, r.status, rec.get("stale_reason"),
-                                  video if video.is_file() else None, r.shot_cache, r.keyframes,
-                                  shot.entities.characters))
-        return views
-
-    def picture(self, name: str) -> Path | None:
-        """The PNG of a bank entry or keyframe by name (a shot's keyframe, a story reference, or a
-        reference added to one shot's memory), or None."""
-        for path in (self.project.bank_dir / f"{name}.png", self.project.keyframe_png(name)):
-            if path.is_file():
-                return path
-        if name.startswith("ref_"):  # an added reference: ref_<label>_<ADDED_REFERENCE_BASE + n>
-            n = int(name.rsplit("_", 1)[1]) - ADDED_REFERENCE_BASE
-            added = [e for e in self.memory_edits if e.action == "reference"]
-            if 0 <= n < len(added):
-                return self.project.root / added[n].image
-        return None
-
-    def frames(self, shot: int) -> torch.Tensor:
-        """Shot ``shot``'s frames ``[F, 3, H, W]`` in ``[0, 1]``, read from its video."""
-        return read_video(self.project.shot_video(shot - 1))[0]
 
     def lock(self) -> ProjectLock:
         """The project's writer lock (held by every operation; take it to keep other writers out)."""
