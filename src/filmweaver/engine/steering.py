@@ -52,7 +52,8 @@ class MemoryEdit:
         return f"{self.action} {what} for {scope}"
 
     def to_manifest(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", False)}
+        # unset text and a False switch are left out; shot 0 is kept (0 == False in a `not in` test)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != "" and v is not False}
 
     @classmethod
     def from_manifest(cls, d: dict) -> MemoryEdit:
