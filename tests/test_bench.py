@@ -150,3 +150,23 @@ def test_bench_options_write_their_command_and_every_shape_builds_from_the_one_t
     assert all(WAN_PRESETS[p]["shape"] in TRANSFORMER_SHAPES for p in WAN_PRESETS)
     with pytest.raises(KeyError, match="unknown shape"):
         transformer_shape("7b")
+
+
+def test_train_bench_times_a_lora_step_and_refuses_what_it_does_not_time(tmp_path):
+    """`filmweaver bench --train`: the trainer's step (LoRA, gradient checkpointing, optimizer) per case."""
+    from filmweaver.cli import app
+
+    out = tmp_path / "t.json"
+    args = ["bench", "--train", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--height", "32",
+            "--width", "32", "--frames", "5", "--memory", "1,3", "--temporal", "no,yes", "--lora-rank", "4",
+            "--repeats", "1", "--warmup", "1"]
+    r = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert [(c["memory"], c["temporal"]) for c in data["cases"]] == [(1, False), (3, False), (1, True), (3, True)]
+    assert all(c["seconds_per_step"] > 0 for c in data["cases"])
+    assert data["cases"][1]["context_tokens"] == 3 * data["cases"][0]["context_tokens"]
+    assert data["env"]["trainable_parameters"] > 0 and data["env"]["gradient_checkpointing"]
+    assert "--train --lora-rank 4" in data["command"] and "| s / step |" in r.output
+    r = CliRunner().invoke(app, [*args, "--story", "2"])
+    assert r.exit_code == 2 and "--train times one GPU" in r.output

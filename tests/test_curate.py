@@ -444,7 +444,11 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
     clips = [len(read_video_bytes(c)) for sample in read_samples(ds) for c in sample["clips"]]
     assert summary["data"]["latent_frames"] == sum(latent_frame_count(n) for n in clips)  # 4x in time, causal
     lora = tmp_path / "run" / "model" / "lora" / "pytorch_lora_weights.safetensors"
-    assert lora.is_file()
+    assert lora.is_file() and (lora.parent / "context_projections.safetensors").is_file()
+    assert not (tmp_path / "run" / "model" / "transformer").exists()  # the base is the user's: not copied
+    from filmweaver.backbone.lora import lora_file_settings
+
+    assert lora_file_settings(lora) == {"alpha": 4.0, "use_rslora": True}  # StoryMem's scale, recorded
     script = tmp_path / "scene.json"
     script.write_text(json.dumps(next(read_samples(ds))["script"]))
     res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(base),
@@ -456,6 +460,60 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
     bad = TrainConfig.model_validate({**cfg, "model": {"kind": "synth-small"}, "vae": {}, "output_dir": str(tmp_path / "x")})
     with pytest.raises(ValueError, match="vae.init_from"):
         run_training(bad, progress=False)
+
+
+def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_film, tmp_path, monkeypatch):
+    """Wan2.2 A14B: one LoRA per expert (as StoryMem ships two files). dit.expert=low_noise trains
+    `transformer_2` only, on noise levels below the boundary; generate --lora-2 puts the file on it."""
+    import filmweaver.train.dit as dit_module
+    from filmweaver.backbone.experts import ExpertSwitch
+    from filmweaver.models import FilmModels
+    from filmweaver.train.config import TrainConfig
+    from filmweaver.train.run import run_training
+
+    a14b = tmp_path / "a14b"
+    models = FilmModels.tiny(seed=0)
+    models.backbone = ExpertSwitch(models.backbone, FilmModels.tiny(seed=1).backbone, boundary_ratio=0.875)
+    models.save_pretrained(a14b)
+    drawn, real = [], dit_module.sample_timesteps
+
+    def recorded(*args, **kwargs):
+        drawn.append(real(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(dit_module, "sample_timesteps", recorded)
+    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 10,
+           "model": {"kind": "pretrained", "path": str(a14b)},
+           "data": {"kind": "curated", "path": str(curated_film), "height": 32, "width": 32},
+           "vae": None, "embedder": None, "probe": None,
+           "dit": {"lora": {"rank": 4}, "expert": "low_noise", "batch_size": 2, "warmup_steps": 1, "max_memory": 2,
+                   "chunk_frames": 2, "temporal_schedule": [[1, 1]],
+                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    run_training(TrainConfig.model_validate(cfg), progress=False)
+    noise = torch.cat(drawn)
+    assert noise.numel() == 8 and float(noise.max()) < 0.875 and float(noise.min()) > 0
+    lora = tmp_path / "run" / "model" / "lora" / "pytorch_lora_weights.safetensors"
+    script = tmp_path / "scene.json"
+    script.write_text(json.dumps(next(read_samples(curated_film))["script"]))
+    res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(a14b),
+                                   "--lora-2", str(lora), "--steps", "2", "--max-shots", "1"])
+    assert res.exit_code == 0, res.output
+    # an A14B without dit.expert: one line naming the setting
+    both = {**cfg, "output_dir": str(tmp_path / "both"), "dit": {**cfg["dit"], "expert": None}}
+    with pytest.raises(ValueError, match="dit.expert"):
+        run_training(TrainConfig.model_validate(both), progress=False)
+
+
+def test_sampled_noise_levels_within_a_range_keep_the_shifted_density():
+    from filmweaver.train.dit import sample_timesteps
+
+    torch.manual_seed(0)
+    everywhere = sample_timesteps(200_000, 3.0, "cpu")
+    high = sample_timesteps(50_000, 3.0, "cpu", within=(0.875, 1.0))
+    assert float(high.min()) >= 0.875 and float(high.max()) < 1.0
+    # the same distribution, conditioned on the range
+    inside = everywhere[everywhere >= 0.875]
+    assert abs(float(high.mean()) - float(inside.mean())) < 2e-3
 
 
 def test_every_shipped_training_config_parses():

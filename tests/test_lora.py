@@ -106,3 +106,112 @@ def test_storymem_lora_streams_with_block_offload():
         streamed = models.backbone(x, t, text)
     assert torch.equal(streamed, reference)
     assert all(p.device.type == "meta" for p in tr.blocks.parameters())
+
+
+def _perturbed_adapter(model, rank=4, use_rslora=True, alpha=None):
+    """A trainable adapter as `filmweaver train` adds it, its lora_B moved off zero (a trained one)."""
+    from filmweaver.backbone.lora import add_memory_lora
+
+    n = add_memory_lora(model, rank, alpha=alpha, use_rslora=use_rslora)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return n
+
+
+def _forward(model):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 2, 4, 4, generator=g)
+    text = torch.randn(1, 5, 12, generator=g)
+    with torch.no_grad():
+        return model(x, torch.tensor([500.0]), text, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("use_rslora,alpha", [(True, None), (False, 8)])
+def test_a_trained_lora_file_loads_at_the_scale_it_was_trained_with(tmp_path, use_rslora, alpha):
+    """The file `filmweaver train` writes records its adapter settings; loading it (generate --lora) must
+    give the trained transformer, whatever the scale convention (a file without them: StoryMem's)."""
+    from filmweaver.backbone.lora import lora_file_settings
+
+    trained = tiny_wan()
+    assert _perturbed_adapter(trained, use_rslora=use_rslora, alpha=alpha) > 0
+    assert all(p.dtype == torch.float32 for n, p in trained.named_parameters() if "lora_" in n)
+    trained.save_lora_adapter(str(tmp_path))
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    assert lora_file_settings(path) == {"alpha": float(alpha or 4), "use_rslora": use_rslora}
+    base = tiny_wan()
+    delta = _forward(trained) - _forward(base)
+    assert delta.abs().max() > 1e-2  # the adapter changes the output: a wrong scale would show
+    attach_wan_lora(base, load_state_dict(path), **lora_file_settings(path))
+    torch.testing.assert_close(_forward(base), _forward(trained), rtol=1e-5, atol=1e-5)
+
+
+def test_export_in_storymem_layout_loads_in_storymem_convention(tmp_path):
+    """`filmweaver export-lora`: original Wan keys under peft's prefix, a torch file of tensors
+    (weights_only), lora_B rescaled so StoryMem's loader (r = alpha, rsLoRA) applies the trained update."""
+    from filmweaver.backbone.lora import STORYMEM_TARGETS as TARGETS
+    from filmweaver.backbone.lora import export_storymem_lora
+
+    trained = tiny_wan()
+    _perturbed_adapter(trained, use_rslora=False, alpha=2)  # scale 0.5, StoryMem's would be 2
+    trained.save_lora_adapter(str(tmp_path / "lora"))
+    out = tmp_path / "backbone_high_noise.pth"
+    summary = export_storymem_lora(tmp_path / "lora" / "pytorch_lora_weights.safetensors", out)
+    assert summary["rank"] == 4 and summary["modules"] == 2 * len(TARGETS) and summary["scale"] == 0.5
+    state = torch.load(out, weights_only=True)
+    assert f"base_model.model.blocks.1.{TARGETS[0]}.lora_A.weight" in state and len(state) == 4 * len(TARGETS)
+    base = tiny_wan()
+    attach_wan_lora(base, state)  # the StoryMem convention: no settings given
+    torch.testing.assert_close(_forward(base), _forward(trained), rtol=1e-5, atol=1e-5)
+
+
+def test_export_refuses_targets_storymem_has_no_adapter_on(tmp_path):
+    from filmweaver.backbone.lora import add_memory_lora, export_storymem_lora
+
+    model = tiny_wan()
+    add_memory_lora(model, 4, target_modules=["to_q", "proj_out"])
+    model.save_lora_adapter(str(tmp_path))
+    with pytest.raises(LoraConversionError):
+        export_storymem_lora(tmp_path / "pytorch_lora_weights.safetensors", tmp_path / "x.pth")
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients_with_memory_in_context():
+    """dit.gradient_checkpointing recomputes each block in the backward pass: same loss, same gradients
+    on the adapter (memory keyframes in context). Causal context does not checkpoint yet: the config says so."""
+    from filmweaver.backbone.lora import add_memory_lora
+    from filmweaver.backbone.wan import ContextWanTransformer
+    from filmweaver.context import ContextFrames
+    from filmweaver.memory.shot_cache import memory_positions
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 2, 4, 4, generator=g)
+    text = torch.randn(1, 5, 12, generator=g)
+    memory = ContextFrames(torch.randn(1, 4, 2, 4, 4, generator=g), memory_positions(2, 0), 0.0, 1, kind="shot")
+    for mode in ("full",):
+        grads = []
+        for checkpointing in (False, True):
+            tr = tiny_wan()
+            add_memory_lora(tr, 4)
+            with torch.no_grad():
+                for n, p in tr.named_parameters():
+                    if "lora_B" in n:
+                        p.fill_(0.05)
+            if checkpointing:
+                tr.enable_gradient_checkpointing()
+            bb = ContextWanTransformer(tr, context_attention=mode).train()
+            loss = bb(x, torch.tensor([500.0]), text, context=[memory]).pow(2).mean()
+            loss.backward()
+            grads.append((loss.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.requires_grad}))
+        (l0, g0), (l1, g1) = grads
+        torch.testing.assert_close(l0, l1)
+        assert g0.keys() == g1.keys() and len(g0) > 0
+        for n in g0:
+            torch.testing.assert_close(g0[n], g1[n], rtol=1e-4, atol=1e-6)
+    from pydantic import ValidationError
+
+    from filmweaver.train.config import DiTPhase
+
+    with pytest.raises(ValidationError, match="gradient_checkpointing"):
+        DiTPhase(gradient_checkpointing=True, context_attention="causal")

@@ -107,6 +107,11 @@ class BenchOptions:
                                                              "to time"))
     story_warmup: bool | None = field(default=None, metadata=_flag(
         "--story-warmup", "--story: generate the story once unmeasured first (default: with --compile)"))
+    train: bool = field(default=False, metadata=_flag(
+        "--train", "instead: time a memory-LoRA training step (forward, backward with gradient checkpointing, "
+        "optimizer step) and its peak memory", switch=True))
+    lora_rank: int = field(default=128, metadata=_flag("--lora-rank", "--train: the LoRA's rank (StoryMem's: 128)"))
+    optimizer: str = field(default="adamw", metadata=_flag("--optimizer", "--train: adamw | adamw8bit (bitsandbytes)"))
     device: str = field(default="cuda", metadata=_flag("--device", "torch device"))
     dtype: str = field(default="bfloat16", metadata=_flag("--dtype", "bfloat16 | float16 | float32"))
 
@@ -470,6 +475,8 @@ def run_story_bench(options: BenchOptions, out_dir: str | None = None) -> dict:
 def run(options: BenchOptions, progress: bool = False, out_dir: str | None = None) -> tuple[dict, str]:
     """One bench as the CLI runs it: the result (with its ``command``) and its markdown rows."""
     command = options.command()
+    if options.train:
+        raise ValueError("--train benches the trainer: filmweaver.train.bench.run_train_bench")
     if options.story:
         result = run_story_bench(options, out_dir)
         result["command"] = command

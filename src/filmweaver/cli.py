@@ -742,6 +742,25 @@ def export_ema_(ema: Path = typer.Argument(..., help="a run's checkpoint/ema.saf
     console.print(f"[bold green]done:[/] {info['tensors']} tensors -> {out} ({info['model_id']})", highlight=False)
 
 
+@app.command("export-lora")
+def export_lora(lora: Path = typer.Argument(..., help="a trained LoRA file (a run's model/lora/pytorch_lora_weights.safetensors)"),
+                out: Path = typer.Argument(..., help="the file to write, e.g. StoryMem/backbone_high_noise.pth")):
+    """A trained memory LoRA in StoryMem's layout, for its pipeline.py --lora_weight_path (high-noise
+    expert: backbone_high_noise.pth, low-noise: backbone_low_noise.pth; pass --lora_rank RANK there)."""
+    from filmweaver.backbone.lora import LoraConversionError, export_storymem_lora
+
+    if not lora.is_file():
+        _fail(f"{lora}: no such file")
+    if out.suffix not in (".pth", ".pt"):
+        _fail(f"{out}: StoryMem loads .pth files (name it backbone_high_noise.pth or backbone_low_noise.pth)")
+    try:
+        info = export_storymem_lora(lora, out)
+    except (LoraConversionError, OSError) as e:
+        _fail(str(e))
+    console.print(f"[bold green]done:[/] {info['modules']} adapted modules, rank {info['rank']} -> {out} "
+                  f"(StoryMem: --lora_rank {info['rank']})", highlight=False)
+
+
 def _judges(clip, aesthetic_clip, aesthetic_head, inception, probe, video_embedder, detector, metrics, device):
     from filmweaver.eval.judges import EvalSetupError
     from filmweaver.eval.run import EvalConfig, Judges
@@ -846,7 +865,7 @@ def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story s
 
 def bench(out: Path | None = None, **options):
     """Seconds per forward, tokens, memory overhead and TFLOP/s of the context-injected Wan transformer
-    (or, with --story N, seconds per shot along a story)."""
+    (or, with --story N, seconds per shot along a story; with --train, a memory-LoRA training step)."""
     import torch
 
     from filmweaver.bench import SHAPES, BenchOptions, run
@@ -860,8 +879,10 @@ def bench(out: Path | None = None, **options):
         _fail(f"unknown shape {opts.shape!r}: choose from {', '.join(SHAPES)}")
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
+    if opts.train:
+        from filmweaver.train.bench import run as run_train  # the trainer's own step (the core never imports it)
     try:
-        result, markdown = run(opts)
+        result, markdown = run_train(opts) if opts.train else run(opts)
     except (ValueError, RuntimeError) as e:  # a bad combination, or a parallel flag outside torchrun
         _fail(str(e))
     if opts.context_parallel or opts.cfg_parallel:

@@ -338,7 +338,7 @@ def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora:
         if local:
             bb.load_context_projections(root / subfolder)
         if lora_file:
-            _attach_lora(tr, lora_file, subfolder)
+            _attach_lora(bb, lora_file, subfolder)
         return bb
 
     backbone = expert("transformer", lora)
@@ -365,13 +365,17 @@ def _model_index(root: Path, id_or_path: str, local: bool) -> dict:
         return {}
 
 
-def _attach_lora(transformer, path: str, where: str) -> None:
-    from filmweaver.backbone.lora import LoraConversionError, attach_wan_lora, load_state_dict
+def _attach_lora(backbone: ContextWanTransformer, path: str, where: str) -> None:
+    """A LoRA file onto a backbone's transformer, at the scale the file records (else StoryMem's
+    convention); memory projections saved beside it (``filmweaver train`` writes them into the LoRA's
+    directory) replace the base's, so base + LoRA is the trained model."""
+    from filmweaver.backbone.lora import LoraConversionError, attach_wan_lora, load_state_dict, lora_file_settings
 
     try:
-        attach_wan_lora(transformer, load_state_dict(path))
+        attach_wan_lora(backbone.transformer, load_state_dict(path), **lora_file_settings(path))
     except (LoraConversionError, FileNotFoundError) as e:
         raise ModelLoadError(f"LoRA {path} for {where}: {e}") from e
+    backbone.load_context_projections(Path(path).parent)
 
 
 def check_wan_directory(root: Path, components: tuple[str, ...] | None = None) -> None:
@@ -435,7 +439,7 @@ def load_models(preset: str | None = None, model: str | None = None, embedder: s
         if lora_2:
             raise ModelLoadError("--lora-2 is for the second expert of a Wan2.2 A14B; the tiny preset has one")
         if lora:
-            _attach_lora(models.backbone.transformer, lora, "transformer")
+            _attach_lora(models.backbone, lora, "transformer")
         if embedder is not None:
             models.embedder = CLIPEmbedder.from_pretrained(embedder, device=device)
         return models

@@ -135,3 +135,105 @@ def attach_wan_lora(transformer, state_dict: dict[str, torch.Tensor], adapter_na
                 raise LoraConversionError(f"{m}.{ab} did not load")
     return {"adapter": adapter_name, "modules": len(modules), "rank": rank, "alpha": alpha, "use_rslora": use_rslora,
             "scale": alpha / rank**0.5 if use_rslora else alpha / rank}
+
+
+# -- training and the files it writes ---------------------------------------------------------------------
+# diffusers' save_lora_adapter records peft's config of the adapter (rank, alpha, rsLoRA) as JSON in the
+# safetensors metadata under this key; a file without it (StoryMem's) follows StoryMem's convention
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+# StoryMem's adapter targets (original Wan names): its loader builds exactly these, at r = alpha = --lora_rank
+STORYMEM_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+                    "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+def add_memory_lora(transformer, rank: int, alpha: float | None = None, target_modules=None,
+                    use_rslora: bool = True, adapter_name: str = "default") -> int:
+    """A trainable peft adapter on a diffusers ``WanTransformer3DModel`` (its base weights frozen). The
+    adapter's scale is ``alpha / sqrt(rank)`` with rsLoRA (StoryMem's), else ``alpha / rank``; ``alpha``
+    defaults to the rank. Adapter weights are float32 whatever the base's dtype (a bfloat16 base is
+    trained through autocast). Returns the number of trainable adapter parameters."""
+    from peft import LoraConfig
+
+    targets = list(target_modules or [WAN_TO_DIFFUSERS[t] for t in STORYMEM_TARGETS])
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, use_rslora=use_rslora,
+                                       target_modules=targets, init_lora_weights=True), adapter_name=adapter_name)
+    n = 0
+    for name, p in transformer.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+            n += p.numel()
+    return n
+
+
+def lora_file_settings(path: str | Path) -> dict:
+    """What a LoRA file says about its own scale: ``{"alpha": ..., "use_rslora": ...}`` from the adapter
+    config diffusers' ``save_lora_adapter`` stores in a safetensors file's metadata; ``{}`` when the file
+    records none (then StoryMem's convention applies: rsLoRA, alpha = a stored alpha or the rank)."""
+    import json
+
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(ADAPTER_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise LoraConversionError(f"{path}: unreadable {ADAPTER_METADATA_KEY} metadata ({e})") from e
+    out = {}
+    if meta.get("lora_alpha") is not None:
+        out["alpha"] = float(meta["lora_alpha"])
+    if meta.get("use_rslora") is not None:
+        out["use_rslora"] = bool(meta["use_rslora"])
+    return out
+
+
+def lora_scale(rank: int, alpha: float, use_rslora: bool) -> float:
+    return alpha / rank**0.5 if use_rslora else alpha / rank
+
+
+def export_storymem_lora(lora_file: str | Path, out_file: str | Path) -> dict:
+    """A diffusers-layout LoRA file (``filmweaver train``'s ``model/lora``) in StoryMem's layout: peft
+    keys over the original Wan module names (``base_model.model.blocks.0.self_attn.q.lora_A.weight``),
+    a ``torch.save`` of tensors (StoryMem's loader reads ``.pth``; ``weights_only`` loads it too).
+    StoryMem's loader sets ``lora_alpha = r = --lora_rank`` with rsLoRA, a scale of ``sqrt(r)``: each
+    ``lora_B`` is rescaled so that it applies this file's own update. Only StoryMem's ten targets exist
+    there: a file with other adapted modules is refused. Returns a summary (rank, modules, scale)."""
+    from filmweaver.io import atomic_path
+
+    state = load_state_dict(lora_file)
+    tensors, alphas = convert_wan_lora(state)
+    settings = lora_file_settings(lora_file)
+    ranks = {t.shape[0] for k, t in tensors.items() if k.endswith("lora_A.weight")}
+    if len(ranks) != 1:
+        raise LoraConversionError(f"{lora_file}: mixed LoRA ranks {sorted(ranks)}")
+    rank = ranks.pop()
+    alpha = settings.get("alpha", next(iter(set(alphas.values())), float(rank)))
+    scale = lora_scale(rank, alpha, settings.get("use_rslora", True))
+    theirs = lora_scale(rank, float(rank), True)
+    back = {v: k for k, v in WAN_TO_DIFFUSERS.items()}
+    out, outside = {}, []
+    for key, t in tensors.items():
+        block, rest = key.removeprefix("blocks.").split(".", 1)
+        module, ab = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
+        name = back.get(module)
+        if name not in STORYMEM_TARGETS:
+            outside.append(module)
+            continue
+        t = t.detach().float()
+        if ab == "lora_B":
+            t = t * (scale / theirs)
+        out[f"base_model.model.blocks.{block}.{name}.{ab}.weight"] = t.contiguous()
+    if outside:
+        raise LoraConversionError(f"{lora_file}: StoryMem's loader has no adapter on {sorted(set(outside))[:4]} "
+                                  "(train with its targets: dit.lora.target_modules unset)")
+    with atomic_path(out_file) as tmp:
+        torch.save(out, tmp)
+    return {"file": str(out_file), "rank": rank, "modules": len(out) // 2, "scale": scale,
+            "storymem_scale": theirs, "lora_rank_option": rank}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE
 from filmweaver.settings import apply_overrides, read_settings
@@ -36,7 +36,10 @@ class ModelSource(_Cfg):
 
 class LoraConfig(_Cfg):
     rank: int = 128
-    alpha: int | None = None
+    alpha: int | None = None  # default: the rank
+    # rank-stabilised scale alpha / sqrt(rank), as StoryMem trains (its loader assumes it); false: alpha / rank.
+    # The file records it (safetensors metadata), so `generate --lora` applies the trained scale either way.
+    use_rslora: bool = True
     # StoryMem: attention q/k/v/o and the FFN of every block
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj",
                                                                "ffn.net.2"])
@@ -159,11 +162,28 @@ class DiTPhase(_Cfg):
     ])
     augment: Augment = Field(default_factory=Augment)
     lora: LoraConfig | None = None
+    # recompute each transformer block's activations in the backward pass instead of keeping them: a
+    # 480x832 chunk with memory fits one GPU at 1.3B and 14B (BENCHMARKS.md, "Training a memory LoRA")
+    gradient_checkpointing: bool = False
+    # "adamw8bit": bitsandbytes' 8-bit AdamW (pip install bitsandbytes; CUDA): a quarter of the
+    # optimizer memory, for large LoRA ranks or full fine-tunes
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    # Wan2.2 A14B: the expert this run trains (one LoRA per expert, as StoryMem ships two files):
+    # "high_noise" (`transformer`, timesteps at or above the boundary; generate --lora) or "low_noise"
+    # (`transformer_2`, below it; --lora-2). The other expert is dropped before training.
+    expert: Literal["high_noise", "low_noise"] | None = None
     max_minutes: float | None = None  # safety stop: end the phase (and save) after this long
     # With max_minutes: the step rate is measured every 500 steps (from step 100) and the planned steps
     # ahead are fitted (every stage in proportion, at most the configured steps) to what fits in the time
     # left, so the LR schedule decays fully by the end on any GPU instead of being cut off mid-schedule.
     fit_steps_to_time: bool = False
+
+    @model_validator(mode="after")
+    def _checkpointing_needs_full_context(self):
+        if self.gradient_checkpointing and self.context_attention == "causal":
+            raise ValueError("gradient_checkpointing: not with context_attention causal yet (its two passes per "
+                             "block are not checkpointed); use full context or no checkpointing")
+        return self
 
 
 class TrainConfig(_Cfg):

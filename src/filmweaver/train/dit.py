@@ -83,10 +83,29 @@ def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_tempora
     return blocks
 
 
-def sample_timesteps(n: int, shift: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flow-matching noise levels in (0, 1), shifted towards noise as the sampler's ``shift`` does."""
-    u = torch.rand(n, device=device, generator=generator).clamp(1e-4, 1 - 1e-4)
+def sample_timesteps(n: int, shift: float, device, generator: torch.Generator | None = None,
+                     within: tuple[float, float] | None = None) -> torch.Tensor:
+    """Flow-matching noise levels in (0, 1), shifted towards noise as the sampler's ``shift`` does;
+    ``within`` = (lo, hi): only levels in that range, with the same density inside it (one expert's
+    share of the schedule)."""
+    u = torch.rand(n, device=device, generator=generator)
+    if within is not None:  # the shift is monotone: map the range back to uniform draws and draw in there
+        lo, hi = (s / (shift - (shift - 1) * s) for s in within)
+        u = lo + (hi - lo) * u
+    u = u.clamp(1e-4, 1 - 1e-4)
     return shift * u / (1 + (shift - 1) * u)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: DiTPhase) -> torch.optim.Optimizer:
+    """``dit.optimizer``: torch's AdamW, or bitsandbytes' 8-bit AdamW (same hyper-parameters)."""
+    kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ValueError("dit.optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes; CUDA)") from e
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def _uniform(n: int, lo_hi, device) -> torch.Tensor | None:
@@ -130,17 +149,19 @@ class EMA:
 def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
               empty_ids: torch.Tensor, empty_mask: torch.Tensor, cfg: DiTPhase, accelerator, out_dir: Path,
               seed: int = 0, log_every: int = 50, checkpoint_every: int = 1000, progress: bool = True,
-              tag_ids: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None) -> dict:
+              tag_ids: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None,
+              timestep_range: tuple[float, float] | None = None) -> dict:
     """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
 
     ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
     ``[1, L]`` the empty prompt (text dropout for classifier-free guidance); ``tag_ids/tag_mask [S, L]``
     (entity tags): the names every shot shows, which its keyframes carry when they are memory.
+    ``timestep_range``: train only these noise levels (one expert of a Wan2.2 A14B).
     """
     device = accelerator.device
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = make_optimizer(params, cfg)
     planned = sum(s.steps for s in cfg.stages)
     plan = {"total": planned, "bounds": np.cumsum([s.steps for s in cfg.stages]).tolist()}  # mutable: fit_steps_to_time
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, cfg.warmup_steps)) * (
@@ -217,7 +238,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
                              aug.negative_sampling, aug.entity_memory)
         b = batch.target.shape[0]
         x0 = batch.target.float()
-        s = sample_timesteps(b, cfg.timestep_shift, device)
+        s = sample_timesteps(b, cfg.timestep_shift, device, within=timestep_range)
         eps = torch.randn_like(x0)
         x_t = flow_interpolate(x0, eps, s.view(-1, 1, 1, 1, 1))
         ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,

@@ -60,7 +60,10 @@ def build_models(cfg: TrainConfig, device) -> FilmModels:
     if src.kind == "pretrained":
         if not src.path:
             raise ValueError("model.kind: pretrained needs model.path (a diffusers Wan directory or hub id)")
-        return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device))
+        # the frozen base in the training precision (a 14B expert in float32 would not fit beside its
+        # activations); the adapter trains in float32 (add_memory_lora)
+        dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+        return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device), dtype=dtype)
     return synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1],
                               transformer=src.transformer, grammar=src.grammar)
 
@@ -176,19 +179,20 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     if dcfg.init_from:
         init_dit_from(models, _model_dir(dcfg.init_from))
         summary["dit_init_from"] = dcfg.init_from
+    timestep_range = select_expert(models, dcfg.expert)
     if dcfg.lora is not None or not scratch:
-        from peft import LoraConfig as PeftLoraConfig
-
+        from filmweaver.backbone.lora import add_memory_lora
         from filmweaver.train.config import LoraConfig
 
         lora = dcfg.lora or LoraConfig()
-        models.backbone.transformer.requires_grad_(False)
-        models.backbone.transformer.add_adapter(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
-                                                           target_modules=lora.target_modules, init_lora_weights=True))
+        summary["lora_parameters"] = add_memory_lora(models.backbone.transformer, lora.rank, lora.alpha,
+                                                     lora.target_modules, lora.use_rslora)
         text_encoder.requires_grad_(False)
     else:
         text_encoder.requires_grad_(dcfg.train_text_encoder)
     for expert in models.experts():
+        if dcfg.gradient_checkpointing:
+            expert.transformer.enable_gradient_checkpointing()
         expert.context_attention = dcfg.context_attention
         if dcfg.entity_tags:
             expert.enable_entity_tags()
@@ -209,7 +213,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         dcfg = dcfg.model_copy(update={"max_minutes": minutes})
     summary["dit_max_minutes"] = minutes
     summary["dit"] = train_dit(module, store, ids, mask, e_ids, e_mask, dcfg, accelerator, out, cfg.seed,
-                               cfg.log_every, cfg.checkpoint_every, progress, **tags)
+                               cfg.log_every, cfg.checkpoint_every, progress, timestep_range=timestep_range, **tags)
     timings["dit_s"] = round(time.perf_counter() - t, 1)
     del store
 
@@ -471,6 +475,25 @@ def train_cast_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, c
     return acc
 
 
+def select_expert(models: FilmModels, expert: str | None) -> tuple[float, float] | None:
+    """``dit.expert``: keep only that expert of a Wan2.2 A14B (the other is not needed to train it) and
+    return the noise levels it denoises (``[boundary, 1]`` or ``[0, boundary)``, as flow-matching
+    sigmas), to which its training timesteps are confined; None for one transformer."""
+    from filmweaver.backbone.experts import ExpertSwitch
+
+    switch = models.backbone
+    if not isinstance(switch, ExpertSwitch):
+        if expert is not None:
+            raise ValueError(f"dit.expert {expert!r}: this model has one transformer (no experts); unset it")
+        return None
+    if expert is None:
+        raise ValueError("dit.expert: this model has two experts (Wan2.2 A14B); train one per run: "
+                         "dit.expert=high_noise (its `transformer`, for --lora) or low_noise (`transformer_2`, --lora-2)")
+    models.backbone = switch.high_noise if expert == "high_noise" else switch.low_noise
+    b = switch.boundary_ratio
+    return (b, 1.0) if expert == "high_noise" else (0.0, b)
+
+
 def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) -> None:
 
     models.trained = True
@@ -488,12 +511,18 @@ def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) ->
         d["shot_cache.compression"] = cfg.dit.memory_compression
         models.defaults = d
     tr = models.backbone.transformer
+    dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
     if getattr(tr, "peft_config", None):
-        # the adapter on its own (to share or stack), then the merged transformer (to load anywhere)
-        tr.save_lora_adapter(str(model_dir / "lora"))
+        # the adapter on its own, with the memory projections it was trained with beside it (base +
+        # this directory = the trained model: generate --lora), then for the synthetic kinds the merged
+        # model (to load anywhere); a pretrained base is the user's own, not copied
+        lora_dir = model_dir / "lora"
+        tr.save_lora_adapter(str(lora_dir))
+        models.backbone.save_context_projections(lora_dir)
+        if cfg.model.kind == "pretrained":
+            return
         tr.fuse_lora()
         tr.unload_lora()
-    dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
     models.save_pretrained(model_dir, dtype=dtype)
 
 

@@ -1,0 +1,133 @@
+"""``filmweaver bench --train``: a memory-LoRA training step at real sizes with random weights.
+
+What ``filmweaver train`` does per step on a pretrained Wan (``model.kind: pretrained``), timed on
+random weights of a release shape (nothing is downloaded): the frozen base in the bench's dtype, a
+float32 LoRA on StoryMem's targets (:func:`~filmweaver.backbone.lora.add_memory_lora`), gradient
+checkpointing on every block, one chunk of ``frames`` frames at ``height x width`` with ``memory``
+shot-cache keyframes (and the temporal cache, with ``temporal``) as context, the velocity loss under
+autocast, backward, gradient clipping and the optimizer step (:func:`~filmweaver.train.dit.make_optimizer`).
+The prompt is a random embedding of the text width: the trainer's text encoder is frozen, its cost
+is one UMT5 forward per step and its weights sit beside the transformer's (11 GiB for UMT5-XXL in
+bfloat16, not counted here). Reported per case: seconds per step (median of ``repeats`` after
+``warmup``), peak GPU memory, trainable parameters, tokens.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from filmweaver.backbone.lora import add_memory_lora
+from filmweaver.backbone.vae import latent_frame_count
+from filmweaver.bench import SHAPES, TEXT_TOKENS, BenchOptions, _random_context, build_transformer
+from filmweaver.context import flow_interpolate
+from filmweaver.runtime import RuntimeOptions, prepare_experts
+from filmweaver.train.config import DiTPhase
+from filmweaver.train.dit import make_optimizer, sample_timesteps
+
+
+def _latent_grid(shape: str, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    cfg = SHAPES[shape]
+    down = 16 if cfg["in_channels"] == 48 else 8  # Wan2.2 TI2V-5B's VAE: 16x in space
+    return cfg["in_channels"], latent_frame_count(frames), height // down, width // down
+
+
+def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
+    """Time one training step per (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``."""
+    dev, dtype = torch.device(o.device), o.torch_dtype()
+    bb = build_transformer(o.shape, dev, dtype)
+    bb.context_attention = o.context_attention
+    prepare_experts([bb], RuntimeOptions(device=o.device, attention=o.attention_backend))
+    trainable = add_memory_lora(bb.transformer, o.lora_rank)
+    bb.transformer.enable_gradient_checkpointing()
+    bb.train()
+    params = [p for p in bb.parameters() if p.requires_grad]
+    opt = make_optimizer(params, DiTPhase(optimizer=o.optimizer, lr=1e-5))
+    c, lf, lh, lw = _latent_grid(o.shape, o.frames, o.height, o.width)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x0 = torch.randn(o.batch, c, lf, lh, lw, generator=g, device=dev)
+    text = torch.randn(o.batch, TEXT_TOKENS, SHAPES[o.shape]["text_dim"], generator=g, device=dev, dtype=dtype)
+
+    def step(ctx):
+        s = sample_timesteps(o.batch, 3.0, dev)
+        eps = torch.randn_like(x0)
+        x_t = flow_interpolate(x0, eps, s.view(-1, 1, 1, 1, 1))
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            v = bb(x_t, s * 1000.0, text, context=ctx)
+        loss = (v.float() - (eps - x0)).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    cases = []
+    for tc in o.temporal:
+        for m in o.memory:
+            ctx = _random_context(o, m, tc, (c, lh, lw), g, dev, dtype)
+            n_ctx = bb.count_tokens(ctx, (lh, lw))
+            n_gen = lf * (lh // 2) * (lw // 2)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+            seconds = _time_steps(lambda ctx=ctx: step(ctx), dev, o.warmup, o.repeats)
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+            case = {"shape": o.shape, "height": o.height, "width": o.width, "frames": o.frames, "memory": m,
+                    "temporal": tc, "batch": o.batch, "tokens": n_gen + n_ctx, "context_tokens": n_ctx,
+                    "seconds_per_step": round(seconds, 3), "peak_gpu_gib": None if peak is None else round(peak, 1)}
+            cases.append(case)
+            if progress:
+                print(case, flush=True)
+    env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "dtype": str(dtype).removeprefix("torch."), "attention_backend": o.attention_backend or "default",
+           "lora_rank": o.lora_rank, "trainable_parameters": trainable, "optimizer": o.optimizer,
+           "gradient_checkpointing": True, "context_attention": o.context_attention, "warmup": o.warmup,
+           "repeats": o.repeats}
+    try:
+        import diffusers
+
+        env["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return {"cases": cases, "env": env}
+
+
+def _time_steps(fn, dev: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def markdown_rows(result: dict, command: str) -> str:
+    env = result["env"]
+    lines = ["| shape | res x frames | memory | temporal | tokens | s / step | peak GPU memory |",
+             "|---|---|---|---|---|---|---|"]
+    for c in result["cases"]:
+        peak = "-" if c["peak_gpu_gib"] is None else f"{c['peak_gpu_gib']} GiB"
+        lines.append(f"| {c['shape']} | {c['height']}x{c['width']}x{c['frames']} | {c['memory']} | "
+                     f"{'yes' if c['temporal'] else 'no'} | {c['tokens']:,} | {c['seconds_per_step']:.2f} | {peak} |")
+    lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']} base, "
+              f"float32 LoRA rank {env['lora_rank']} ({env['trainable_parameters'] / 1e6:.0f} M parameters), "
+              f"{env['optimizer']}, gradient checkpointing, attention {env['attention_backend']}, batch "
+              f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def run(options: BenchOptions, progress: bool = False) -> tuple[dict, str]:
+    """``filmweaver bench --train`` as the CLI runs it: the result (with its command) and markdown rows."""
+    if options.story or options.context_parallel or options.cfg_parallel:
+        raise ValueError("--train times one GPU's training step: without --story, --context-parallel, --cfg-parallel")
+    command = options.command()
+    result = run_train_bench(options, progress)
+    result["command"] = command
+    return result, markdown_rows(result, command)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# BENCHMARKS.md's "Training a memory LoRA" rows in one call on a lent H200 (carry .carryS: diffusers,
+# pydantic, PyAV; the image has torch, peft, typer): `filmweaver bench --train` per case, the 1.3B shape
+# first, then one A14B expert (the 14B shape), each case's JSON and markdown into $OUT as it ends.
+#   bash tools/device/train_bench.sh
+set -uo pipefail
+OUT=${OUT:?}
+export PYTHONUNBUFFERED=1
+bash tools/device/device_carry.sh ${CARRY:-S} > /tmp/carry.log 2>&1
+. tools/device/device_setup.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+python3 -c "import torch, diffusers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)"
+one() {  # NAME TIMEOUT ARGS...
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 -m filmweaver.cli bench --train "$@" -o "$OUT/$name.json" > "$OUT/$name.md" 2> "$OUT/$name.err"
+  echo "$name rc=$? $(tail -c 300 "$OUT/$name.err" | tr '\n' ' ')"
+  cat "$OUT/$name.md"
+}
+one 13b_m1_3_10 150 --shape 1.3b --memory 1,3,10 --temporal no --warmup 2 --repeats 3
+one 14b_m1 150 --shape 14b --memory 1 --temporal no --warmup 1 --repeats 2
+one 14b_m10 170 --shape 14b --memory 10 --temporal no --warmup 1 --repeats 2
+one 14b_m3 130 --shape 14b --memory 3 --temporal no --warmup 1 --repeats 2
+ls -la "$OUT"
