@@ -880,7 +880,9 @@ def bench(out: Path | None = None, **options):
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         _fail("no CUDA device: pass --device cpu (with --shape tiny) to try the harness")
     if opts.train:
-        from filmweaver.train.bench import run as run_train  # the trainer's own step (the core never imports it)
+        from filmweaver.train.bench import (
+            run as run_train,  # the trainer's own step (the core never imports it)
+        )
     try:
         result, markdown = run_train(opts) if opts.train else run(opts)
     except (ValueError, RuntimeError) as e:  # a bad combination, or a parallel flag outside torchrun

@@ -369,7 +369,12 @@ def _attach_lora(backbone: ContextWanTransformer, path: str, where: str) -> None
     """A LoRA file onto a backbone's transformer, at the scale the file records (else StoryMem's
     convention); memory projections saved beside it (``filmweaver train`` writes them into the LoRA's
     directory) replace the base's, so base + LoRA is the trained model."""
-    from filmweaver.backbone.lora import LoraConversionError, attach_wan_lora, load_state_dict, lora_file_settings
+    from filmweaver.backbone.lora import (
+        LoraConversionError,
+        attach_wan_lora,
+        load_state_dict,
+        lora_file_settings,
+    )
 
     try:
         attach_wan_lora(backbone.transformer, load_state_dict(path), **lora_file_settings(path))
