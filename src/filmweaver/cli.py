@@ -312,9 +312,11 @@ def generate(
             engine.sampler.enable_cfg_parallel()
         except ValueError as e:
             _fail(str(e))
-    done = _run(engine, lambda: engine.generate(force=force, max_shots=max_shots))
+    from filmweaver.pipeline import Film
+
+    made = _run(engine, lambda: Film(engine).generate(max_shots=max_shots, force=force))
     if rank == 0:
-        _report(engine, done)
+        _report(engine, [n - 1 for n in made.shots])
     lock.release()
     if scratch is not None:
         scratch.cleanup()
@@ -464,7 +466,9 @@ def _open(out: Path, runtime, shot: int | None = None, finished: bool = False, *
     if shot is not None:
         _check_shot(project, shot, finished)
     setup = _model_setup(_recorded_setup(project), **given)
-    return _engine(_load_models(setup, runtime), project)
+    from filmweaver.pipeline import Film
+
+    return Film(_engine(_load_models(setup, runtime), project))
 
 
 def _check_shot(project, shot: int, finished: bool) -> None:
@@ -490,10 +494,10 @@ def next_shot(out: Path = typer.Argument(..., help="project directory"), preset:
               vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False, fuse_ffn: FuseFfn = False):
     """Generate the next pending (or stale) shot of a project, with the models it was made with."""
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    engine = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
-                   first_shot_model=first_shot_model)
-    index = _run(engine, engine.generate_next_shot)
-    _report(engine, [] if index is None else [index])
+    film = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                 first_shot_model=first_shot_model)
+    made = _run(film.engine, film.next)
+    _report(film.engine, [n - 1 for n in made.shots])
 
 
 @app.command()
@@ -510,10 +514,10 @@ def extend(out: Path = typer.Argument(..., help="project directory"),
     if shot < 1:
         _fail(f"--shot {shot}: shots are numbered from 1")
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    engine = _open(out, runtime, shot=shot, finished=True, preset=preset, model=model, embedder=embedder, lora=lora,
-                   lora_2=lora_2, first_shot_model=first_shot_model)
-    _run(engine, lambda: engine.extend_shot(shot - 1, chunks))
-    _report(engine, [shot - 1])
+    film = _open(out, runtime, shot=shot, finished=True, preset=preset, model=model, embedder=embedder, lora=lora,
+                 lora_2=lora_2, first_shot_model=first_shot_model)
+    _run(film.engine, lambda: film.extend(shot, chunks))
+    _report(film.engine, [shot - 1])
 
 
 @app.command()
@@ -536,10 +540,10 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
     if prompt is not None and not prompt.strip():
         _fail("--prompt: expected a non-empty prompt")
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    engine = _open(out, runtime, shot=shot, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
-                   first_shot_model=first_shot_model)
-    _run(engine, lambda: engine.regenerate_shot(shot - 1, prompt=prompt, seed=seed))
-    _report(engine, [shot - 1])
+    film = _open(out, runtime, shot=shot, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+                 first_shot_model=first_shot_model)
+    _run(film.engine, lambda: film.regenerate(shot, prompt=prompt, seed=seed))
+    _report(film.engine, [shot - 1])
 
 
 def _edit_memory(out: Path, action: str, shot: int, target: str, onward: bool, remove: bool, label: str = "") -> None:
