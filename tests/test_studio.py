@@ -218,6 +218,8 @@ def test_killed_server_resumes_and_two_sessions_share_a_project(tmp_path):
         b.wait_for(lambda: "running:" in b.d.find_element(By.CSS_SELECTOR, "#status").text, "the other job's progress")
         b.shot(1)
         b.click("pin")
+        # ...and is shown its place in the one queue (Gradio's "queue: 1/1" over its outputs)
+        b.wait_for(lambda: "queue: 1/" in b.d.find_element(By.TAG_NAME, "body").text, "its place in the queue", 60)
         a.wait_for(lambda: "generated shots" in a.message, "the resumed generate", 180)
         b.wait_for(lambda: "pinned" in b.message or "error" in b.message, "the queued pin", 120)
     finally:
