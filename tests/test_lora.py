@@ -215,3 +215,19 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients_with_memory_in_con
 
     with pytest.raises(ValidationError, match="gradient_checkpointing"):
         DiTPhase(gradient_checkpointing=True, context_attention="causal")
+
+
+def test_prompt_table_gives_exactly_the_frozen_encoders_embeddings():
+    """A frozen text encoder's prompts are embedded once and kept trimmed on the host: the rows the
+    trainer gets back are the encoder's own output, zeros after the real tokens included."""
+    from filmweaver.models import FilmModels
+    from filmweaver.text import embed_token_ids
+    from filmweaver.train.dit import PromptTable
+
+    enc = FilmModels.tiny().prompt_encoder
+    ids, mask = enc.tokenize(["a red fox", "", "two travellers cross a long bridge at dawn"])
+    table = PromptTable(enc.text_encoder, ids, mask, "cpu", batch=2)
+    assert [len(r) for r in table.rows] == mask.sum(1).tolist()
+    with torch.no_grad():
+        full = embed_token_ids(enc.text_encoder, ids, mask)
+    assert torch.equal(table.get([2, 0], "cpu"), full[[2, 0]])

@@ -6,9 +6,8 @@ float32 LoRA on StoryMem's targets (:func:`~filmweaver.backbone.lora.add_memory_
 checkpointing on every block, one chunk of ``frames`` frames at ``height x width`` with ``memory``
 shot-cache keyframes (and the temporal cache, with ``temporal``) as context, the velocity loss under
 autocast, backward, gradient clipping and the optimizer step (:func:`~filmweaver.train.dit.make_optimizer`).
-The prompt is a random embedding of the text width: the trainer's text encoder is frozen, its cost
-is one UMT5 forward per step and its weights sit beside the transformer's (11 GiB for UMT5-XXL in
-bfloat16, not counted here). Reported per case: seconds per step (median of ``repeats`` after
+The prompt is a random embedding of the text width: the trainer embeds every prompt once with the
+frozen text encoder (:class:`~filmweaver.train.dit.PromptTable`) and moves the encoder off the GPU. Reported per case: seconds per step (median of ``repeats`` after
 ``warmup``), peak GPU memory, trainable parameters, tokens.
 """
 

@@ -39,16 +39,43 @@ class CacheGuidedDenoiser(nn.Module):
         self.backbone = backbone
         self.text_encoder = text_encoder
 
-    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames], tag_ids=None, tag_mask=None):
+    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames], tag_ids=None, tag_mask=None, text=None):
         """``tag_ids`` / ``tag_mask`` ``[B, K, L]``: the names each shot-cache keyframe shows (entity tags,
-        pooled like :func:`filmweaver.text.pooled_embeddings`) for a backbone with entity tags."""
-        text = embed_token_ids(self.text_encoder, ids, mask)
+        pooled like :func:`filmweaver.text.pooled_embeddings`) for a backbone with entity tags.
+        ``text`` ``[B, L, D]``: the prompts' embeddings, computed beforehand (:class:`PromptTable`)
+        when the text encoder is frozen; then ``ids`` / ``mask`` are not read."""
+        if text is None:
+            text = embed_token_ids(self.text_encoder, ids, mask)
         if tag_ids is not None:
             b, k, n = tag_ids.shape
             ids, tag_mask = tag_ids.reshape(b * k, n), tag_mask.reshape(b * k, n)
             pooled = mean_over_tokens(embed_token_ids(self.text_encoder, ids, tag_mask).float(), tag_mask).reshape(b, k, -1)
             context = [dataclasses.replace(c, entity_embeddings=pooled) if c.kind == "shot" else c for c in context]
         return self.backbone(x_t, timestep, text, context=context)
+
+
+class PromptTable:
+    """Every prompt's embedding computed once by a frozen text encoder (what :func:`embed_token_ids`
+    gives it in training) and kept in host memory trimmed to its real tokens, so the encoder can leave
+    the GPU (UMT5-XXL: 11 GiB in bfloat16). :meth:`get` gives rows ``[B, L, D]`` padded with zeros to
+    the encoder's length, exactly the encoder's output."""
+
+    def __init__(self, text_encoder, ids: torch.Tensor, mask: torch.Tensor, device, batch: int = 16):
+        self.length = ids.shape[1]
+        self.rows: list[torch.Tensor] = []
+        with torch.no_grad():
+            for i in range(0, len(ids), batch):
+                hidden = embed_token_ids(text_encoder, ids[i:i + batch].to(device), mask[i:i + batch].to(device))
+                for row, m in zip(hidden, mask[i:i + batch], strict=True):
+                    self.rows.append(row[: int(m.sum())].cpu())
+        self.width, self.dtype = hidden.shape[-1], hidden.dtype
+
+    def get(self, index, device) -> torch.Tensor:
+        out = torch.zeros(len(index), self.length, self.width, dtype=self.dtype, device=device)
+        for k, i in enumerate(torch.as_tensor(index).tolist()):
+            row = self.rows[i]
+            out[k, : len(row)] = row.to(device, non_blocking=True)
+        return out
 
 
 def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_temporal: torch.Tensor | None,
@@ -150,13 +177,16 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
               empty_ids: torch.Tensor, empty_mask: torch.Tensor, cfg: DiTPhase, accelerator, out_dir: Path,
               seed: int = 0, log_every: int = 50, checkpoint_every: int = 1000, progress: bool = True,
               tag_ids: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None,
-              timestep_range: tuple[float, float] | None = None) -> dict:
+              timestep_range: tuple[float, float] | None = None, prompts: PromptTable | None = None,
+              empty_prompt: PromptTable | None = None) -> dict:
     """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
 
     ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
     ``[1, L]`` the empty prompt (text dropout for classifier-free guidance); ``tag_ids/tag_mask [S, L]``
     (entity tags): the names every shot shows, which its keyframes carry when they are memory.
-    ``timestep_range``: train only these noise levels (one expert of a Wan2.2 A14B).
+    ``timestep_range``: train only these noise levels (one expert of a Wan2.2 A14B). ``prompts`` /
+    ``empty_prompt``: the embeddings of every shot's prompt and of the empty one, precomputed (a frozen
+    text encoder: the module then has none).
     """
     device = accelerator.device
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -249,12 +279,15 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         drop = torch.rand(b, device=device) < aug.text_dropout
         ids = torch.where(drop[:, None], empty_ids, ids)
         mask = torch.where(drop[:, None], empty_mask, mask)
+        text = None
+        if prompts is not None:
+            text = torch.where(drop[:, None, None], empty_prompt.get([0], device), prompts.get(batch.shot_index, device))
         tags = {}
         if tag_ids is not None and batch.memory_source is not None:
             src = to_device(batch.memory_source, device)
             tags = {"tag_ids": tag_ids[src], "tag_mask": tag_mask[src]}
         with accelerator.autocast():
-            v = model(x_t, s * 1000.0, ids, mask, ctx, **tags)
+            v = model(x_t, s * 1000.0, ids, mask, ctx, text=text, **tags)
         se = (v.float() - (eps - x0)).pow(2)  # [B, C, F, h, w]: the velocity's squared error
         loss = region_weighted_mean(se, batch.coverage, region_weights)
         accelerator.backward(loss)

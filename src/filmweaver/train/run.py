@@ -198,22 +198,34 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             expert.enable_entity_tags()
         if dcfg.compile_blocks:
             expert.compile_blocks(dynamic=True)
-    module = CacheGuidedDenoiser(models.backbone, text_encoder).to(device)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
+    e_ids, e_mask = models.prompt_encoder.tokenize([""])
+    prompt_tables = {}
+    if not any(p.requires_grad for p in text_encoder.parameters()) and not dcfg.entity_tags:
+        # a frozen encoder: every prompt embedded once, then the encoder leaves the GPU
+        from filmweaver.train.dit import PromptTable
+
+        text_encoder.to(device)
+        prompt_tables = {"prompts": PromptTable(text_encoder, ids, mask, device),
+                         "empty_prompt": PromptTable(text_encoder, e_ids, e_mask, device)}
+        text_encoder.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    module = CacheGuidedDenoiser(models.backbone, None if prompt_tables else text_encoder).to(device)
     tags = {}
     if dcfg.entity_tags:
         if data.cast_names is None:
             raise ValueError("dit.entity_tags needs a rendered set with every shot's characters (render it again)")
         tag_ids, tag_mask = models.prompt_encoder.tokenize([" ".join(n) for n in data.cast_names])
         tags = {"tag_ids": tag_ids.to(device), "tag_mask": tag_mask.to(device)}
-    e_ids, e_mask = models.prompt_encoder.tokenize([""])
     minutes = dit_minutes(cfg, time.perf_counter() - run_start)
     if minutes != dcfg.max_minutes:
         accelerator.print(f"time_budget_minutes={cfg.time_budget_minutes}: the DiT gets {minutes:.1f} minutes")
         dcfg = dcfg.model_copy(update={"max_minutes": minutes})
     summary["dit_max_minutes"] = minutes
     summary["dit"] = train_dit(module, store, ids, mask, e_ids, e_mask, dcfg, accelerator, out, cfg.seed,
-                               cfg.log_every, cfg.checkpoint_every, progress, timestep_range=timestep_range, **tags)
+                               cfg.log_every, cfg.checkpoint_every, progress, timestep_range=timestep_range,
+                               **prompt_tables, **tags)
     timings["dit_s"] = round(time.perf_counter() - t, 1)
     del store
 
