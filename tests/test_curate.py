@@ -462,6 +462,45 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
         run_training(bad, progress=False)
 
 
+def test_curated_latents_are_written_shot_by_shot_and_read_memory_mapped(curated_film, tmp_path):
+    """The trainer's latents file: rows as the in-memory path gives them, read back memory-mapped (a
+    batch reads only its rows), reused by the next run, and made again when damaged."""
+    import numpy as np
+
+    from filmweaver.models import load_models
+    from filmweaver.train.curated import load_curated
+    from filmweaver.train.data import LatentStore
+
+    codec = load_models("synth").codec
+    in_memory, table, info = load_curated(curated_film, codec, (64, 64), min_length=4, progress=False)
+    cache = tmp_path / "latents.bin"
+    mapped, table2, info2 = load_curated(curated_film, codec, (64, 64), min_length=4, cache=cache, progress=False)
+    assert torch.equal(mapped, in_memory)
+    from pathlib import Path
+
+    assert str(cache) in Path("/proc/self/maps").read_text()  # the rows stay in the file, mapped, not copied
+    assert info2 == info and table2.prompts == table.prompts
+    assert cache.stat().st_size == in_memory.numel() * 2 and not cache.with_name("latents.bin.partial").exists()
+    # a store over the mapped file sends each batch's rows to the device, in the store's dtype
+    batch = LatentStore(mapped, table2, dtype=torch.float32).sample("shot", 2, 4, 0, 2, np.random.default_rng(0))
+    assert batch.target.dtype == torch.float32 and batch.memory is not None
+    # the next run reads the file (nothing is decoded or encoded: a codec that cannot encode is fine)
+    class NoEncode:
+        def fingerprint(self):
+            return codec.fingerprint()
+
+        def encode(self, *_):
+            raise AssertionError("encoded again")
+
+    again, _, _ = load_curated(curated_film, NoEncode(), (64, 64), min_length=4, cache=cache, progress=False)
+    assert torch.equal(again, in_memory)
+    # a truncated file (a copy cut short) does not match its description: made again
+    with open(cache, "r+b") as f:
+        f.truncate(cache.stat().st_size - 10)
+    redone, _, _ = load_curated(curated_film, codec, (64, 64), min_length=4, cache=cache, progress=False)
+    assert torch.equal(redone, in_memory) and cache.stat().st_size == in_memory.numel() * 2
+
+
 def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_film, tmp_path, monkeypatch):
     """Wan2.2 A14B: one LoRA per expert (as StoryMem ships two files). dit.expert=low_noise trains
     `transformer_2` only, on noise levels below the boundary; generate --lora-2 puts the file on it."""

@@ -191,7 +191,8 @@ def forward_flops(cfg: dict, n_tokens: int, n_gen: int, batch: int, text_tokens:
     return batch * (cfg["num_layers"] * per_block + head)
 
 
-def _time(fn, device, warmup: int, repeats: int) -> float:
+def median_seconds(fn, device, warmup: int, repeats: int) -> float:
+    """``fn()``'s median time over ``repeats`` calls after ``warmup`` unmeasured ones (CUDA events on a GPU)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -275,17 +276,17 @@ def run_bench(options: BenchOptions, progress: bool = False) -> dict:
     base_seconds = None
     for tc in temporal:
         for m in memory:
-            ctx = _random_context(o, m, tc, (c, lh, lw), g, dev, dtype)
+            ctx = random_context(o, m, tc, (c, lh, lw), g, dev, dtype)
             n_ctx = bb.count_tokens(ctx, (lh, lw))
             n_gen = lf * (lh // 2) * (lw // 2)
             reuse = context_attention == "causal" and n_ctx > 0 and context_timestep is not None
             cache = ContextKVCache()  # filled by the first (warm-up) call when reused
-            seconds = _time(lambda ctx=ctx, cache=cache: step(ctx, cache), dev, warmup, repeats)
+            seconds = median_seconds(lambda ctx=ctx, cache=cache: step(ctx, cache), dev, warmup, repeats)
             flops = forward_flops(cfg, n_gen + n_ctx, n_gen, batch, n_query=n_gen if reuse else None)
             case = BenchCase(shape, height, width, frames, m, tc, batch, n_gen + n_ctx, n_ctx, round(seconds, 4),
                              float(f"{flops / seconds / 1e12:.4g}"), context_attention=context_attention)
             if reuse:
-                first = _time(lambda ctx=ctx: step(ctx, ContextKVCache()), dev, 0, repeats)
+                first = median_seconds(lambda ctx=ctx: step(ctx, ContextKVCache()), dev, 0, repeats)
                 case.first_forward_seconds = round(first, 4)
             if not m and not tc:
                 base_seconds = seconds
@@ -297,7 +298,7 @@ def run_bench(options: BenchOptions, progress: bool = False) -> dict:
     return {"cases": [asdict(c) for c in cases], "env": _bench_env(o, dev, dtype, world)}
 
 
-def _random_context(o: BenchOptions, memory: int, temporal: bool, latent_shape: tuple[int, int, int], g, dev,
+def random_context(o: BenchOptions, memory: int, temporal: bool, latent_shape: tuple[int, int, int], g, dev,
                     dtype) -> list[ContextFrames]:
     """Random context of one case: ``memory`` shot-cache keyframes (one latent frame each) and, with
     ``temporal``, a full temporal cache (default schedule); ``latent_shape`` = (channels, h, w)."""

@@ -13,14 +13,18 @@ frozen text encoder (:class:`~filmweaver.train.dit.PromptTable`) and moves the e
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from filmweaver.backbone.lora import add_memory_lora
 from filmweaver.backbone.vae import latent_frame_count
-from filmweaver.bench import SHAPES, TEXT_TOKENS, BenchOptions, _random_context, build_transformer
+from filmweaver.bench import (
+    SHAPES,
+    TEXT_TOKENS,
+    BenchOptions,
+    build_transformer,
+    median_seconds,
+    random_context,
+)
 from filmweaver.context import flow_interpolate
 from filmweaver.runtime import RuntimeOptions, prepare_experts
 from filmweaver.train.config import DiTPhase
@@ -64,13 +68,13 @@ def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
     cases = []
     for tc in o.temporal:
         for m in o.memory:
-            ctx = _random_context(o, m, tc, (c, lh, lw), g, dev, dtype)
+            ctx = random_context(o, m, tc, (c, lh, lw), g, dev, dtype)
             n_ctx = bb.count_tokens(ctx, (lh, lw))
             n_gen = lf * (lh // 2) * (lw // 2)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
                 torch.cuda.reset_peak_memory_stats(dev)
-            seconds = _time_steps(lambda ctx=ctx: step(ctx), dev, o.warmup, o.repeats)
+            seconds = median_seconds(lambda ctx=ctx: step(ctx), dev, o.warmup, o.repeats)
             peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
             case = {"shape": o.shape, "height": o.height, "width": o.width, "frames": o.frames, "memory": m,
                     "temporal": tc, "batch": o.batch, "tokens": n_gen + n_ctx, "context_tokens": n_ctx,
@@ -90,21 +94,6 @@ def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
     except ImportError:
         pass
     return {"cases": cases, "env": env}
-
-
-def _time_steps(fn, dev: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t = time.perf_counter()
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def markdown_rows(result: dict, command: str) -> str:

@@ -64,7 +64,8 @@ class CuratedData(_Cfg):
     """A dataset made by ``filmweaver curate`` (WebDataset shards): each sample a scene of several shots,
     its script's prompts and characters. Each shot's VAE latents are the shards' own where they were
     precomputed by the model being trained at this resolution (``curate --set latents.model=...``), else
-    encoded once from the clips here and kept in ``output_dir/latents.safetensors``."""
+    encoded once from the clips here; either way kept in ``output_dir/latents.bin`` and read memory-mapped
+    (batch by batch: the dataset need not fit in memory)."""
 
     kind: Literal["curated"]
     path: str

@@ -9,14 +9,19 @@ samples the four modes from: memory keyframes from earlier shots of the same sce
 other scenes, the temporal cache from the shot's own earlier latent frames.
 
 Latents come from the shards where they were precomputed by the same VAE at the same resolution (the
-VAE's fingerprint is in their metadata); otherwise each clip is decoded and encoded once and the
-result kept in ``output_dir/latents.safetensors`` for the next run.
+VAE's fingerprint is in their metadata); otherwise each clip is decoded and encoded once. Either way
+they are written shot by shot to one flat file (``output_dir/latents.bin``, float16, described by
+``latents.json``, written last) and read back memory-mapped: the dataset never has to fit in host or
+GPU memory, each batch reads its own rows (the operating system pages them in), and the next run of
+the same dataset, VAE and settings reuses the file. A file whose size does not match its description
+(a run killed while writing it, a damaged copy) is made again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from filmweaver.io import write_json
 from filmweaver.progress import progress_bar
 
 
@@ -66,12 +72,16 @@ def _sample_shots(sample: dict) -> tuple[list[str], list[list[str]]]:
     return [s.prompt for s in shots], [list(s.entities.characters) for s in shots]
 
 
+LATENT_DTYPE = np.float16  # the stored latents' precision (the VAE's output is float32; training is bf16)
+
+
 def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int, min_shots: int = 2,
                  cache: Path | None = None, progress: bool = True) -> tuple[torch.Tensor, ShotTable, dict]:
     """Every usable shot of the dataset at ``path``: latents ``[N, C, h, w]`` (one row per latent frame,
-    on the CPU), the :class:`ShotTable`, and a summary (samples and shots used, skipped and why, where
-    the latents came from). Shots shorter than ``min_length`` latent frames (one training chunk) are
-    left out, then scenes with fewer than ``min_shots`` shots."""
+    float16 on the CPU: memory-mapped from ``cache`` (a ``.bin`` path) when given, else in memory), the
+    :class:`ShotTable`, and a summary (samples and shots used, skipped and why, where the latents came
+    from). Shots shorter than ``min_length`` latent frames (one training chunk) are left out, then
+    scenes with fewer than ``min_shots`` shots."""
     from filmweaver.curate import read_samples
 
     fingerprint = codec.fingerprint()
@@ -82,8 +92,9 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
     cached = _read_cache(cache, digest)
     if cached is not None:
         return cached
-    rows, parts, start = [], [], 0
+    rows, start = [], 0
     summary = {"samples": 0, "shots": 0, "skipped": {}, "latents": {"precomputed": 0, "encoded": 0}}
+    sink = _LatentSink(cache)
 
     def skip(why):
         summary["skipped"][why] = summary["skipped"].get(why, 0) + 1
@@ -115,7 +126,7 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
         for z, prompt, who in shots:
             rows.append({"story": story, "start": start, "length": int(z.shape[0]), "prompt": prompt, "names": who,
                          "key": sample["key"]})
-            parts.append(z.float())
+            sink.write(z)
             start += z.shape[0]
         summary["samples"] += 1
         summary["shots"] += len(shots)
@@ -123,34 +134,63 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
     if not rows:
         raise ValueError(f"data.path: no scene of {path} has {min_shots} shots of at least {min_length} latent "
                          f"frames (skipped: {summary['skipped'] or 'no samples'})")
-    latents = torch.cat(parts)
-    if cache is not None:
-        _write_cache(cache, digest, latents, rows, summary)
+    latents = sink.finish({"digest": digest, "table": rows, "summary": summary})
     return latents, _table(rows), summary
 
 
+class _LatentSink:
+    """Latent rows written as they come: appended to ``cache``'s temporary file (then renamed, its
+    description written last) or, without a cache, collected in memory."""
+
+    def __init__(self, cache: Path | None):
+        self.cache, self.parts, self.shape = cache, [], None
+        self.file = None
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            _description(cache).unlink(missing_ok=True)  # no old description beside new rows
+            self.tmp = cache.with_name(cache.name + ".partial")
+            self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed in finish)
+
+    def write(self, z: torch.Tensor) -> None:
+        z = z.detach().cpu().to(torch.float16)
+        self.shape = tuple(z.shape[1:])
+        if self.file is None:
+            self.parts.append(z)
+        else:
+            self.file.write(z.contiguous().numpy().tobytes())
+
+    def finish(self, meta: dict) -> torch.Tensor:
+        if self.file is None:
+            return torch.cat(self.parts)
+        self.file.close()
+        os.replace(self.tmp, self.cache)
+        rows = self.cache.stat().st_size // (np.dtype(LATENT_DTYPE).itemsize * int(np.prod(self.shape)))
+        write_json(_description(self.cache), {**meta, "shape": [int(rows), *self.shape], "dtype": "float16"})
+        return _mapped(self.cache, (int(rows), *self.shape))
+
+
+def _description(cache: Path) -> Path:
+    return cache.with_suffix(".json")
+
+
+def _mapped(cache: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """The file's rows as a tensor backed by the file (copy-on-write: nothing is written back)."""
+    return torch.from_numpy(np.memmap(cache, dtype=LATENT_DTYPE, mode="c", shape=shape))
+
+
 def _read_cache(cache: Path | None, digest: str) -> tuple[torch.Tensor, ShotTable, dict] | None:
-    """What :func:`load_curated` kept in ``cache`` for the same dataset, VAE and settings (``digest``)."""
-    if cache is None or not cache.is_file():
+    """What :func:`load_curated` kept in ``cache`` for the same dataset, VAE and settings (``digest``);
+    None when there is none, it is another's, or its size does not match its description."""
+    if cache is None or not cache.is_file() or not _description(cache).is_file():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(cache), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("digest") != digest:
-            return None
-        return f.get_tensor("latents"), _table(json.loads(meta["table"])), json.loads(meta["summary"])
-
-
-def _write_cache(cache: Path, digest: str, latents: torch.Tensor, rows: list[dict], summary: dict) -> None:
-    from safetensors.torch import save_file
-
-    from filmweaver.io import atomic_path
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache) as tmp:
-        save_file({"latents": latents}, tmp, metadata={"digest": digest, "table": json.dumps(rows),
-                                                       "summary": json.dumps(summary)})
+    try:
+        meta = json.loads(_description(cache).read_text())
+        shape = tuple(int(x) for x in meta["shape"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if meta.get("digest") != digest or cache.stat().st_size != np.dtype(LATENT_DTYPE).itemsize * int(np.prod(shape)):
+        return None
+    return _mapped(cache, shape), _table(meta["table"]), meta["summary"]
 
 
 def _table(rows: list[dict]) -> ShotTable:

@@ -49,12 +49,16 @@ class LatentStore:
     (:data:`~filmweaver.synth.world.COVERAGE_LAYERS`: character, props; for a region-weighted loss)."""
 
     def __init__(self, latents: torch.Tensor, data: RenderedSet, temporal_factor: int = 1,
-                 coverage: torch.Tensor | None = None):
+                 coverage: torch.Tensor | None = None, device=None, dtype: torch.dtype | None = None):
+        """``latents`` may live on the host (a memory-mapped file: a curated dataset) while batches go
+        to ``device`` in ``dtype`` (default: where and as the latents are)."""
         # every index here counts latent frames (one per video frame for the synthetic VAE). With
         # temporal compression only a shot's first latent frame encodes one image, as a keyframe of
         # the engine's is encoded: memory then takes first latent frames only
         self.image_frames_only = temporal_factor > 1
         self.latents = latents
+        self.device = torch.device(device) if device is not None else latents.device
+        self.dtype = dtype or latents.dtype
         self.coverage = coverage
         self.data = data
         self.start = data.shot_start
@@ -163,7 +167,10 @@ class LatentStore:
         """Rows of ``table`` (default: the latents) at global frame indices ``[...]`` -> ``[..., *row]``,
         one indexing op on the table's device."""
         table = self.latents if table is None else table
-        return table[to_device(torch.from_numpy(frame_index), table.device)]
+        rows = table[to_device(torch.from_numpy(frame_index), table.device)]
+        if rows.device != self.device:
+            rows = to_device(rows, self.device)
+        return rows.to(self.dtype)  # a no-op where they are already
 
     def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
                long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0) -> Batch:

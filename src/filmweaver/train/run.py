@@ -267,18 +267,19 @@ def check_curated_config(cfg: TrainConfig) -> None:
 
 
 def _curated_store(cfg: TrainConfig, models: FilmModels, out: Path, device, dtype, summary: dict, progress: bool):
-    """The curated dataset's shot table and latent store (latents precomputed in its shards, or encoded
-    once and kept in ``output_dir/latents.safetensors``)."""
+    """The curated dataset's shot table and latent store: the latents (precomputed in its shards, or
+    encoded once) in ``output_dir/latents.bin``, memory-mapped on the host; each batch's rows go to the
+    device as they are drawn."""
     from filmweaver.train.curated import load_curated
     from filmweaver.train.data import LatentStore
 
     d, codec = cfg.data, models.codec
     size = (d.height or models.defaults.get("height", 480), d.width or models.defaults.get("width", 832))
     latents, table, info = load_curated(d.path, codec, size, min_length=cfg.dit.chunk_frames, min_shots=d.min_shots,
-                                        cache=out / "latents.safetensors", progress=progress)
+                                        cache=out / "latents.bin", progress=progress)
     summary["data"] = {"kind": "curated", "path": d.path, "height": size[0], "width": size[1],
                        "latent_frames": int(len(latents)), **info}
-    return table, LatentStore(latents.to(device=device, dtype=dtype), table, temporal_factor=codec.temporal_factor)
+    return table, LatentStore(latents, table, temporal_factor=codec.temporal_factor, device=device, dtype=dtype)
 
 
 def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict:
