@@ -324,3 +324,40 @@ def test_the_multi_character_ablation_pairs_arms_on_the_same_appearances_and_rep
     md = (tmp_path / "report.md").read_text()
     assert "| entity | 100.0%" in md and "| topk | 33.3%" in md and "-66.7 (" in md
     assert "recurrence gap" in md and (tmp_path / "characters.png").is_file()
+
+
+def test_swap_rate_comes_with_the_rate_random_wrong_readings_would_give():
+    """A wrong reading matches another member's value by chance: with shape (3 values) wrong and the
+    others' shapes unlike its own in one value, a random wrong shape is theirs half of the time; colour
+    (6) wrong with two other colours among them: 2 of 5. Both wrong: 1 - (1/2)(3/5)."""
+    from filmweaver.synth.cast_metrics import summarize_cast, swap_chance
+
+    attrs = ("shape", "colour", "pattern", "accessory")
+    ada = {"shape": "round", "colour": "red", "pattern": "plain", "accessory": "none"}
+    looks = [{"shape": "square", "colour": "blue", "pattern": "plain", "accessory": "hat"},
+             {"shape": "round", "colour": "green", "pattern": "plain", "accessory": "hat"}]
+
+    def rec(shot, wrong=(), swapped=False, name="Ada", truth=ada):
+        read = dict(truth)
+        for k in wrong:
+            read[k] = {"shape": "square" if swapped else "triangle", "colour": "blue" if swapped else "purple"}[k]
+        return {"shot": shot, "name": name, "slot": 0, "cast_size": 3, "first": False, "gap": 1, "restated": False,
+                "match": {k: k not in wrong for k in attrs}, "swap": {k: k in wrong and swapped for k in attrs},
+                "truth": truth, "read": read, "present": True}
+
+    others = [rec(0, name=n, truth=t) for n, t in zip(("Bo", "Cy"), looks, strict=True)]
+    assert swap_chance(rec(0), others) == 0.0
+    assert swap_chance(rec(0, ("shape",), True), others) == pytest.approx(1 / 2)
+    assert swap_chance(rec(0, ("colour",)), others) == pytest.approx(2 / 5)
+    assert swap_chance(rec(0, ("shape", "colour"), True), others) == pytest.approx(1 - (1 / 2) * (3 / 5))
+
+    def shot(k, wrong=(), swapped=False):  # Ada with Bo and Cy (both read right) in shot k
+        return [rec(k, wrong, swapped), *[rec(k, name=n, truth=t) for n, t in zip(("Bo", "Cy"), looks, strict=True)]]
+
+    # Ada's shape wrong in 2 of 6 appearances, each time Bo's: 2/9 swaps against 1/9 by chance
+    confused = summarize_cast([*shot(0, ("shape",), True), *shot(1, ("shape",), True), *shot(2)])
+    assert confused["swap_rate"] == pytest.approx(2 / 9) and confused["swap_rate_by_chance"] == pytest.approx(1 / 9)
+    assert confused["swap_excess"] == pytest.approx(1 / 9)
+    # the same errors, never the others' looks: below chance
+    random_errors = summarize_cast([*shot(0, ("shape",)), *shot(1, ("shape",)), *shot(2)])
+    assert random_errors["swap_rate"] == 0.0 and random_errors["swap_excess"] == pytest.approx(-1 / 9)

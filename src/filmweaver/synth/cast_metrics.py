@@ -9,7 +9,10 @@ shot's cast. Per (shot, character) the reading is the majority over the shot's f
   appearances* (after its first, with a prompt that does not describe it: only memory knows it),
   each attribute and all four together;
 * **swap**: one of its attributes read as another cast member's value of that attribute (and not its
-  own): a look given to the wrong name (shots of two or more characters);
+  own): a look given to the wrong name (shots of two or more characters). A wrong reading hits another
+  member's value by chance too (with 3-6 values an attribute and similar pairs, often), so the rate
+  comes with its **chance level**: what it would be if every wrong reading were a random other value
+  (:func:`swap_chance`); only the **excess** over it is a look given to the wrong name;
 * **presence**: the shot shows as many characters as it should (none missing, none extra);
 * **identity by recurrence gap**: identity against the number of shots since the character was last
   seen (EntityBench's buckets).
@@ -78,6 +81,20 @@ def project_cast_records(project_dir: str | Path, script: dict, read: Reader) ->
     return cast_records(lambda i: read_video(p.shot_video(i))[0], script, read)
 
 
+def swap_chance(r: dict, others: list[dict]) -> float:
+    """The probability that record ``r`` counts as a swap if each of its wrong readings were a random
+    other value of its attribute: ``1 - prod(1 - p_k)`` over its wrong attributes, ``p_k`` = the other
+    cast members' (``others``: their records in the same shot) distinct values of ``k`` unlike its own,
+    over the attribute's values - 1."""
+    miss = 1.0
+    for k in ATTRS:
+        if r["read"][k] is None or r["match"][k]:
+            continue
+        hits = len({o["truth"][k] for o in others} - {r["truth"][k]})
+        miss *= 1.0 - hits / (len(CHARACTER_ATTRIBUTES[k]) - 1)
+    return 1.0 - miss
+
+
 def later_unrestated(r: dict) -> bool:
     """A character's appearance after its first whose prompt does not describe it: only memory knows it."""
     return not r["first"] and not r["restated"]
@@ -91,6 +108,12 @@ def summarize_cast(records: list[dict]) -> dict:
 
     def mean(vals):
         return float(np.mean(vals)) if len(vals) else None
+
+    in_shot: dict[tuple, list[dict]] = {}
+    for r in records:
+        in_shot.setdefault((r.get("story"), r["shot"]), []).append(r)
+    chance = mean([swap_chance(r, [o for o in in_shot[(r.get("story"), r["shot"])] if o["name"] != r["name"]])
+                   for r in multi])
 
     by_gap = []
     for lo, hi in GAP_BUCKETS:
@@ -107,6 +130,9 @@ def summarize_cast(records: list[dict]) -> dict:
         "character_identity_by_attribute": {k: mean([r["match"][k] for r in ident]) for k in ATTRS},
         "character_identity_all_attributes": mean([all(r["match"][k] for k in ATTRS) for r in ident]),
         "swap_rate": mean([any(r["swap"].values()) for r in multi]),
+        # the swap rate random wrong readings would give on the same appearances, and the excess over it
+        "swap_rate_by_chance": chance,
+        "swap_excess": None if chance is None else mean([any(r["swap"].values()) for r in multi]) - chance,
         "presence": mean(list(shots.values())),
         "identity_by_gap": by_gap,
         "appearances": len(ident),

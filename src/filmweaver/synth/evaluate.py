@@ -462,9 +462,11 @@ def character_report_lines(results: list[dict]) -> list[str]:
              f"describe it ({first['summary']['characters']['appearances']} per arm), in brackets the 95 % interval "
              f"resampling stories; paired: the difference from {first['arm']} on the same appearances. As first drawn: "
              "later appearances against the character's first appearance as read (memory's copying, whatever "
-             "was drawn); adherence: appearances whose prompt describes the character.", "",
+             "was drawn); adherence: appearances whose prompt describes the character; swap rate: shots of "
+             "two or more where an attribute takes another member's value, in brackets the rate random wrong "
+             "readings would give (only the excess is a look given to the wrong name).", "",
              "| arm | character identity | vs " + first["arm"] + " (paired 95%) | all four | "
-             + " | ".join(CAST_ATTRS) + " | as first drawn | adherence | swap rate | presence |",
+             + " | ".join(CAST_ATTRS) + " | as first drawn | adherence | swap rate (by chance) | presence |",
              "|---" * (9 + len(CAST_ATTRS)) + "|"]
     for r in rows:
         c = r["summary"]["characters"]
@@ -477,7 +479,9 @@ def character_report_lines(results: list[dict]) -> list[str]:
                      + f" | {pct(c['character_identity_all_attributes'])} | "
                      + " | ".join(pct(c["character_identity_by_attribute"][k]) for k in CAST_ATTRS)
                      + f" | {pct(c.get('character_identity_as_drawn'))} | {pct(c.get('character_adherence'))}"
-                     + f" | {pct(c['swap_rate'])} | {pct(c['presence'])} |")
+                     + f" | {pct(c['swap_rate'])}"
+                     + (f" ({pct(c['swap_rate_by_chance'])})" if c.get("swap_rate_by_chance") is not None else "")
+                     + f" | {pct(c['presence'])} |")
     gaps = [g["gap"] for g in first["summary"]["characters"]["identity_by_gap"]]
     if gaps:
         lines += ["", "Per-character identity by recurrence gap (shots since the character was last seen; appearances):",
