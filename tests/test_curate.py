@@ -287,7 +287,9 @@ def test_samples_can_carry_the_models_latents_and_prompt_embeddings(curated_film
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(sample["clips"][0])
     frames, _ = read_video(clip)
-    frames = torch.nn.functional.interpolate(frames, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    assert frames.shape[-2:] == (96, 128)  # 4:3 clips at the model's 1:1: scaled to 64 x 85, the middle 64 columns
+    frames = torch.nn.functional.interpolate(frames, size=(64, 85), mode="bilinear", antialias=True, align_corners=False)
+    frames = frames[..., 10:74]
     expected = models.codec.encode(frames.permute(1, 0, 2, 3)[None])[0]
     torch.testing.assert_close(sample["latents"]["shot_001"], expected, rtol=1e-4, atol=1e-4)
     prompt = parse_story(sample["script"]).shots()[0].prompt
@@ -499,6 +501,91 @@ def test_curated_latents_are_written_shot_by_shot_and_read_memory_mapped(curated
         f.truncate(cache.stat().st_size - 10)
     redone, _, _ = load_curated(curated_film, codec, (64, 64), min_length=4, cache=cache, progress=False)
     assert torch.equal(redone, in_memory) and cache.stat().st_size == in_memory.numel() * 2
+
+
+def test_frames_meet_a_resolution_without_stretching_and_scenes_find_their_aspect_bucket():
+    from filmweaver.curate.latents import fit_frames
+    from filmweaver.train.curated import nearest_bucket
+
+    tall = torch.zeros(1, 3, 64, 32)
+    tall[..., 24:40, 8:24] = 1.0  # a 16x16 square in the middle
+    wide = fit_frames(tall, (16, 32))  # scaled to 64 x 128 wide... then cut to 16 x 32 in the middle: the square
+    assert wide.shape == (1, 3, 16, 32)
+    square = fit_frames(tall, (32, 32))[0, 0]  # scaled to 32 wide (64 tall), the middle 32 rows kept
+    assert square.shape == (32, 32) and torch.allclose(square[8:24, 8:24], torch.ones(16, 16), atol=0.05)
+    assert square[:4].max() < 0.05  # not stretched: the square stays a square, the empty top is cut
+    buckets = [(480, 832), (832, 480), (624, 624)]
+    assert nearest_bucket((1080, 1920), buckets) == (480, 832) and nearest_bucket((1920, 1080), buckets) == (832, 480)
+    assert nearest_bucket((600, 640), buckets) == (624, 624)
+
+
+def _mixed_aspect_dataset(curated, out):
+    """The curated film's scenes twice: as they are (4:3) and with their clips made 2:1 wide."""
+    from filmweaver.curate.dataset import ShardWriter
+    from filmweaver.io import write_json, write_video
+
+    writer = ShardWriter(out / "shards", "mixed", 2)
+    n = 0
+    for sample in read_samples(curated):
+        for wide in (False, True):
+            clips = []
+            for i, clip in enumerate(sample["clips"]):
+                path = out / "clips" / f"{n}-{i}.mp4"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                frames = read_video_bytes(clip)
+                if wide:
+                    frames = torch.nn.functional.interpolate(frames, size=(48, 96), mode="bilinear")
+                write_video(path, frames, 12.0)
+                clips.append(path)
+            script = {**sample["script"], "story_name": sample["script"]["story_name"] + ("-wide" if wide else "")}
+            writer.add(script, clips, sample["provenance"])
+            n += 1
+    writer.close()
+    write_json(out / "index.json", {"samples": n})
+    return out
+
+
+def test_aspect_buckets_train_each_scene_at_its_own_shape(curated_film, tmp_path):
+    """data.buckets: square scenes at 32x32, wide ones at 32x64, each bucket's latents in its own file; a
+    batch is one bucket's, its shot indices global, so prompts and memory sources stay right."""
+    import numpy as np
+
+    from filmweaver.models import FilmModels
+    from filmweaver.train.config import TrainConfig
+    from filmweaver.train.data import BucketedStore
+    from filmweaver.train.run import _curated_store, run_training
+
+    ds = _mixed_aspect_dataset(curated_film, tmp_path / "mixed")
+    base = tmp_path / "tiny-wan"
+    FilmModels.tiny().save_pretrained(base)
+    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 10,
+           "model": {"kind": "pretrained", "path": str(base)},
+           "data": {"kind": "curated", "path": str(ds), "buckets": [[32, 32], [32, 64]]},
+           "vae": None, "embedder": None, "probe": None,
+           "dit": {"lora": {"rank": 4}, "batch_size": 2, "warmup_steps": 1, "max_memory": 2, "chunk_frames": 2,
+                   "temporal_schedule": [[1, 1]],
+                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    summary = run_training(TrainConfig.model_validate(cfg), progress=False)
+    buckets = summary["data"]["buckets"]
+    assert buckets["32x32"]["samples"] > 0 and buckets["32x64"]["samples"] > 0, buckets
+    assert (tmp_path / "run" / "latents-32x32.bin").is_file() and (tmp_path / "run" / "latents-32x64.bin").is_file()
+    assert summary["dit"]["steps"] == 4
+    # the store itself: each batch from one bucket, its latents that bucket's shape
+    models = FilmModels.from_pretrained(str(base))
+    table, store = _curated_store(TrainConfig.model_validate(cfg), models, tmp_path / "run", torch.device("cpu"),
+                                  torch.float32, {}, False)
+    assert isinstance(store, BucketedStore) and len(table.prompts) == sum(s.data.num_shots for s in store.stores)
+    rng, widths = np.random.default_rng(0), set()
+    for _ in range(12):
+        b = store.sample("shot", 2, 2, 0, 2, rng)
+        widths.add(b.target.shape[-1])
+        k = int(np.searchsorted(store.offsets, int(b.shot_index[0]), side="right")) - 1
+        local = b.shot_index - int(store.offsets[k])
+        assert (local >= 0).all() and (local < store.stores[k].data.num_shots).all()
+        assert b.target.shape[-1] == store.stores[k].latents.shape[-1]
+        src = b.memory_source - int(store.offsets[k])  # memory from the same bucket's scenes
+        assert (src >= 0).all() and (src < store.stores[k].data.num_shots).all()
+    assert len(widths) == 2  # both buckets drawn
 
 
 def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_film, tmp_path, monkeypatch):

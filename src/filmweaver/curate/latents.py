@@ -12,12 +12,26 @@ from safetensors.torch import save
 from filmweaver.curate.config import Latents
 from filmweaver.io import read_video
 
+FIT = "cover-crop"  # how clips meet a training resolution (recorded with precomputed latents)
+
+
+def fit_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``frames [T, 3, H, W]`` scaled (aspect kept) to cover ``size`` = (h, w), then centre-cropped to
+    it: nothing is stretched (a 9:16 clip at a 16:9 resolution loses its top and bottom instead)."""
+    (h, w), (fh, fw) = size, frames.shape[-2:]
+    scale = max(h / fh, w / fw)
+    sh, sw = max(h, round(fh * scale)), max(w, round(fw * scale))
+    frames = F.interpolate(frames.float(), size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (sh - h) // 2, (sw - w) // 2
+    return frames[..., top : top + h, left : left + w]
+
 
 @torch.no_grad()
 def clip_latents(codec, frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``frames [T, 3, H, W]`` in [0, 1] resized to ``size`` and encoded: ``[C, T', h, w]`` on the CPU.
-    The one way curation's precomputed latents and the trainer's own encoding are made."""
-    frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    """``frames [T, 3, H, W]`` in [0, 1] fitted to ``size`` (:func:`fit_frames`) and encoded:
+    ``[C, T', h, w]`` on the CPU. The one way curation's precomputed latents and the trainer's own
+    encoding are made."""
+    frames = fit_frames(frames, size)
     return codec.encode(frames.permute(1, 0, 2, 3)[None].to(codec.device))[0].cpu()
 
 
@@ -42,7 +56,7 @@ class LatentEncoder:
         ``[L, D]`` each, with ``mask`` rows where the prompt encoder pads) as WebDataset members."""
         latents = {f"shot_{i + 1:03d}": self.encode_clip(c).contiguous() for i, c in enumerate(clips)}
         meta = {"model": self.model_id, "height": str(self.size[0]), "width": str(self.size[1]),
-                "vae": self.vae_fingerprint}
+                "vae": self.vae_fingerprint, "fit": FIT}
         out = [("latents.safetensors", save(latents, metadata=meta))]
         if self.text and any(prompts):
             emb = self.models.prompt_encoder.encode(prompts).float().cpu()

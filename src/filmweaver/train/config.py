@@ -72,6 +72,10 @@ class CuratedData(_Cfg):
     height: int | None = None  # default: the model's resolution
     width: int | None = None
     min_shots: int = Field(2, ge=1)  # scenes with fewer kept shots teach no memory and are skipped
+    # aspect buckets, [[h, w], ...]: each scene trains at the one whose aspect is nearest its clips'
+    # (footage mixes 16:9, 9:16, 4:3...), fitted without stretching; a batch comes from one bucket.
+    # Unset: every clip at (height, width).
+    buckets: list[tuple[int, int]] | None = None
 
 
 class VaePhase(_Cfg):

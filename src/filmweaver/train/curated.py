@@ -75,20 +75,41 @@ def _sample_shots(sample: dict) -> tuple[list[str], list[list[str]]]:
 LATENT_DTYPE = np.float16  # the stored latents' precision (the VAE's output is float32; training is bf16)
 
 
+def clip_size(clip: bytes) -> tuple[int, int]:
+    """An mp4's frame size (h, w), from its header."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(clip)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.height, stream.codec_context.width
+
+
+def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket (h, w) whose aspect is nearest ``size``'s (on a log scale: 2:1 and 1:2 are as far from 1:1)."""
+    aspect = np.log(size[1] / size[0])
+    return tuple(min(buckets, key=lambda b: abs(np.log(b[1] / b[0]) - aspect)))
+
+
 def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int, min_shots: int = 2,
-                 cache: Path | None = None, progress: bool = True) -> tuple[torch.Tensor, ShotTable, dict]:
+                 cache: Path | None = None, progress: bool = True,
+                 buckets: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, ShotTable, dict]:
     """Every usable shot of the dataset at ``path``: latents ``[N, C, h, w]`` (one row per latent frame,
     float16 on the CPU: memory-mapped from ``cache`` (a ``.bin`` path) when given, else in memory), the
     :class:`ShotTable`, and a summary (samples and shots used, skipped and why, where the latents came
     from). Shots shorter than ``min_length`` latent frames (one training chunk) are left out, then
-    scenes with fewer than ``min_shots`` shots."""
+    scenes with fewer than ``min_shots`` shots. With ``buckets``: only the scenes whose nearest bucket
+    (:func:`nearest_bucket`, by their first clip) is ``size``; ``story`` ids stay the dataset's."""
     from filmweaver.curate import read_samples
+    from filmweaver.curate.latents import FIT
 
     fingerprint = codec.fingerprint()
     index = Path(path) / "index.json"
     if not index.is_file():
         raise ValueError(f"data.path: {path} is not a curated dataset (no index.json; make one with filmweaver curate)")
-    digest = hashlib.sha256(index.read_bytes() + f"{fingerprint}{size}{min_length}{min_shots}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(index.read_bytes() + f"{fingerprint}{size}{min_length}{min_shots}{FIT}{buckets}".encode()
+                            ).hexdigest()[:16]
     cached = _read_cache(cache, digest)
     if cached is not None:
         return cached
@@ -102,10 +123,12 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
     bar = progress_bar(desc="curated samples", enabled=progress)
     for story, sample in enumerate(read_samples(path)):
         bar.update(1)
+        if buckets and sample["clips"] and nearest_bucket(clip_size(sample["clips"][0]), buckets) != tuple(size):
+            continue  # another bucket's scene
         prompts, names = _sample_shots(sample)
         meta = sample.get("latents_meta", {})
         ready = (meta.get("vae") == fingerprint and (int(meta.get("height", 0)), int(meta.get("width", 0))) == tuple(size)
-                 and len(sample.get("latents", {})) == len(prompts))
+                 and meta.get("fit") == FIT and len(sample.get("latents", {})) == len(prompts))
         shots = []
         for i, (prompt, who) in enumerate(zip(prompts, names, strict=True)):
             if ready:
@@ -131,6 +154,8 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
         summary["samples"] += 1
         summary["shots"] += len(shots)
     bar.close()
+    if not rows and buckets:
+        return None, None, summary  # no scene of this aspect
     if not rows:
         raise ValueError(f"data.path: no scene of {path} has {min_shots} shots of at least {min_length} latent "
                          f"frames (skipped: {summary['skipped'] or 'no samples'})")
@@ -191,6 +216,17 @@ def _read_cache(cache: Path | None, digest: str) -> tuple[torch.Tensor, ShotTabl
     if meta.get("digest") != digest or cache.stat().st_size != np.dtype(LATENT_DTYPE).itemsize * int(np.prod(shape)):
         return None
     return _mapped(cache, shape), _table(meta["table"]), meta["summary"]
+
+
+def concat_tables(tables: list[ShotTable]) -> ShotTable:
+    """The buckets' tables as one (its prompts and names, in bucket order: global shot indices)."""
+    cat = np.concatenate
+    return ShotTable(cat([t.shot_story for t in tables]), cat([t.shot_start for t in tables]),
+                     cat([t.shot_length for t in tables]), cat([t.shot_cut for t in tables]),
+                     cat([t.shot_location for t in tables]), [p for t in tables for p in t.prompts],
+                     None if all(t.cast_names is None for t in tables)
+                     else [n for t in tables for n in (t.cast_names or [[]] * t.num_shots)],
+                     [k for t in tables for k in t.keys])
 
 
 def _table(rows: list[dict]) -> ShotTable:

@@ -18,6 +18,7 @@ the shot names them, the free slots before them drawn as above.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -298,3 +299,28 @@ def latent_coverage(coverage, latent_hw: tuple[int, int], device, dtype=torch.fl
         m = torch.nn.functional.max_pool2d(m, 3, stride=1, padding=1)
         out[a : a + chunk] = m.to(dtype)
     return out
+
+
+class BucketedStore:
+    """One :class:`LatentStore` per aspect bucket of a curated dataset (a bucket's latents share one
+    size). A batch comes from one bucket, picked with probability proportional to the shots it has for
+    the batch's mode; its shot indices are global (the buckets' tables concatenated, in order)."""
+
+    def __init__(self, stores: list[LatentStore]):
+        self.stores = stores
+        self.offsets = np.cumsum([0] + [s.data.num_shots for s in stores[:-1]])
+
+    def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
+               long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0) -> Batch:
+        """:meth:`LatentStore.sample` from one bucket (drawn first, from ``rng``)."""
+        counts = np.array([len(s.later_shot_ids if mode in ("shot", "both") else s.story_shot_ids) for s in self.stores],
+                          dtype=float)
+        if counts.sum() == 0:
+            raise ValueError(f"no bucket has shots for a {mode!r} batch")
+        k = int(rng.choice(len(self.stores), p=counts / counts.sum()))
+        batch = self.stores[k].sample(mode, batch_size, chunk, history, num_memory, rng, long_takes, negative_sampling,
+                                      entity_memory)
+        off = int(self.offsets[k])
+        return dataclasses.replace(batch, shot_index=batch.shot_index + off,
+                                   memory_source=None if batch.memory_source is None else batch.memory_source + off)
+

@@ -270,16 +270,36 @@ def _curated_store(cfg: TrainConfig, models: FilmModels, out: Path, device, dtyp
     """The curated dataset's shot table and latent store: the latents (precomputed in its shards, or
     encoded once) in ``output_dir/latents.bin``, memory-mapped on the host; each batch's rows go to the
     device as they are drawn."""
-    from filmweaver.train.curated import load_curated
-    from filmweaver.train.data import LatentStore
+    from filmweaver.train.curated import concat_tables, load_curated
+    from filmweaver.train.data import BucketedStore, LatentStore
 
     d, codec = cfg.data, models.codec
     size = (d.height or models.defaults.get("height", 480), d.width or models.defaults.get("width", 832))
-    latents, table, info = load_curated(d.path, codec, size, min_length=cfg.dit.chunk_frames, min_shots=d.min_shots,
-                                        cache=out / "latents.bin", progress=progress)
-    summary["data"] = {"kind": "curated", "path": d.path, "height": size[0], "width": size[1],
-                       "latent_frames": int(len(latents)), **info}
-    return table, LatentStore(latents, table, temporal_factor=codec.temporal_factor, device=device, dtype=dtype)
+    if not d.buckets:
+        latents, table, info = load_curated(d.path, codec, size, min_length=cfg.dit.chunk_frames,
+                                            min_shots=d.min_shots, cache=out / "latents.bin", progress=progress)
+        summary["data"] = {"kind": "curated", "path": d.path, "height": size[0], "width": size[1],
+                           "latent_frames": int(len(latents)), **info}
+        return table, LatentStore(latents, table, temporal_factor=codec.temporal_factor, device=device, dtype=dtype)
+    buckets = [tuple(b) for b in d.buckets]
+    tables, stores, per_bucket = [], [], {}
+    for h, w in buckets:  # one pass over the shards per bucket; each bucket's latents in a file of its own
+        latents, table, info = load_curated(d.path, codec, (h, w), min_length=cfg.dit.chunk_frames,
+                                            min_shots=d.min_shots, cache=out / f"latents-{h}x{w}.bin",
+                                            progress=progress, buckets=buckets)
+        per_bucket[f"{h}x{w}"] = {"samples": info["samples"], "shots": info["shots"],
+                                  "latent_frames": 0 if latents is None else int(len(latents))}
+        if latents is not None:
+            tables.append(table)
+            stores.append(LatentStore(latents, table, temporal_factor=codec.temporal_factor, device=device, dtype=dtype))
+    if not stores:
+        raise ValueError(f"data.path: no scene of {d.path} has {d.min_shots} shots of at least "
+                         f"{cfg.dit.chunk_frames} latent frames in any bucket")
+    summary["data"] = {"kind": "curated", "path": d.path, "buckets": per_bucket,
+                       "samples": sum(b["samples"] for b in per_bucket.values()),
+                       "shots": sum(b["shots"] for b in per_bucket.values()),
+                       "latent_frames": sum(b["latent_frames"] for b in per_bucket.values())}
+    return concat_tables(tables), BucketedStore(stores)
 
 
 def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict:
