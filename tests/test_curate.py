@@ -588,6 +588,54 @@ def test_aspect_buckets_train_each_scene_at_its_own_shape(curated_film, tmp_path
     assert len(widths) == 2  # both buckets drawn
 
 
+def tiny_ti2v_models():
+    """A tiny random model in Wan2.2-TI2V-5B's layout: 48 latent channels, a residual VAE with 2x2 patches
+    (16x in space), a transformer of 48 in/out channels (configs/lora-wan2.2-ti2v-5b.yaml's shape)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from filmweaver.backbone.vae import LatentCodec
+    from filmweaver.backbone.wan import ContextWanTransformer
+    from filmweaver.models import FilmModels, transformer_shape
+
+    models = FilmModels.tiny()
+    torch.manual_seed(0)
+    models.backbone = ContextWanTransformer(WanTransformer3DModel(**{**transformer_shape("tiny"), "in_channels": 48,
+                                                                     "out_channels": 48}).eval())
+    models.codec = LatentCodec(AutoencoderKLWan(
+        base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+        scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48))
+    return models
+
+
+def test_a_tiny_ti2v_5b_layout_trains_a_memory_lora_and_generates_with_it(curated_film, tmp_path):
+    """The 5B path on the CPU: 48-channel latents at 16x in space, encoded by the trainer from the
+    curated clips; the LoRA file then goes on the base with generate --lora."""
+    from filmweaver.train.config import TrainConfig
+    from filmweaver.train.run import run_training
+
+    base = tmp_path / "tiny-ti2v"
+    tiny_ti2v_models().save_pretrained(base)
+    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 10,
+           "model": {"kind": "pretrained", "path": str(base)},
+           "data": {"kind": "curated", "path": str(curated_film), "height": 64, "width": 64},
+           "vae": None, "embedder": None, "probe": None,
+           "dit": {"lora": {"rank": 4}, "gradient_checkpointing": True, "batch_size": 2, "warmup_steps": 1,
+                   "max_memory": 2, "chunk_frames": 2, "temporal_schedule": [[1, 1]],
+                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    summary = run_training(TrainConfig.model_validate(cfg), progress=False)
+    assert summary["dit"]["steps"] == 4 and summary["data"]["latents"]["encoded"] == summary["data"]["shots"]
+    assert np.isfinite(summary["dit"]["final_loss"])
+    lora = tmp_path / "run" / "model" / "lora" / "pytorch_lora_weights.safetensors"
+    script = tmp_path / "scene.json"
+    script.write_text(json.dumps(next(read_samples(curated_film))["script"]))
+    res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(base),
+                                   "--lora", str(lora), "--steps", "2", "--max-shots", "2"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "film" / "manifest.json").read_text())
+    assert manifest["model"]["setup"]["lora"] == str(lora) and len(manifest["shots"]) == 2
+
+
 def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_film, tmp_path, monkeypatch):
     """Wan2.2 A14B: one LoRA per expert (as StoryMem ships two files). dit.expert=low_noise trains
     `transformer_2` only, on noise levels below the boundary; generate --lora-2 puts the file on it."""
