@@ -185,3 +185,67 @@ def test_a_model_with_entity_tags_saves_and_loads_them_and_the_engine_tags_its_m
     block = engine.memory.shot_context(bank, retrieved, 0)[0]
     assert block.entity_embeddings.shape == (len(retrieved), loaded.backbone.config.text_dim)
     assert all(block.entity_embeddings[j].norm() > 0 for j, r in enumerate(retrieved) if bank.entries[r.bank_index].entities)
+
+
+def test_entity_slots_say_which_of_the_shots_characters_a_memory_frame_shows(tiny_models, tmp_path):
+    """Slots by the shot's order: zero at first (the forward as it was), then frames marked for different
+    characters differ; saved and loaded with the model; the engine marks each retrieved keyframe with
+    the current shot's characters it shows; the trainer's batches mark them the same way, and a
+    keyframe of another story (a negative) shows none of the shot's characters."""
+    import numpy as np
+
+    from filmweaver.backbone.entity_tags import SLOTS, entity_slots
+    from filmweaver.context import ContextFrames
+    from filmweaver.models import FilmModels
+
+    assert entity_slots(["Bo", "Ada"], [("Ada",), ("Ada", "Bo"), ()]).tolist() == [
+        [0, 1] + [0] * (SLOTS - 2), [1, 1] + [0] * (SLOTS - 2), [0] * SLOTS]
+    bb = tiny_models.backbone
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, 16, 2, 4, 4, generator=g)
+    x, t = torch.randn(1, 16, 1, 4, 4, generator=g), torch.tensor([500.0])
+    text = torch.randn(1, 8, bb.config.text_dim, generator=g)
+    slots = entity_slots(["Ada", "Bo"], [("Ada",), ("Bo",)])
+
+    def forward(s):
+        with torch.no_grad():
+            return bb(x, t, text, context=[ContextFrames(lat, torch.tensor([-3.0, -2.0]), 0.0, kind="shot",
+                                                         entity_slots=s)])
+
+    plain = forward(None)
+    bb.enable_entity_slots()
+    try:
+        assert torch.equal(forward(slots), plain)
+        with torch.no_grad():
+            bb.slot_proj.weight.normal_(generator=g)
+        assert not torch.allclose(forward(slots), plain) and not torch.allclose(forward(slots.flip(0)), forward(slots))
+        tiny_models.save_pretrained(tmp_path / "m")
+    finally:
+        bb.slot_proj = None
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert loaded.backbone.slot_proj is not None and loaded.backbone.entity_proj is None
+    story = parse_story(entitybench_story())
+    engine = StoryEngine(loaded, tmp_path / "p", story=story, config=EngineConfig(shot_cache={"policy": "entity"}),
+                         progress=False)
+    engine.generate(max_shots=2)
+    plan = engine.plan()[2]
+    bank = engine.bank.before(2)
+    retrieved = engine.memory.retrieve(plan, bank)
+    block = engine.memory.shot_context(bank, retrieved, 0, list(plan.shot.entities.characters))[0]
+    for j, r in enumerate(retrieved):
+        shown = bank.entries[r.bank_index].entities
+        want = [float(c in shown) for c in plan.shot.entities.characters]
+        assert block.entity_slots[j, : len(want)].tolist() == want
+
+    # the trainer: two stories that both have an "Ada"; shot 1 of story 0 shows Bo then Ada
+    from types import SimpleNamespace
+
+    from filmweaver.train.data import LatentStore
+
+    table = SimpleNamespace(shot_story=np.array([0, 0, 1]), shot_start=np.array([0, 2, 4]),
+                            shot_length=np.array([2, 2, 2]), shot_cut=np.ones(3, bool), shot_location=np.zeros(3, int),
+                            cast_names=[["Ada"], ["Bo", "Ada"], ["Ada"]], num_shots=3)
+    store = LatentStore(torch.zeros(6, 4, 2, 2), table)
+    hits = store.memory_slots(np.array([1, 1]), np.array([[0, 2], [1, 0]]))
+    assert hits[0, 0, :2].tolist() == [0, 1] and hits[0, 1].sum() == 0  # story 1's Ada is another Ada
+    assert hits[1, 0, :2].tolist() == [1, 1] and hits[1, 1, :2].tolist() == [0, 1]

@@ -35,6 +35,10 @@ class ContextFrames:
     # D_text]``) pooled text embeddings of the entities' names (zeros: nobody), added to the frame's
     # tokens through a learned projection
     entity_embeddings: torch.Tensor | None = None
+    # which of the generated shot's named characters each frame shows, by their order in the shot (its
+    # ``characters`` list, which its prompt names in the same order): ``[F, SLOTS]`` (or ``[B, F, SLOTS]``),
+    # 1 at slot j where the frame shows the shot's j-th character; for a backbone with entity slots
+    entity_slots: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.latents.ndim != 5:
@@ -47,6 +51,10 @@ class ContextFrames:
                                                    or self.entity_embeddings.shape[-2] != self.latents.shape[2]):
             raise ValueError(f"entity embeddings are [F, D] for the {self.latents.shape[2]} frames of an "
                              f"uncompressed block, got {tuple(self.entity_embeddings.shape)}")
+        if self.entity_slots is not None and (self.entity_slots.ndim not in (2, 3) or self.compression != 1
+                                              or self.entity_slots.shape[-2] != self.latents.shape[2]):
+            raise ValueError(f"entity slots are [F, SLOTS] for the {self.latents.shape[2]} frames of an "
+                             f"uncompressed block, got {tuple(self.entity_slots.shape)}")
         if self.spatial not in (1, 2, 4) or (self.spatial > 1 and self.compression > 1):
             raise ValueError(f"spatial pooling must be 1, 2 or 4 and is not combined with compression, got "
                              f"spatial={self.spatial}, compression={self.compression}")

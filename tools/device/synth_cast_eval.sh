@@ -2,7 +2,7 @@
 # The multi-character ablation on a lent H200, on the warm machine of a synth_cast.sh call (its packages in
 # /tmp/site and its run in runs/synth-castB stay there): the candidate trained before arrives as a carried
 # model (.carryM/part0: `tar cf .carryM/part0 -C PARENT model`, the parts that differ from the shipped
-# model; the rest is copied from it). Held-out cast stories (--world cast) and one-character stories, one
+# model; the rest is copied from it), or none (B_RUN alone, its own probes). Held-out cast stories (--world cast) and one-character stories, one
 # evaluate process per share (the tiny model is host-bound), stopped at LIMIT seconds so that what finished
 # comes back: every run's metrics.json (records included) in one archive, plus the logs.
 #   MODELS="A B" CAST_ARMS="entity@A topk@A ..." SINGLE_ARMS="full@A full@B" bash tools/device/synth_cast_eval.sh
@@ -12,15 +12,18 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 [ -f /tmp/site/.av ] || { echo "no /tmp/site: not the warm machine of a synth_cast.sh call"; exit 3; }
 export PYTHONPATH=/tmp/site:$PWD/src
 R=runs/ablation; mkdir -p $R/A $R/B
-tar xf .carryM/part0 -C $R/A
 B=${B_RUN:-runs/synth-castB}
 [ -d $B/model ] && ln -sfn $PWD/$B/model $R/B/model
 SHIPPED=src/filmweaver/weights/synth-small
-for part in vae scheduler embedder tokenizer text_encoder; do
-  [ -d $R/A/model/$part ] || cp -r $SHIPPED/$part $R/A/model/
-done
-cp -n $SHIPPED/probe/probe.* $R/A/model/probe/
-PROBE=$R/A/model/probe
+PROBE=$R/B/model/probe  # without a carried A: the candidate trained on this machine brings its probes
+if [ -f .carryM/part0 ]; then
+  tar xf .carryM/part0 -C $R/A
+  for part in vae scheduler embedder tokenizer text_encoder; do
+    [ -d $R/A/model/$part ] || cp -r $SHIPPED/$part $R/A/model/
+  done
+  cp -n $SHIPPED/probe/probe.* $R/A/model/probe/
+  PROBE=$R/A/model/probe
+fi
 CAST_ARMS=${CAST_ARMS:-entity@A topk@A no_shot_cache@A sink_window@A entity@B topk@B}
 SINGLE_ARMS=${SINGLE_ARMS:-full@A full@B}
 STORIES=${STORIES:-50}; LIMIT=${LIMIT:-470}; CAST_SHARDS=${CAST_SHARDS:-10}; SINGLE_SHARDS=${SINGLE_SHARDS:-5}

@@ -4,6 +4,11 @@ Each context frame's ``entity_embeddings`` (the pooled text embedding of the nam
 :attr:`filmweaver.context.ContextFrames.entity_embeddings`) goes through one linear map to the model
 width and is added to that frame's tokens, so attention can bind a look to a name. The map starts at
 zero: a backbone with tags enabled computes what it did until the map is trained (``dit.entity_tags``).
+
+Entity slots say the same by position instead of by name: each memory frame's ``entity_slots``
+(:attr:`filmweaver.context.ContextFrames.entity_slots`: which of the generated shot's characters it
+shows, by their order in the shot) go through a second zero-initialised map (``dit.entity_slots``), so
+"the look in this frame is the shot's second character" needs no name matching.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 ENTITY_PROJ_FILE = "entity_projection.safetensors"
+ENTITY_SLOTS_FILE = "entity_slots.safetensors"
+SLOTS = 8  # characters of one shot that slots tell apart (later ones share no slot)
 
 
 def entity_projection(transformer) -> nn.Linear:
@@ -24,6 +31,26 @@ def entity_projection(transformer) -> nn.Linear:
     nn.init.zeros_(proj.weight)
     nn.init.zeros_(proj.bias)
     return proj
+
+
+def slot_projection(transformer) -> nn.Linear:
+    """A zero-initialised ``SLOTS -> inner_dim`` map (no bias: a frame that shows nobody gets nothing)."""
+    cfg, ref = transformer.config, transformer.patch_embedding.weight
+    proj = nn.Linear(SLOTS, cfg.num_attention_heads * cfg.attention_head_dim, bias=False, device=ref.device,
+                     dtype=ref.dtype)
+    nn.init.zeros_(proj.weight)
+    return proj
+
+
+def entity_slots(shot_characters: list[str], shown: list[tuple[str, ...]]) -> torch.Tensor:
+    """``[K, SLOTS]``: per memory frame (the entities each shows), 1 at slot j where it shows the
+    generated shot's j-th character."""
+    out = torch.zeros(len(shown), SLOTS)
+    for k, names in enumerate(shown):
+        for j, c in enumerate(shot_characters[:SLOTS]):
+            if c in names:
+                out[k, j] = 1.0
+    return out
 
 
 def add_entity_tags(proj: nn.Linear, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -36,12 +63,13 @@ def add_entity_tags(proj: nn.Linear, tokens: torch.Tensor, embeddings: torch.Ten
     return tokens + tags.repeat_interleave(tokens.shape[1] // tags.shape[-2], dim=-2)
 
 
-def save_entity_projection(proj: nn.Linear, directory: str | Path, dtype: torch.dtype) -> None:
+def save_entity_projection(proj: nn.Linear, directory: str | Path, dtype: torch.dtype,
+                           name: str = ENTITY_PROJ_FILE) -> None:
     state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in proj.state_dict().items()}
-    save_file(state, str(Path(directory) / ENTITY_PROJ_FILE))
+    save_file(state, str(Path(directory) / name))
 
 
-def saved_entity_projection(directory: str | Path) -> dict | None:
-    """The weights saved in ``directory``, or None (a model without tags)."""
-    path = Path(directory) / ENTITY_PROJ_FILE
+def saved_entity_projection(directory: str | Path, name: str = ENTITY_PROJ_FILE) -> dict | None:
+    """The weights saved in ``directory`` (``name``: the tags' or the slots' file), or None (a model without)."""
+    path = Path(directory) / name
     return load_file(str(path)) if path.is_file() else None

@@ -45,10 +45,12 @@ from filmweaver.backbone.causal_kv import (  # noqa: F401 - re-exported: the bac
     set_context_attention,
 )
 from filmweaver.backbone.entity_tags import (
+    ENTITY_SLOTS_FILE,
     add_entity_tags,
     entity_projection,
     save_entity_projection,
     saved_entity_projection,
+    slot_projection,
 )
 from filmweaver.backbone.fusion import BiasGELUProjection, FusedAway  # noqa: F401 - re-exported
 from filmweaver.backbone.rope import RopeTables, grid_positions, rope_from_positions  # noqa: F401 - re-exported
@@ -123,6 +125,7 @@ class ContextWanTransformer(nn.Module):
         )
         self._rope = RopeTables(transformer.config.attention_head_dim)
         self.entity_proj: nn.Linear | None = None  # entity tags on memory tokens (enable_entity_tags)
+        self.slot_proj: nn.Linear | None = None  # entity slots on memory tokens (enable_entity_slots)
 
     # -- modes: causal context, parallelism, fusion, compilation (each in its own module) -------------
     @property
@@ -163,6 +166,11 @@ class ContextWanTransformer(nn.Module):
         if self.entity_proj is None:
             self.entity_proj = entity_projection(self.transformer)
 
+    def enable_entity_slots(self) -> None:
+        """Memory tokens carry which of the shot's characters they show, by position (zero at first)."""
+        if self.slot_proj is None:
+            self.slot_proj = slot_projection(self.transformer)
+
     @property
     def config(self):
         return self.transformer.config
@@ -180,6 +188,8 @@ class ContextWanTransformer(nn.Module):
         save_file(state, str(Path(directory) / CONTEXT_PROJ_FILE))
         if self.entity_proj is not None:
             save_entity_projection(self.entity_proj, directory, dtype)
+        if self.slot_proj is not None:
+            save_entity_projection(self.slot_proj, directory, dtype, ENTITY_SLOTS_FILE)
 
     def load_context_projections(self, directory: str | Path) -> bool:
         """Load trained projections if the directory has them; keep the FramePack init otherwise. A
@@ -188,6 +198,10 @@ class ContextWanTransformer(nn.Module):
         if tags is not None:
             self.enable_entity_tags()
             self.entity_proj.load_state_dict(tags)
+        slots = saved_entity_projection(directory, ENTITY_SLOTS_FILE)
+        if slots is not None:
+            self.enable_entity_slots()
+            self.slot_proj.load_state_dict(slots)
         path = Path(directory) / CONTEXT_PROJ_FILE
         if not path.is_file():
             return False
@@ -227,6 +241,8 @@ class ContextWanTransformer(nn.Module):
                 x = x.repeat(b // x.shape[0], 1, 1)
             if block.entity_embeddings is not None and self.entity_proj is not None:
                 x = add_entity_tags(self.entity_proj, x, block.entity_embeddings)
+            if block.entity_slots is not None and self.slot_proj is not None:
+                x = add_entity_tags(self.slot_proj, x, block.entity_slots)
             tokens.append(x)
             positions.append(grid_positions(block.positions, h, w, block.compression, block.spatial))
             spans.append((block.kind, start, start + x.shape[1]))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 
+from filmweaver.backbone.entity_tags import entity_slots
 from filmweaver.context import ContextFrames
 from filmweaver.engine.bank import BankStore
 from filmweaver.engine.config import EngineConfig
@@ -99,7 +100,9 @@ class MemoryAssembler:
             if carried is not None:
                 temporal.push(carried.to(device))
                 continuation = cfg.continuation
-        memory = ShotMemory(bank, retrieved, temporal, self.shot_context(bank, retrieved, temporal.capacity), continuation)
+        memory = ShotMemory(bank, retrieved, temporal,
+                            self.shot_context(bank, retrieved, temporal.capacity, list(plan.shot.entities.characters)),
+                            continuation)
         if self.image_conditioned:
             memory.image_source, memory.image = self.image_condition(i, bank, retrieved, continuation, prior_latents)
         return memory
@@ -159,16 +162,22 @@ class MemoryAssembler:
                 todo -= found
         return anchors
 
-    def shot_context(self, bank: KeyframeBank, retrieved: list[RetrievedKeyframe], capacity: int) -> list[ContextFrames]:
+    def shot_context(self, bank: KeyframeBank, retrieved: list[RetrievedKeyframe], capacity: int,
+                     characters: list[str] = ()) -> list[ContextFrames]:
+        """The shot-cache block; ``characters``: the shot's, in its order (for a backbone with entity slots)."""
         if not retrieved:
             return []
         sc = self.cfg.shot_cache
         lat = torch.cat([bank.entries[r.bank_index].latent for r in retrieved], dim=1)[None]  # [1, C, K, h, w]
-        tags = None
+        shown = [bank.entries[r.bank_index].entities or ((bank.entries[r.bank_index].label,)
+                 if bank.entries[r.bank_index].kind == "reference" else ()) for r in retrieved]
+        tags = slots = None
         if getattr(self.models.backbone, "entity_proj", None) is not None:
             tags = self.entity_tags([bank.entries[r.bank_index].entities for r in retrieved])
+        if getattr(self.models.backbone, "slot_proj", None) is not None:
+            slots = entity_slots(list(characters), shown)
         return [ContextFrames(lat, memory_positions(len(retrieved), capacity, sc.gap), sc.timestep, 1, kind="shot",
-                              spatial=sc.compression, entity_embeddings=tags)]
+                              spatial=sc.compression, entity_embeddings=tags, entity_slots=slots)]
 
     def entity_tags(self, shown: list[tuple[str, ...]]) -> torch.Tensor:
         """``[K, D_text]``: per keyframe, the pooled embedding of the names it shows, joined by spaces (as

@@ -152,6 +152,9 @@ class DiTPhase(_Cfg):
     # memory tokens carry whom they show: each keyframe's names (its shot's characters), pooled by the
     # text encoder, through a projection added to its tokens (ContextWanTransformer.enable_entity_tags)
     entity_tags: bool = False
+    # memory tokens carry which of the generated shot's characters they show, by the shot's order
+    # (ContextWanTransformer.enable_entity_slots): binding a look to a position needs no name matching
+    entity_slots: bool = False
     # start the DiT phase from a saved model directory (its transformer, context projections and text
     # encoder; same architecture, the text encoder's vocabulary may have grown; "builtin": the shipped
     # model) instead of random weights: continue a shipped model's training

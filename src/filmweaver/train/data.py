@@ -42,6 +42,8 @@ class Batch:
     negatives: int = 0  # memory slots that hold another story's keyframe
     coverage: torch.Tensor | None = None  # [B, F, L, h, w] coverage of each target latent pixel by each layer (0-1)
     memory_source: torch.Tensor | None = None  # [B, K] the shot each keyframe comes from (whom it shows)
+    # [B, K, SLOTS] 1 where keyframe k shows the target shot's j-th character (entity slots)
+    memory_slots: torch.Tensor | None = None
 
 
 class LatentStore:
@@ -76,6 +78,28 @@ class LatentStore:
         self.later_shot_ids = np.array([s for s in self.story_shot_ids if self.position[s] > 0])
         self._index_memory_sources()
         self._index_appearances()
+        self._index_cast_ids()
+
+    def _index_cast_ids(self) -> None:
+        """``_cast_ids [S, SLOTS]``: each shot's characters in its order as ids unique to (story, name),
+        -1 past its cast, so a keyframe of another story never shares a character (a negative)."""
+        from filmweaver.backbone.entity_tags import SLOTS
+
+        names = self.data.cast_names
+        self._cast_ids = np.full((len(self.data.shot_story), SLOTS), -1, dtype=np.int64)
+        if names is None:
+            return
+        ids: dict[tuple[int, str], int] = {}
+        for shot, (story, cast) in enumerate(zip(self.data.shot_story.tolist(), names, strict=True)):
+            for j, name in enumerate(cast[:SLOTS]):
+                self._cast_ids[shot, j] = ids.setdefault((story, name), len(ids))
+
+    def memory_slots(self, shots: np.ndarray, source: np.ndarray) -> torch.Tensor:
+        """``[B, K, SLOTS]``: 1 where keyframe ``source[b, k]`` shows shot ``shots[b]``'s j-th character."""
+        target = self._cast_ids[shots]  # [B, SLOTS]
+        shown = self._cast_ids[source]  # [B, K, SLOTS]
+        hit = (shown[:, :, :, None] == target[:, None, None, :]).any(2) & (target[:, None, :] >= 0)
+        return torch.from_numpy(hit.astype(np.float32))
 
     def _index_memory_sources(self) -> None:
         """Padded tables for drawing a whole batch's memory at once (no per-sample Python).
@@ -208,10 +232,11 @@ class LatentStore:
             flat = np.repeat(begin - (np.cumsum(count) - count), count) + np.arange(count.sum())
             frames = self._gather(flat)  # [sum(count), C, h, w]
             hist = [h.permute(1, 0, 2, 3) for h in torch.split(frames, count.tolist())]
-        mem, negatives, source = None, 0, None
+        mem, negatives, source, slots = None, 0, None, None
         if mode in ("shot", "both"):
             mem, negatives, source = self._memory(shots, num_memory, rng, negative_sampling, entity_memory)
-        return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover, source)
+            slots = self.memory_slots(shots, source.numpy())
+        return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover, source, slots)
 
     def _inner_starts(self, shots: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
         """A chunk start inside each shot; a continuing story shot (``cut: false``) starts at 0 a quarter

@@ -79,16 +79,19 @@ class PromptTable:
 
 
 def build_context(batch: Batch, schedule, t_shot: torch.Tensor | None, t_temporal: torch.Tensor | None,
-                  gap: float = 0.0, memory_compression: int = 1) -> list[ContextFrames]:
-    """The context blocks for ``batch``, placed as the engine places them (shot cache first)."""
+                  gap: float = 0.0, memory_compression: int = 1, entity_slots: bool = False) -> list[ContextFrames]:
+    """The context blocks for ``batch``, placed as the engine places them (shot cache first);
+    ``entity_slots``: the keyframes carry which of the shot's characters they show (``batch.memory_slots``)."""
     capacity = sum(n for _, n in schedule)
     blocks: list[ContextFrames] = []
     if batch.memory is not None:
         mem = batch.memory
         if t_shot is not None:
             mem = noise_to_timestep(mem, t_shot, noise=torch.randn_like(mem))
+        slots = batch.memory_slots.to(mem.device) if entity_slots and batch.memory_slots is not None else None
         blocks.append(ContextFrames(mem, memory_positions(mem.shape[2], capacity, gap),
-                                    0.0 if t_shot is None else t_shot, 1, kind="shot", spatial=memory_compression))
+                                    0.0 if t_shot is None else t_shot, 1, kind="shot", spatial=memory_compression,
+                                    entity_slots=slots))
     if batch.history is not None:
         # one TemporalCache per history length (not per item): a handful of batched pushes per step
         by_len: dict[int, list[int]] = {}
@@ -273,7 +276,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         x_t = flow_interpolate(x0, eps, s.view(-1, 1, 1, 1, 1))
         ctx = build_context(batch, schedule, _uniform(b, aug.noise_shot_cache, device) if batch.memory is not None else None,
                             _uniform(b, aug.noise_temporal_cache, device) if batch.history is not None else None,
-                            memory_compression=cfg.memory_compression)
+                            memory_compression=cfg.memory_compression, entity_slots=cfg.entity_slots)
         shot_index = to_device(batch.shot_index, device)
         ids, mask = prompt_ids[shot_index], prompt_mask[shot_index]
         drop = torch.rand(b, device=device) < aug.text_dropout

@@ -196,6 +196,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         expert.context_attention = dcfg.context_attention
         if dcfg.entity_tags:
             expert.enable_entity_tags()
+        if dcfg.entity_slots:
+            expert.enable_entity_slots()
         if dcfg.compile_blocks:
             expert.compile_blocks(dynamic=True)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
