@@ -421,6 +421,17 @@ def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(curated_fi
     assert (tmp_path / "film" / "shots").is_dir()
 
 
+def _wan_lora_config(base, dataset, out, checkpoint_every=10, data=None, **dit):
+    """A few LoRA steps on a tiny pretrained-layout model over a curated dataset (the Wan path's tests)."""
+    return {"output_dir": str(out), "mixed_precision": "no", "log_every": 2, "checkpoint_every": checkpoint_every,
+            "model": {"kind": "pretrained", "path": str(base)},
+            "data": {"kind": "curated", "path": str(dataset), **(data or {"height": 32, "width": 32})},
+            "vae": None, "embedder": None, "probe": None,
+            "dit": {"lora": {"rank": 4}, "batch_size": 2, "warmup_steps": 1, "max_memory": 2, "chunk_frames": 2,
+                    "temporal_schedule": [[1, 1]],
+                    "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}], **dit}}
+
+
 def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generate_loads(curated_film, tmp_path):
     """The Wan path (a causal video VAE with 4x temporal compression: memory takes first latent
     frames): `model.kind: pretrained` on a curated dataset whose clips are encoded by the trainer, a
@@ -432,13 +443,7 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
     ds = curated_film  # its precomputed latents are the built-in VAE's: this VAE encodes the clips itself
     base = tmp_path / "tiny-wan"
     load_models("tiny").save_pretrained(base)
-    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 3,
-           "model": {"kind": "pretrained", "path": str(base)},
-           "data": {"kind": "curated", "path": str(ds), "height": 32, "width": 32},
-           "vae": None, "embedder": None, "probe": None,
-           "dit": {"lora": {"rank": 4}, "batch_size": 2, "warmup_steps": 1, "max_memory": 2, "chunk_frames": 2,
-                   "temporal_schedule": [[1, 1]],
-                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    cfg = _wan_lora_config(base, ds, tmp_path / "run", checkpoint_every=3)
     summary = run_training(TrainConfig.model_validate(cfg), progress=False)
     assert summary["data"]["latents"]["encoded"] == summary["data"]["shots"] >= 2
     from filmweaver.backbone.vae import latent_frame_count
@@ -558,13 +563,7 @@ def test_aspect_buckets_train_each_scene_at_its_own_shape(curated_film, tmp_path
     ds = _mixed_aspect_dataset(curated_film, tmp_path / "mixed")
     base = tmp_path / "tiny-wan"
     FilmModels.tiny().save_pretrained(base)
-    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 10,
-           "model": {"kind": "pretrained", "path": str(base)},
-           "data": {"kind": "curated", "path": str(ds), "buckets": [[32, 32], [32, 64]]},
-           "vae": None, "embedder": None, "probe": None,
-           "dit": {"lora": {"rank": 4}, "batch_size": 2, "warmup_steps": 1, "max_memory": 2, "chunk_frames": 2,
-                   "temporal_schedule": [[1, 1]],
-                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    cfg = _wan_lora_config(base, ds, tmp_path / "run", data={"buckets": [[32, 32], [32, 64]]})
     summary = run_training(TrainConfig.model_validate(cfg), progress=False)
     buckets = summary["data"]["buckets"]
     assert buckets["32x32"]["samples"] > 0 and buckets["32x64"]["samples"] > 0, buckets
@@ -616,13 +615,8 @@ def test_a_tiny_ti2v_5b_layout_trains_a_memory_lora_and_generates_with_it(curate
 
     base = tmp_path / "tiny-ti2v"
     tiny_ti2v_models().save_pretrained(base)
-    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 10,
-           "model": {"kind": "pretrained", "path": str(base)},
-           "data": {"kind": "curated", "path": str(curated_film), "height": 64, "width": 64},
-           "vae": None, "embedder": None, "probe": None,
-           "dit": {"lora": {"rank": 4}, "gradient_checkpointing": True, "batch_size": 2, "warmup_steps": 1,
-                   "max_memory": 2, "chunk_frames": 2, "temporal_schedule": [[1, 1]],
-                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    cfg = _wan_lora_config(base, curated_film, tmp_path / "run", data={"height": 64, "width": 64},
+                           gradient_checkpointing=True)
     summary = run_training(TrainConfig.model_validate(cfg), progress=False)
     assert summary["dit"]["steps"] == 4 and summary["data"]["latents"]["encoded"] == summary["data"]["shots"]
     assert np.isfinite(summary["dit"]["final_loss"])
@@ -656,13 +650,7 @@ def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_fi
         return drawn[-1]
 
     monkeypatch.setattr(dit_module, "sample_timesteps", recorded)
-    cfg = {"output_dir": str(tmp_path / "run"), "mixed_precision": "no", "log_every": 2, "checkpoint_every": 10,
-           "model": {"kind": "pretrained", "path": str(a14b)},
-           "data": {"kind": "curated", "path": str(curated_film), "height": 32, "width": 32},
-           "vae": None, "embedder": None, "probe": None,
-           "dit": {"lora": {"rank": 4}, "expert": "low_noise", "batch_size": 2, "warmup_steps": 1, "max_memory": 2,
-                   "chunk_frames": 2, "temporal_schedule": [[1, 1]],
-                   "stages": [{"name": "memory", "steps": 4, "modes": {"shot": 0.5, "both": 0.5}}]}}
+    cfg = _wan_lora_config(a14b, curated_film, tmp_path / "run", expert="low_noise")
     run_training(TrainConfig.model_validate(cfg), progress=False)
     noise = torch.cat(drawn)
     assert noise.numel() == 8 and float(noise.max()) < 0.875 and float(noise.min()) > 0

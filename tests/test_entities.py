@@ -164,6 +164,19 @@ def test_entity_tags_start_as_nothing_and_then_mark_each_memory_frame(tiny_model
         ContextFrames(lat, torch.tensor([-3.0, -2.0]), entity_embeddings=tags[:1])
 
 
+def _third_shot_memory(models, tmp_path):
+    """Two shots of an EntityBench-format story made with the entity policy; the third shot's plan, bank,
+    retrieved keyframes and shot-cache block as the engine builds them."""
+    story = parse_story(entitybench_story())
+    engine = StoryEngine(models, tmp_path / "p", story=story, config=EngineConfig(shot_cache={"policy": "entity"}),
+                         progress=False)
+    engine.generate(max_shots=2)
+    plan = engine.plan()[2]
+    bank = engine.bank.before(2)
+    retrieved = engine.memory.retrieve(plan, bank)
+    return plan, bank, retrieved, engine.memory.shot_context(bank, retrieved, 0, list(plan.shot.entities.characters))[0]
+
+
 def test_a_model_with_entity_tags_saves_and_loads_them_and_the_engine_tags_its_memory(tiny_models, tmp_path):
     from filmweaver.models import FilmModels
 
@@ -175,14 +188,7 @@ def test_a_model_with_entity_tags_saves_and_loads_them_and_the_engine_tags_its_m
     assert torch.equal(loaded.backbone.entity_proj.weight, tiny_models.backbone.entity_proj.weight)
     assert FilmModels.tiny(seed=0).backbone.entity_proj is None  # a model without them has none
 
-    story = parse_story(entitybench_story())
-    engine = StoryEngine(loaded, tmp_path / "p", story=story, config=EngineConfig(shot_cache={"policy": "entity"}),
-                         progress=False)
-    engine.generate(max_shots=2)
-    plan = engine.plan()[2]
-    bank = engine.bank.before(2)
-    retrieved = engine.memory.retrieve(plan, bank)
-    block = engine.memory.shot_context(bank, retrieved, 0)[0]
+    plan, bank, retrieved, block = _third_shot_memory(loaded, tmp_path)
     assert block.entity_embeddings.shape == (len(retrieved), loaded.backbone.config.text_dim)
     assert all(block.entity_embeddings[j].norm() > 0 for j, r in enumerate(retrieved) if bank.entries[r.bank_index].entities)
 
@@ -224,14 +230,7 @@ def test_entity_slots_say_which_of_the_shots_characters_a_memory_frame_shows(tin
         bb.slot_proj = None
     loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
     assert loaded.backbone.slot_proj is not None and loaded.backbone.entity_proj is None
-    story = parse_story(entitybench_story())
-    engine = StoryEngine(loaded, tmp_path / "p", story=story, config=EngineConfig(shot_cache={"policy": "entity"}),
-                         progress=False)
-    engine.generate(max_shots=2)
-    plan = engine.plan()[2]
-    bank = engine.bank.before(2)
-    retrieved = engine.memory.retrieve(plan, bank)
-    block = engine.memory.shot_context(bank, retrieved, 0, list(plan.shot.entities.characters))[0]
+    plan, bank, retrieved, block = _third_shot_memory(loaded, tmp_path)
     for j, r in enumerate(retrieved):
         shown = bank.entries[r.bank_index].entities
         want = [float(c in shown) for c in plan.shot.entities.characters]
