@@ -508,6 +508,32 @@ def test_curated_latents_are_written_shot_by_shot_and_read_memory_mapped(curated
     assert torch.equal(redone, in_memory) and cache.stat().st_size == in_memory.numel() * 2
 
 
+def test_training_logs_to_tensorboard_and_a_missing_tracker_is_named(curated_film, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from filmweaver.models import FilmModels
+    from filmweaver.train.config import TrainConfig
+    from filmweaver.train.run import run_training
+
+    base = tmp_path / "tiny-wan"
+    FilmModels.tiny().save_pretrained(base)
+    cfg = {**_wan_lora_config(base, curated_film, tmp_path / "run"), "trackers": ["tensorboard"]}
+    run_training(TrainConfig.model_validate(cfg), progress=False)
+    events = list((tmp_path / "run" / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    logged = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    scalars = acc.Scalars("dit/loss")
+    assert [e.step for e in scalars] == [r["step"] for r in logged] == [2, 4]
+    assert scalars[-1].value == pytest.approx(logged[-1]["loss"], rel=1e-5)
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:  # not in the dev install: named before anything trains
+        with pytest.raises(ValueError, match="trackers: wandb is not installed"):
+            run_training(TrainConfig.model_validate({**cfg, "trackers": ["wandb"], "output_dir": str(tmp_path / "w")}),
+                         progress=False)
+
+
 def test_frames_meet_a_resolution_without_stretching_and_scenes_find_their_aspect_bucket():
     from filmweaver.curate.latents import fit_frames
     from filmweaver.train.curated import nearest_bucket

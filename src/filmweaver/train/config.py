@@ -212,6 +212,10 @@ class TrainConfig(_Cfg):
     # gets what the earlier ones left (less a reserve for saving), at most its own dit.max_minutes. This is
     # what holds the documented one-GPU reproduction to its 25 minutes whatever the GPU and host.
     time_budget_minutes: float | None = None
+    # experiment trackers through accelerate (each needs its package: tensorboard, wandb): every log line
+    # (loss, learning rate, the coverage-layer losses) also goes there; log.jsonl is always written.
+    # TensorBoard writes under output_dir/trackers.
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

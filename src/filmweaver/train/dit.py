@@ -321,6 +321,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             if accelerator.is_main_process:
                 with open(out_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
+            if accelerator.trackers:
+                accelerator.log({f"dit/{k}": v for k, v in rec.items() if isinstance(v, float)}, step=step)
         if accelerator.is_main_process and (step % checkpoint_every == 0 or step == plan["total"]):
             _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
     bar.close()

@@ -76,8 +76,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     # several processes (`accelerate launch` / `torchrun`): the phases before the DiT run on the main
     # process (the others wait and load what it saved), the DiT is data parallel. A step's batch mode
     # can leave parameters unused (no keyframes: the shot-cache projections), hence find_unused_parameters.
+    check_trackers(cfg.trackers)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if torch.cuda.is_available() else "no",
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              log_with=list(cfg.trackers) or None, project_dir=str(out / "trackers"))
+    if cfg.trackers:
+        accelerator.init_trackers(out.name, config=_flat_config(cfg))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:  # each process would train alone on the same files
         raise RuntimeError(f"launched as {launched} processes, but accelerate sees one (on a machine without a GPU, "
@@ -239,6 +243,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             shutil.copytree(probe_dir, model_dir / "probe", dirs_exist_ok=True)
         plot_loss(out / "log.jsonl", out / "loss.png")
     timings["total_s"] = round(time.perf_counter() - run_start, 1)
+    accelerator.end_training()  # trackers flush and close
     return _finish(out, summary, timings, accelerator.is_main_process)
 
 
@@ -302,6 +307,29 @@ def _curated_store(cfg: TrainConfig, models: FilmModels, out: Path, device, dtyp
                        "shots": sum(b["shots"] for b in per_bucket.values()),
                        "latent_frames": sum(b["latent_frames"] for b in per_bucket.values())}
     return concat_tables(tables), BucketedStore(stores)
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Each tracker's package is installed (one line naming the missing one, before anything trains)."""
+    import importlib.util
+
+    for name in trackers:
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"trackers: {name} is not installed (pip install {name})")
+
+
+def _flat_config(cfg: TrainConfig) -> dict:
+    """The config as one level of dotted keys with plain values (what trackers' hyper-parameter tables take)."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value if isinstance(value, int | float | str | bool) else str(value)
+    walk("", cfg.model_dump(mode="json"))
+    return out
 
 
 def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict:
