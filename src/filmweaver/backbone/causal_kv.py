@@ -142,3 +142,32 @@ def causal_context_blocks(blocks, state: KVState, run_blocks: RunBlocks, hidden:
         for p in procs:
             p.kv = None  # the cache (if any) keeps them; nothing else should
     return h, cached
+
+
+def causal_context_blocks_checkpointed(blocks, state: KVState, checkpoint: Callable, hidden: torch.Tensor, n_ctx: int,
+                                       text: torch.Tensor, tproj: torch.Tensor, per_token: bool, rope_context: tuple,
+                                       rope_generated: tuple) -> torch.Tensor:
+    """:func:`causal_context_blocks` for training with gradient checkpointing: layer by layer, the
+    context tokens' pass (recording that layer's keys/values) and the generated tokens' pass (using
+    them) run inside one checkpointed function, so the backward pass recomputes both together and the
+    recorded keys/values never outlive their layer. The same result as the two-pass form: the
+    generated tokens of layer ``l`` need only layer ``l``'s context keys/values. Returns the
+    generated tokens' hidden states ``[B, N_gen, D]``."""
+    t_ctx, t_gen = (tproj[:, :n_ctx], tproj[:, n_ctx:]) if per_token else (tproj, tproj)
+
+    def layer(blk, h_ctx, h_gen):
+        proc = blk.attn1.processor
+        try:
+            state.mode = "record"
+            h_ctx = blk(h_ctx, text, t_ctx, rope_context)
+            state.mode = "use"
+            h_gen = blk(h_gen, text, t_gen, rope_generated)
+        finally:
+            state.mode = None
+            proc.kv = None
+        return h_ctx, h_gen
+
+    h_ctx, h_gen = hidden[:, :n_ctx], hidden[:, n_ctx:]
+    for blk in blocks:
+        h_ctx, h_gen = checkpoint(layer, blk, h_ctx, h_gen)
+    return h_gen

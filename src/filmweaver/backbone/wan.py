@@ -42,6 +42,7 @@ from filmweaver.backbone.causal_kv import (  # noqa: F401 - re-exported: the bac
     ContextKVCache,
     KVState,
     causal_context_blocks,
+    causal_context_blocks_checkpointed,
     set_context_attention,
 )
 from filmweaver.backbone.entity_tags import (
@@ -370,12 +371,16 @@ class ContextWanTransformer(nn.Module):
         pass changes between steps: context blocks at their own fixed timesteps (a block at the
         generated frames' timestep changes every step)."""
         tr = self.transformer
-        if torch.is_grad_enabled() and tr.gradient_checkpointing:
-            raise NotImplementedError("gradient checkpointing with context_attention='causal'")
         device = tokens.hidden.device
+        n_ctx = tokens.hidden.shape[1] - tokens.num_generated
+        if torch.is_grad_enabled() and tr.gradient_checkpointing:  # training: layer by layer, nothing cached
+            if self.context_parallel is not None:
+                raise NotImplementedError("gradient checkpointing with causal context and context parallelism")
+            return causal_context_blocks_checkpointed(
+                tr.blocks, self._kv_state, tr._gradient_checkpointing_func, tokens.hidden, n_ctx, text, tproj,
+                per_token, self._rope(torch.cat(tokens.positions[:-1]), device), self._rope(tokens.positions[-1], device))
         cacheable = kv_cache is not None and all(b.timestep is not None for b in context)
         cached = kv_cache.get(self, text_key) if cacheable else None
-        n_ctx = tokens.hidden.shape[1] - tokens.num_generated
 
         def run_blocks(hidden, tproj_part, rotary, gather=True):
             return self._run_blocks(hidden, text, tproj_part, rotary, per_token, gather)

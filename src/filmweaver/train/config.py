@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE
 from filmweaver.settings import apply_overrides, read_settings
@@ -185,13 +185,6 @@ class DiTPhase(_Cfg):
     # ahead are fitted (every stage in proportion, at most the configured steps) to what fits in the time
     # left, so the LR schedule decays fully by the end on any GPU instead of being cut off mid-schedule.
     fit_steps_to_time: bool = False
-
-    @model_validator(mode="after")
-    def _checkpointing_needs_full_context(self):
-        if self.gradient_checkpointing and self.context_attention == "causal":
-            raise ValueError("gradient_checkpointing: not with context_attention causal yet (its two passes per "
-                             "block are not checkpointed); use full context or no checkpointing")
-        return self
 
 
 class TrainConfig(_Cfg):
