@@ -678,6 +678,8 @@ def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_fi
     monkeypatch.setattr(dit_module, "sample_timesteps", recorded)
     cfg = _wan_lora_config(a14b, curated_film, tmp_path / "run", expert="low_noise")
     run_training(TrainConfig.model_validate(cfg), progress=False)
+    only = FilmModels.from_pretrained(str(a14b), only_expert="low_noise").backbone  # what the run loaded
+    assert only.high_noise is None and only.experts == [only.low_noise]
     noise = torch.cat(drawn)
     assert noise.numel() == 8 and float(noise.max()) < 0.875 and float(noise.min()) > 0
     lora = tmp_path / "run" / "model" / "lora" / "pytorch_lora_weights.safetensors"

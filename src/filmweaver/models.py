@@ -186,12 +186,13 @@ class FilmModels:
     def from_pretrained(cls, id_or_path: str, embedder: str | None = None, device: str = "cpu",
                         dtype: torch.dtype = torch.float32, text_dtype: torch.dtype | None = None,
                         lora: str | None = None, lora_2: str | None = None, vae_tiling: bool = False,
-                        defaults: dict | None = None) -> FilmModels:
+                        defaults: dict | None = None, only_expert: str | None = None) -> FilmModels:
         """Load a diffusers Wan layout. A ``transformer_2/`` (Wan2.2 A14B) becomes the low-noise expert
         of an :class:`~filmweaver.backbone.experts.ExpertSwitch` at ``model_index.json``'s
         ``boundary_ratio``. ``lora`` / ``lora_2``: LoRA files (original Wan or diffusers key names, e.g.
         StoryMem's ``backbone_high_noise.pth`` / ``backbone_low_noise.pth``) for the (first / second)
-        transformer. ``defaults`` replace the generation defaults (a preset's release settings)."""
+        transformer. ``defaults`` replace the generation defaults (a preset's release settings).
+        ``only_expert``: an A14B with one expert loaded (:func:`load_wan_backbone`; for training)."""
         from diffusers import AutoencoderKLWan
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -205,7 +206,7 @@ class FilmModels:
         extra = {}
         if local and (root / FILMWEAVER_CONFIG).is_file():
             extra = json.loads((root / FILMWEAVER_CONFIG).read_text())
-        backbone = load_wan_backbone(id_or_path, dtype, lora, lora_2)
+        backbone = load_wan_backbone(id_or_path, dtype, lora, lora_2, only_expert)
         for expert in getattr(backbone, "experts", [backbone]):
             # how the weights were trained to attend to context ("causal": keys/values reused per chunk)
             expert.context_attention = extra.get("context_attention", "full")
@@ -322,10 +323,12 @@ class FilmModels:
 
 
 def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora: str | None = None,
-                      lora_2: str | None = None):
+                      lora_2: str | None = None, only_expert: str | None = None):
     """The transformer(s) of a diffusers Wan layout as a context-injected backbone: one
     :class:`ContextWanTransformer`, or an :class:`~filmweaver.backbone.experts.ExpertSwitch` when
-    ``model_index.json`` lists ``transformer_2`` (Wan2.2 A14B), each with its optional LoRA file."""
+    ``model_index.json`` lists ``transformer_2`` (Wan2.2 A14B), each with its optional LoRA file.
+    ``only_expert`` (``"high_noise"`` / ``"low_noise"``): an A14B switch holding that expert alone
+    (training one expert's LoRA: the other's 28 GB are never loaded)."""
     from diffusers import WanTransformer3DModel
 
     root = Path(id_or_path)
@@ -341,13 +344,15 @@ def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora:
             _attach_lora(bb, lora_file, subfolder)
         return bb
 
-    backbone = expert("transformer", lora)
-    if (index.get("transformer_2") or [None])[0] is not None:
+    two = (index.get("transformer_2") or [None])[0] is not None
+    backbone = expert("transformer", lora) if not (two and only_expert == "low_noise") else None
+    if two:
         from filmweaver.backbone.experts import ExpertSwitch
 
         if index.get("boundary_ratio") is None:
             raise ModelLoadError(f"{id_or_path}: model_index.json lists transformer_2 but no boundary_ratio")
-        return ExpertSwitch(backbone, expert("transformer_2", lora_2), float(index["boundary_ratio"]))
+        low = expert("transformer_2", lora_2) if only_expert != "high_noise" else None
+        return ExpertSwitch(backbone, low, float(index["boundary_ratio"]))
     if lora_2:
         raise ModelLoadError(f"--lora-2 is for the second expert (transformer_2/), which {id_or_path} does not have")
     return backbone

@@ -17,9 +17,12 @@ from filmweaver.backbone.wan import ContextWanTransformer
 
 
 class ExpertSwitch(nn.Module):
-    def __init__(self, high_noise: ContextWanTransformer, low_noise: ContextWanTransformer, boundary_ratio: float,
-                 num_train_timesteps: int = 1000):
+    def __init__(self, high_noise: ContextWanTransformer | None, low_noise: ContextWanTransformer | None,
+                 boundary_ratio: float, num_train_timesteps: int = 1000):
+        """One expert may be None: a switch loaded to train the other one's LoRA (it never denoises)."""
         super().__init__()
+        if high_noise is None and low_noise is None:
+            raise ValueError("an expert switch needs at least one expert")
         if not 0.0 < boundary_ratio < 1.0:
             raise ValueError(f"boundary_ratio must be in (0, 1), got {boundary_ratio}")
         self.high_noise, self.low_noise = high_noise, low_noise
@@ -29,23 +32,23 @@ class ExpertSwitch(nn.Module):
     # the engine's view: one backbone
     @property
     def config(self):
-        return self.high_noise.config
+        return self.experts[0].config
 
     @property
     def transformer(self):
-        return self.high_noise.transformer
+        return self.experts[0].transformer
 
     @property
     def experts(self) -> list[ContextWanTransformer]:
-        return [self.high_noise, self.low_noise]
+        return [e for e in (self.high_noise, self.low_noise) if e is not None]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.high_noise.dtype
+        return self.experts[0].dtype
 
     @property
     def device(self) -> torch.device:
-        return self.high_noise.device
+        return self.experts[0].device
 
     def expert_for(self, timestep: torch.Tensor | float) -> ContextWanTransformer:
         """The expert for a denoising step; every sample of a batch is at the same step."""
@@ -56,7 +59,7 @@ class ExpertSwitch(nn.Module):
         return self.expert_for(timestep)(latents, timestep, encoder_hidden_states, **kwargs)
 
     def count_tokens(self, context, latent_hw) -> int:
-        return self.high_noise.count_tokens(context, latent_hw)
+        return self.experts[0].count_tokens(context, latent_hw)
 
     def save_context_projections(self, directory) -> None:
         self.high_noise.save_context_projections(directory)

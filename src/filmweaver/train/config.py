@@ -178,7 +178,7 @@ class DiTPhase(_Cfg):
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     # Wan2.2 A14B: the expert this run trains (one LoRA per expert, as StoryMem ships two files):
     # "high_noise" (`transformer`, timesteps at or above the boundary; generate --lora) or "low_noise"
-    # (`transformer_2`, below it; --lora-2). The other expert is dropped before training.
+    # (`transformer_2`, below it; --lora-2). The other expert is never loaded.
     expert: Literal["high_noise", "low_noise"] | None = None
     max_minutes: float | None = None  # safety stop: end the phase (and save) after this long
     # With max_minutes: the step rate is measured every 500 steps (from step 100) and the planned steps

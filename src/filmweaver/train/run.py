@@ -63,7 +63,8 @@ def build_models(cfg: TrainConfig, device) -> FilmModels:
         # the frozen base in the training precision (a 14B expert in float32 would not fit beside its
         # activations); the adapter trains in float32 (add_memory_lora)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-        return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device), dtype=dtype)
+        return FilmModels.from_pretrained(src.path, embedder=src.embedder, device=str(device), dtype=dtype,
+                                          only_expert=cfg.dit.expert)  # an A14B: the trained expert alone
     return synth_architecture(seed=cfg.seed, device=str(device), size=src.kind.split("-", 1)[1],
                               transformer=src.transformer, grammar=src.grammar)
 
