@@ -421,6 +421,17 @@ def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(curated_fi
     assert (tmp_path / "film" / "shots").is_dir()
 
 
+def _generate_scene_with_lora(base, dataset, lora, tmp_path, flag="--lora", shots=2) -> dict:
+    """`filmweaver generate` of the dataset's first scene on ``base`` with ``lora`` (``flag``: --lora or
+    --lora-2); the project's manifest."""
+    script = tmp_path / "scene.json"
+    script.write_text(json.dumps(next(read_samples(dataset))["script"]))
+    res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(base),
+                                   flag, str(lora), "--steps", "2", "--max-shots", str(shots)])
+    assert res.exit_code == 0, res.output
+    return json.loads((tmp_path / "film" / "manifest.json").read_text())
+
+
 def _wan_lora_config(base, dataset, out, checkpoint_every=10, data=None, **dit):
     """A few LoRA steps on a tiny pretrained-layout model over a curated dataset (the Wan path's tests)."""
     return {"output_dir": str(out), "mixed_precision": "no", "log_every": 2, "checkpoint_every": checkpoint_every,
@@ -456,12 +467,7 @@ def test_a_tiny_random_wan_learns_a_memory_lora_from_curated_scenes_that_generat
     from filmweaver.backbone.lora import lora_file_settings
 
     assert lora_file_settings(lora) == {"alpha": 4.0, "use_rslora": True}  # StoryMem's scale, recorded
-    script = tmp_path / "scene.json"
-    script.write_text(json.dumps(next(read_samples(ds))["script"]))
-    res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(base),
-                                   "--lora", str(lora), "--steps", "2", "--max-shots", "2"])
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((tmp_path / "film" / "manifest.json").read_text())
+    manifest = _generate_scene_with_lora(base, ds, lora, tmp_path)
     assert manifest["model"]["setup"]["lora"] == str(lora) and len(manifest["shots"]) == 2
     # a curated dataset cannot train a synthetic VAE from scratch: one line naming the setting
     bad = TrainConfig.model_validate({**cfg, "model": {"kind": "synth-small"}, "vae": {}, "output_dir": str(tmp_path / "x")})
@@ -647,12 +653,7 @@ def test_a_tiny_ti2v_5b_layout_trains_a_memory_lora_and_generates_with_it(curate
     assert summary["dit"]["steps"] == 4 and summary["data"]["latents"]["encoded"] == summary["data"]["shots"]
     assert np.isfinite(summary["dit"]["final_loss"])
     lora = tmp_path / "run" / "model" / "lora" / "pytorch_lora_weights.safetensors"
-    script = tmp_path / "scene.json"
-    script.write_text(json.dumps(next(read_samples(curated_film))["script"]))
-    res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(base),
-                                   "--lora", str(lora), "--steps", "2", "--max-shots", "2"])
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((tmp_path / "film" / "manifest.json").read_text())
+    manifest = _generate_scene_with_lora(base, curated_film, lora, tmp_path)
     assert manifest["model"]["setup"]["lora"] == str(lora) and len(manifest["shots"]) == 2
 
 
@@ -683,11 +684,8 @@ def test_one_expert_of_an_a14b_trains_its_own_lora_in_its_noise_range(curated_fi
     noise = torch.cat(drawn)
     assert noise.numel() == 8 and float(noise.max()) < 0.875 and float(noise.min()) > 0
     lora = tmp_path / "run" / "model" / "lora" / "pytorch_lora_weights.safetensors"
-    script = tmp_path / "scene.json"
-    script.write_text(json.dumps(next(read_samples(curated_film))["script"]))
-    res = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "film"), "--model", str(a14b),
-                                   "--lora-2", str(lora), "--steps", "2", "--max-shots", "1"])
-    assert res.exit_code == 0, res.output
+    manifest = _generate_scene_with_lora(a14b, curated_film, lora, tmp_path, flag="--lora-2", shots=1)
+    assert manifest["model"]["setup"]["lora_2"] == str(lora) and len(manifest["shots"]) == 1
     # an A14B without dit.expert: one line naming the setting
     both = {**cfg, "output_dir": str(tmp_path / "both"), "dit": {**cfg["dit"], "expert": None}}
     with pytest.raises(ValueError, match="dit.expert"):

@@ -212,6 +212,14 @@ def median_seconds(fn, device, warmup: int, repeats: int) -> float:
 
 
 @torch.no_grad()
+def latent_grid(shape: str, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The latents of a chunk for a shape's VAE: (channels, frames, h, w). Wan's VAE: 4x in time
+    (causal), 8x in space; Wan2.2 TI2V-5B's (48 channels): 16x in space."""
+    c = SHAPES[shape]["in_channels"]
+    down = 16 if c == 48 else 8
+    return c, latent_frame_count(frames), height // down, width // down
+
+
 def run_bench(options: BenchOptions, progress: bool = False) -> dict:
     """Time every (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``.
 
@@ -257,10 +265,7 @@ def run_bench(options: BenchOptions, progress: bool = False) -> dict:
                                          compile_mode=o.compile_mode, fuse_qkv=o.fuse_qkv, fuse_ffn=o.fuse_ffn,
                                          context_parallel=context_parallel))
     cfg = SHAPES[shape]
-    c = cfg["in_channels"]
-    lf, lh, lw = latent_frame_count(frames), height // 8, width // 8  # Wan VAE: 4x time (causal), 8x space
-    if cfg["in_channels"] == 48:  # Wan2.2 TI2V-5B VAE: 16x space
-        lh, lw = height // 16, width // 16
+    c, lf, lh, lw = latent_grid(shape, frames, height, width)
     g = torch.Generator(device=dev).manual_seed(0)
     local = batch // 2 if cfg_parallel else batch  # this rank's share: one guidance branch under CFG parallelism
     x = torch.randn(local, c, lf, lh, lw, generator=g, device=dev, dtype=dtype)
@@ -316,13 +321,18 @@ def random_context(o: BenchOptions, memory: int, temporal: bool, latent_shape: t
 
 def _bench_env(o: BenchOptions, dev: torch.device, dtype: torch.dtype, world: int) -> dict:
     """What a row's numbers depend on besides the case: device, versions, the transformer's set-up."""
-    env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-           "dtype": str(dtype).removeprefix("torch."), "attention_backend": o.attention_backend or "default",
+    return {**machine_env(dev, dtype, o.attention_backend),
            "compile_repeated_blocks": o.compile_blocks, "compile_mode": o.compile_mode if o.compile_blocks else None,
            "fused_qkv": o.fuse_qkv, "fused_ffn_gelu": o.fuse_ffn, "context_timestep": o.context_timestep,
            "context_attention": o.context_attention, "context_parallel": o.context_parallel, "world_size": world,
            "cfg_parallel": o.cfg_parallel, "memory_compression": o.memory_compression, "warmup": o.warmup,
            "repeats": o.repeats}
+
+
+def machine_env(dev: torch.device, dtype: torch.dtype, attention_backend: str | None) -> dict:
+    """The device, the versions and the attention backend a timing ran with (every bench's rows quote them)."""
+    env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "dtype": str(dtype).removeprefix("torch."), "attention_backend": attention_backend or "default"}
     try:
         import diffusers
 

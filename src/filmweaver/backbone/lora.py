@@ -89,6 +89,19 @@ def convert_wan_lora(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, tor
     return out, alphas
 
 
+def lora_scale(rank: int, alpha: float, use_rslora: bool) -> float:
+    """The factor an adapter's update is applied with: ``alpha / sqrt(rank)`` with rsLoRA, else ``alpha / rank``."""
+    return alpha / rank**0.5 if use_rslora else alpha / rank
+
+
+def single_rank(tensors: dict[str, torch.Tensor], where: str = "") -> int:
+    """The one rank of a converted LoRA's tensors (every ``lora_A``'s rows); mixed ranks are refused."""
+    ranks = {t.shape[0] for k, t in tensors.items() if k.endswith("lora_A.weight")}
+    if len(ranks) != 1:
+        raise LoraConversionError(f"{where}mixed LoRA ranks {sorted(ranks)} (one adapter needs one rank)")
+    return ranks.pop()
+
+
 def attach_wan_lora(transformer, state_dict: dict[str, torch.Tensor], adapter_name: str = "memory",
                     alpha: float | None = None, use_rslora: bool = True) -> dict:
     """Convert ``state_dict`` and load it as a peft adapter on a diffusers ``WanTransformer3DModel``.
@@ -107,10 +120,7 @@ def attach_wan_lora(transformer, state_dict: dict[str, torch.Tensor], adapter_na
     if missing:
         raise LoraConversionError(f"{len(missing)} LoRA target(s) are not modules of this transformer: "
                                   + ", ".join(missing[:8]))
-    ranks = {tensors[f"{m}.lora_A.weight"].shape[0] for m in modules}
-    if len(ranks) != 1:
-        raise LoraConversionError(f"mixed LoRA ranks {sorted(ranks)} (one adapter needs one rank)")
-    rank = ranks.pop()
+    rank = single_rank(tensors)
     for m in modules:
         layer = named[m]
         a, b = tensors[f"{m}.lora_A.weight"], tensors[f"{m}.lora_B.weight"]
@@ -134,7 +144,7 @@ def attach_wan_lora(transformer, state_dict: dict[str, torch.Tensor], adapter_na
             if not torch.equal(w.detach().cpu().to(tensors[f"{m}.{ab}.weight"].dtype), tensors[f"{m}.{ab}.weight"]):
                 raise LoraConversionError(f"{m}.{ab} did not load")
     return {"adapter": adapter_name, "modules": len(modules), "rank": rank, "alpha": alpha, "use_rslora": use_rslora,
-            "scale": alpha / rank**0.5 if use_rslora else alpha / rank}
+            "scale": lora_scale(rank, alpha, use_rslora)}
 
 
 # -- training and the files it writes ---------------------------------------------------------------------
@@ -194,10 +204,6 @@ def lora_file_settings(path: str | Path) -> dict:
     return out
 
 
-def lora_scale(rank: int, alpha: float, use_rslora: bool) -> float:
-    return alpha / rank**0.5 if use_rslora else alpha / rank
-
-
 def export_storymem_lora(lora_file: str | Path, out_file: str | Path) -> dict:
     """A diffusers-layout LoRA file (``filmweaver train``'s ``model/lora``) in StoryMem's layout: peft
     keys over the original Wan module names (``base_model.model.blocks.0.self_attn.q.lora_A.weight``),
@@ -210,10 +216,7 @@ def export_storymem_lora(lora_file: str | Path, out_file: str | Path) -> dict:
     state = load_state_dict(lora_file)
     tensors, alphas = convert_wan_lora(state)
     settings = lora_file_settings(lora_file)
-    ranks = {t.shape[0] for k, t in tensors.items() if k.endswith("lora_A.weight")}
-    if len(ranks) != 1:
-        raise LoraConversionError(f"{lora_file}: mixed LoRA ranks {sorted(ranks)}")
-    rank = ranks.pop()
+    rank = single_rank(tensors, f"{lora_file}: ")
     alpha = settings.get("alpha", next(iter(set(alphas.values())), float(rank)))
     scale = lora_scale(rank, alpha, settings.get("use_rslora", True))
     theirs = lora_scale(rank, float(rank), True)
@@ -221,7 +224,7 @@ def export_storymem_lora(lora_file: str | Path, out_file: str | Path) -> dict:
     out, outside = {}, []
     for key, t in tensors.items():
         block, rest = key.removeprefix("blocks.").split(".", 1)
-        module, ab = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
+        module, ab, _ = rest.rsplit(".", 2)  # ATTN.MODULE, lora_A | lora_B, weight
         name = back.get(module)
         if name not in STORYMEM_TARGETS:
             outside.append(module)

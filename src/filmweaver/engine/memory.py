@@ -168,14 +168,13 @@ class MemoryAssembler:
         if not retrieved:
             return []
         sc = self.cfg.shot_cache
-        lat = torch.cat([bank.entries[r.bank_index].latent for r in retrieved], dim=1)[None]  # [1, C, K, h, w]
-        shown = [bank.entries[r.bank_index].entities or ((bank.entries[r.bank_index].label,)
-                 if bank.entries[r.bank_index].kind == "reference" else ()) for r in retrieved]
+        entries = [bank.entries[r.bank_index] for r in retrieved]
+        lat = torch.cat([e.latent for e in entries], dim=1)[None]  # [1, C, K, h, w]
         tags = slots = None
         if getattr(self.models.backbone, "entity_proj", None) is not None:
-            tags = self.entity_tags([bank.entries[r.bank_index].entities for r in retrieved])
+            tags = self.entity_tags([e.entities for e in entries])
         if getattr(self.models.backbone, "slot_proj", None) is not None:
-            slots = entity_slots(list(characters), shown)
+            slots = entity_slots(list(characters), [tuple(c for c in characters if e.shows(c)) for e in entries])
         return [ContextFrames(lat, memory_positions(len(retrieved), capacity, sc.gap), sc.timestep, 1, kind="shot",
                               spatial=sc.compression, entity_embeddings=tags, entity_slots=slots)]
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import torch
 
 from filmweaver.backbone.lora import add_memory_lora
-from filmweaver.backbone.vae import latent_frame_count
 from filmweaver.bench import (
     SHAPES,
     TEXT_TOKENS,
     BenchOptions,
     build_transformer,
+    latent_grid,
+    machine_env,
     median_seconds,
     random_context,
 )
@@ -29,12 +30,6 @@ from filmweaver.context import flow_interpolate
 from filmweaver.runtime import RuntimeOptions, prepare_experts
 from filmweaver.train.config import DiTPhase
 from filmweaver.train.dit import make_optimizer, sample_timesteps
-
-
-def _latent_grid(shape: str, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    cfg = SHAPES[shape]
-    down = 16 if cfg["in_channels"] == 48 else 8  # Wan2.2 TI2V-5B's VAE: 16x in space
-    return cfg["in_channels"], latent_frame_count(frames), height // down, width // down
 
 
 def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
@@ -48,7 +43,7 @@ def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
     bb.train()
     params = [p for p in bb.parameters() if p.requires_grad]
     opt = make_optimizer(params, DiTPhase(optimizer=o.optimizer, lr=1e-5))
-    c, lf, lh, lw = _latent_grid(o.shape, o.frames, o.height, o.width)
+    c, lf, lh, lw = latent_grid(o.shape, o.frames, o.height, o.width)
     g = torch.Generator(device=dev).manual_seed(0)
     x0 = torch.randn(o.batch, c, lf, lh, lw, generator=g, device=dev)
     text = torch.randn(o.batch, TEXT_TOKENS, SHAPES[o.shape]["text_dim"], generator=g, device=dev, dtype=dtype)
@@ -82,17 +77,9 @@ def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
             cases.append(case)
             if progress:
                 print(case, flush=True)
-    env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-           "dtype": str(dtype).removeprefix("torch."), "attention_backend": o.attention_backend or "default",
-           "lora_rank": o.lora_rank, "trainable_parameters": trainable, "optimizer": o.optimizer,
+    env = {**machine_env(dev, dtype, o.attention_backend), "lora_rank": o.lora_rank, "trainable_parameters": trainable, "optimizer": o.optimizer,
            "gradient_checkpointing": True, "context_attention": o.context_attention, "warmup": o.warmup,
            "repeats": o.repeats}
-    try:
-        import diffusers
-
-        env["diffusers"] = diffusers.__version__
-    except ImportError:
-        pass
     return {"cases": cases, "env": env}
 
 
