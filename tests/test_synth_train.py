@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -693,3 +694,67 @@ def test_training_on_two_processes_is_data_parallel_and_stops_together(tmp_path)
     # launched as two processes that accelerate does not see as one group: refused, not two racing runs
     res = torchrun(2, *cmd[:3], "-o", str(tmp_path / "other"), env={"ACCELERATE_USE_CPU": None})
     assert res.returncode != 0 and "accelerate sees one" in res.stderr
+
+
+@pytest.mark.slow
+def test_a_run_lost_midway_resumes_from_its_compact_checkpoint(tmp_path, monkeypatch):
+    """The machine is lost after the step-8 checkpoint; only the compact checkpoint (bfloat16 weights,
+    step, schedule) reaches the next machine. The same command resumes there at step 8, on the same
+    schedule, the learning rate warmed up again (Adam's moments restart), and ends at the planned step."""
+    import filmweaver.train.dit as dit
+    from filmweaver.train.config import load_train_config
+    from filmweaver.train.run import run_training
+
+    out = tmp_path / "run"
+    overrides = [f"output_dir={out}", "checkpoint_every=4", "dit.warmup_steps=4"]
+    save = dit._save_checkpoint
+
+    class MachineLost(RuntimeError):
+        pass
+
+    def save_then_lose(d, module, opt, sched, ema, step, plan=None):
+        save(d, module, opt, sched, ema, step, plan)
+        if step == 8:
+            raise MachineLost
+
+    monkeypatch.setattr(dit, "_save_checkpoint", save_then_lose)
+    with pytest.raises(MachineLost):
+        run_training(load_train_config("configs/synth-test.yaml", overrides), progress=False)
+    monkeypatch.setattr(dit, "_save_checkpoint", save)
+
+    full = out / "checkpoint"
+    full.rename(tmp_path / "lost")
+    info = dit.compact_checkpoint(tmp_path / "lost", full)
+    assert info["step"] == 8 and sorted(p.name for p in full.iterdir()) == ["state.json", "trainable.safetensors"]
+    from safetensors.torch import load_file
+
+    compact, original = load_file(str(full / "trainable.safetensors")), load_file(str(tmp_path / "lost" / "trainable.safetensors"))
+    assert compact.keys() == original.keys() and all(t.dtype == torch.bfloat16 for t in compact.values())
+    assert info["bytes"] < 0.6 * (tmp_path / "lost" / "trainable.safetensors").stat().st_size
+
+    summary = run_training(load_train_config("configs/synth-test.yaml", overrides), progress=False)
+    assert summary["dit"]["steps"] == 12 and "vae" not in summary  # the earlier phases were kept
+    state = json.loads((full / "state.json").read_text())
+    assert state["step"] == 12 and state["plan"]["rewarm_from"] == 8 and (full / "optimizer.pt").is_file()
+    log = {r["step"]: r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
+    assert sorted(log) == [5, 10, 12]  # step 5 from the first machine, 10 and 12 from the second
+    base = load_train_config("configs/synth-test.yaml", overrides).dit.lr
+    plan = state["plan"]
+    assert log[10]["lr"] == pytest.approx(base * dit.learning_rate_factor(10, plan, 4))
+    # warmed up again: three of four warm-up steps after the resume, below the uninterrupted run's rate
+    uninterrupted = base * dit.learning_rate_factor(10, {k: v for k, v in plan.items() if k != "rewarm_from"}, 4)
+    assert log[10]["lr"] == pytest.approx(0.75 * uninterrupted)
+    assert (out / "model" / "transformer").is_dir()
+
+
+def test_learning_rate_warms_up_decays_by_cosine_and_warms_again_after_a_compact_resume():
+    from filmweaver.train.dit import learning_rate_factor
+
+    plan = {"total": 100}
+    assert learning_rate_factor(0, plan, 10) == pytest.approx(0.1)
+    assert learning_rate_factor(9, plan, 10) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.09)))
+    assert learning_rate_factor(100, plan, 10) == pytest.approx(0.1)  # the cosine ends at 10 %
+    assert learning_rate_factor(200, plan, 10) == pytest.approx(0.1)
+    rewarm = {"total": 100, "rewarm_from": 50}
+    assert learning_rate_factor(50, rewarm, 10) == pytest.approx(0.1 * learning_rate_factor(50, plan, 10))
+    assert learning_rate_factor(60, rewarm, 10) == pytest.approx(learning_rate_factor(60, plan, 10))

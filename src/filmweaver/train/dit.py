@@ -197,8 +197,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     opt = make_optimizer(params, cfg)
     planned = sum(s.steps for s in cfg.stages)
     plan = {"total": planned, "bounds": np.cumsum([s.steps for s in cfg.stages]).tolist()}  # mutable: fit_steps_to_time
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, cfg.warmup_steps)) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, plan["total"]) / max(1, plan["total"])))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: learning_rate_factor(k, plan, cfg.warmup_steps))
     ema = EMA(params, cfg.ema_decay, names=[n for n, _ in named])
     ckpt_dir = out_dir / "checkpoint"
     step, log = 0, []
@@ -333,6 +332,18 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def learning_rate_factor(k: int, plan: dict, warmup_steps: int) -> float:
+    """The learning rate at step ``k`` as a fraction of the configured one: a linear warm-up, then a
+    cosine to 10 % at ``plan["total"]``. After a resume from a compact checkpoint (no optimiser
+    moments) the rate warms up again from ``plan["rewarm_from"]``: Adam's first steps on empty
+    moments are sign steps of the full rate."""
+    warm = min(1.0, (k + 1) / max(1, warmup_steps))
+    if "rewarm_from" in plan:
+        warm = min(warm, (k - plan["rewarm_from"] + 1) / max(1, warmup_steps))
+    total = max(1, plan["total"])
+    return max(warm, 0.0) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+
+
 def _agree(value: float, op: str, accelerator) -> float:
     """``value`` reduced over all ranks (``"min"`` or ``"max"``); the value itself on one process.
     Every rank must call it at the same step (it is a collective)."""
@@ -408,6 +419,9 @@ def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int, plan: dic
 
 
 def _load_checkpoint(d: Path, module, opt, sched, ema: EMA, plan: dict | None = None) -> int:
+    """Load a checkpoint into ``module``, ``opt``, ``sched`` and ``ema``; returns its step. A compact
+    checkpoint (:func:`compact_checkpoint`: the trained parameters alone) starts the EMA from them
+    and the optimiser from empty moments, with the learning rate warmed up again."""
     from safetensors.torch import load_file
 
     trainable = load_file(str(d / "trainable.safetensors"))
@@ -415,11 +429,49 @@ def _load_checkpoint(d: Path, module, opt, sched, ema: EMA, plan: dict | None = 
     with torch.no_grad():
         for n, t in trainable.items():
             named[n].copy_(t.to(named[n]))
-    ema.load_state_dict(load_file(str(d / "ema.safetensors")))
-    state = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
     state = json.loads((d / "state.json").read_text())
+    step = int(state["step"])
     if plan is not None and state.get("plan"):
         plan.update(state["plan"])  # a fitted schedule stays fitted across a resume
-    return int(state["step"])
+    if (d / "optimizer.pt").is_file():
+        ema.load_state_dict(load_file(str(d / "ema.safetensors")))
+        saved = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        return step
+    with torch.no_grad():  # compact: the EMA restarts at the weights, the moments at zero
+        for s, p in zip(ema.shadow, ema.params, strict=True):
+            s.copy_(p.detach().float())
+    if plan is not None:
+        plan["rewarm_from"] = step
+    sched.last_epoch = step
+    for group, base, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    return step
+
+
+def compact_checkpoint(src: str | Path, dest: str | Path) -> dict:
+    """A DiT checkpoint small enough to travel where the full one cannot (a machine that may be lost,
+    a transfer limit): ``trainable.safetensors`` in bfloat16 and ``state.json`` (the step and the
+    schedule), about a quarter of the full checkpoint (no EMA, no optimiser moments). The same training
+    command resumes from it at the same step, on the same data order and learning-rate schedule; what
+    it cannot restore, the EMA and Adam's moments, restart (the rate warms up again over
+    ``warmup_steps``). Returns ``{"step", "tensors", "bytes"}``."""
+    from safetensors.torch import load_file, save_file
+
+    from filmweaver.io import atomic_path
+
+    src, dest = Path(src), Path(dest)
+    if not (src / "state.json").is_file() or not (src / "trainable.safetensors").is_file():
+        raise FileNotFoundError(f"{src}: not a DiT checkpoint (no state.json / trainable.safetensors)")
+    dest.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / "trainable.safetensors")).items()}
+    with atomic_path(dest / "trainable.safetensors") as tmp:
+        save_file(tensors, tmp)
+    for stale in ("ema.safetensors", "optimizer.pt"):  # a compact checkpoint never mixes with a full one's files
+        (dest / stale).unlink(missing_ok=True)
+    state = json.loads((src / "state.json").read_text())
+    with atomic_path(dest / "state.json") as tmp:
+        Path(tmp).write_text(json.dumps({**state, "compact": True}))
+    return {"step": int(state["step"]), "tensors": len(tensors), "bytes": (dest / "trainable.safetensors").stat().st_size}
