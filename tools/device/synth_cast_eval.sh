@@ -37,6 +37,6 @@ done
 wait
 tail -3 runs/cast_0.log runs/single_0.log
 find runs/eval-cast runs/eval-single -name metrics.json | tar czf "$OUT/metrics.tgz" -T -
-tar czf "$OUT/logs.tgz" runs/*.log
+tar czf "$OUT/eval-logs.tgz" runs/*.log
 ls runs/eval-cast/runs/* runs/eval-single/runs/* | head -40
 ls -la "$OUT"
