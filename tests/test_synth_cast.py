@@ -107,6 +107,11 @@ def test_cast_stories_have_similar_pairs_and_long_stories_long_gaps():
                     gaps.append(i - last[j])
                 last[j] = i
         assert max(gaps) >= 21
+    # the ablation's long held-out stories (evaluate --min-shots 30 --max-shots 50)
+    from filmweaver.synth.evaluate import eval_cast_stories
+
+    long_scripts = eval_cast_stories(3, 2_000_000, min_shots=30, max_shots=50)
+    assert all(30 <= sum(len(sc["video_prompts"]) for sc in s["scenes"]) <= 50 for s in long_scripts)
 
 
 def _oracle(specs_by_frames):

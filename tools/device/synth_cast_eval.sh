@@ -6,6 +6,7 @@
 # evaluate process per share (the tiny model is host-bound), stopped at LIMIT seconds so that what finished
 # comes back: every run's metrics.json (records included) in one archive, plus the logs.
 #   MODELS="A B" CAST_ARMS="entity@A topk@A ..." SINGLE_ARMS="full@A full@B" bash tools/device/synth_cast_eval.sh
+#   LONG_SHARDS=4 [LONG_STORIES=50 LONG_ARMS="entity@B topk@B"]: also the long stories' gap curve
 set -uo pipefail
 OUT=${OUT:?}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
@@ -34,9 +35,16 @@ done
 for k in $(seq 0 $((SINGLE_SHARDS - 1))); do
   ev runs/eval-single --arms $SINGLE_ARMS --shard $k/$SINGLE_SHARDS > runs/single_$k.log 2>&1 &
 done
+# long cast stories (30-50 shots, one character away for 20+ shots): the recurrence-gap curve
+LONG_SHARDS=${LONG_SHARDS:-0}; LONG_STORIES=${LONG_STORIES:-50}
+for k in $(seq 0 $((LONG_SHARDS - 1))); do
+  timeout $LIMIT python3 -m filmweaver.synth.evaluate $R runs/eval-long --world cast --min-shots 30 --max-shots 50 \
+    --first-seed 2000000 --stories $LONG_STORIES --arms ${LONG_ARMS:-entity@B topk@B} --probe $PROBE --device cuda \
+    --shard $k/$LONG_SHARDS > runs/long_$k.log 2>&1 &
+done
 wait
-tail -3 runs/cast_0.log runs/single_0.log
-find runs/eval-cast runs/eval-single -name metrics.json | tar czf "$OUT/metrics.tgz" -T -
+tail -n 3 runs/cast_0.log runs/single_0.log
+find runs/eval-cast runs/eval-single $(ls -d runs/eval-long 2>/dev/null) -name metrics.json | tar czf "$OUT/metrics.tgz" -T -
 tar czf "$OUT/eval-logs.tgz" runs/*.log
 ls runs/eval-cast/runs/* runs/eval-single/runs/* | head -40
 ls -la "$OUT"

@@ -577,6 +577,8 @@ def _main(argv: list[str] | None) -> None:
                     help="single: one-character stories; cast: stories of 2-4 characters (per-character metrics; "
                     "the probe directory needs its cast probe)")
     ap.add_argument("--max-shots", type=int, default=None, help="longest story (default 8 single, 10 cast)")
+    ap.add_argument("--min-shots", type=int, default=6, help="cast: shortest story (--min-shots 30 --max-shots 50: "
+                    "the long stories, where one character is away for 20 shots or more)")
     ap.add_argument("--arms", nargs="*", default=list(ARMS), help="arms of ARMS, each optionally ARM@RUN")
     ap.add_argument("--probe", default=None, help="probe directory (default: RUNS/full/model/probe)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -596,7 +598,7 @@ def _main(argv: list[str] | None) -> None:
         ap.error(f"--shard {args.shard}: expected K/N with 0 <= K < N")
     probe_dir = Path(args.probe or runs / "full" / "model" / "probe")
     if args.world == "cast":
-        stories = eval_cast_stories(args.stories, args.first_seed, max_shots=args.max_shots or 10)
+        stories = eval_cast_stories(args.stories, args.first_seed, min_shots=args.min_shots, max_shots=args.max_shots or 10)
     else:
         stories = eval_stories(args.stories, args.first_seed, max_shots=args.max_shots or 8)
     if not args.report_only:
@@ -613,7 +615,8 @@ def _main(argv: list[str] | None) -> None:
         raise AblationError(f"no results in {out} for {', '.join(args.arms)} (expected runs/ARM/STORY/metrics.json)")
     for r in results:  # summaries from the records, so a report written by an older version gains new metrics
         r["summary"] = summarize(r["records"])
-    meta = {"stories": args.stories, "first_seed": args.first_seed, "world": args.world}
+    meta = {"stories": args.stories, "first_seed": args.first_seed, "world": args.world,
+            "shots": [sum(len(sc["video_prompts"]) for sc in s["scenes"]) for s in stories]}
     if (probe_dir / "probe.json").is_file():
         meta["probe_held_out_accuracy"] = json.loads((probe_dir / "probe.json").read_text()).get("held_out_accuracy", {})
     write_report(results, out, meta)
