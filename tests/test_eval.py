@@ -333,3 +333,17 @@ def test_benchmark_runs_entitybench_scripts_with_their_entity_sheets(tmp_path):
     manifest = json.loads((out / "runs" / "entity" / "episode0" / "manifest.json").read_text())
     assert any(e["role"] == "entity" for s in manifest["shots"] for e in s["shot_cache"])
     assert manifest["shots"][1]["entities"]["characters"] == ["Mira", "Tomas"]
+
+
+def test_entity_consistency_says_why_it_has_no_crops():
+    """No crops is explained by what was missing: named characters, a detector's finds, or (without a
+    detector) a shot of one character."""
+    from types import SimpleNamespace as View
+
+    from filmweaver.eval.run import _no_crops_reason
+
+    two = [View(characters=["Mira", "Tomas"]), View(characters=[])]
+    found_none = _no_crops_reason(two, View(name="opencv-hog"))
+    assert "opencv-hog found no character" in found_none and "1 shots" in found_none
+    assert "single named character" in _no_crops_reason(two, None)
+    assert "no shot shows a character the script names" in _no_crops_reason([View(characters=[])], View(name="x"))

@@ -247,6 +247,18 @@ def _crops(views: list[ShotView], detector, clip, descriptions: dict[str, str]) 
     return out, how
 
 
+def _no_crops_reason(views: list[ShotView], detector) -> str:
+    """Why :func:`_crops` found nothing: no named character, or none the detector saw, or (without a
+    detector) no shot showing a single character."""
+    named = [v for v in views if v.characters]
+    if not named:
+        return "no shot shows a character the script names (entity schedule, shots[].characters, sheet names in prompts)"
+    if detector is not None:
+        return (f"detector {detector.name} found no character in the keyframes of the {len(named)} shots that name "
+                "characters (another --detector, or none: whole keyframes of single-character shots)")
+    return "no shot shows a single named character (set --detector for crops of shots with several)"
+
+
 def _character_metrics(out: dict, judges: Judges, story, views: list[ShotView]) -> None:
     descriptions = {e.name: e.description for e in story.entities() if e.kind == "character"}
     crops, how = _crops(views, judges.detector, judges.clip, descriptions)
@@ -266,7 +278,7 @@ def _character_metrics(out: dict, judges: Judges, story, views: list[ShotView]) 
         if entity_points:
             per_entity[name] = round(float(np.mean([p[2] for p in entity_points])), 6)
             points += entity_points
-    reason = None if crops else "no shot shows a character the script names (entity schedule, shots[].characters, sheet names in prompts)"
+    reason = None if crops else _no_crops_reason(views, judges.detector)
     out["character_consistency"] = _entry(np.mean(pair_means) if pair_means else None, model,
                                           "per character, mean cosine over crop pairs from different shots; mean over characters",
                                           how, len(pair_means), **({"reason": reason} if reason else {}))
