@@ -169,7 +169,7 @@ def test_cast_metrics_see_identity_swaps_and_missing_characters():
 def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_probe(tmp_path):
     """The cast recipe in miniature: cast stories in the data, the cast grammar, causal context with
     pooled keyframes and entity tags, the cast probe beside the attribute probe; the model generates
-    a cast story with the entity policy, and its text encoder can start a cast model from a
+    a cast story with the entity policy (its default: it was trained on entity memory), and its text encoder can start a cast model from a
     one-character one (known words keep their embeddings)."""
     import json
 
@@ -183,7 +183,8 @@ def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_prob
 
     out = tmp_path / "run"
     sets = ["--set", "data.cast_stories=4", "--set", "model.grammar=cast", "--set", "dit.entity_tags=true",
-            "--set", "dit.context_attention=causal", "--set", "dit.memory_compression=2", "--set", "dit.entity_slots=true"]
+            "--set", "dit.context_attention=causal", "--set", "dit.memory_compression=2", "--set", "dit.entity_slots=true",
+            "--set", "dit.augment.entity_memory=0.5"]
     res = CliRunner().invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out), *sets])
     assert res.exit_code == 0, res.output
     model = FilmModels.from_pretrained(str(out / "model"))
@@ -195,9 +196,11 @@ def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_prob
     story = make_cast_story(7, characters=2, min_shots=3, max_shots=3, frames=(8,)).to_script()
     (tmp_path / "s.json").write_text(json.dumps(story))
     res = CliRunner().invoke(app, ["generate", str(tmp_path / "s.json"), "-o", str(tmp_path / "film"), "--model",
-                                   str(out / "model"), "--policy", "entity", "--steps", "2"])
+                                   str(out / "model"), "--steps", "2"])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "film" / "manifest.json").read_text())["config"]["shot_cache"]["compression"] == 2
+    # trained on memory as the entity policy retrieves it: the model retrieves it so by default
+    film_cache = json.loads((tmp_path / "film" / "manifest.json").read_text())["config"]["shot_cache"]
+    assert film_cache["compression"] == 2 and film_cache["policy"] == "entity"
 
     # a one-character model's text encoder into the cast architecture: every word it knew keeps its row
     single = synth_architecture(seed=1, size="test")

@@ -573,6 +573,8 @@ def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) ->
         d["sampler.shift"] = cfg.dit.timestep_shift
         d["temporal_cache.schedule"] = [list(x) for x in cfg.dit.temporal_schedule]
         d["shot_cache.compression"] = cfg.dit.memory_compression
+        if aug.entity_memory > 0:  # trained on memory as the entity policy retrieves it: retrieve it so
+            d["shot_cache.policy"] = "entity"
         models.defaults = d
     tr = models.backbone.transformer
     dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
