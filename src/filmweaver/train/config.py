@@ -100,7 +100,7 @@ class ProbePhase(_Cfg):
     steps: int = 3000
     batch_size: int = 256
     lr: float = 2e-3
-    held_out_stories: int = 200
+    held_out_stories: int = 200  # the probe's check; the cast probe's: a quarter as many cast stories (>= 2)
     # take this model directory's attribute probe instead of training one ("builtin": the shipped one);
     # the cast probe (with cast stories in the data) is trained either way
     init_from: str | None = None

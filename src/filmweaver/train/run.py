@@ -527,7 +527,7 @@ def train_cast_probe_phase(models: FilmModels, data, cfg: TrainConfig, device, c
 
     pc, d = cfg.probe, cfg.data
     held = render_dataset(0, 0, d.first_seed + 60_000_000, tuple(d.shot_frames), d.long_take_frames, d.height, d.width,
-                          d.workers, progress, cast_stories=max(20, pc.held_out_stories // 4))
+                          d.workers, progress, cast_stories=max(2, pc.held_out_stories // 4))
 
     def targets(s):
         return cast_targets(np.repeat(s.shot_cast, s.shot_length, axis=0), s.frame_boxes,
