@@ -719,3 +719,22 @@ def test_every_shipped_training_config_parses():
         assert cfg.output_dir.startswith("runs/"), c
     wan = load_train_config("configs/lora-wan2.1-t2v-1.3b.yaml")
     assert wan.data.kind == "curated" and wan.model.kind == "pretrained" and wan.dit.lora.rank == 128
+
+
+def test_the_camera_probe_fine_tunes_the_attribute_probe_on_framed_frames(tmp_path):
+    """The synthetic captioner's probe for curated footage: feature-film frames as the editor's camera
+    frames them, with their truth; the built-in probe fine-tuned on them, checked on other films and
+    read by the captioner."""
+    from filmweaver.synth.captioner import probe_captioner, train_camera_probe
+    from filmweaver.synth.feature_film import camera_frames, plan_film
+    from filmweaver.synth.world import ALL_ATTRIBUTES, frame_labels
+
+    frames, labels = camera_frames([3], per_shot=2)
+    shots = plan_film(3)[0]
+    assert frames.shape[1:] == (96, 128, 3) and len(frames) == len(labels) == 2 * len(shots)
+    assert labels[-1].tolist() == list(frame_labels(shots[-1].spec).values())
+    metrics = train_camera_probe(tmp_path / "camera", films=1, steps=2, held_out=1, progress=False)
+    assert set(metrics["camera_probe"]["clean"]) == set(ALL_ATTRIBUTES) and "vae" not in metrics["camera_probe"]
+    captioner = probe_captioner(probe=tmp_path / "camera")
+    read = captioner.read(torch.from_numpy(frames[:4]).permute(0, 3, 1, 2).float() / 255.0)
+    assert set(read) == set(ALL_ATTRIBUTES) and all(v in ALL_ATTRIBUTES[k] for k, v in read.items())

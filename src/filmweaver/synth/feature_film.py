@@ -132,6 +132,23 @@ def _camera_frame(shot: FilmShot, t: int, height: int, width: int) -> np.ndarray
     return (img[:, ::-1] if shot.mirror else img).astype(np.float32)
 
 
+def camera_frames(seeds, per_shot: int = 3, height: int = 96, width: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of the films ``seeds`` as their editor's camera frames them (zoomed, reframed, mirrored)
+    with each frame's true attributes: ``[N, height, width, 3]`` uint8 and ``[N, len(ALL_ATTRIBUTES)]``
+    class indices. What a reader of curated footage must learn to read (the world's own renders are
+    whole 64x64 frames)."""
+    from filmweaver.synth.world import frame_labels
+
+    frames, labels = [], []
+    for seed in seeds:
+        for shot in plan_film(seed)[0]:
+            n = shot.spec.num_frames
+            for t in np.linspace(0, n - 1, min(per_shot, n)).round().astype(int):
+                frames.append(_camera_frame(shot, int(t), height, width).round().clip(0, 255).astype(np.uint8))
+                labels.append(list(frame_labels(shot.spec).values()))
+    return np.stack(frames), np.asarray(labels, dtype=np.int64)
+
+
 def boundaries_of(truth: dict) -> list[float]:
     """The true cut positions between consecutive shots (as :func:`filmweaver.curate.shots.boundaries`)."""
     s = truth["shots"]

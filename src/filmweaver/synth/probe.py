@@ -215,8 +215,9 @@ def _vae_roundtrip(codec, images: torch.Tensor) -> torch.Tensor:
 
 def _training_view(x: torch.Tensor, step: int, codec) -> torch.Tensor:
     """A probe's training frames ``[B, 3, H, W]``: every other batch through the VAE (generated frames are
-    VAE decodes), and a light photometric jitter so it reads attributes, not exact pixel values."""
-    if step % 2:
+    VAE decodes; ``codec`` None: frames that never pass a VAE), and a light photometric jitter so it reads
+    attributes, not exact pixel values."""
+    if step % 2 and codec is not None:
         x = _vae_roundtrip(codec, x)
     return (x * (1 + 0.1 * (torch.rand(len(x), 1, 1, 1, device=x.device) - 0.5))).clamp(0, 1)
 
@@ -228,12 +229,15 @@ def _batch(frames: np.ndarray, labels: np.ndarray, idx: np.ndarray, device) -> t
 
 def train_probe(frames: np.ndarray, labels: np.ndarray, held_frames: np.ndarray, held_labels: np.ndarray, codec,
                 steps: int = 3000, batch_size: int = 256, lr: float = 2e-3, device="cpu", seed: int = 0,
-                progress: bool = True) -> tuple[AttributeProbe, dict]:
-    """Train on ``frames [N, H, W, 3]`` uint8 with ``labels [N, A]``; report accuracy per attribute on
-    the held-out frames, clean and after a VAE round trip."""
+                progress: bool = True, init: AttributeProbe | None = None) -> tuple[AttributeProbe, dict]:
+    """Train on ``frames [N, H, W, 3]`` uint8 with ``labels [N, A]`` (from ``init``'s weights, if given);
+    report accuracy per attribute on the held-out frames, clean and after a VAE round trip (``codec``
+    None: clean only)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    probe = AttributeProbe().to(device)
+    probe = AttributeProbe(init.width if init is not None else 48).to(device)
+    if init is not None:
+        probe.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     keys = list(ALL_ATTRIBUTES)
@@ -256,7 +260,8 @@ def probe_accuracy(probe: AttributeProbe, frames: np.ndarray, labels: np.ndarray
     idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int)
     x, y = _batch(frames, labels, idx, device)
     result = {}
-    for name, images in (("clean", x), ("vae", torch.cat([_vae_roundtrip(codec, c) for c in x.split(256)]))):
+    views = [("clean", x)] + ([("vae", torch.cat([_vae_roundtrip(codec, c) for c in x.split(256)]))] if codec else [])
+    for name, images in views:
         pred = probe.predict(images)
         result[name] = {k: round(float((pred[k].to(y.device) == y[:, j]).float().mean()), 4)
                         for j, k in enumerate(ALL_ATTRIBUTES)}
