@@ -260,7 +260,7 @@ def probe_accuracy(probe: AttributeProbe, frames: np.ndarray, labels: np.ndarray
     idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int)
     x, y = _batch(frames, labels, idx, device)
     result = {}
-    views = [("clean", x)] + ([("vae", torch.cat([_vae_roundtrip(codec, c) for c in x.split(256)]))] if codec else [])
+    views = [("clean", x)] + ([("vae", torch.cat([_vae_roundtrip(codec, c) for c in x.split(256)]))] if codec is not None else [])
     for name, images in views:
         pred = probe.predict(images)
         result[name] = {k: round(float((pred[k].to(y.device) == y[:, j]).float().mean()), 4)
