@@ -738,3 +738,17 @@ def test_the_camera_probe_fine_tunes_the_attribute_probe_on_framed_frames(tmp_pa
     captioner = probe_captioner(probe=tmp_path / "camera")
     read = captioner.read(torch.from_numpy(frames[:4]).permute(0, 3, 1, 2).float() / 255.0)
     assert set(read) == set(ALL_ATTRIBUTES) and all(v in ALL_ATTRIBUTES[k] for k, v in read.items())
+
+
+def test_pyscenedetect_takes_its_edge_weight_from_the_config():
+    """`shots.edge_weight` reaches PySceneDetect's AdaptiveDetector (cuts between two framings of one
+    place change shapes more than colours); a negative weight is a config error."""
+    from pydantic import ValidationError
+
+    from filmweaver.curate.config import ShotDetection
+    from filmweaver.curate.shots import make_shot_detector
+
+    detector = make_shot_detector(ShotDetection(detector="pyscenedetect", edge_weight=1.0))
+    assert isinstance(detector, SceneDetectDetector) and detector.edge_weight == 1.0
+    with pytest.raises(ValidationError, match="edge_weight"):
+        ShotDetection(detector="pyscenedetect", edge_weight=-1.0)

@@ -16,6 +16,7 @@ class ShotDetection(_Section):
     adaptive_threshold: float = 3.0  # pyscenedetect: AdaptiveDetector's
     fade_threshold: float = 12.0  # pyscenedetect: ThresholdDetector's mean-pixel level of "black"
     min_shot_frames: int = 8  # pyscenedetect: no cut closer than this to the last one
+    edge_weight: float = Field(0.0, ge=0.0)  # pyscenedetect: weight of edge changes beside hue, saturation, luma
 
 
 class Filters(_Section):
