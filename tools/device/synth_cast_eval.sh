@@ -28,7 +28,8 @@ fi
 CAST_ARMS=${CAST_ARMS:-entity@A topk@A no_shot_cache@A sink_window@A entity@B topk@B}
 SINGLE_ARMS=${SINGLE_ARMS:-full@A full@B}
 STORIES=${STORIES:-50}; LIMIT=${LIMIT:-470}; CAST_SHARDS=${CAST_SHARDS:-10}; SINGLE_SHARDS=${SINGLE_SHARDS:-5}
-ev() { timeout $LIMIT python3 -m filmweaver.synth.evaluate $R "$@" --stories $STORIES --probe $PROBE --device cuda; }
+# (a later --stories in the arguments overrides the default)
+ev() { timeout $LIMIT python3 -m filmweaver.synth.evaluate $R --stories $STORIES --probe $PROBE --device cuda "$@"; }
 for k in $(seq 0 $((CAST_SHARDS - 1))); do
   ev runs/eval-cast --world cast --arms $CAST_ARMS --shard $k/$CAST_SHARDS > runs/cast_$k.log 2>&1 &
 done
@@ -38,9 +39,8 @@ done
 # long cast stories (30-50 shots, one character away for 20+ shots): the recurrence-gap curve
 LONG_SHARDS=${LONG_SHARDS:-0}; LONG_STORIES=${LONG_STORIES:-50}
 for k in $(seq 0 $((LONG_SHARDS - 1))); do
-  timeout $LIMIT python3 -m filmweaver.synth.evaluate $R runs/eval-long --world cast --min-shots 30 --max-shots 50 \
-    --first-seed 2000000 --stories $LONG_STORIES --arms ${LONG_ARMS:-entity@B topk@B} --probe $PROBE --device cuda \
-    --shard $k/$LONG_SHARDS > runs/long_$k.log 2>&1 &
+  ev runs/eval-long --world cast --min-shots 30 --max-shots 50 --first-seed 2000000 --stories $LONG_STORIES \
+    --shard $k/$LONG_SHARDS --arms ${LONG_ARMS:-entity@B topk@B} > runs/long_$k.log 2>&1 &
 done
 wait
 tail -n 3 runs/cast_0.log runs/single_0.log

@@ -31,7 +31,8 @@ from filmweaver.synth.world import ALL_ATTRIBUTES, CHARACTER_ATTRIBUTES, LOCATIO
 # shot-detector thresholds tuned on three development films (seeds 0-2; held-out films start at 5,000,000):
 # TransNetV2's transition probability is near 0 away from cuts, and cuts between two shots of one flat
 # synthetic place reach only 0.1-0.5
-TUNED = {"transnetv2": {"threshold": 0.05}, "pyscenedetect": {"adaptive_threshold": 2.0, "min_shot_frames": 6, "edge_weight": 1.0}}
+TUNED = {"transnetv2": {"threshold": 0.05},
+         "pyscenedetect": {"adaptive_threshold": 2.0, "min_shot_frames": 6, "edge_weight": 1.0}}
 SYNTH_CURATION = {"captions": {"captioner": "filmweaver.synth.captioner:probe_captioner"},
                   "shots": {"threshold": TUNED["transnetv2"]["threshold"]},
                   "filters": {"people_detector": "none"},
