@@ -6,6 +6,8 @@
 #   bash tools/device/make_site_bundle.sh
 #   NO_AV=1 bash tools/device/make_site_bundle.sh   (.carryT/part0, 4 MB: no PyAV; what training and
 #                                                    bench --train need, when the tree leaves no room for S)
+#   SLIM=1 bash tools/device/make_site_bundle.sh     (.carryS, about 26 MB: diffusers without the pipelines
+#                                                    of other model families, which filmweaver never imports)
 set -euo pipefail
 W=$(mktemp -d); S=$(mktemp -d)
 AV=av==18.1.0; K=S
@@ -15,7 +17,11 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   diffusers==0.42.1 pydantic pydantic_core annotated_types typing_inspection typing_extensions $AV
 # pip download picks each package's newest: pydantic pins its pydantic_core exactly, so check they agree
 (cd "$S" && for w in "$W"/*.whl; do unzip -q -o "$w"; done && find . -name __pycache__ -prune -exec rm -rf {} +)
+if [ -n "${SLIM:-}" ]; then  # diffusers imports its pipelines lazily: only Wan's are ever loaded
+  find "$S/diffusers/pipelines" "$S/diffusers/modular_pipelines" -mindepth 1 -maxdepth 1 -type d ! -name wan \
+    -exec rm -rf {} +
+fi
 mkdir -p .carry$K
-(cd "$S" && tar cf - . | xz -6 -T0) > "$W/site.tar.xz"
+(cd "$S" && tar cf - . | xz -9e -T0) > "$W/site.tar.xz"
 tar cf .carry$K/part0 -C "$W" site.tar.xz
 ls -la .carry$K/part0

@@ -84,6 +84,9 @@ ARMS = {
     "memory_guidance_3": ("full", {"sampler": {"memory_guidance_scale": 3.0}}),
     "memory_guidance_4": ("full", {"sampler": {"memory_guidance_scale": 4.0}}),
     "k2_memory_guidance_3": ("full", {"shot_cache": {"k": 2}, "sampler": {"memory_guidance_scale": 3.0}}),
+    # the multi-character model's guidance, either way from its defaults (CFG 3, memory guidance 4)
+    "memory_guidance_6": ("full", {"sampler": {"memory_guidance_scale": 6.0}}),
+    "cfg_5": ("full", {"sampler": {"guidance_scale": 5.0}}),
 }
 
 
