@@ -752,3 +752,63 @@ def test_pyscenedetect_takes_its_edge_weight_from_the_config():
     assert isinstance(detector, SceneDetectDetector) and detector.edge_weight == 1.0
     with pytest.raises(ValidationError, match="edge_weight"):
         ShotDetection(detector="pyscenedetect", edge_weight=-1.0)
+
+
+def test_a_later_shot_can_name_a_character_its_caption_describes():
+    """augment.unrestate's prompts: the scene sheet's description, where a caption states it verbatim,
+    becomes the bare name (the captioner's "Name, description" and a VLM's description after the name)."""
+    from filmweaver.train.curated import unrestated_prompt
+
+    sheet = [{"name": "Character 1", "description": "Character 1, a red round creature with dots"}]
+    assert unrestated_prompt("Character 1, a red round creature with dots in a forest at night.", sheet) == \
+        "Character 1 in a forest at night."
+    two = [{"name": "Ada", "description": "a tall woman in a red coat"},
+           {"name": "Bo", "description": "a small dog."}]
+    assert unrestated_prompt("Ada, a tall woman in a red coat, walks Bo, a small dog, home.", two) == "Ada walks Bo home."
+    assert unrestated_prompt("Ada walks home.", two) is None  # nothing described: no variant
+    assert unrestated_prompt("A street at night.", []) is None
+
+
+def test_the_truth_dataset_is_the_films_true_scenes_in_the_curated_format_and_trains(film, tmp_path):
+    """The closed loop's reference: the film cut at its true shots, grouped by its true scenes, captioned
+    with its true attributes, in the curated format; configs/closed-loop.yaml trains a miniature on it
+    with the later shots' name-only prompts in the draw."""
+    from filmweaver.synth.captioner import caption_words, states
+    from filmweaver.synth.closed_loop import complete, truth_dataset
+    from filmweaver.synth.world import ALL_ATTRIBUTES
+    from filmweaver.train.config import load_train_config
+    from filmweaver.train.run import run_training
+
+    path, truth = film
+    out = tmp_path / "truth"
+    summary = truth_dataset([path], out)
+    long_shots = [s for s in truth["shots"] if not s["short"]]
+    scenes = {s["scene"] for s in long_shots if sum(t["scene"] == s["scene"] for t in long_shots) >= 2}
+    assert summary == {"videos": 1, "samples": len(scenes),
+                       "shots_in_samples": sum(s["scene"] in scenes for s in long_shots)}
+    assert complete(out, [path]) and not complete(out, [path, path.with_name("other.mp4")])
+    for sample in read_samples(out):
+        shots = [truth["shots"][s["number"] - 1] for s in sample["provenance"]["shots"]]
+        assert len({s["scene"] for s in shots}) == 1
+        prompts = [s.prompt for s in parse_story(sample["script"]).shots()]
+        for prompt, clip, shot in zip(prompts, sample["clips"], shots, strict=True):
+            words, spec = caption_words(prompt), {**shot["spec"]["character"], **shot["spec"]["location"]}
+            assert all(states(words, k, spec[k]) for k in ALL_ATTRIBUTES), prompt
+            tmp = tmp_path / "clip.mp4"
+            tmp.write_bytes(clip)
+            assert read_video(tmp)[0].shape[0] == shot["end"] - shot["start"]
+
+    cfg = load_train_config("configs/closed-loop.yaml")
+    assert cfg.dit.augment.unrestate > 0 and cfg.data.kind == "curated" and cfg.vae.init_from == "builtin"
+    cfg.output_dir, cfg.model.kind, cfg.data.path = str(tmp_path / "run"), "synth-test", str(out)
+    cfg.dit.batch_size, cfg.dit.max_minutes, cfg.dit.fit_steps_to_time = 2, None, False
+    cfg.dit.augment.unrestate = 1.0
+    cfg.dit.stages = [st.model_copy(update={"steps": 2}) for st in cfg.dit.stages]
+    run = run_training(cfg, progress=False)
+    # every later shot of a scene has a name-only prompt ("Character 1 in a ..."), no first shot has one
+    assert run["data"]["samples"] == len(scenes) and run["dit"]["steps"] == 4
+    assert run["unrestated_shots"] == run["data"]["shots"] - run["data"]["samples"] > 0
+    table = json.loads((tmp_path / "run" / "latents.json").read_text())["table"]
+    firsts = [i == 0 or table[i - 1]["story"] != r["story"] for i, r in enumerate(table)]
+    assert all((r["unrestated"] is None) == f for r, f in zip(table, firsts, strict=True))
+    assert all(r["unrestated"].startswith("Character 1 in a ") for r in table if r["unrestated"])

@@ -114,6 +114,10 @@ class Augment(_Cfg):
     # probability that a sample's memory is drawn as the `entity` shot-cache policy retrieves it (each
     # character's least crowded earlier appearance, last, in the shot's order; train/data.py)
     entity_memory: float = Field(0.0, ge=0.0, le=1.0)
+    # curated data: probability that a later shot of a scene is trained with its characters named, not
+    # described (train/curated.py unrestated_prompt), as a script describes a character once and memory
+    # carries the look after that; the synthetic world's stories already restate only sometimes
+    unrestate: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class Stage(_Cfg):

@@ -48,6 +48,9 @@ class ShotTable:
     prompts: list[str]
     cast_names: list[list[str]] | None
     keys: list[str]  # the sample each shot comes from
+    # per shot, its prompt with the characters named instead of described (unrestated_prompt), where a
+    # later shot of its scene describes one; None elsewhere (augment.unrestate trains on them)
+    unrestated: list[str | None] | None = None
     coverage = None  # no per-pixel layers: real footage has no renderer's masks
 
     @property
@@ -72,6 +75,26 @@ def _sample_shots(sample: dict) -> tuple[list[str], list[list[str]]]:
     return [s.prompt for s in shots], [list(s.entities.characters) for s in shots]
 
 
+def unrestated_prompt(prompt: str, characters: list[dict]) -> str | None:
+    """``prompt`` with each character of the scene's sheet (``{"name", "description"}``) named instead
+    of described, where the prompt states its description verbatim ("Ada, a tall woman in a red coat,
+    walks" -> "Ada walks"); None when it states none. A curated caption describes every character in
+    every shot, a story script only where one first appears: trained on these, a later shot takes the
+    look from memory, as it must at generation."""
+    out = prompt
+    for c in characters:
+        name, desc = str(c.get("name", "")), str(c.get("description", "")).strip().rstrip(".,")
+        if not name or not desc or desc == name:
+            continue
+        said = desc if desc.startswith(name) else f"{name}, {desc}"
+        for form in (said + ",", said):
+            if form in out:
+                out = out.replace(form, name)
+                break
+    return out if out != prompt else None
+
+
+TABLE_VERSION = 2  # the cached shot table's columns (2: unrestated prompts); another version is made again
 LATENT_DTYPE = np.float16  # the stored latents' precision (the VAE's output is float32; training is bf16)
 
 
@@ -108,7 +131,8 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
     index = Path(path) / "index.json"
     if not index.is_file():
         raise ValueError(f"data.path: {path} is not a curated dataset (no index.json; make one with filmweaver curate)")
-    digest = hashlib.sha256(index.read_bytes() + f"{fingerprint}{size}{min_length}{min_shots}{FIT}{buckets}".encode()
+    digest = hashlib.sha256(index.read_bytes() + f"{fingerprint}{size}{min_length}{min_shots}{FIT}{buckets}"
+                            f"{TABLE_VERSION}".encode()
                             ).hexdigest()[:16]
     cached = _read_cache(cache, digest)
     if cached is not None:
@@ -126,6 +150,7 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
         if buckets and sample["clips"] and nearest_bucket(clip_size(sample["clips"][0]), buckets) != tuple(size):
             continue  # another bucket's scene
         prompts, names = _sample_shots(sample)
+        sheet = sample["script"].get("characters") or []
         meta = sample.get("latents_meta", {})
         ready = (meta.get("vae") == fingerprint and (int(meta.get("height", 0)), int(meta.get("width", 0))) == tuple(size)
                  and meta.get("fit") == FIT and len(sample.get("latents", {})) == len(prompts))
@@ -146,9 +171,9 @@ def load_curated(path: str | Path, codec, size: tuple[int, int], min_length: int
         if len(shots) < min_shots:
             skip(f"scene with fewer than {min_shots} usable shots")
             continue
-        for z, prompt, who in shots:
+        for j, (z, prompt, who) in enumerate(shots):
             rows.append({"story": story, "start": start, "length": int(z.shape[0]), "prompt": prompt, "names": who,
-                         "key": sample["key"]})
+                         "key": sample["key"], "unrestated": unrestated_prompt(prompt, sheet) if j else None})
             sink.write(z)
             start += z.shape[0]
         summary["samples"] += 1
@@ -226,7 +251,8 @@ def concat_tables(tables: list[ShotTable]) -> ShotTable:
                      cat([t.shot_location for t in tables]), [p for t in tables for p in t.prompts],
                      None if all(t.cast_names is None for t in tables)
                      else [n for t in tables for n in (t.cast_names or [[]] * t.num_shots)],
-                     [k for t in tables for k in t.keys])
+                     [k for t in tables for k in t.keys],
+                     [u for t in tables for u in (t.unrestated or [None] * t.num_shots)])
 
 
 def _table(rows: list[dict]) -> ShotTable:
@@ -236,4 +262,4 @@ def _table(rows: list[dict]) -> ShotTable:
                      shot_length=np.array([r["length"] for r in rows], dtype=np.int64),
                      shot_cut=np.ones(len(rows), dtype=bool), shot_location=story.copy(),
                      prompts=[r["prompt"] for r in rows], cast_names=names if any(names) else None,
-                     keys=[r["key"] for r in rows])
+                     keys=[r["key"] for r in rows], unrestated=[r.get("unrestated") for r in rows])

@@ -181,7 +181,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
               seed: int = 0, log_every: int = 50, checkpoint_every: int = 1000, progress: bool = True,
               tag_ids: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None,
               timestep_range: tuple[float, float] | None = None, prompts: PromptTable | None = None,
-              empty_prompt: PromptTable | None = None) -> dict:
+              empty_prompt: PromptTable | None = None, unrestated: tuple | None = None,
+              unrestated_prompts: PromptTable | None = None) -> dict:
     """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
 
     ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
@@ -189,7 +190,10 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     (entity tags): the names every shot shows, which its keyframes carry when they are memory.
     ``timestep_range``: train only these noise levels (one expert of a Wan2.2 A14B). ``prompts`` /
     ``empty_prompt``: the embeddings of every shot's prompt and of the empty one, precomputed (a frozen
-    text encoder: the module then has none).
+    text encoder: the module then has none). ``unrestated``: ``(ids [S, L], mask [S, L], has [S])``, each
+    shot's name-only prompt (:func:`filmweaver.train.curated.unrestated_prompt`) and which shots have
+    one, drawn instead of the prompt with probability ``augment.unrestate`` (``unrestated_prompts``:
+    their embeddings, with a frozen encoder).
     """
     device = accelerator.device
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -226,6 +230,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     model.train()
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     empty_ids, empty_mask = empty_ids.to(device), empty_mask.to(device)
+    if unrestated is not None:
+        unrestated = tuple(x.to(device) for x in unrestated)
     deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     # fit_steps_to_time: measure the step rate over windows of FIT_WINDOW steps (after 100 warm-up
     # steps) and fit the plan to what fits before the deadline; re-measured every window, because
@@ -279,11 +285,19 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         shot_index = to_device(batch.shot_index, device)
         ids, mask = prompt_ids[shot_index], prompt_mask[shot_index]
         drop = torch.rand(b, device=device) < aug.text_dropout
+        named = None
+        if unrestated is not None:  # a later shot with its characters named, not described
+            named = (torch.rand(b, device=device) < aug.unrestate) & unrestated[2][shot_index]
+            ids = torch.where(named[:, None], unrestated[0][shot_index], ids)
+            mask = torch.where(named[:, None], unrestated[1][shot_index], mask)
         ids = torch.where(drop[:, None], empty_ids, ids)
         mask = torch.where(drop[:, None], empty_mask, mask)
         text = None
         if prompts is not None:
-            text = torch.where(drop[:, None, None], empty_prompt.get([0], device), prompts.get(batch.shot_index, device))
+            text = prompts.get(batch.shot_index, device)
+            if named is not None and unrestated_prompts is not None:
+                text = torch.where(named[:, None, None], unrestated_prompts.get(batch.shot_index, device), text)
+            text = torch.where(drop[:, None, None], empty_prompt.get([0], device), text)
         tags = {}
         if tag_ids is not None and batch.memory_source is not None:
             src = to_device(batch.memory_source, device)

@@ -207,6 +207,9 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             expert.compile_blocks(dynamic=True)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
     e_ids, e_mask = models.prompt_encoder.tokenize([""])
+    unrestated = _unrestated_prompts(data, dcfg, models)
+    if unrestated:
+        summary["unrestated_shots"] = int(unrestated[2].sum())
     prompt_tables = {}
     if not any(p.requires_grad for p in text_encoder.parameters()) and not dcfg.entity_tags:
         # a frozen encoder: every prompt embedded once, then the encoder leaves the GPU
@@ -215,6 +218,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         text_encoder.to(device)
         prompt_tables = {"prompts": PromptTable(text_encoder, ids, mask, device),
                          "empty_prompt": PromptTable(text_encoder, e_ids, e_mask, device)}
+        if unrestated:
+            prompt_tables["unrestated_prompts"] = PromptTable(text_encoder, *unrestated[:2], device)
         text_encoder.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -232,7 +237,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     summary["dit_max_minutes"] = minutes
     summary["dit"] = train_dit(module, store, ids, mask, e_ids, e_mask, dcfg, accelerator, out, cfg.seed,
                                cfg.log_every, cfg.checkpoint_every, progress, timestep_range=timestep_range,
-                               **prompt_tables, **tags)
+                               unrestated=unrestated, **prompt_tables, **tags)
     timings["dit_s"] = round(time.perf_counter() - t, 1)
     del store
 
@@ -246,6 +251,16 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     timings["total_s"] = round(time.perf_counter() - run_start, 1)
     accelerator.end_training()  # trackers flush and close
     return _finish(out, summary, timings, accelerator.is_main_process)
+
+
+def _unrestated_prompts(data, dcfg, models: FilmModels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``augment.unrestate``: every shot's name-only prompt, tokenised (its own prompt where it has none),
+    and which shots have one ``[S]``; None when the augmentation is off or no shot has one."""
+    alt = getattr(data, "unrestated", None)
+    if not dcfg.augment.unrestate or not alt or not any(alt):
+        return None
+    ids, mask = models.prompt_encoder.tokenize([u or p for u, p in zip(alt, data.prompts, strict=True)])
+    return ids, mask, torch.tensor([u is not None for u in alt])
 
 
 def _rendered_data(cfg: TrainConfig, accelerator, progress: bool):
