@@ -60,27 +60,27 @@ def curated_dataset(films: list[Path], out: Path, device: str = "cpu", workers: 
     return _dataset_summary(records)
 
 
-def truth_dataset(films: list[Path], out: Path, min_shots: int = 2) -> dict:
+def truth_dataset(films: list[Path], out: Path, min_shots: int = 2, workers: int = 0) -> dict:
     """The films as a perfect curation would give them, in ``filmweaver curate``'s format: each true
     shot of a second or more cut from the film, each true scene of ``min_shots`` such shots or more one
     sample, captioned as the probe captioner words it (:meth:`ProbeCaptioner.caption`) with the truth."""
-    from filmweaver.curate.dataset import ShardWriter, sample_script
     from filmweaver.curate.report import write_report
 
-    records = []
-    for path in films:
-        record_path = out / "videos" / f"{path.stem}.json"
-        if not record_path.is_file():
-            write_json(record_path, _truth_video(path, out, min_shots, ShardWriter, sample_script))
-        records.append(json.loads(record_path.read_text()))
+    todo = [p for p in films if not (out / "videos" / f"{p.stem}.json").is_file()]
+    if todo:
+        with ProcessPoolExecutor(workers or min(len(todo), os.cpu_count() or 1)) as pool:
+            list(pool.map(_truth_video, todo, [out] * len(todo), [min_shots] * len(todo)))
+    records = [json.loads((out / "videos" / f"{p.stem}.json").read_text()) for p in films]
     write_report(records, out)
     return _dataset_summary(records)
 
 
-def _truth_video(path: Path, out: Path, min_shots: int, ShardWriter, sample_script) -> dict:  # noqa: N803
+def _truth_video(path: Path, out: Path, min_shots: int) -> None:
+    """One film's samples and its record (written last: a film with a record is done)."""
     import shutil
 
     from filmweaver.curate.captions import SceneCaptions
+    from filmweaver.curate.dataset import ShardWriter, sample_script
     from filmweaver.curate.pipeline import split_clips
     from filmweaver.curate.shots import ShotSpan
     from filmweaver.synth.captioner import NAME, ProbeCaptioner
@@ -114,10 +114,11 @@ def _truth_video(path: Path, out: Path, min_shots: int, ShardWriter, sample_scri
     shutil.rmtree(work, ignore_errors=True)
     if work.parent.is_dir() and not any(work.parent.iterdir()):
         work.parent.rmdir()
-    return {"video": str(path), "stem": path.stem, "status": "done", "samples": samples, "shards": writer.close(),
-            "shots": [{"number": k + 1, "seconds": [round(s["start"] / truth["fps"], 3), round(s["end"] / truth["fps"], 3)],
-                       "scene": s["scene"] + 1, "dropped": None if k in keep else "shorter than a second"}
-                      for k, s in enumerate(shots)]}
+    write_json(out / "videos" / f"{path.stem}.json", {
+        "video": str(path), "stem": path.stem, "status": "done", "samples": samples, "shards": writer.close(),
+        "shots": [{"number": k + 1, "seconds": [round(s["start"] / truth["fps"], 3), round(s["end"] / truth["fps"], 3)],
+                   "scene": s["scene"] + 1, "dropped": None if k in keep else "shorter than a second"}
+                  for k, s in enumerate(shots)]})
 
 
 def complete(dataset: Path, films: list[Path]) -> bool:
@@ -198,16 +199,18 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     summary_path = out / "closed_loop.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary.update({"films": args.films, "first_seed": args.first_seed, "minutes": args.minutes})
+    summary.update({"films": args.films, "first_seed": args.first_seed})
     if args.phase in ("all", "data"):
         films = write_films(out / "films", args.films, args.first_seed)
         curated = out / "datasets" / "curated"
-        summary["datasets"] = {"curated": summary.get("datasets", {}).get("curated") if complete(curated, films)
+        summary["datasets"] = {"curated": _dataset_summary([json.loads((curated / "videos" / f"{f.stem}.json").read_text())
+                                                            for f in films]) if complete(curated, films)
                                else curated_dataset(films, curated, args.device, args.workers),
                                "truth": truth_dataset(films, out / "datasets" / "truth")}
         write_json(summary_path, summary)
     if args.phase in ("all", "train"):
         train_arms(out, args.minutes, sets=tuple(x for s in args.sets for x in ("--set", s)))
+        summary["minutes"] = args.minutes  # each model's DiT minutes (the machine's GPU shared by both)
         summary["training"] = {arm: _training_summary(out / "runs" / arm) for arm in ARMS}
         write_json(summary_path, summary)
     if args.phase in ("all", "eval"):
