@@ -70,6 +70,8 @@ def truth_dataset(films: list[Path], out: Path, min_shots: int = 2, workers: int
     if todo:
         with ProcessPoolExecutor(workers or min(len(todo), os.cpu_count() or 1)) as pool:
             list(pool.map(_truth_video, todo, [out] * len(todo), [min_shots] * len(todo)))
+    if (out / "work").is_dir() and not any((out / "work").iterdir()):
+        (out / "work").rmdir()  # each film's clips were written there, then went into its shards
     records = [json.loads((out / "videos" / f"{p.stem}.json").read_text()) for p in films]
     write_report(records, out)
     return _dataset_summary(records)
@@ -112,8 +114,6 @@ def _truth_video(path: Path, out: Path, min_shots: int) -> None:
                          provenance)
         samples.append({"key": key, "scene": scene + 1, "shots": [k + 1 for k in members]})
     shutil.rmtree(work, ignore_errors=True)
-    if work.parent.is_dir() and not any(work.parent.iterdir()):
-        work.parent.rmdir()
     write_json(out / "videos" / f"{path.stem}.json", {
         "video": str(path), "stem": path.stem, "status": "done", "samples": samples, "shards": writer.close(),
         "shots": [{"number": k + 1, "seconds": [round(s["start"] / truth["fps"], 3), round(s["end"] / truth["fps"], 3)],
