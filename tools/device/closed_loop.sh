@@ -6,6 +6,8 @@
 # --films 36 --phase data`: TransNetV2's wheel does not fit beside PyAV in a call), with PyAV as .carryS
 # (`SLIM=1 bash tools/device/make_site_bundle.sh`); the tree travels without reports/, the shipped
 # transformer and the cast and camera probes (the closed loop trains its own DiT; the attribute probe judges).
+# The device image lacks webdataset (the shards' reader): its wheels travel as .carryW (`python3 -m pip download
+# --no-deps --only-binary=:all: -d .carryW webdataset==1.0.2 braceexpand==0.1.7`; name .carryW in carry).
 # Back in $OUT: closed_loop.json, the logs and the evaluation report, and the two models (transformer and
 # text encoder: the rest is the shipped model's) in 15 MB parts.
 #   FILMS=36 MINUTES=4 STORIES=30 bash tools/device/closed_loop.sh
@@ -14,6 +16,7 @@ OUT=${OUT:?}
 export PYTHONUNBUFFERED=1
 [ -f /tmp/site/.base ] || bash tools/device/device_carry.sh ${CARRY:-S} > /tmp/carry.log 2>&1
 . tools/device/device_setup.sh
+[ -d .carryW ] && python3 -m pip install -q --no-index --no-deps --target /tmp/site .carryW/*.whl
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 CL=runs/closed-loop
 cl() { python3 -m filmweaver.synth.closed_loop $CL --films ${FILMS:-36} --device cuda "$@"; }
