@@ -6,7 +6,7 @@
 #   bash tools/device/make_site_bundle.sh
 #   NO_AV=1 bash tools/device/make_site_bundle.sh   (.carryT/part0, 4 MB: no PyAV; what training and
 #                                                    bench --train need, when the tree leaves no room for S)
-#   SLIM=1 bash tools/device/make_site_bundle.sh     (.carryS, about 26 MB: diffusers without the pipelines
+#   SLIM=1 bash tools/device/make_site_bundle.sh     (.carryS, 27.7 MB: diffusers without the pipelines
 #                                                    of other model families, which filmweaver never imports)
 set -euo pipefail
 W=$(mktemp -d); S=$(mktemp -d)

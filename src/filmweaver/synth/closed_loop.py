@@ -51,13 +51,16 @@ def write_films(out: Path, films: int, first_seed: int = FIRST_SEED, workers: in
 
 
 def curated_dataset(films: list[Path], out: Path, device: str = "cpu", workers: int = 0) -> dict:
-    """``filmweaver curate`` of the films with the synthetic world's tools (no ground truth)."""
+    """``filmweaver curate`` of the films with the synthetic world's tools (no ground truth); a dataset
+    that already lists every film as done (:func:`complete`: curated elsewhere, the films rendered
+    again here) is kept as it is."""
     from filmweaver.curate import CurateConfig, curate
     from filmweaver.synth.curate_eval import SYNTH_CURATION
 
+    if complete(out, films):
+        return _dataset_summary(_video_records(out, films))
     cfg = CurateConfig.model_validate({**SYNTH_CURATION, "device": device, "workers": workers})
-    records = curate(films, out, cfg, progress=True)
-    return _dataset_summary(records)
+    return _dataset_summary(curate(films, out, cfg, progress=True))
 
 
 def truth_dataset(films: list[Path], out: Path, min_shots: int = 2, workers: int = 0) -> dict:
@@ -72,7 +75,7 @@ def truth_dataset(films: list[Path], out: Path, min_shots: int = 2, workers: int
             list(pool.map(_truth_video, todo, [out] * len(todo), [min_shots] * len(todo)))
     if (out / "work").is_dir() and not any((out / "work").iterdir()):
         (out / "work").rmdir()  # each film's clips were written there, then went into its shards
-    records = [json.loads((out / "videos" / f"{p.stem}.json").read_text()) for p in films]
+    records = _video_records(out, films)
     write_report(records, out)
     return _dataset_summary(records)
 
@@ -131,6 +134,10 @@ def complete(dataset: Path, films: list[Path]) -> bool:
     return {f.stem for f in films} <= done
 
 
+def _video_records(dataset: Path, films: list[Path]) -> list[dict]:
+    return [json.loads((dataset / "videos" / f"{f.stem}.json").read_text()) for f in films]
+
+
 def _dataset_summary(records: list[dict]) -> dict:
     return {"videos": len(records), "samples": sum(len(r.get("samples", [])) for r in records),
             "shots_in_samples": sum(len(s["shots"]) for r in records for s in r.get("samples", []))}
@@ -149,10 +156,13 @@ def train_arms(out: Path, minutes: float, config: Path = CONFIG, sets: tuple[str
                "--set", f"data.path={out / 'datasets' / arm}", "--set", f"dit.max_minutes={minutes}", *sets]
         log = open(run / "train.log", "w")  # noqa: SIM115 (closed below)
         procs.append((arm, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-    for arm, proc, log in procs:
+    failed = []
+    for arm, proc, log in procs:  # every one waited for, so none is left running when another fails
         if proc.wait() != 0:
-            raise RuntimeError(f"training {arm} failed: see {out / 'runs' / arm / 'train.log'}")
+            failed.append(arm)
         log.close()
+    if failed:
+        raise RuntimeError(f"training {', '.join(failed)} failed: see {out / 'runs'}/ARM/train.log")
 
 
 def evaluate_arms(out: Path, stories: int, device: str, shards: int) -> dict:
@@ -163,7 +173,7 @@ def evaluate_arms(out: Path, stories: int, device: str, shards: int) -> dict:
             "--stories", str(stories), "--probe", str(BUILTIN_MODEL_DIR / "probe"), "--device", device,
             "--arms", *(f"full@{arm}" for arm in ARMS)]
     procs = [subprocess.Popen([*base, "--shard", f"{k}/{shards}"], stdout=subprocess.DEVNULL) for k in range(shards)]
-    if any(p.wait() for p in procs):
+    if any([p.wait() for p in procs]):  # a list: every share waited for, not only up to the first failure
         raise RuntimeError("an evaluation share failed")
     subprocess.run([*base, "--report-only"], check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "eval" / "report.json").read_text())
@@ -202,10 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     summary.update({"films": args.films, "first_seed": args.first_seed})
     if args.phase in ("all", "data"):
         films = write_films(out / "films", args.films, args.first_seed)
-        curated = out / "datasets" / "curated"
-        summary["datasets"] = {"curated": _dataset_summary([json.loads((curated / "videos" / f"{f.stem}.json").read_text())
-                                                            for f in films]) if complete(curated, films)
-                               else curated_dataset(films, curated, args.device, args.workers),
+        summary["datasets"] = {"curated": curated_dataset(films, out / "datasets" / "curated", args.device, args.workers),
                                "truth": truth_dataset(films, out / "datasets" / "truth")}
         write_json(summary_path, summary)
     if args.phase in ("all", "train"):
