@@ -248,3 +248,66 @@ def test_entity_slots_say_which_of_the_shots_characters_a_memory_frame_shows(tin
     hits = store.memory_slots(np.array([1, 1]), np.array([[0, 2], [1, 0]]))
     assert hits[0, 0, :2].tolist() == [0, 1] and hits[0, 1].sum() == 0  # story 1's Ada is another Ada
     assert hits[1, 0, :2].tolist() == [1, 1] and hits[1, 1, :2].tolist() == [0, 1]
+
+
+def test_text_slots_mark_the_words_that_speak_of_each_character(tiny_models, tmp_path):
+    """Each mention of a shot's character starts a span to the next mention or its sentence's end;
+    tokens take their span's slot by the shot's order (word-level and byte-level tokenizers alike); the
+    slots' map starts at zero (the forward as it was) and, once trained, which words carry which slot
+    matters; saved and loaded with the model; the engine marks each shot's prompt by its characters."""
+    from filmweaver.models import FilmModels
+    from filmweaver.synth.stories import grammar_words
+    from filmweaver.text import WanPromptEncoder, entity_spans, entity_token_slots, word_level_tokenizer
+
+    prompt = "wide shot: Ada, a purple round creature, and Bo walk in the forest. The camera pans."
+    spans = entity_spans(prompt, ["Ada", "Bo"])
+    assert [(j, prompt[s:e]) for j, s, e in spans] == [(0, "Ada, a purple round creature, and "), (1, "Bo walk in the forest")]
+    assert [(j, "x Bo Li and Bo. Bo"[s:e]) for j, s, e in entity_spans("x Bo Li and Bo. Bo", ["Bo", "Bo Li"])] == [
+        (1, "Bo Li and "), (0, "Bo"), (0, "Bo")]  # the longer name at one place; a sentence ends a span
+    assert entity_spans("Adam waves", ["Ada"]) == []  # whole words only
+
+    words = WanPromptEncoder(word_level_tokenizer(grammar_words(cast=True), 32), None, max_sequence_length=32)
+    slots = entity_token_slots(words, [prompt, prompt], [["Ada", "Bo"], ["Bo", "Ada"]])
+    tokens = words.tokenizer(prompt).input_ids
+    by_word = {words.tokenizer.convert_ids_to_tokens(i): int(s) for i, s in zip(tokens, slots[0])}
+    assert by_word["purple"] == by_word["ada"] == 0 and by_word["walk"] == by_word["bo"] == 1
+    assert by_word["wide"] == by_word["camera"] == -1 and slots[0, len(tokens):].eq(-1).all()  # padding: none
+    assert torch.equal(slots[1], torch.where(slots[0] >= 0, 1 - slots[0], -1))  # the shot's order decides
+    enc = tiny_models.prompt_encoder  # byte level: a name is several tokens, all of its slot
+    byte_slots = entity_token_slots(enc, ["Ada and Bo meet."], [["Ada", "Bo"]])[0]
+    assert byte_slots[:8].tolist() == [0] * 8 and byte_slots[8:15].tolist() == [1] * 7 and byte_slots[15] == -1
+
+    bb = tiny_models.backbone
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 16, 1, 4, 4, generator=g), torch.tensor([500.0])
+    text = torch.randn(1, 12, bb.config.text_dim, generator=g)
+    marks = torch.tensor([[0, 0, 0, 1, 1, -1] + [-1] * 6])
+
+    def forward(s):
+        with torch.no_grad():
+            return bb(x, t, bb.add_text_slots(text, s))
+
+    plain = forward(None)
+    bb.enable_text_slots()
+    try:
+        assert torch.equal(forward(marks), plain)
+        with torch.no_grad():
+            bb.text_slot_proj.weight.normal_(generator=g)
+        assert not torch.allclose(forward(marks), plain)
+        assert not torch.allclose(forward(torch.where(marks >= 0, 1 - marks, -1)), forward(marks))
+        assert torch.equal(bb.add_text_slots(text.repeat(2, 1, 1), marks)[1], bb.add_text_slots(text, marks)[0])  # CFG batch
+        tiny_models.save_pretrained(tmp_path / "m")
+    finally:
+        bb.text_slot_proj = None
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert loaded.backbone.text_slot_proj is not None and loaded.backbone.slot_proj is None
+
+    seen = []
+    add = loaded.backbone.add_text_slots
+    loaded.backbone.add_text_slots = lambda text, slots: seen.append(slots) or add(text, slots)
+    plan = _third_shot_memory(loaded, tmp_path)[0]
+    assert len(seen) == 2  # one prompt per generated shot (not the negative one)
+    engine_plan = StoryEngine(loaded, tmp_path / "p", story=parse_story(entitybench_story()), progress=False).plan()[1]
+    want = entity_token_slots(loaded.prompt_encoder, [engine_plan.prompt], [list(engine_plan.shot.entities.characters)])
+    assert torch.equal(seen[1], want) and (want >= 0).any()
+    assert plan.shot.entities.characters  # the story's shots name characters

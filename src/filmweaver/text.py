@@ -118,6 +118,47 @@ def embed_token_ids(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torc
     return hidden * mask[..., None].to(hidden.dtype)
 
 
+SENTENCE_END = re.compile(r"[.!?;]")
+
+
+def entity_spans(prompt: str, names: list[str]) -> list[tuple[int, int, int]]:
+    """Where ``prompt`` speaks of each of a shot's characters: ``(slot, start, end)`` character spans,
+    ``slot`` the character's index in ``names`` (the shot's order). A span starts at each mention of a
+    name (a whole word, as written; of two names at one place, the longer) and runs to the next
+    mention or to the end of its sentence: "Ada, a purple round creature, and Bo walk." gives Ada
+    "Ada, a purple round creature, and " and Bo "Bo walk"."""
+    found = sorted((m.start(), -m.end(), j) for j, n in enumerate(names) if n
+                   for m in re.finditer(rf"(?<!\w){re.escape(n)}(?!\w)", prompt))
+    mentions = []
+    for start, neg_end, j in found:
+        if not mentions or start >= mentions[-1][1]:  # not inside the mention before
+            mentions.append((start, -neg_end, j))
+    spans = []
+    for k, (start, end, j) in enumerate(mentions):
+        stop = SENTENCE_END.search(prompt, end)
+        limit = min(mentions[k + 1][0] if k + 1 < len(mentions) else len(prompt), stop.start() if stop else len(prompt))
+        spans.append((j, start, max(limit, end)))
+    return spans
+
+
+def entity_token_slots(encoder: WanPromptEncoder, prompts: list[str], names: list[list[str]]) -> torch.Tensor:
+    """``[B, L]`` long: for each token of each prompt as :meth:`WanPromptEncoder.tokenize` makes it, the
+    slot of the character it speaks of (:func:`entity_spans`; ``names[b]``: prompt ``b``'s characters in
+    the shot's order), -1 for none (other words, special tokens, padding). What a backbone with text
+    slots adds to the prompt embedding (:func:`filmweaver.backbone.entity_tags.add_text_slots`)."""
+    if encoder.clean:
+        prompts = [clean_prompt(p) for p in prompts]
+    t = encoder.tokenizer(prompts, padding="max_length", max_length=encoder.max_sequence_length, truncation=True,
+                          add_special_tokens=True, return_offsets_mapping=True)
+    out = torch.full((len(prompts), encoder.max_sequence_length), -1, dtype=torch.long)
+    for b, (prompt, offsets) in enumerate(zip(prompts, t["offset_mapping"], strict=True)):
+        spans = entity_spans(prompt, names[b])
+        for i, (lo, hi) in enumerate(offsets):
+            if hi > lo:
+                out[b, i] = next((j for j, s, e in spans if s <= lo < e), -1)
+    return out
+
+
 def word_level_tokenizer(words: list[str], model_max_length: int = 64) -> PreTrainedTokenizerFast:
     """A closed-vocabulary tokenizer (lower-cased words and punctuation), for models trained on a
     known grammar such as the synthetic world's. Unknown words map to ``<unk>``. Special ids follow

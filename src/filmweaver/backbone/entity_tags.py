@@ -9,6 +9,12 @@ Entity slots say the same by position instead of by name: each memory frame's ``
 (:attr:`filmweaver.context.ContextFrames.entity_slots`: which of the generated shot's characters it
 shows, by their order in the shot) go through a second zero-initialised map (``dit.entity_slots``), so
 "the look in this frame is the shot's second character" needs no name matching.
+
+Text slots put the same positions on the prompt: each prompt token that speaks of the shot's j-th
+character (:func:`filmweaver.text.entity_token_slots`: from its name to the next name or the sentence's
+end) gets a third zero-initialised map's vector for slot j added to its embedding (``dit.text_slots``),
+so the description "a purple round creature" is marked as the first character's, the one drawn
+leftmost, and a model need not work out from word order which description goes where.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 ENTITY_PROJ_FILE = "entity_projection.safetensors"
 ENTITY_SLOTS_FILE = "entity_slots.safetensors"
+TEXT_SLOTS_FILE = "text_slots.safetensors"
 SLOTS = 8  # characters of one shot that slots tell apart (later ones share no slot)
 
 
@@ -40,6 +47,25 @@ def slot_projection(transformer) -> nn.Linear:
                      dtype=ref.dtype)
     nn.init.zeros_(proj.weight)
     return proj
+
+
+def text_slot_projection(transformer) -> nn.Linear:
+    """A zero-initialised ``SLOTS -> text_dim`` map (no bias), added to prompt embeddings before the
+    transformer's own text projection."""
+    cfg, ref = transformer.config, transformer.patch_embedding.weight
+    proj = nn.Linear(SLOTS, cfg.text_dim, bias=False, device=ref.device, dtype=ref.dtype)
+    nn.init.zeros_(proj.weight)
+    return proj
+
+
+def add_text_slots(proj: nn.Linear, text: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``text [B, L, D_text]`` plus each token's slot vector; ``slots [B', L]`` long (-1: none; repeated
+    when the batch was, as for classifier-free guidance)."""
+    slots = slots.to(text.device)
+    if slots.shape[0] != text.shape[0]:
+        slots = slots.repeat(text.shape[0] // slots.shape[0], 1)
+    one_hot = torch.nn.functional.one_hot(slots.clamp(0, SLOTS - 1), SLOTS) * (slots >= 0)[..., None]
+    return text + proj(one_hot.to(dtype=proj.weight.dtype)).to(text.dtype)
 
 
 def entity_slots(shot_characters: list[str], shown: list[tuple[str, ...]]) -> torch.Tensor:

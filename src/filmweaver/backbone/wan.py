@@ -47,11 +47,14 @@ from filmweaver.backbone.causal_kv import (  # noqa: F401 - re-exported: the bac
 )
 from filmweaver.backbone.entity_tags import (
     ENTITY_SLOTS_FILE,
+    TEXT_SLOTS_FILE,
     add_entity_tags,
+    add_text_slots,
     entity_projection,
     save_entity_projection,
     saved_entity_projection,
     slot_projection,
+    text_slot_projection,
 )
 from filmweaver.backbone.fusion import BiasGELUProjection, FusedAway  # noqa: F401 - re-exported
 from filmweaver.backbone.rope import RopeTables, grid_positions, rope_from_positions  # noqa: F401 - re-exported
@@ -127,6 +130,7 @@ class ContextWanTransformer(nn.Module):
         self._rope = RopeTables(transformer.config.attention_head_dim)
         self.entity_proj: nn.Linear | None = None  # entity tags on memory tokens (enable_entity_tags)
         self.slot_proj: nn.Linear | None = None  # entity slots on memory tokens (enable_entity_slots)
+        self.text_slot_proj: nn.Linear | None = None  # entity slots on prompt tokens (enable_text_slots)
 
     # -- modes: causal context, parallelism, fusion, compilation (each in its own module) -------------
     @property
@@ -172,6 +176,18 @@ class ContextWanTransformer(nn.Module):
         if self.slot_proj is None:
             self.slot_proj = slot_projection(self.transformer)
 
+    def enable_text_slots(self) -> None:
+        """Prompt tokens carry which of the shot's characters they speak of (zero at first)."""
+        if self.text_slot_proj is None:
+            self.text_slot_proj = text_slot_projection(self.transformer)
+
+    def add_text_slots(self, text: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """``text [B, L, D_text]`` with its tokens' character slots ``[B', L]`` added (the prompt
+        embedding this backbone was trained with); unchanged without text slots or ``slots``."""
+        if self.text_slot_proj is None or slots is None:
+            return text
+        return add_text_slots(self.text_slot_proj, text, slots)
+
     @property
     def config(self):
         return self.transformer.config
@@ -191,10 +207,12 @@ class ContextWanTransformer(nn.Module):
             save_entity_projection(self.entity_proj, directory, dtype)
         if self.slot_proj is not None:
             save_entity_projection(self.slot_proj, directory, dtype, ENTITY_SLOTS_FILE)
+        if self.text_slot_proj is not None:
+            save_entity_projection(self.text_slot_proj, directory, dtype, TEXT_SLOTS_FILE)
 
     def load_context_projections(self, directory: str | Path) -> bool:
         """Load trained projections if the directory has them; keep the FramePack init otherwise. A
-        saved entity projection enables the entity tags."""
+        saved entity projection enables the entity tags (and so for entity and text slots)."""
         tags = saved_entity_projection(directory)
         if tags is not None:
             self.enable_entity_tags()
@@ -203,6 +221,10 @@ class ContextWanTransformer(nn.Module):
         if slots is not None:
             self.enable_entity_slots()
             self.slot_proj.load_state_dict(slots)
+        text_slots = saved_entity_projection(directory, TEXT_SLOTS_FILE)
+        if text_slots is not None:
+            self.enable_text_slots()
+            self.text_slot_proj.load_state_dict(text_slots)
         path = Path(directory) / CONTEXT_PROJ_FILE
         if not path.is_file():
             return False

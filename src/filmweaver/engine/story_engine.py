@@ -33,6 +33,7 @@ from filmweaver.progress import progress_bar
 from filmweaver.project import Project, ProjectError, ProjectLock
 from filmweaver.sampler import FlowMatchSampler
 from filmweaver.script import Shot, StoryScript, parse_story
+from filmweaver.text import entity_token_slots
 
 log = logging.getLogger("filmweaver")
 
@@ -383,6 +384,9 @@ class StoryEngine:
         # 2. Text, then the chunks. In the backbone's dtype once: the same tensors at every step (a
         # causal-context model's key/value cache recognises the prompt by identity).
         text = models.prompt_encoder.encode([plan.prompt]).to(backbone.device, backbone.dtype)
+        if getattr(backbone, "text_slot_proj", None) is not None:  # which words speak of which character
+            slots = entity_token_slots(models.prompt_encoder, [plan.prompt], [list(plan.shot.entities.characters)])
+            text = backbone.add_text_slots(text, slots)
         negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device, backbone.dtype)
         # an extension keeps the log of the chunks it builds on
         chunk_log = ShotRecord.from_manifest(p.shot_record(i)).chunks if prior_latents is not None else []

@@ -116,7 +116,7 @@ def probe_captioner(device: str = "cpu", probe: str | Path | None = None) -> Pro
 
 # films whose frames train the camera probe: apart from the curation benchmark's development films
 # (seeds 0-2) and its held-out films (5,000,000 on)
-CAMERA_TRAIN_SEEDS = range(1_000, 1_200)
+CAMERA_TRAIN_SEEDS = range(1_000, 2_000)
 CAMERA_HELD_OUT_SEEDS = range(2_000, 2_020)
 
 

@@ -159,6 +159,10 @@ class DiTPhase(_Cfg):
     # memory tokens carry which of the generated shot's characters they show, by the shot's order
     # (ContextWanTransformer.enable_entity_slots): binding a look to a position needs no name matching
     entity_slots: bool = False
+    # prompt tokens carry which of the shot's characters they speak of, by the same order
+    # (ContextWanTransformer.enable_text_slots; filmweaver.text.entity_token_slots): which description
+    # goes with which drawn character needs no reading of word order
+    text_slots: bool = False
     # start the DiT phase from a saved model directory (its transformer, context projections and text
     # encoder; same architecture, the text encoder's vocabulary may have grown; "builtin": the shipped
     # model) instead of random weights: continue a shipped model's training

@@ -39,13 +39,17 @@ class CacheGuidedDenoiser(nn.Module):
         self.backbone = backbone
         self.text_encoder = text_encoder
 
-    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames], tag_ids=None, tag_mask=None, text=None):
+    def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames], tag_ids=None, tag_mask=None, text=None,
+                text_slots=None):
         """``tag_ids`` / ``tag_mask`` ``[B, K, L]``: the names each shot-cache keyframe shows (entity tags,
         pooled like :func:`filmweaver.text.pooled_embeddings`) for a backbone with entity tags.
         ``text`` ``[B, L, D]``: the prompts' embeddings, computed beforehand (:class:`PromptTable`)
-        when the text encoder is frozen; then ``ids`` / ``mask`` are not read."""
+        when the text encoder is frozen; then ``ids`` / ``mask`` are not read. ``text_slots [B, L]``:
+        each prompt token's character slot (-1: none), for a backbone with text slots."""
         if text is None:
             text = embed_token_ids(self.text_encoder, ids, mask)
+        if text_slots is not None:
+            text = self.backbone.add_text_slots(text, text_slots)
         if tag_ids is not None:
             b, k, n = tag_ids.shape
             ids, tag_mask = tag_ids.reshape(b * k, n), tag_mask.reshape(b * k, n)
@@ -182,7 +186,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
               tag_ids: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None,
               timestep_range: tuple[float, float] | None = None, prompts: PromptTable | None = None,
               empty_prompt: PromptTable | None = None, unrestated: tuple | None = None,
-              unrestated_prompts: PromptTable | None = None) -> dict:
+              unrestated_prompts: PromptTable | None = None,
+              text_slots: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict:
     """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
 
     ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
@@ -193,7 +198,9 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     text encoder: the module then has none). ``unrestated``: ``(ids [S, L], mask [S, L], has [S])``, each
     shot's name-only prompt (:func:`filmweaver.train.curated.unrestated_prompt`) and which shots have
     one, drawn instead of the prompt with probability ``augment.unrestate`` (``unrestated_prompts``:
-    their embeddings, with a frozen encoder).
+    their embeddings, with a frozen encoder). ``text_slots``: ``(slots [S, L], unrestated [S, L] or
+    None)``, each shot's prompt tokens' character slots (:func:`filmweaver.text.entity_token_slots`)
+    for a backbone with text slots.
     """
     device = accelerator.device
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -232,6 +239,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     empty_ids, empty_mask = empty_ids.to(device), empty_mask.to(device)
     if unrestated is not None:
         unrestated = tuple(x.to(device) for x in unrestated)
+    if text_slots is not None:
+        text_slots = tuple(None if x is None else x.to(device) for x in text_slots)
     deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     # fit_steps_to_time: measure the step rate over windows of FIT_WINDOW steps (after 100 warm-up
     # steps) and fit the plan to what fits before the deadline; re-measured every window, because
@@ -299,6 +308,11 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
                 text = torch.where(named[:, None, None], unrestated_prompts.get(batch.shot_index, device), text)
             text = torch.where(drop[:, None, None], empty_prompt.get([0], device), text)
         tags = {}
+        if text_slots is not None:  # as the prompt drawn: its own, its name-only one, or none (dropped)
+            slots = text_slots[0][shot_index]
+            if named is not None and text_slots[1] is not None:
+                slots = torch.where(named[:, None], text_slots[1][shot_index], slots)
+            tags["text_slots"] = torch.where(drop[:, None], -1, slots)
         if tag_ids is not None and batch.memory_source is not None:
             src = to_device(batch.memory_source, device)
             tags = {"tag_ids": tag_ids[src], "tag_mask": tag_mask[src]}

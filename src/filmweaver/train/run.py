@@ -203,6 +203,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             expert.enable_entity_tags()
         if dcfg.entity_slots:
             expert.enable_entity_slots()
+        if dcfg.text_slots:
+            expert.enable_text_slots()
         if dcfg.compile_blocks:
             expert.compile_blocks(dynamic=True)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
@@ -230,6 +232,10 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             raise ValueError("dit.entity_tags needs a rendered set with every shot's characters (render it again)")
         tag_ids, tag_mask = models.prompt_encoder.tokenize([" ".join(n) for n in data.cast_names])
         tags = {"tag_ids": tag_ids.to(device), "tag_mask": tag_mask.to(device)}
+    if dcfg.text_slots:
+        if not hasattr(models.backbone, "add_text_slots"):
+            raise ValueError("dit.text_slots: a backbone of two experts (Wan2.2 A14B) takes no text slots")
+        tags["text_slots"] = _text_slots(data, models, unrestated)
     minutes = dit_minutes(cfg, time.perf_counter() - run_start)
     if minutes != dcfg.max_minutes:
         accelerator.print(f"time_budget_minutes={cfg.time_budget_minutes}: the DiT gets {minutes:.1f} minutes")
@@ -261,6 +267,23 @@ def _unrestated_prompts(data, dcfg, models: FilmModels) -> tuple[torch.Tensor, t
         return None
     ids, mask = models.prompt_encoder.tokenize([u or p for u, p in zip(alt, data.prompts, strict=True)])
     return ids, mask, torch.tensor([u is not None for u in alt])
+
+
+def _text_slots(data, models: FilmModels, unrestated) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``dit.text_slots``: each shot's prompt tokens' character slots ``[S, L]``
+    (:func:`filmweaver.text.entity_token_slots`), and its name-only prompt's where there are some."""
+    from filmweaver.text import entity_token_slots
+
+    if data.cast_names is None:
+        raise ValueError("dit.text_slots needs every shot's characters (a rendered set, or a curated one whose "
+                         "captions name them)")
+    names = [list(n) for n in data.cast_names]
+    slots = entity_token_slots(models.prompt_encoder, data.prompts, names)
+    alt = None
+    if unrestated is not None:
+        alt = entity_token_slots(models.prompt_encoder, [u or p for u, p in zip(data.unrestated, data.prompts, strict=True)],
+                                 names)
+    return slots, alt
 
 
 def _rendered_data(cfg: TrainConfig, accelerator, progress: bool):
@@ -369,9 +392,16 @@ def init_dit_from(models: FilmModels, model_dir: str) -> None:
     pairs = [(models.backbone.transformer, src.backbone.transformer, "transformer"),
              (models.backbone.context_proj, src.backbone.context_proj, "context projections"),
              (models.prompt_encoder.text_encoder, src.prompt_encoder.text_encoder, "text encoder")]
-    if src.backbone.entity_proj is not None:  # a model trained with entity tags passes them on
+    # a model trained with entity tags, entity slots or text slots passes them on
+    if src.backbone.entity_proj is not None:
         models.backbone.enable_entity_tags()
         pairs.append((models.backbone.entity_proj, src.backbone.entity_proj, "entity projection"))
+    if src.backbone.slot_proj is not None:
+        models.backbone.enable_entity_slots()
+        pairs.append((models.backbone.slot_proj, src.backbone.slot_proj, "entity slots"))
+    if src.backbone.text_slot_proj is not None:
+        models.backbone.enable_text_slots()
+        pairs.append((models.backbone.text_slot_proj, src.backbone.text_slot_proj, "text slots"))
     for dst, s, name in pairs:
         theirs = s.state_dict()
         mine = dst.state_dict()
