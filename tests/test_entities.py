@@ -311,3 +311,70 @@ def test_text_slots_mark_the_words_that_speak_of_each_character(tiny_models, tmp
     want = entity_token_slots(loaded.prompt_encoder, [engine_plan.prompt], [list(engine_plan.shot.entities.characters)])
     assert torch.equal(seen[1], want) and (want >= 0).any()
     assert plan.shot.entities.characters  # the story's shots name characters
+
+
+def test_slot_regions_mark_each_character_where_it_is_in_a_crowded_keyframe(tiny_models, tmp_path):
+    """A frame of n characters marks the i-th one's slot in the i-th vertical strip (a box where a
+    detector found one), a lone character on the whole frame; a map that is uniform over a frame is the
+    frame-level slot exactly; the trainer marks its keyframes as the engine does; a model trained so
+    says so in filmweaver.json and the engine then gives its memory per-pixel slots."""
+    import numpy as np
+
+    from filmweaver.backbone.entity_tags import SLOTS, add_entity_tags, entity_slots, slot_regions
+    from filmweaver.context import ContextFrames
+    from filmweaver.models import FilmModels
+
+    maps = slot_regions(["Bo", "Ada"], [(("Ada", "Bo"), {}), (("Ada",), {}), (("Ivy", "Bo"), {"Bo": (0.0, 0.5, 0.25, 1.0)})],
+                        (4, 8))
+    assert maps.shape == (3, 4, 8, SLOTS)
+    assert maps[0, :, :4, 1].eq(1).all() and maps[0, :, 4:, 1].eq(0).all()  # Ada, named first: the left half
+    assert maps[0, :, 4:, 0].eq(1).all() and maps[0, :, :4, 0].eq(0).all()  # Bo: the right half
+    assert maps[1, ..., 1].eq(1).all() and maps[1, ..., 0].eq(0).all()  # alone: everywhere
+    assert maps[2, 2:, :2, 0].eq(1).all() and maps[2, :2, :, 0].eq(0).all() and maps[2, :, 2:, 0].eq(0).all()  # its box
+    assert maps[:, ..., 2:].eq(0).all() and maps[2, ..., 1].eq(0).all()  # Ivy is not in the shot
+
+    bb = tiny_models.backbone
+    bb.enable_entity_slots()
+    try:
+        with torch.no_grad():
+            bb.slot_proj.weight.normal_(generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(1)
+        lat = torch.randn(1, 16, 2, 4, 4, generator=g)
+        x, t, text = torch.randn(1, 16, 1, 4, 4, generator=g), torch.tensor([500.0]), torch.randn(1, 8, bb.config.text_dim, generator=g)
+        frame = entity_slots(["Ada", "Bo"], [("Ada",), ("Ada", "Bo")])
+
+        def forward(s):
+            with torch.no_grad():
+                return bb(x, t, text, context=[ContextFrames(lat, torch.tensor([-3.0, -2.0]), 0.0, kind="shot", entity_slots=s)])
+
+        uniform = frame[:, None, None, :].expand(2, 4, 4, SLOTS)
+        assert torch.allclose(forward(uniform), forward(frame), atol=1e-6)
+        regions = slot_regions(["Ada", "Bo"], [(("Ada",), {}), (("Ada", "Bo"), {})], (4, 4))
+        assert not torch.allclose(forward(regions), forward(frame))
+        tokens = torch.zeros(1, 8, bb.slot_proj.out_features)
+        assert torch.equal(add_entity_tags(bb.slot_proj, tokens, frame[None, 1:]), add_entity_tags(bb.slot_proj, tokens, frame[1:]))
+        bb.slot_regions = True
+        tiny_models.save_pretrained(tmp_path / "m")
+    finally:
+        bb.slot_proj, bb.slot_regions = None, False
+    loaded = FilmModels.from_pretrained(str(tmp_path / "m"))
+    assert loaded.backbone.slot_regions and not FilmModels.tiny(seed=0).backbone.slot_regions
+    plan, bank, retrieved, block = _third_shot_memory(loaded, tmp_path)
+    assert block.entity_slots.shape == (len(retrieved), *block.latents.shape[3:], SLOTS)
+    for j, r in enumerate(retrieved):
+        entry = bank.entries[r.bank_index]
+        shown = [c for c in plan.shot.entities.characters if entry.shows(c)]
+        assert (block.entity_slots[j].sum((0, 1)) > 0).sum() == len(shown)
+
+    # the trainer: shot 1 of story 0 shows Bo then Ada; its keyframe of shot 2 shows Ada then Bo
+    from types import SimpleNamespace
+
+    from filmweaver.train.data import LatentStore
+
+    table = SimpleNamespace(shot_story=np.array([0, 0, 0]), shot_start=np.array([0, 2, 4]), shot_length=np.array([2, 2, 2]),
+                            shot_cut=np.ones(3, bool), shot_location=np.zeros(3, int),
+                            cast_names=[["Ada"], ["Bo", "Ada"], ["Ada", "Bo"]], num_shots=3)
+    store = LatentStore(torch.zeros(6, 4, 2, 2), table)
+    got = store.memory_slot_regions(np.array([1]), np.array([[2, 0]]), (4, 8))
+    want = slot_regions(["Bo", "Ada"], [(("Ada", "Bo"), {}), (("Ada",), {})], (4, 8))
+    assert torch.equal(got[0], want)

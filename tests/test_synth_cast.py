@@ -184,14 +184,15 @@ def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_prob
     out = tmp_path / "run"
     sets = ["--set", "data.cast_stories=4", "--set", "model.grammar=cast", "--set", "dit.entity_tags=true",
             "--set", "dit.context_attention=causal", "--set", "dit.memory_compression=2", "--set", "dit.entity_slots=true",
-            "--set", "dit.augment.entity_memory=0.5", "--set", "dit.text_slots=true"]
+            "--set", "dit.augment.entity_memory=0.5", "--set", "dit.text_slots=true",
+            "--set", "dit.region_slots=true"]
     res = CliRunner().invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out), *sets])
     assert res.exit_code == 0, res.output
     model = FilmModels.from_pretrained(str(out / "model"))
     assert model.backbone.entity_proj is not None and model.backbone.context_attention == "causal"
     assert model.backbone.entity_proj.weight.abs().sum() > 0  # trained: the tags moved off zero
     assert model.backbone.slot_proj.weight.abs().sum() > 0  # and the slots, on memory and on the prompt
-    assert model.backbone.text_slot_proj.weight.abs().sum() > 0
+    assert model.backbone.text_slot_proj.weight.abs().sum() > 0 and model.backbone.slot_regions
     further = synth_architecture(seed=3, size="test", grammar="cast")  # a further fine-tune starts with all three
     init_dit_from(further, str(out / "model"))
     for name in ("entity_proj", "slot_proj", "text_slot_proj"):

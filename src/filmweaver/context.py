@@ -37,7 +37,9 @@ class ContextFrames:
     entity_embeddings: torch.Tensor | None = None
     # which of the generated shot's named characters each frame shows, by their order in the shot (its
     # ``characters`` list, which its prompt names in the same order): ``[F, SLOTS]`` (or ``[B, F, SLOTS]``),
-    # 1 at slot j where the frame shows the shot's j-th character; for a backbone with entity slots
+    # 1 at slot j where the frame shows the shot's j-th character; for a backbone with entity slots.
+    # Or where in the frame: ``[F, h, w, SLOTS]`` (or ``[B, F, h, w, SLOTS]``) over the latent pixels,
+    # each character's slot only where it is (:func:`filmweaver.backbone.entity_tags.slot_regions`)
     entity_slots: torch.Tensor | None = None
 
     def __post_init__(self):
@@ -51,10 +53,14 @@ class ContextFrames:
                                                    or self.entity_embeddings.shape[-2] != self.latents.shape[2]):
             raise ValueError(f"entity embeddings are [F, D] for the {self.latents.shape[2]} frames of an "
                              f"uncompressed block, got {tuple(self.entity_embeddings.shape)}")
-        if self.entity_slots is not None and (self.entity_slots.ndim not in (2, 3) or self.compression != 1
-                                              or self.entity_slots.shape[-2] != self.latents.shape[2]):
-            raise ValueError(f"entity slots are [F, SLOTS] for the {self.latents.shape[2]} frames of an "
-                             f"uncompressed block, got {tuple(self.entity_slots.shape)}")
+        if self.entity_slots is not None:
+            regions = self.entity_slots.ndim in (4, 5)
+            frames = self.entity_slots.shape[-4 if regions else -2] if self.entity_slots.ndim >= 2 else -1
+            if self.entity_slots.ndim not in (2, 3, 4, 5) or self.compression != 1 or frames != self.latents.shape[2] \
+                    or (regions and tuple(self.entity_slots.shape[-3:-1]) != tuple(self.latents.shape[3:])):
+                raise ValueError(f"entity slots are [F, SLOTS] or [F, h, w, SLOTS] for the {self.latents.shape[2]} "
+                                 f"frames of an uncompressed block of {tuple(self.latents.shape[3:])} latents, got "
+                                 f"{tuple(self.entity_slots.shape)}")
         if self.spatial not in (1, 2, 4) or (self.spatial > 1 and self.compression > 1):
             raise ValueError(f"spatial pooling must be 1, 2 or 4 and is not combined with compression, got "
                              f"spatial={self.spatial}, compression={self.compression}")

@@ -210,6 +210,7 @@ class FilmModels:
         for expert in getattr(backbone, "experts", [backbone]):
             # how the weights were trained to attend to context ("causal": keys/values reused per chunk)
             expert.context_attention = extra.get("context_attention", "full")
+            expert.slot_regions = bool(extra.get("slot_regions", False))
         vae = AutoencoderKLWan.from_pretrained(id_or_path, subfolder="vae", torch_dtype=torch.float32)
         if vae_tiling:
             vae.enable_tiling()
@@ -319,7 +320,8 @@ class FilmModels:
         (root / FILMWEAVER_CONFIG).write_text(json.dumps({
             "model_id": self.model_id, "trained": self.trained, "defaults": self.defaults,
             "max_sequence_length": self.prompt_encoder.max_sequence_length,
-            "context_attention": experts[0].context_attention}, indent=2))
+            "context_attention": experts[0].context_attention,
+            "slot_regions": bool(getattr(experts[0], "slot_regions", False))}, indent=2))
 
 
 def load_wan_backbone(id_or_path: str, dtype: torch.dtype = torch.float32, lora: str | None = None,

@@ -10,6 +10,11 @@ Entity slots say the same by position instead of by name: each memory frame's ``
 shows, by their order in the shot) go through a second zero-initialised map (``dit.entity_slots``), so
 "the look in this frame is the shot's second character" needs no name matching.
 
+With slot regions (``dit.region_slots``) a memory frame that shows several characters marks each one's
+slot only where it is: its box where a detector found one, else its share of the frame by the order
+its shot names them, left to right (:func:`slot_regions`), so a crowded keyframe tells which figure is
+whom.
+
 Text slots put the same positions on the prompt: each prompt token that speaks of the shot's j-th
 character (:func:`filmweaver.text.entity_token_slots`: from its name to the next name or the sentence's
 end) gets a third zero-initialised map's vector for slot j added to its embedding (``dit.text_slots``),
@@ -77,6 +82,45 @@ def entity_slots(shot_characters: list[str], shown: list[tuple[str, ...]]) -> to
             if c in names:
                 out[k, j] = 1.0
     return out
+
+
+def slot_regions(shot_characters: list[str], frames: list[tuple[tuple[str, ...], dict]], hw: tuple[int, int]
+                 ) -> torch.Tensor:
+    """``[K, h, w, SLOTS]``: per memory frame, given as ``(its characters in its own shot's order, their
+    boxes)``, slot j set where the generated shot's j-th character is: inside its box ``(x0, y0, x1,
+    y1)`` (fractions of the frame) where there is one, else in its vertical strip (the i-th of n
+    characters: columns i/n to (i+1)/n), the whole frame for a frame of one character."""
+    h, w = hw
+    out = torch.zeros(len(frames), h, w, SLOTS)
+    cols, rows = (torch.arange(w) + 0.5) / w, (torch.arange(h) + 0.5) / h
+    for k, (shown, boxes) in enumerate(frames):
+        for i, name in enumerate(shown):
+            if name not in shot_characters[:SLOTS]:
+                continue
+            j = shot_characters.index(name)
+            if name in boxes:
+                x0, y0, x1, y1 = boxes[name]
+                mask = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+            else:
+                n = len(shown)
+                mask = ((cols >= i / n) & (cols < (i + 1) / n))[None, :].expand(h, w)
+            out[k, :, :, j] = torch.maximum(out[k, :, :, j], mask.float())
+    return out
+
+
+def add_slot_regions(proj: nn.Linear, tokens: torch.Tensor, regions: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """``tokens [B, F * n, D]`` of a block plus each token's slot vector: ``regions [F, h, w, SLOTS]``
+    (or ``[B', F, h, w, SLOTS]``) over the latent pixels, averaged over each token's ``patch`` of them."""
+    if regions.ndim == 4:
+        regions = regions[None]
+    b, f, h, w, s = regions.shape
+    x = regions.to(device=tokens.device, dtype=torch.float32).permute(0, 1, 4, 2, 3).reshape(b * f, s, h, w)
+    x = torch.nn.functional.avg_pool2d(x, patch, ceil_mode=True)  # [B' F, SLOTS, h', w']
+    x = x.reshape(b, f, s, -1).permute(0, 1, 3, 2).reshape(b, -1, s)  # [B', F n, SLOTS]
+    tags = proj(x.to(tokens.dtype))
+    if tags.shape[0] != tokens.shape[0]:
+        tags = tags.repeat(tokens.shape[0] // tags.shape[0], 1, 1)
+    return tokens + tags
 
 
 def add_entity_tags(proj: nn.Linear, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:

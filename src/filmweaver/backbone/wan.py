@@ -49,6 +49,7 @@ from filmweaver.backbone.entity_tags import (
     ENTITY_SLOTS_FILE,
     TEXT_SLOTS_FILE,
     add_entity_tags,
+    add_slot_regions,
     add_text_slots,
     entity_projection,
     save_entity_projection,
@@ -131,6 +132,8 @@ class ContextWanTransformer(nn.Module):
         self.entity_proj: nn.Linear | None = None  # entity tags on memory tokens (enable_entity_tags)
         self.slot_proj: nn.Linear | None = None  # entity slots on memory tokens (enable_entity_slots)
         self.text_slot_proj: nn.Linear | None = None  # entity slots on prompt tokens (enable_text_slots)
+        # entity slots marked where each character is in a memory frame (trained so; in filmweaver.json)
+        self.slot_regions = False
 
     # -- modes: causal context, parallelism, fusion, compilation (each in its own module) -------------
     @property
@@ -265,7 +268,11 @@ class ContextWanTransformer(nn.Module):
             if block.entity_embeddings is not None and self.entity_proj is not None:
                 x = add_entity_tags(self.entity_proj, x, block.entity_embeddings)
             if block.entity_slots is not None and self.slot_proj is not None:
-                x = add_entity_tags(self.slot_proj, x, block.entity_slots)
+                if block.entity_slots.ndim >= 4:  # where each character is, per latent pixel
+                    patch = (self.config.patch_size[1] * block.spatial, self.config.patch_size[2] * block.spatial)
+                    x = add_slot_regions(self.slot_proj, x, block.entity_slots, patch)
+                else:
+                    x = add_entity_tags(self.slot_proj, x, block.entity_slots)
             tokens.append(x)
             positions.append(grid_positions(block.positions, h, w, block.compression, block.spatial))
             spans.append((block.kind, start, start + x.shape[1]))

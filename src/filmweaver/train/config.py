@@ -163,6 +163,9 @@ class DiTPhase(_Cfg):
     # (ContextWanTransformer.enable_text_slots; filmweaver.text.entity_token_slots): which description
     # goes with which drawn character needs no reading of word order
     text_slots: bool = False
+    # entity slots marked where each character is in a keyframe (its strip of the frame by its shot's
+    # order, as the engine marks them without a detector), not on the whole frame; needs entity_slots
+    region_slots: bool = False
     # start the DiT phase from a saved model directory (its transformer, context projections and text
     # encoder; same architecture, the text encoder's vocabulary may have grown; "builtin": the shipped
     # model) instead of random weights: continue a shipped model's training

@@ -101,6 +101,20 @@ class LatentStore:
         hit = (shown[:, :, :, None] == target[:, None, None, :]).any(2) & (target[:, None, :] >= 0)
         return torch.from_numpy(hit.astype(np.float32))
 
+    def memory_slot_regions(self, shots: np.ndarray, source: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+        """``[B, K, h, w, SLOTS]``: :meth:`memory_slots` marked where each character is, by the layout the
+        engine assumes without a detector (:func:`filmweaver.backbone.entity_tags.slot_regions`): the
+        i-th of a keyframe's n characters in the i-th vertical strip, a lone character everywhere."""
+        h, w = hw
+        target = self._cast_ids[shots]  # [B, SLOTS]
+        shown = self._cast_ids[source]  # [B, K, SLOTS], each keyframe's characters in its own shot's order
+        n = np.maximum((shown >= 0).sum(-1), 1)  # [B, K]
+        centres = (np.arange(w) + 0.5) / w
+        owner = np.minimum((centres[None, None, :] * n[:, :, None]).astype(np.int64), shown.shape[-1] - 1)  # [B, K, w]
+        at = np.take_along_axis(shown, owner, axis=2)  # [B, K, w]: whom each column shows
+        hit = (at[..., None] == target[:, None, None, :]) & (target[:, None, None, :] >= 0) & (at[..., None] >= 0)
+        return torch.from_numpy(np.broadcast_to(hit[:, :, None].astype(np.float32), (*hit.shape[:2], h, *hit.shape[2:])).copy())
+
     def _index_memory_sources(self) -> None:
         """Padded tables for drawing a whole batch's memory at once (no per-sample Python).
 
@@ -198,9 +212,11 @@ class LatentStore:
         return rows.to(self.dtype)  # a no-op where they are already
 
     def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
-               long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0) -> Batch:
+               long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0,
+               slot_regions: bool = False) -> Batch:
         """A batch of ``mode``, drawn for the whole batch at once (a per-sample Python loop cost ~10 ms
-        a memory batch on the training host, which bounds the step rate of this small model)."""
+        a memory batch on the training host, which bounds the step rate of this small model).
+        ``slot_regions``: the keyframes' entity slots per latent pixel (:meth:`memory_slot_regions`)."""
         b = batch_size
         if mode == "text":
             shots, f0 = rng.choice(self.story_shot_ids, size=b), np.zeros(b, dtype=np.int64)
@@ -235,7 +251,8 @@ class LatentStore:
         mem, negatives, source, slots = None, 0, None, None
         if mode in ("shot", "both"):
             mem, negatives, source = self._memory(shots, num_memory, rng, negative_sampling, entity_memory)
-            slots = self.memory_slots(shots, source.numpy())
+            slots = (self.memory_slot_regions(shots, source.numpy(), tuple(mem.shape[3:])) if slot_regions
+                     else self.memory_slots(shots, source.numpy()))
         return Batch(mode, target, torch.from_numpy(shots), hist, mem, negatives, cover, source, slots)
 
     def _inner_starts(self, shots: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
@@ -336,7 +353,8 @@ class BucketedStore:
         self.offsets = np.cumsum([0] + [s.data.num_shots for s in stores[:-1]])
 
     def sample(self, mode: str, batch_size: int, chunk: int, history: int, num_memory: int, rng: np.random.Generator,
-               long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0) -> Batch:
+               long_takes: float = 0.0, negative_sampling: float = 0.0, entity_memory: float = 0.0,
+               slot_regions: bool = False) -> Batch:
         """:meth:`LatentStore.sample` from one bucket (drawn first, from ``rng``)."""
         counts = np.array([len(s.later_shot_ids if mode in ("shot", "both") else s.story_shot_ids) for s in self.stores],
                           dtype=float)
@@ -344,7 +362,7 @@ class BucketedStore:
             raise ValueError(f"no bucket has shots for a {mode!r} batch")
         k = int(rng.choice(len(self.stores), p=counts / counts.sum()))
         batch = self.stores[k].sample(mode, batch_size, chunk, history, num_memory, rng, long_takes, negative_sampling,
-                                      entity_memory)
+                                      entity_memory, slot_regions)
         off = int(self.offsets[k])
         return dataclasses.replace(batch, shot_index=batch.shot_index + off,
                                    memory_source=None if batch.memory_source is None else batch.memory_source + off)

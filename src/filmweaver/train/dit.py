@@ -282,7 +282,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         mode = str(mode_rng.choice(modes, p=np.array(weights) / sum(weights)))
         k = int(mode_rng.integers(1, cfg.max_memory + 1))
         batch = store.sample(mode, cfg.batch_size, cfg.chunk_frames, history, k, rng, stage.long_takes,
-                             aug.negative_sampling, aug.entity_memory)
+                             aug.negative_sampling, aug.entity_memory, cfg.region_slots)
         b = batch.target.shape[0]
         x0 = batch.target.float()
         s = sample_timesteps(b, cfg.timestep_shift, device, within=timestep_range)

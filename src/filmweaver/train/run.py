@@ -205,6 +205,9 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             expert.enable_entity_slots()
         if dcfg.text_slots:
             expert.enable_text_slots()
+        if dcfg.region_slots and not dcfg.entity_slots:
+            raise ValueError("dit.region_slots marks entity slots by region: set dit.entity_slots too")
+        expert.slot_regions = dcfg.region_slots
         if dcfg.compile_blocks:
             expert.compile_blocks(dynamic=True)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
