@@ -366,8 +366,8 @@ def test_train_a_memory_lora_on_a_curated_dataset_resume_and_generate(curated_fi
     module = CacheGuidedDenoiser(models.backbone, models.prompt_encoder.text_encoder)
     models.prompt_encoder.text_encoder.requires_grad_(False)
     names = [n for n, p in module.named_parameters() if p.requires_grad]
-    # the adapter and the backbone's memory projections (context, entity tags, entity slots), saved beside it
-    memory = ("context_proj", "entity_proj", "slot_proj")
+    # the adapter and the backbone's memory projections (context, entity tags, entity and text slots), saved beside it
+    memory = ("context_proj", "entity_proj", "slot_proj", "text_slot_proj")
     assert any("lora_" in n for n in names) and all("lora_" in n or n.split(".")[1] in memory for n in names), names[:5]
     trainable = [p for p in module.parameters() if p.requires_grad]
     from filmweaver.train.dit import build_context

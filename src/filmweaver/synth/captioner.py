@@ -140,7 +140,7 @@ def train_camera_probe(out_dir: str | Path, films: int = 400, steps: int = 2400,
     before = probe_accuracy(base, *held, None, device)
     probe, after = train_probe(*train, *held, None, steps, batch_size, lr, device, progress=progress, init=base)
     metrics = {"built_in_probe": before, "camera_probe": after, "train_frames": len(train[0]), "films": films}
-    probe.save(out_dir, metrics)
+    probe.save(out_dir, metrics, dtype=torch.float16)  # half the size inside the package; read in float32
     return metrics
 
 

@@ -31,13 +31,13 @@ def _predict(probe: nn.Module, images: torch.Tensor, heads: list[str], batch_siz
     return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in outs.items()}
 
 
-def _save(probe: nn.Module, directory: str | Path, meta: dict) -> None:
-    """``probe.safetensors`` (float32) and ``probe.json`` (``meta``) in ``directory``."""
+def _save(probe: nn.Module, directory: str | Path, meta: dict, dtype: torch.dtype = torch.float32) -> None:
+    """``probe.safetensors`` (``dtype``; loaded back into float32) and ``probe.json`` (``meta``) in ``directory``."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in probe.state_dict().items()}, str(d / "probe.safetensors"))
+    save_file({k: v.detach().to(dtype).cpu().contiguous() for k, v in probe.state_dict().items()}, str(d / "probe.safetensors"))
     (d / "probe.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -63,8 +63,9 @@ class AttributeProbe(nn.Module):
         """Class index per attribute, ``{name: [N]}``."""
         return _predict(self, images, list(ALL_ATTRIBUTES), batch_size)
 
-    def save(self, directory: str | Path, metrics: dict | None = None) -> None:
-        _save(self, directory, {"width": self.width, "attributes": ALL_ATTRIBUTES, "held_out_accuracy": metrics or {}})
+    def save(self, directory: str | Path, metrics: dict | None = None, dtype: torch.dtype = torch.float32) -> None:
+        _save(self, directory, {"width": self.width, "attributes": ALL_ATTRIBUTES, "held_out_accuracy": metrics or {}},
+              dtype)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> AttributeProbe:
