@@ -269,7 +269,7 @@ def test_text_slots_mark_the_words_that_speak_of_each_character(tiny_models, tmp
     words = WanPromptEncoder(word_level_tokenizer(grammar_words(cast=True), 32), None, max_sequence_length=32)
     slots = entity_token_slots(words, [prompt, prompt], [["Ada", "Bo"], ["Bo", "Ada"]])
     tokens = words.tokenizer(prompt).input_ids
-    by_word = {words.tokenizer.convert_ids_to_tokens(i): int(s) for i, s in zip(tokens, slots[0])}
+    by_word = {words.tokenizer.convert_ids_to_tokens(i): int(s) for i, s in zip(tokens, slots[0, :len(tokens)], strict=True)}
     assert by_word["purple"] == by_word["ada"] == 0 and by_word["walk"] == by_word["bo"] == 1
     assert by_word["wide"] == by_word["camera"] == -1 and slots[0, len(tokens):].eq(-1).all()  # padding: none
     assert torch.equal(slots[1], torch.where(slots[0] >= 0, 1 - slots[0], -1))  # the shot's order decides
