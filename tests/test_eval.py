@@ -319,7 +319,7 @@ def test_benchmark_runs_entitybench_scripts_with_their_entity_sheets(tmp_path):
         scripts.append(p)
     judges = Judges(EvalConfig(detector="test_entities:fake_detector"))
     out = tmp_path / "bench"
-    report = run_benchmark(scripts, out, ["filmweaver", "entity"], load_models(), judges,
+    report = run_benchmark(scripts, out, ["entity"], load_models(), judges,
                            {"sampler": {"num_inference_steps": 2}, "keyframes": {"dedupe_threshold": 1.01}},
                            progress=False)
     metrics = report["stories"]["episode0"]["entity"]["metrics"]["entity_consistency"]
