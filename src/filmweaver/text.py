@@ -79,11 +79,18 @@ class WanPromptEncoder:
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` each ``[B, max_sequence_length]``, as :meth:`encode` makes them."""
-        if self.clean:
-            prompts = [clean_prompt(p) for p in prompts]
-        t = self.tokenizer(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                           add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        t = self.tokenized(self.cleaned(prompts), return_attention_mask=True, return_tensors="pt")
         return t.input_ids, t.attention_mask
+
+    def cleaned(self, prompts: list[str]) -> list[str]:
+        """The prompts as the tokenizer sees them (Wan's cleaning, where on)."""
+        return [clean_prompt(p) for p in prompts] if self.clean else list(prompts)
+
+    def tokenized(self, cleaned: list[str], **extra):
+        """The tokenizer's output for already cleaned prompts, padded and cut to ``max_sequence_length``
+        (``extra``: more of the tokenizer's options, e.g. ``return_offsets_mapping``)."""
+        return self.tokenizer(cleaned, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                              add_special_tokens=True, **extra)
 
     def coverage(self, prompts: list[str]) -> PromptCoverage:
         """How much of ``prompts`` this encoder sees: unknown words and prompts cut at its length."""
@@ -146,10 +153,8 @@ def entity_token_slots(encoder: WanPromptEncoder, prompts: list[str], names: lis
     slot of the character it speaks of (:func:`entity_spans`; ``names[b]``: prompt ``b``'s characters in
     the shot's order), -1 for none (other words, special tokens, padding). What a backbone with text
     slots adds to the prompt embedding (:func:`filmweaver.backbone.entity_tags.add_text_slots`)."""
-    if encoder.clean:
-        prompts = [clean_prompt(p) for p in prompts]
-    t = encoder.tokenizer(prompts, padding="max_length", max_length=encoder.max_sequence_length, truncation=True,
-                          add_special_tokens=True, return_offsets_mapping=True)
+    prompts = encoder.cleaned(prompts)
+    t = encoder.tokenized(prompts, return_offsets_mapping=True)
     out = torch.full((len(prompts), encoder.max_sequence_length), -1, dtype=torch.long)
     for b, (prompt, offsets) in enumerate(zip(prompts, t["offset_mapping"], strict=True)):
         spans = entity_spans(prompt, names[b])

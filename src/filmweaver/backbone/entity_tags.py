@@ -66,9 +66,7 @@ def text_slot_projection(transformer) -> nn.Linear:
 def add_text_slots(proj: nn.Linear, text: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """``text [B, L, D_text]`` plus each token's slot vector; ``slots [B', L]`` long (-1: none; repeated
     when the batch was, as for classifier-free guidance)."""
-    slots = slots.to(text.device)
-    if slots.shape[0] != text.shape[0]:
-        slots = slots.repeat(text.shape[0] // slots.shape[0], 1)
+    slots = _batch_of(slots.to(text.device), text.shape[0])
     one_hot = torch.nn.functional.one_hot(slots.clamp(0, SLOTS - 1), SLOTS) * (slots >= 0)[..., None]
     return text + proj(one_hot.to(dtype=proj.weight.dtype)).to(text.dtype)
 
@@ -117,10 +115,7 @@ def add_slot_regions(proj: nn.Linear, tokens: torch.Tensor, regions: torch.Tenso
     x = regions.to(device=tokens.device, dtype=torch.float32).permute(0, 1, 4, 2, 3).reshape(b * f, s, h, w)
     x = torch.nn.functional.avg_pool2d(x, patch, ceil_mode=True)  # [B' F, SLOTS, h', w']
     x = x.reshape(b, f, s, -1).permute(0, 1, 3, 2).reshape(b, -1, s)  # [B', F n, SLOTS]
-    tags = proj(x.to(tokens.dtype))
-    if tags.shape[0] != tokens.shape[0]:
-        tags = tags.repeat(tokens.shape[0] // tags.shape[0], 1, 1)
-    return tokens + tags
+    return tokens + _batch_of(proj(x.to(tokens.dtype)), tokens.shape[0])
 
 
 def add_entity_tags(proj: nn.Linear, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -128,9 +123,14 @@ def add_entity_tags(proj: nn.Linear, tokens: torch.Tensor, embeddings: torch.Ten
     (shared across the batch) or ``[B', F, D_text]`` (per sample; repeated when the batch was, as for
     classifier-free guidance)."""
     tags = proj(embeddings.to(device=tokens.device, dtype=tokens.dtype))
-    if tags.ndim == 3 and tags.shape[0] != tokens.shape[0]:
-        tags = tags.repeat(tokens.shape[0] // tags.shape[0], 1, 1)
+    if tags.ndim == 3:
+        tags = _batch_of(tags, tokens.shape[0])
     return tokens + tags.repeat_interleave(tokens.shape[1] // tags.shape[-2], dim=-2)
+
+
+def _batch_of(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``x [B', ...]`` repeated to ``batch`` rows where the batch was (as for classifier-free guidance)."""
+    return x if x.shape[0] == batch else x.repeat(batch // x.shape[0], *([1] * (x.ndim - 1)))
 
 
 def save_entity_projection(proj: nn.Linear, directory: str | Path, dtype: torch.dtype,

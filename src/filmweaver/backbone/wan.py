@@ -46,6 +46,7 @@ from filmweaver.backbone.causal_kv import (  # noqa: F401 - re-exported: the bac
     set_context_attention,
 )
 from filmweaver.backbone.entity_tags import (
+    ENTITY_PROJ_FILE,
     ENTITY_SLOTS_FILE,
     TEXT_SLOTS_FILE,
     add_entity_tags,
@@ -117,6 +118,11 @@ class ContextWanTransformer(nn.Module):
     # A little over 250 lines: besides embedding and forward (~200), the class keeps one-line entry
     # points to its modes (causal context, parallelism, fusion, compilation, entity tags; each lives in
     # its own module) so that every caller configures one object.
+
+    # the optional entity projections: attribute, saved file, the method that creates it, what errors call it
+    ENTITY_PROJECTIONS = (("entity_proj", ENTITY_PROJ_FILE, "enable_entity_tags", "entity projection"),
+                          ("slot_proj", ENTITY_SLOTS_FILE, "enable_entity_slots", "entity slots"),
+                          ("text_slot_proj", TEXT_SLOTS_FILE, "enable_text_slots", "text slots"))
 
     def __init__(self, transformer, compressions: tuple[int, ...] = (2, 4), context_attention: str = "full"):
         super().__init__()
@@ -206,28 +212,18 @@ class ContextWanTransformer(nn.Module):
     def save_context_projections(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> None:
         state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.context_proj.state_dict().items()}
         save_file(state, str(Path(directory) / CONTEXT_PROJ_FILE))
-        if self.entity_proj is not None:
-            save_entity_projection(self.entity_proj, directory, dtype)
-        if self.slot_proj is not None:
-            save_entity_projection(self.slot_proj, directory, dtype, ENTITY_SLOTS_FILE)
-        if self.text_slot_proj is not None:
-            save_entity_projection(self.text_slot_proj, directory, dtype, TEXT_SLOTS_FILE)
+        for attr, name, _, _ in self.ENTITY_PROJECTIONS:
+            if getattr(self, attr) is not None:
+                save_entity_projection(getattr(self, attr), directory, dtype, name)
 
     def load_context_projections(self, directory: str | Path) -> bool:
         """Load trained projections if the directory has them; keep the FramePack init otherwise. A
         saved entity projection enables the entity tags (and so for entity and text slots)."""
-        tags = saved_entity_projection(directory)
-        if tags is not None:
-            self.enable_entity_tags()
-            self.entity_proj.load_state_dict(tags)
-        slots = saved_entity_projection(directory, ENTITY_SLOTS_FILE)
-        if slots is not None:
-            self.enable_entity_slots()
-            self.slot_proj.load_state_dict(slots)
-        text_slots = saved_entity_projection(directory, TEXT_SLOTS_FILE)
-        if text_slots is not None:
-            self.enable_text_slots()
-            self.text_slot_proj.load_state_dict(text_slots)
+        for attr, name, enable, _ in self.ENTITY_PROJECTIONS:
+            state = saved_entity_projection(directory, name)
+            if state is not None:
+                getattr(self, enable)()
+                getattr(self, attr).load_state_dict(state)
         path = Path(directory) / CONTEXT_PROJ_FILE
         if not path.is_file():
             return False

@@ -175,18 +175,12 @@ class MemoryAssembler:
             tags = self.entity_tags([e.entities for e in entries])
         if getattr(self.models.backbone, "slot_proj", None) is not None:
             if getattr(self.models.backbone, "slot_regions", False):  # where in each frame each character is
-                slots = slot_regions(list(characters), [self._frame_characters(e) for e in entries], tuple(lat.shape[3:]))
+                sheet = {e.name for e in self.story.entities() if e.kind == "character"}
+                slots = slot_regions(list(characters), [_frame_characters(e, sheet) for e in entries], tuple(lat.shape[3:]))
             else:
                 slots = entity_slots(list(characters), [tuple(c for c in characters if e.shows(c)) for e in entries])
         return [ContextFrames(lat, memory_positions(len(retrieved), capacity, sc.gap), sc.timestep, 1, kind="shot",
                               spatial=sc.compression, entity_embeddings=tags, entity_slots=slots)]
-
-    def _frame_characters(self, entry) -> tuple[tuple[str, ...], dict]:
-        """A bank entry's characters in its own shot's order (a reference: its label) and their boxes."""
-        if entry.kind == "reference":
-            return ((entry.label,) if entry.label else ()), {}
-        characters = {e.name for e in self.story.entities() if e.kind == "character"}
-        return tuple(n for n in entry.entities if n in characters), dict(entry.boxes)
 
     def entity_tags(self, shown: list[tuple[str, ...]]) -> torch.Tensor:
         """``[K, D_text]``: per keyframe, the pooled embedding of the names it shows, joined by spaces (as
@@ -237,3 +231,11 @@ class MemoryAssembler:
         backbone = self.models.backbone
         embeds = self.models.image_encoder.encode(image[None].float()).to(backbone.device, backbone.dtype)
         return source, embeds
+
+
+def _frame_characters(entry, characters: set[str]) -> tuple[tuple[str, ...], dict]:
+    """A bank entry's characters (of the sheet's ``characters``) in its own shot's order (a reference: its
+    label) and their boxes."""
+    if entry.kind == "reference":
+        return ((entry.label,) if entry.label else ()), {}
+    return tuple(n for n in entry.entities if n in characters), dict(entry.boxes)

@@ -268,8 +268,13 @@ def _unrestated_prompts(data, dcfg, models: FilmModels) -> tuple[torch.Tensor, t
     alt = getattr(data, "unrestated", None)
     if not dcfg.augment.unrestate or not alt or not any(alt):
         return None
-    ids, mask = models.prompt_encoder.tokenize([u or p for u, p in zip(alt, data.prompts, strict=True)])
+    ids, mask = models.prompt_encoder.tokenize(_name_only_prompts(data))
     return ids, mask, torch.tensor([u is not None for u in alt])
+
+
+def _name_only_prompts(data) -> list[str]:
+    """Every shot's name-only prompt, its own prompt where it has none."""
+    return [u or p for u, p in zip(data.unrestated, data.prompts, strict=True)]
 
 
 def _text_slots(data, models: FilmModels, unrestated) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -284,8 +289,7 @@ def _text_slots(data, models: FilmModels, unrestated) -> tuple[torch.Tensor, tor
     slots = entity_token_slots(models.prompt_encoder, data.prompts, names)
     alt = None
     if unrestated is not None:
-        alt = entity_token_slots(models.prompt_encoder, [u or p for u, p in zip(data.unrestated, data.prompts, strict=True)],
-                                 names)
+        alt = entity_token_slots(models.prompt_encoder, _name_only_prompts(data), names)
     return slots, alt
 
 
@@ -396,15 +400,10 @@ def init_dit_from(models: FilmModels, model_dir: str) -> None:
              (models.backbone.context_proj, src.backbone.context_proj, "context projections"),
              (models.prompt_encoder.text_encoder, src.prompt_encoder.text_encoder, "text encoder")]
     # a model trained with entity tags, entity slots or text slots passes them on
-    if src.backbone.entity_proj is not None:
-        models.backbone.enable_entity_tags()
-        pairs.append((models.backbone.entity_proj, src.backbone.entity_proj, "entity projection"))
-    if src.backbone.slot_proj is not None:
-        models.backbone.enable_entity_slots()
-        pairs.append((models.backbone.slot_proj, src.backbone.slot_proj, "entity slots"))
-    if src.backbone.text_slot_proj is not None:
-        models.backbone.enable_text_slots()
-        pairs.append((models.backbone.text_slot_proj, src.backbone.text_slot_proj, "text slots"))
+    for attr, _, enable, label in src.backbone.ENTITY_PROJECTIONS:
+        if getattr(src.backbone, attr) is not None:
+            getattr(models.backbone, enable)()
+            pairs.append((getattr(models.backbone, attr), getattr(src.backbone, attr), label))
     for dst, s, name in pairs:
         theirs = s.state_dict()
         mine = dst.state_dict()
