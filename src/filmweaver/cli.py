@@ -256,6 +256,9 @@ def generate(
     method: str | None = typer.Option(None, help="a named method (independent | storymem | filmweaver | keyframe_first); "
                                       "its memory settings replace --policy/--k/--continuation"),
     no_temporal_cache: bool = typer.Option(False, "--no-temporal-cache", help="ablation: no temporal cache"),
+    regional_prompts: bool | None = typer.Option(None, "--regional-prompts/--no-regional-prompts",
+                                                 help="each character's description read only where it is drawn "
+                                                 "(shots of several characters; the model's default if unset)"),
     quality_scorer: str | None = typer.Option(None, help="keyframe quality filter: none | contrast | hpsv3 (StoryMem's; "
                                               "pip install hpsv3) | package.module:factory"),
     quality_model: str | None = typer.Option(None, help="--quality-scorer hpsv3: checkpoint file or hub id"),
@@ -287,6 +290,7 @@ def generate(
     options = dict(scheduler=scheduler, shift=shift, steps=steps, guidance=guidance, memory_guidance=memory_guidance,
                    policy=policy, k=k, memory_compression=memory_compression, per_shot=per_shot,
                    anchor_characters=anchor_characters, no_temporal_cache=no_temporal_cache or None,
+                   regional_prompts=regional_prompts,
                    quality_scorer=quality_scorer, quality_model=quality_model, quality_threshold=quality_threshold,
                    height=height, width=width, chunks=chunks, seed=seed, continuation=continuation,
                    step_cache=step_cache, step_cache_threshold=step_cache_threshold,
@@ -355,6 +359,7 @@ GENERATE_OPTIONS = {
     "quality_model": "keyframes.quality_model", "quality_threshold": "keyframes.quality_threshold",
     "height": "height", "width": "width", "chunks": "shot_chunks", "seed": "seed", "continuation": "continuation",
     "step_cache": "step_cache", "step_cache_threshold": "step_cache_threshold", "mag_ratios": "step_cache_mag_ratios",
+    "regional_prompts": "regional_prompts",
 }
 _INVERTED = {"no_temporal_cache"}  # a switch that sets its field to False
 # the option behind each config field, for messages that name the option

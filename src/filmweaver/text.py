@@ -128,27 +128,49 @@ def embed_token_ids(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torc
 SENTENCE_END = re.compile(r"[.!?;]")
 
 
-def entity_spans(prompt: str, names: list[str]) -> list[tuple[int, int, int]]:
+def entity_spans(prompt: str, names: list[str], spans: str = "mention") -> list[tuple[int, int, int]]:
     """Where ``prompt`` speaks of each of a shot's characters: ``(slot, start, end)`` character spans,
     ``slot`` the character's index in ``names`` (the shot's order). A span starts at each mention of a
     name (a whole word, as written; of two names at one place, the longer) and runs to the next
     mention or to the end of its sentence: "Ada, a purple round creature, and Bo walk." gives Ada
-    "Ada, a purple round creature, and " and Bo "Bo walk"."""
+    "Ada, a purple round creature, and " and Bo "Bo walk".
+
+    ``spans="description"``: only the name and the description set off right after it, by commas,
+    brackets or a colon to the line's end ("Ada, a purple round creature," / "Ada (a purple round
+    creature)" / EntityBench's "Ada: a purple round creature"), never past the next mention or the
+    sentence's end: Ada "Ada, a purple round creature" and Bo "Bo"; what the words
+    after say (an action, a place) belongs to no one."""
     found = sorted((m.start(), -m.end(), j) for j, n in enumerate(names) if n
                    for m in re.finditer(rf"(?<!\w){re.escape(n)}(?!\w)", prompt))
     mentions = []
     for start, neg_end, j in found:
         if not mentions or start >= mentions[-1][1]:  # not inside the mention before
             mentions.append((start, -neg_end, j))
-    spans = []
+    out = []
     for k, (start, end, j) in enumerate(mentions):
         stop = SENTENCE_END.search(prompt, end)
         limit = min(mentions[k + 1][0] if k + 1 < len(mentions) else len(prompt), stop.start() if stop else len(prompt))
-        spans.append((j, start, max(limit, end)))
-    return spans
+        if spans == "description":
+            limit = min(limit, _description_end(prompt, end, limit))
+        out.append((j, start, max(limit, end)))
+    return out
 
 
-def entity_token_slots(encoder: WanPromptEncoder, prompts: list[str], names: list[list[str]]) -> torch.Tensor:
+def _description_end(prompt: str, end: int, limit: int) -> int:
+    """Where the description set off after a name ending at ``end`` stops: the closing comma or
+    bracket of ", ...," / " (...)", the line's end after ": ...", else ``end`` (no description)."""
+    rest = prompt[end:limit]
+    m = re.match(r"\s*\(([^)]*)\)|:[^\n]*", rest)
+    if m:
+        return end + m.end()
+    if rest.startswith(","):
+        close = rest.find(",", 1)
+        return end + (close if close >= 0 else len(rest))
+    return end
+
+
+def entity_token_slots(encoder: WanPromptEncoder, prompts: list[str], names: list[list[str]],
+                       spans: str = "mention") -> torch.Tensor:
     """``[B, L]`` long: for each token of each prompt as :meth:`WanPromptEncoder.tokenize` makes it, the
     slot of the character it speaks of (:func:`entity_spans`; ``names[b]``: prompt ``b``'s characters in
     the shot's order), -1 for none (other words, special tokens, padding). What a backbone with text
@@ -157,10 +179,10 @@ def entity_token_slots(encoder: WanPromptEncoder, prompts: list[str], names: lis
     t = encoder.tokenized(prompts, return_offsets_mapping=True)
     out = torch.full((len(prompts), encoder.max_sequence_length), -1, dtype=torch.long)
     for b, (prompt, offsets) in enumerate(zip(prompts, t["offset_mapping"], strict=True)):
-        spans = entity_spans(prompt, names[b])
+        found = entity_spans(prompt, names[b], spans)
         for i, (lo, hi) in enumerate(offsets):
             if hi > lo:
-                out[b, i] = next((j for j, s, e in spans if s <= lo < e), -1)
+                out[b, i] = next((j for j, s, e in found if s <= lo < e), -1)
     return out
 
 

@@ -59,6 +59,7 @@ from filmweaver.backbone.entity_tags import (
     text_slot_projection,
 )
 from filmweaver.backbone.fusion import BiasGELUProjection, FusedAway  # noqa: F401 - re-exported
+from filmweaver.backbone.regional_text import RegionalTextState, TextRegions, enable_regional_text, row_masks
 from filmweaver.backbone.rope import RopeTables, grid_positions, rope_from_positions  # noqa: F401 - re-exported
 from filmweaver.context import ContextFrames
 from filmweaver.offload import execution_device
@@ -140,6 +141,7 @@ class ContextWanTransformer(nn.Module):
         self.text_slot_proj: nn.Linear | None = None  # entity slots on prompt tokens (enable_text_slots)
         # entity slots marked where each character is in a memory frame (trained so; in filmweaver.json)
         self.slot_regions = False
+        self._regional: RegionalTextState | None = None  # cross-attention masks (enable_regional_text)
 
     # -- modes: causal context, parallelism, fusion, compilation (each in its own module) -------------
     @property
@@ -189,6 +191,12 @@ class ContextWanTransformer(nn.Module):
         """Prompt tokens carry which of the shot's characters they speak of (zero at first)."""
         if self.text_slot_proj is None:
             self.text_slot_proj = text_slot_projection(self.transformer)
+
+    def enable_regional_text(self) -> None:
+        """Let a forward's ``text_regions`` mask the cross-attention: each character's description read
+        only where it is drawn (:mod:`~filmweaver.backbone.regional_text`; no weights)."""
+        if self._regional is None:
+            self._regional = enable_regional_text(self.transformer, self._kv_state)
 
     def add_text_slots(self, text: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         """``text [B, L, D_text]`` with its tokens' character slots ``[B', L]`` added (the prompt
@@ -343,6 +351,7 @@ class ContextWanTransformer(nn.Module):
         encoder_hidden_states_image: torch.Tensor | None = None,
         return_layout: bool = False,
         kv_cache: ContextKVCache | None = None,
+        text_regions: list[TextRegions | None] | None = None,
     ):
         """Predict the flow velocity of the generated frames.
 
@@ -355,6 +364,9 @@ class ContextWanTransformer(nn.Module):
             encoder_hidden_states_image: ``[B, L_img, image_dim]`` for I2V-type transformers.
             kv_cache: with ``context_attention="causal"`` and context at fixed timesteps, where the
                 context's keys/values are kept between the denoising steps of a chunk.
+            text_regions: per batch row (or one for all), where each character the prompt describes is
+                in the generated frames, or None for an unmasked row (regional prompts; needs
+                :meth:`enable_regional_text`).
 
         Returns:
             ``[B, C_out, F, H, W]`` velocity for the generated frames only (and the token layout if
@@ -371,24 +383,51 @@ class ContextWanTransformer(nn.Module):
         # 1. Tokens: context blocks, then the generated frames; 2. time and text conditioning.
         tokens = self._tokens(latents, context, frame_positions)
         temb, tproj, text, per_token = self._condition(tokens, timestep, encoder_hidden_states, encoder_hidden_states_image)
-        hidden, n_gen = tokens.hidden, tokens.num_generated
-        n_ctx = hidden.shape[1] - n_gen
+        n_gen = tokens.num_generated
 
         # 3. The blocks: causal context in two passes (context keys/values reused), else one pass.
-        if self._context_attention == "causal" and n_ctx:
-            hidden = self._causal_blocks(tokens, text, tproj, per_token, context, encoder_hidden_states, kv_cache)
-        elif torch.is_grad_enabled() and tr.gradient_checkpointing:
-            rotary = self._rope(torch.cat(tokens.positions), device)
-            for blk in tr.blocks:
-                hidden = tr._gradient_checkpointing_func(blk, hidden, text, tproj, rotary)
-        else:
-            hidden = self._run_blocks(hidden, text, tproj, self._rope(torch.cat(tokens.positions), device), per_token)
+        self._set_text_regions(text_regions, latents.shape, encoder_hidden_states.shape[1], b, device)
+        try:
+            hidden = self._blocks(tokens, text, tproj, per_token, context, encoder_hidden_states, kv_cache, device)
+        finally:
+            if self._regional is not None:
+                self._regional.generated = None
 
         # 4. Output head on the generated tokens only (the causal path returns them alone).
         out = self._output_head(hidden[:, -n_gen:], temb, per_token, latents.shape)
         if return_layout:
             return out, TokenLayout(tokens.spans, n_gen)
         return out
+
+    def _blocks(self, tokens: _Tokens, text, tproj, per_token, context, text_key, kv_cache, device) -> torch.Tensor:
+        """Every block over the sequence: ``[B, N, D]``, or ``[B, N_gen, D]`` on the causal path."""
+        tr, hidden = self.transformer, tokens.hidden
+        n_ctx = hidden.shape[1] - tokens.num_generated
+        if self._context_attention == "causal" and n_ctx:
+            return self._causal_blocks(tokens, text, tproj, per_token, context, text_key, kv_cache)
+        if torch.is_grad_enabled() and tr.gradient_checkpointing:
+            rotary = self._rope(torch.cat(tokens.positions), device)
+            for blk in tr.blocks:
+                hidden = tr._gradient_checkpointing_func(blk, hidden, text, tproj, rotary)
+            return hidden
+        return self._run_blocks(hidden, text, tproj, self._rope(torch.cat(tokens.positions), device), per_token)
+
+    def _set_text_regions(self, regions, shape: tuple, text_len: int, batch: int, device) -> None:
+        """The cross-attention masks of this forward's generated tokens (regional prompts)."""
+        if not regions:
+            return
+        if self._regional is None:
+            raise ValueError("text_regions needs enable_regional_text() first")
+        if self.context_parallel is not None:
+            raise NotImplementedError("regional prompts with context parallelism")
+        if torch.is_grad_enabled() and self.transformer.gradient_checkpointing:  # the recompute would miss the mask
+            raise NotImplementedError("regional prompts with gradient checkpointing")
+        regions = list(regions) * batch if len(regions) == 1 else list(regions)
+        if len(regions) != batch:
+            raise ValueError(f"text_regions: {len(regions)} entries for a batch of {batch}")
+        _, p_h, p_w = self.config.patch_size
+        per_frame = math.ceil(shape[3] / p_h) * math.ceil(shape[4] / p_w)
+        self._regional.generated = row_masks(regions, shape[2], (p_h, p_w), per_frame, text_len, device)
 
     def _causal_blocks(self, tokens: _Tokens, text, tproj, per_token, context, text_key, kv_cache):
         """:func:`~filmweaver.backbone.causal_kv.causal_context_blocks` with this backbone's blocks,

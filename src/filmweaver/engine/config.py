@@ -106,6 +106,10 @@ class EngineConfig(BaseModel):
     # keyframe-first baseline: each shot that starts fresh first generates one anchor frame (text +
     # shot cache), then animates from it (the anchor seeds the temporal cache, as MI2V does)
     keyframe_first: bool = False
+    # regional prompts: in a shot of several characters, each one's description in the prompt is read
+    # only where that character is drawn (its strip of the frame by the order the shot names them),
+    # so descriptions do not mix (filmweaver.backbone.regional_text; in-context backbones)
+    regional_prompts: bool = False
     # step caching (diffusers hooks; changes the film, saves time). "first_block" (FirstBlockCache):
     # skip the later blocks while the first block's output residual changes less than the threshold
     # between denoising steps. "mag" (MagCache): skip while the accumulated error predicted by the

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from filmweaver.backbone.regional_text import TextRegions
 from filmweaver.context import present_at_timestep
 from filmweaver.engine.memory import ShotMemory
 from filmweaver.engine.plan import ShotPlan
@@ -41,13 +42,15 @@ def chunk_schedule(plan: ShotPlan, chunk_frames: int, first_chunk: int, anchor: 
 
 def denoise_chunks(models, sampler, step_cache, cfg, m2v: bool, plan: ShotPlan, memory: ShotMemory,
                    schedule: list[Chunk], text: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int],
-                   progress: bool, on_step=None) -> tuple[list[torch.Tensor], list[ChunkRecord]]:
+                   progress: bool, on_step=None, text_regions: TextRegions | None = None
+                   ) -> tuple[list[torch.Tensor], list[ChunkRecord]]:
     """Each chunk of ``schedule`` in turn; every chunk made is pushed onto ``memory.temporal``.
 
     ``text`` / ``negative`` ``[1, L, D]`` in the backbone's dtype, the same tensors at every step (a
     causal-context model's key/value cache recognises the prompt by identity). Returns the video's
     chunks ``[1, C, F, h, w]`` each (on the CPU) and a record per chunk. ``on_step(chunk label, steps
-    done, steps)`` after every denoising step."""
+    done, steps)`` after every denoising step. ``text_regions``: where each character ``text`` describes
+    is drawn (regional prompts), or None."""
     backbone, i = models.backbone, plan.shot.index
     h, w = latent_hw
     video, records = [], []
@@ -62,7 +65,7 @@ def denoise_chunks(models, sampler, step_cache, cfg, m2v: bool, plan: ShotPlan, 
         anchor = chunk.label == "anchor"
         with step_cache.scope(f"shot{i}-anchor" if anchor else f"shot{i}-chunk{chunk.label}"):
             latents = sampler.sample(
-                velocity_fn(models, m2v, context, memory.image), noise.to(backbone.device), text, negative,
+                velocity_fn(models, m2v, context, memory.image, (text, text_regions)), noise.to(backbone.device), text, negative,
                 progress=progress, desc="anchor frame" if anchor else f"chunk {chunk.label + 1}/{plan.num_chunks}",
                 velocity_without_memory=velocity_without_memory(models, m2v, cfg.sampler.memory_guidance_scale,
                                                                 context, memory.image),

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from filmweaver.backbone.regional_text import TextRegions, shot_regions
 from filmweaver.engine.bank import BankStore
 from filmweaver.engine.config import EngineConfig
 from filmweaver.engine.denoise import chunk_schedule, denoise_chunks
@@ -362,6 +363,17 @@ class StoryEngine:
         m["config"] = self.config.model_dump(mode="json")
         p.save()
 
+    def _text_regions(self, plan: ShotPlan) -> TextRegions | None:
+        """Where each character the shot's prompt describes is (regional prompts), or None: the setting
+        off, fewer than two characters, or a backbone without the in-context layout."""
+        characters = list(plan.shot.entities.characters)
+        backbone = self.models.backbone
+        if not self.config.regional_prompts or len(characters) < 2 or self.m2v or self.storymem_layout:
+            return None
+        backbone.enable_regional_text()
+        slots = entity_token_slots(self.models.prompt_encoder, [plan.prompt], [characters], spans="description")[0]
+        return TextRegions(slots, shot_regions(characters, self.latent_hw))
+
     def _generate_shot(self, plan: ShotPlan, prior_latents: torch.Tensor | None = None) -> dict:
         """Make one shot (or extend it by the chunks its plan adds to ``prior_latents``), write its files,
         then its manifest record. Returns the record."""
@@ -387,6 +399,7 @@ class StoryEngine:
         if getattr(backbone, "text_slot_proj", None) is not None:  # which words speak of which character
             slots = entity_token_slots(models.prompt_encoder, [plan.prompt], [list(plan.shot.entities.characters)])
             text = backbone.add_text_slots(text, slots)
+        regions = self._text_regions(plan)
         negative = models.prompt_encoder.encode([plan.negative_prompt]).to(backbone.device, backbone.dtype)
         # an extension keeps the log of the chunks it builds on
         chunk_log = ShotRecord.from_manifest(p.shot_record(i)).chunks if prior_latents is not None else []
@@ -403,7 +416,7 @@ class StoryEngine:
                 memory.continuation = "keyframe_first"
             chunks, records = denoise_chunks(models, self.sampler, self.step_cache, cfg, self.m2v, plan, memory,
                                              chunk_schedule(plan, cfg.chunk_frames, first_chunk, anchor), text,
-                                             negative, self.latent_hw, self.progress, on_step)
+                                             negative, self.latent_hw, self.progress, on_step, regions)
         chunk_log += records
         latents = torch.cat(([prior_latents.cpu()] if prior_latents is not None else []) + chunks, dim=2)
         t_denoise = time.perf_counter() - t_start - t_memory

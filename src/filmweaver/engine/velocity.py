@@ -17,13 +17,17 @@ import torch
 
 from filmweaver.backbone.causal_kv import ContextKVCache
 from filmweaver.backbone.m2v import m2v_inputs
+from filmweaver.backbone.regional_text import TextRegions
 from filmweaver.context import ContextFrames
 from filmweaver.sampler import VelocityFn
 
 
-def velocity_fn(models, m2v: bool, context: list[ContextFrames], image: torch.Tensor | None = None) -> VelocityFn:
+def velocity_fn(models, m2v: bool, context: list[ContextFrames], image: torch.Tensor | None = None,
+                regional: tuple[torch.Tensor, TextRegions | None] | None = None) -> VelocityFn:
     """``velocity(x, t, text)`` of the backbone with ``context`` (and, for Wan2.1-I2V, the shot's CLIP
-    image tokens ``image [1, L_img, image_dim]``)."""
+    image tokens ``image [1, L_img, image_dim]``). ``regional``: ``(prompt [1, L, D], its regions)``;
+    the batch rows whose text is that prompt get its cross-attention masks (regional prompts), the
+    others (the negative prompt) none. In-context backbones only."""
     backbone = models.backbone
     dtype = backbone.dtype
     first_shot = models.first_shot_backbone
@@ -37,9 +41,13 @@ def velocity_fn(models, m2v: bool, context: list[ContextFrames], image: torch.Te
         ctx = [dataclasses.replace(b, latents=b.latents.to(backbone.device, dtype)) for b in context]
         # one chunk's context is fixed: a causal-context model computes its keys/values once here
         kv_cache = ContextKVCache()
+        prompt, regions = regional if regional is not None else (None, None)
 
         def velocity(x, t, text):
-            return backbone(x.to(dtype), t, text.to(dtype), context=ctx, kv_cache=kv_cache).float()
+            extra = {}
+            if regions is not None:  # the rows of the shot's own prompt, not the negative's
+                extra["text_regions"] = [regions if torch.equal(row, prompt[0]) else None for row in text]
+            return backbone(x.to(dtype), t, text.to(dtype), context=ctx, kv_cache=kv_cache, **extra).float()
 
         return velocity
 

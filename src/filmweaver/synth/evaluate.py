@@ -75,6 +75,8 @@ ARMS = {
     # the shot-cache policies side by side, whatever the model's default (the multi-character ablation)
     "entity": ("full", {"shot_cache": {"policy": "entity"}}),
     "topk": ("full", {"shot_cache": {"policy": "topk"}}),
+    # each character's description read only where it is drawn (regional prompts), with entity memory
+    "entity_regional": ("full", {"shot_cache": {"policy": "entity"}, "regional_prompts": True}),
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
     # the synthetic models' default guides on the shot cache too (memory_guidance_scale in the model's
     # filmweaver.json): without it, and at lower scales
@@ -530,11 +532,16 @@ def character_figure(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _story_seed(name: str) -> int:
+    """A held-out story's seed, the number its name ends with (``synth-cast-1000007`` -> 1000007)."""
+    return int(name.rsplit("-", 1)[-1])
+
+
 def import_arm(spec: str, stories: int, first_seed: int, taken: list[str] = (), world: str = "single") -> dict:
     """``REPORT:ARM=NAME`` (``=NAME`` optional): arm ``ARM`` of a committed ``report.json[.gz]``, named
     NAME, so a new model is compared (paired, shot by shot) with one evaluated before without
-    evaluating it again. The report must cover the same stories, and NAME must not be one of ``taken``
-    (the arms evaluated here)."""
+    evaluating it again. The report must cover the same stories (or more from the same seed: then the
+    first ``stories`` of them are taken), and NAME must not be one of ``taken`` (the arms evaluated here)."""
     import gzip
 
     path, sep, arm = spec.rpartition(":")
@@ -551,13 +558,19 @@ def import_arm(spec: str, stories: int, first_seed: int, taken: list[str] = (), 
     except (OSError, json.JSONDecodeError) as e:
         raise AblationError(f"--from-report {spec!r}: cannot read {path}: {e}") from None
     meta = report.get("meta", {})
-    if (meta.get("stories"), meta.get("first_seed"), meta.get("world", "single")) != (stories, first_seed, world):
+    covered = meta.get("stories") or 0
+    if (meta.get("first_seed"), meta.get("world", "single")) != (first_seed, world) or covered < stories:
         raise AblationError(f"--from-report {spec!r}: {path} covers {meta.get('stories')} {meta.get('world', 'single')} "
                             f"stories from seed {meta.get('first_seed')}, this evaluation {stories} {world} from {first_seed}")
     arms = {a["arm"]: a for a in report.get("arms", [])}
     if arm not in arms:
         raise AblationError(f"--from-report {spec!r}: no arm {arm!r} in {path} (it has {', '.join(arms)})")
-    return {**arms[arm], "arm": name, "imported_from": f"{path}:{arm}"}
+    imported = {**arms[arm], "arm": name, "imported_from": f"{path}:{arm}"}
+    if covered > stories:  # the first ``stories`` of a longer run: the same stories (same seeds)
+        keep = set(sorted({r["story"] for r in imported["records"]}, key=_story_seed)[:stories])
+        imported["records"] = [r for r in imported["records"] if r["story"] in keep]
+        imported["summary"] = summarize(imported["records"])
+    return imported
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,103 @@
+"""Regional prompts: each character's description is read only where that character is drawn."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from filmweaver.backbone.entity_tags import SLOTS
+from filmweaver.backbone.regional_text import TextRegions, shot_regions
+from filmweaver.backbone.wan import ContextWanTransformer
+from filmweaver.context import ContextFrames
+from filmweaver.engine import EngineConfig, StoryEngine
+from filmweaver.models import TRANSFORMER_SHAPES
+from filmweaver.script import parse_story
+from filmweaver.text import entity_spans, entity_token_slots
+
+
+def test_description_spans_are_a_name_and_the_description_set_off_after_it():
+    prompt = ("Wide shot: Ada, a purple round creature with stripes, and Ivy (a green square creature) walk "
+              "in a canyon. Ivy waves. Ada, Bo and Ivy wave.\nBo: a short man in a green hat\nBo looks.")
+    got = [(j, prompt[s:e]) for j, s, e in entity_spans(prompt, ["Ada", "Ivy", "Bo"], "description")]
+    assert got == [(0, "Ada, a purple round creature with stripes"), (1, "Ivy (a green square creature)"),
+                   (1, "Ivy"), (0, "Ada, "), (2, "Bo"), (1, "Ivy"), (2, "Bo: a short man in a green hat"), (2, "Bo")]
+    # the default spans still run to the next name or the sentence's end (what text slots were trained on)
+    assert entity_spans("Ivy waves here.", ["Ivy"]) == [(0, 0, 14)]
+
+
+def test_a_mask_lets_each_region_read_its_own_description_and_the_shared_words():
+    slots = torch.tensor([-1, 0, 0, -1, 1, 1, -1, 2])  # slot 2: a character without a region
+    regions = shot_regions(["Ada", "Ivy"], (4, 8))
+    assert regions.shape == (4, 8, SLOTS) and regions[:, :4, 0].eq(1).all() and regions[:, 4:, 1].eq(1).all()
+    mask = TextRegions(slots, regions).mask(frames=2, patch=(2, 2))  # 2 x 4 tokens a frame
+    assert mask.shape == (16, 8)
+    left, right = mask[[0, 1, 4, 5]], mask[[2, 3, 6, 7]]
+    assert left[:, [1, 2]].all() and not left[:, [4, 5]].any()
+    assert right[:, [4, 5]].all() and not right[:, [1, 2]].any()
+    assert mask[:, [0, 3, 6, 7]].all()  # words of no one, and a character placed nowhere: read everywhere
+    assert torch.equal(mask[:8], mask[8:])  # the same in every frame
+
+
+def _one_block_backbone(context_attention="full"):
+    """One block: a generated token's output then depends on the text only through its own
+    cross-attention (self-attention runs before it, on text-free inputs)."""
+    torch.manual_seed(0)
+    shape = {**TRANSFORMER_SHAPES["tiny"], "num_layers": 1}
+    bb = ContextWanTransformer(WanTransformer3DModel(**shape).eval(), context_attention=context_attention)
+    bb.enable_regional_text()
+    return bb
+
+
+@pytest.mark.parametrize("context_attention", ["full", "causal"])
+def test_a_masked_region_does_not_read_the_other_characters_words(context_attention):
+    bb = _one_block_backbone(context_attention)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 16, 2, 4, 8, generator=g), torch.tensor([500.0, 500.0])
+    text = torch.randn(2, 10, bb.config.text_dim, generator=g)
+    slots = torch.tensor([-1, 0, 0, 0, -1, 1, 1, 1, -1, -1])
+    regions = TextRegions(slots, shot_regions(["Ada", "Ivy"], (4, 8)))
+    memory = [ContextFrames(torch.randn(1, 16, 1, 4, 8, generator=g), torch.tensor([-3.0]), timestep=0.0, kind="shot")]
+    other = text.clone()
+    other[:, 5:8] += torch.randn(2, 3, bb.config.text_dim, generator=g)  # Ivy's description changed
+
+    def run(txt, rows):
+        with torch.no_grad():
+            return bb(x, t, txt, context=memory, text_regions=rows)
+
+    masked, masked_other = run(text, [regions, None]), run(other, [regions, None])
+    # row 0 masked: the left half (Ada's) is blind to Ivy's words, the right half is not
+    assert torch.allclose(masked[0, :, :, :, :4], masked_other[0, :, :, :, :4], atol=1e-6)
+    assert not torch.allclose(masked[0, :, :, :, 4:], masked_other[0, :, :, :, 4:], atol=1e-4)
+    # row 1 unmasked (a negative prompt's row): as without regions, everywhere reads everything
+    assert torch.allclose(masked[1], run(text, None)[1], atol=1e-6)
+    assert not torch.allclose(masked_other[1, :, :, :, :4], masked[1, :, :, :, :4], atol=1e-4)
+    # a layout that places no one masks nothing
+    nowhere = TextRegions(slots, torch.zeros(4, 8, SLOTS))
+    assert torch.allclose(run(text, [nowhere]), run(text, None), atol=1e-6)
+
+
+def test_the_engine_masks_only_the_shot_prompt_of_a_shot_of_several_characters(tiny_models, tmp_path):
+    from helpers import entitybench_story
+
+    seen = []
+    forward = tiny_models.backbone.forward
+
+    def spy(*args, text_regions=None, **kw):
+        seen.append(text_regions)
+        return forward(*args, text_regions=text_regions, **kw)
+
+    tiny_models.backbone.forward = spy
+    story = parse_story(entitybench_story())
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=story, config=EngineConfig(regional_prompts=True),
+                         progress=False)
+    engine.generate(max_shots=2)
+    plans = engine.plan()[:2]
+    crowded = [len(p.shot.entities.characters) > 1 for p in plans]
+    assert any(crowded)
+    masked = [r for r in seen if r is not None]
+    assert masked and all(sum(x is not None for x in rows) == len(rows) // 2 for rows in masked)  # cond of a CFG pair
+    plan = plans[crowded.index(True)]
+    want = entity_token_slots(tiny_models.prompt_encoder, [plan.prompt], [list(plan.shot.entities.characters)],
+                              spans="description")[0]
+    assert any(torch.equal(r.token_slots, want) for rows in masked for r in rows if r is not None)
+    if not all(crowded):  # a shot of one character: no masks at all
+        assert any(r is None for r in seen)
