@@ -97,7 +97,7 @@ def test_the_engine_masks_only_the_shot_prompt_of_a_shot_of_several_characters(t
     assert masked and all(sum(x is not None for x in rows) == len(rows) // 2 for rows in masked)  # cond of a CFG pair
     plan = plans[crowded.index(True)]
     want = entity_token_slots(tiny_models.prompt_encoder, [plan.prompt], [list(plan.shot.entities.characters)],
-                              spans="description")[0]
+                              spans="attributes")[0]
     assert any(torch.equal(r.token_slots, want) for rows in masked for r in rows if r is not None)
     if not all(crowded):  # a shot of one character: no masks at all
         assert any(r is None for r in seen)

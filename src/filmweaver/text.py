@@ -150,8 +150,12 @@ def entity_spans(prompt: str, names: list[str], spans: str = "mention") -> list[
     for k, (start, end, j) in enumerate(mentions):
         stop = SENTENCE_END.search(prompt, end)
         limit = min(mentions[k + 1][0] if k + 1 < len(mentions) else len(prompt), stop.start() if stop else len(prompt))
-        if spans == "description":
+        if spans in ("description", "attributes"):
             limit = min(limit, _description_end(prompt, end, limit))
+        if spans == "attributes":  # the description without the name
+            if limit > end:
+                out.append((j, end, limit))
+            continue
         out.append((j, start, max(limit, end)))
     return out
 

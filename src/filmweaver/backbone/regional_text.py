@@ -40,6 +40,7 @@ class TextRegions:
 
     token_slots: torch.Tensor
     regions: torch.Tensor
+    strength: float = float("inf")  # the bias against another character's words (inf: masked out)
 
     def mask(self, frames: int, patch: tuple[int, int]) -> torch.Tensor:
         """``[frames * h' * w', L]`` bool: which prompt tokens each generated token (``patch`` latent
@@ -77,7 +78,8 @@ class RegionalTextState:
         if n_ctx < 0:
             raise ValueError(f"regional prompts: {num_queries} queries for {gen.shape[1]} generated tokens")
         if n_ctx:
-            gen = torch.cat([gen.new_ones(gen.shape[0], n_ctx, gen.shape[2]), gen], dim=1)
+            gen = torch.cat([torch.ones_like(gen[:, :1]).expand(-1, n_ctx, -1) if gen.dtype == torch.bool
+                             else torch.zeros_like(gen[:, :1]).expand(-1, n_ctx, -1), gen], dim=1)
         return gen[:, None]
 
 
@@ -109,7 +111,10 @@ class RegionalTextAttnProcessor:
         if mask is not None and encoder_hidden_states is not None and encoder_hidden_states.shape[1] != mask.shape[-1]:
             # Wan2.1-I2V: image tokens before the text, read everywhere
             extra = encoder_hidden_states.shape[1] - mask.shape[-1]
-            mask = torch.cat([mask.new_ones(*mask.shape[:-1], extra), mask], dim=-1)
+            pad = torch.ones_like(mask[..., :1]) if mask.dtype == torch.bool else torch.zeros_like(mask[..., :1])
+            mask = torch.cat([pad.expand(*mask.shape[:-1], extra), mask], dim=-1)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(hidden_states.dtype)
         return self.inner(attn, hidden_states, encoder_hidden_states, mask if mask is not None else attention_mask,
                           rotary_emb)
 
@@ -129,4 +134,8 @@ def row_masks(regions: list[TextRegions | None], frames: int, patch: tuple[int, 
         return None
     n = frames * tokens_per_frame
     rows = [torch.ones(n, length, dtype=torch.bool) if r is None else r.mask(frames, patch) for r in regions]
-    return torch.stack(rows).to(device)
+    strength = max(r.strength for r in regions if r is not None)
+    mask = torch.stack(rows).to(device)
+    if strength == float("inf"):
+        return mask
+    return torch.where(mask, 0.0, -strength)  # an additive bias: other characters' words discouraged

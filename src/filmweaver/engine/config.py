@@ -108,8 +108,11 @@ class EngineConfig(BaseModel):
     keyframe_first: bool = False
     # regional prompts: in a shot of several characters, each one's description in the prompt is read
     # only where that character is drawn (its strip of the frame by the order the shot names them),
-    # so descriptions do not mix (filmweaver.backbone.regional_text; in-context backbones)
+    # so descriptions do not mix; names are read everywhere (filmweaver.backbone.regional_text;
+    # in-context backbones)
     regional_prompts: bool = False
+    # the bias against another character's description (None: masked out entirely)
+    regional_strength: float | None = Field(None, gt=0, allow_inf_nan=False)
     # step caching (diffusers hooks; changes the film, saves time). "first_block" (FirstBlockCache):
     # skip the later blocks while the first block's output residual changes less than the threshold
     # between denoising steps. "mag" (MagCache): skip while the accumulated error predicted by the

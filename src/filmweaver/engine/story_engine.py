@@ -371,8 +371,10 @@ class StoryEngine:
         if not self.config.regional_prompts or len(characters) < 2 or self.m2v or self.storymem_layout:
             return None
         backbone.enable_regional_text()
-        slots = entity_token_slots(self.models.prompt_encoder, [plan.prompt], [characters], spans="description")[0]
-        return TextRegions(slots, shot_regions(characters, self.latent_hw))
+        cfg = self.config
+        slots = entity_token_slots(self.models.prompt_encoder, [plan.prompt], [characters], spans="attributes")[0]
+        strength = float("inf") if cfg.regional_strength is None else cfg.regional_strength
+        return TextRegions(slots, shot_regions(characters, self.latent_hw), strength)
 
     def _generate_shot(self, plan: ShotPlan, prior_latents: torch.Tensor | None = None) -> dict:
         """Make one shot (or extend it by the chunks its plan adds to ``prior_latents``), write its files,

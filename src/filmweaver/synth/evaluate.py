@@ -77,6 +77,9 @@ ARMS = {
     "topk": ("full", {"shot_cache": {"policy": "topk"}}),
     # each character's description read only where it is drawn (regional prompts), with entity memory
     "entity_regional": ("full", {"shot_cache": {"policy": "entity"}, "regional_prompts": True}),
+    # ... with a bias instead of a mask
+    "entity_regional_bias4": ("full", {"shot_cache": {"policy": "entity"}, "regional_prompts": True,
+                                       "regional_strength": 4.0}),
     "full_seed1": ("full_seed1", {}),  # the full recipe again from another seed: the run-to-run spread
     # the synthetic models' default guides on the shot cache too (memory_guidance_scale in the model's
     # filmweaver.json): without it, and at lower scales
