@@ -2,23 +2,25 @@
 
 A prompt that describes several characters ("Ada, a purple round creature with stripes, and Ivy, a
 green round creature wearing a hat, walk...") gives every video token the same cross-attention over
-all of its words, so nothing ties "purple" to the figure on the left: a model mixes the descriptions
-up (the most common multi-character failure, and the built-in model's: it draws a described pair
-right 70 % of the time, a trio 55 %). Regional prompting (layout-guided attention, as in Regional
-Prompter, MultiDiffusion's regions or DenseDiffusion) masks the cross-attention instead: a generated
-token inside character ``j``'s region attends to character ``j``'s description and to the words that
-describe no one (the place, the action, the camera), never to another character's description.
+all of its words, so nothing ties "purple" to the figure on the left and a model mixes the
+descriptions up (the most common multi-character failure). Regional prompting (layout-guided
+attention, as in Regional Prompter, MultiDiffusion's regions or DenseDiffusion) masks the
+cross-attention instead: a generated token inside character ``j``'s region attends to character
+``j``'s description and to every other word (the names, the place, the action, the camera), never to
+another character's description.
 
 * Where each character is: its box in the shot's layout, else its vertical strip of the frame by the
   order the shot names them (the convention :func:`~filmweaver.backbone.entity_tags.slot_regions` uses
   for memory frames): :func:`shot_regions`.
-* Which words describe whom: :func:`filmweaver.text.entity_token_slots` with ``spans="description"``
-  (a name and the description that follows it).
+* Which words describe whom: :func:`filmweaver.text.entity_token_slots` with ``spans="attributes"``
+  (the description set off after a name, without the name). The names stay readable everywhere:
+  with each region reading one description and no other name, a model told of three characters drew
+  two (the cast's size is in the names).
 * Only the rows of a batch whose prompt is the shot's own are masked (not the negative prompt's), and
   only the generated tokens' queries: memory tokens read the prompt as the model was trained.
 
-Training-free: a mask on the stock cross-attention, no weights. A shot of one character is unchanged
-(its region is the whole frame).
+Training-free: a mask (or, with a finite ``strength``, a bias) on the stock cross-attention, no
+weights. A shot of one character is unchanged (no mask is made for it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from filmweaver.backbone.causal_kv import KVState
 from filmweaver.backbone.entity_tags import SLOTS, slot_regions
@@ -84,10 +87,13 @@ class RegionalTextState:
 
 
 class RegionalTextAttnProcessor:
-    """Cross-attention (``attn2``) through the processor it replaces, with the state's mask."""
+    """Cross-attention (``attn2``): unmasked through the processor it replaces (its attention backend),
+    masked through diffusers' stock processor on PyTorch's own attention, which takes masks (the
+    FlashAttention and Sage kernels do not; cross-attention to a prompt is a small share of a step)."""
 
     def __init__(self, inner, state: RegionalTextState):
         self.inner = inner
+        self.masked = WanAttnProcessor()  # the native backend
         self.state = state
 
     @property
@@ -113,10 +119,11 @@ class RegionalTextAttnProcessor:
             extra = encoder_hidden_states.shape[1] - mask.shape[-1]
             pad = torch.ones_like(mask[..., :1]) if mask.dtype == torch.bool else torch.zeros_like(mask[..., :1])
             mask = torch.cat([pad.expand(*mask.shape[:-1], extra), mask], dim=-1)
-        if mask is not None and mask.dtype != torch.bool:
+        if mask is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if mask.dtype != torch.bool:
             mask = mask.to(hidden_states.dtype)
-        return self.inner(attn, hidden_states, encoder_hidden_states, mask if mask is not None else attention_mask,
-                          rotary_emb)
+        return self.masked(attn, hidden_states, encoder_hidden_states, mask, rotary_emb)
 
 
 def enable_regional_text(transformer, kv_state: KVState) -> RegionalTextState:
