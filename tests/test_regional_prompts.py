@@ -37,6 +37,23 @@ def test_a_mask_lets_each_region_read_its_own_description_and_the_shared_words()
     assert torch.equal(mask[:8], mask[8:])  # the same in every frame
 
 
+def test_a_batch_of_regions_is_the_rows_one_by_one():
+    from filmweaver.backbone.regional_text import region_masks, strip_regions
+
+    counts = torch.tensor([1, 2, 3, 4])
+    strips = strip_regions(counts, (6, 10))
+    for n, got in zip(counts.tolist(), strips, strict=True):
+        assert torch.equal(got, shot_regions([f"c{i}" for i in range(n)], (6, 10)))  # the engine's layout
+    g = torch.Generator().manual_seed(0)
+    slots = torch.randint(-1, 4, (4, 9), generator=g)
+    batched = region_masks(TextRegions(slots, strips), 4, 2, (2, 2), 15, 9, "cpu")
+    rows = region_masks([TextRegions(s, r) for s, r in zip(slots, strips, strict=True)], 4, 2, (2, 2), 15, 9, "cpu")
+    assert batched.shape == (4, 30, 9) and torch.equal(batched, rows)
+    assert region_masks([None, None], 2, 2, (2, 2), 15, 9, "cpu") is None
+    bias = region_masks(TextRegions(slots, strips, strength=3.0), 4, 2, (2, 2), 15, 9, "cpu")
+    assert torch.equal(bias, torch.where(rows, 0.0, -3.0))
+
+
 def _one_block_backbone(context_attention="full"):
     """One block: a generated token's output then depends on the text only through its own
     cross-attention (self-attention runs before it, on text-free inputs)."""

@@ -168,7 +168,8 @@ def test_cast_metrics_see_identity_swaps_and_missing_characters():
 @pytest.mark.slow
 def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_probe(tmp_path):
     """The cast recipe in miniature: cast stories in the data, the cast grammar, causal context with
-    pooled keyframes and entity tags, the cast probe beside the attribute probe; the model generates
+    pooled keyframes, entity tags and slots, text slots, regional prompts, the cast probe beside the
+    attribute probe; the model generates
     a cast story with the entity policy (its default: it was trained on entity memory), and its text encoder can start a cast model from a
     one-character one (known words keep their embeddings)."""
     import json
@@ -185,7 +186,7 @@ def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_prob
     sets = ["--set", "data.cast_stories=4", "--set", "model.grammar=cast", "--set", "dit.entity_tags=true",
             "--set", "dit.context_attention=causal", "--set", "dit.memory_compression=2", "--set", "dit.entity_slots=true",
             "--set", "dit.augment.entity_memory=0.5", "--set", "dit.text_slots=true",
-            "--set", "dit.region_slots=true"]
+            "--set", "dit.region_slots=true", "--set", "dit.regional_prompts=true"]
     res = CliRunner().invoke(app, ["train", "configs/synth-test.yaml", "-o", str(out), *sets])
     assert res.exit_code == 0, res.output
     model = FilmModels.from_pretrained(str(out / "model"))
@@ -205,8 +206,9 @@ def test_training_on_cast_stories_makes_a_model_with_entity_tags_and_a_cast_prob
                                    str(out / "model"), "--steps", "2"])
     assert res.exit_code == 0, res.output
     # trained on memory as the entity policy retrieves it: the model retrieves it so by default
-    film_cache = json.loads((tmp_path / "film" / "manifest.json").read_text())["config"]["shot_cache"]
-    assert film_cache["compression"] == 2 and film_cache["policy"] == "entity"
+    film_config = json.loads((tmp_path / "film" / "manifest.json").read_text())["config"]
+    assert film_config["shot_cache"]["compression"] == 2 and film_config["shot_cache"]["policy"] == "entity"
+    assert film_config["regional_prompts"]  # trained with regional prompts: generates with them
 
     # a one-character model's text encoder into the cast architecture: every word it knew keeps its row
     single = synth_architecture(seed=1, size="test")

@@ -37,32 +37,45 @@ from filmweaver.backbone.entity_tags import SLOTS, slot_regions
 
 @dataclass
 class TextRegions:
-    """One prompt's regions: ``token_slots [L]`` long (the character each token describes, -1 for
-    none) and ``regions [h, w, SLOTS]`` (where each of the shot's characters is, over the latent
-    pixels of a generated frame; the same in every frame)."""
+    """One prompt's regions, or a batch's: ``token_slots [L]`` (or ``[B, L]``) long, the character each
+    token describes (-1 for none), and ``regions [h, w, SLOTS]`` (or ``[B, h, w, SLOTS]``), where each of
+    the shot's characters is over the latent pixels of a generated frame (the same in every frame)."""
 
     token_slots: torch.Tensor
     regions: torch.Tensor
     strength: float = float("inf")  # the bias against another character's words (inf: masked out)
 
     def mask(self, frames: int, patch: tuple[int, int]) -> torch.Tensor:
-        """``[frames * h' * w', L]`` bool: which prompt tokens each generated token (``patch`` latent
-        pixels) may attend to."""
-        r = self.regions.permute(2, 0, 1)[None].float()  # [1, SLOTS, h, w]
-        inside = F.avg_pool2d(r, patch, ceil_mode=True)[0].flatten(1).T >= 0.5  # [h' w', SLOTS]
-        slots = self.token_slots
-        described = slots >= 0
-        own = inside[:, slots.clamp(0, SLOTS - 1)] & described[None]  # [h' w', L]
+        """``[frames * h' * w', L]`` (or ``[B, ...]``) bool: which prompt tokens each generated token
+        (``patch`` latent pixels) may attend to."""
+        slots, regions = self.token_slots, self.regions
+        single = slots.ndim == 1
+        if single:
+            slots, regions = slots[None], regions[None]
+        r = regions.permute(0, 3, 1, 2).float()  # [B, SLOTS, h, w]
+        inside = F.avg_pool2d(r, patch, ceil_mode=True).flatten(2).transpose(1, 2) >= 0.5  # [B, h' w', SLOTS]
+        idx, described = slots.clamp(0, SLOTS - 1).to(inside.device), (slots >= 0).to(inside.device)
+        own = torch.gather(inside, 2, idx[:, None, :].expand(-1, inside.shape[1], -1)) & described[:, None]
         # a character with no region anywhere (beyond the slots, or off the layout) is read everywhere
-        placed = inside.any(0)[slots.clamp(0, SLOTS - 1)] & described
-        allowed = own | ~placed[None]
-        return allowed.repeat(frames, 1)
+        placed = torch.gather(inside.any(1), 1, idx) & described  # [B, L]
+        allowed = (own | ~placed[:, None]).repeat(1, frames, 1)
+        return allowed[0] if single else allowed
 
 
 def shot_regions(characters: list[str], hw: tuple[int, int], boxes: dict | None = None) -> torch.Tensor:
     """``[h, w, SLOTS]``: where each of the shot's ``characters`` is, by its box ``(x0, y0, x1, y1)``
     (fractions of the frame) in ``boxes``, else its vertical strip by the order the shot names them."""
     return slot_regions(characters, [(tuple(characters), boxes or {})], hw)[0]
+
+
+def strip_regions(counts: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``[B, h, w, SLOTS]``: for shots of ``counts [B]`` characters, the i-th one's vertical strip
+    (what :func:`shot_regions` gives without boxes, for a batch at once: training)."""
+    h, w = hw
+    cols = (torch.arange(w, device=counts.device) + 0.5) / w
+    strip = (cols[None] * counts.clamp(min=1)[:, None].float()).floor().long()  # [B, w]
+    one = F.one_hot(strip.clamp(max=SLOTS - 1), SLOTS) * (strip < SLOTS)[..., None]
+    return one[:, None].expand(-1, h, -1, -1).float()
 
 
 class RegionalTextState:
@@ -134,15 +147,27 @@ def enable_regional_text(transformer, kv_state: KVState) -> RegionalTextState:
     return state
 
 
-def row_masks(regions: list[TextRegions | None], frames: int, patch: tuple[int, int], tokens_per_frame: int,
-              length: int, device) -> torch.Tensor | None:
-    """``[B, N_gen, L]`` bool from one entry per batch row (None: that row unmasked), or None."""
-    if all(r is None for r in regions):
-        return None
-    n = frames * tokens_per_frame
-    rows = [torch.ones(n, length, dtype=torch.bool) if r is None else r.mask(frames, patch) for r in regions]
-    strength = max(r.strength for r in regions if r is not None)
-    mask = torch.stack(rows).to(device)
+def region_masks(regions, batch: int, frames: int, patch: tuple[int, int], tokens_per_frame: int, length: int,
+                 device) -> torch.Tensor | None:
+    """The ``[B, N_gen, L]`` mask (bool, or an additive bias for a finite strength) of ``regions``: one
+    batched :class:`TextRegions`, or one entry per batch row (None: that row unmasked; a single entry:
+    every row); None when nothing is masked."""
+    if isinstance(regions, TextRegions):
+        mask, strength = regions.mask(frames, patch).to(device), regions.strength
+        if mask.ndim == 2:
+            mask = mask[None].expand(batch, -1, -1)
+    else:
+        regions = list(regions) * batch if len(regions) == 1 else list(regions)
+        if len(regions) != batch:
+            raise ValueError(f"text_regions: {len(regions)} entries for a batch of {batch}")
+        if all(r is None for r in regions):
+            return None
+        n = frames * tokens_per_frame
+        mask = torch.stack([torch.ones(n, length, dtype=torch.bool) if r is None else r.mask(frames, patch).cpu()
+                            for r in regions]).to(device)
+        strength = max(r.strength for r in regions if r is not None)
+    if mask.shape[0] != batch:
+        raise ValueError(f"text_regions: a mask for {mask.shape[0]} rows, a batch of {batch}")
     if strength == float("inf"):
         return mask
     return torch.where(mask, 0.0, -strength)  # an additive bias: other characters' words discouraged

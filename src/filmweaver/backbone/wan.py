@@ -59,7 +59,12 @@ from filmweaver.backbone.entity_tags import (
     text_slot_projection,
 )
 from filmweaver.backbone.fusion import BiasGELUProjection, FusedAway  # noqa: F401 - re-exported
-from filmweaver.backbone.regional_text import RegionalTextState, TextRegions, enable_regional_text, row_masks
+from filmweaver.backbone.regional_text import (
+    RegionalTextState,
+    TextRegions,
+    enable_regional_text,
+    region_masks,
+)
 from filmweaver.backbone.rope import RopeTables, grid_positions, rope_from_positions  # noqa: F401 - re-exported
 from filmweaver.context import ContextFrames
 from filmweaver.offload import execution_device
@@ -351,7 +356,7 @@ class ContextWanTransformer(nn.Module):
         encoder_hidden_states_image: torch.Tensor | None = None,
         return_layout: bool = False,
         kv_cache: ContextKVCache | None = None,
-        text_regions: list[TextRegions | None] | None = None,
+        text_regions: TextRegions | list[TextRegions | None] | None = None,
     ):
         """Predict the flow velocity of the generated frames.
 
@@ -364,9 +369,9 @@ class ContextWanTransformer(nn.Module):
             encoder_hidden_states_image: ``[B, L_img, image_dim]`` for I2V-type transformers.
             kv_cache: with ``context_attention="causal"`` and context at fixed timesteps, where the
                 context's keys/values are kept between the denoising steps of a chunk.
-            text_regions: per batch row (or one for all), where each character the prompt describes is
-                in the generated frames, or None for an unmasked row (regional prompts; needs
-                :meth:`enable_regional_text`).
+            text_regions: where each character the prompt describes is in the generated frames
+                (regional prompts; needs :meth:`enable_regional_text`): per batch row (None: that row
+                unmasked; one entry: every row), or one batched :class:`TextRegions` for all rows.
 
         Returns:
             ``[B, C_out, F, H, W]`` velocity for the generated frames only (and the token layout if
@@ -414,7 +419,7 @@ class ContextWanTransformer(nn.Module):
 
     def _set_text_regions(self, regions, shape: tuple, text_len: int, batch: int, device) -> None:
         """The cross-attention masks of this forward's generated tokens (regional prompts)."""
-        if not regions:
+        if regions is None or (isinstance(regions, list) and not regions):
             return
         if self._regional is None:
             raise ValueError("text_regions needs enable_regional_text() first")
@@ -422,12 +427,9 @@ class ContextWanTransformer(nn.Module):
             raise NotImplementedError("regional prompts with context parallelism")
         if torch.is_grad_enabled() and self.transformer.gradient_checkpointing:  # the recompute would miss the mask
             raise NotImplementedError("regional prompts with gradient checkpointing")
-        regions = list(regions) * batch if len(regions) == 1 else list(regions)
-        if len(regions) != batch:
-            raise ValueError(f"text_regions: {len(regions)} entries for a batch of {batch}")
         _, p_h, p_w = self.config.patch_size
         per_frame = math.ceil(shape[3] / p_h) * math.ceil(shape[4] / p_w)
-        self._regional.generated = row_masks(regions, shape[2], (p_h, p_w), per_frame, text_len, device)
+        self._regional.generated = region_masks(regions, batch, shape[2], (p_h, p_w), per_frame, text_len, device)
 
     def _causal_blocks(self, tokens: _Tokens, text, tproj, per_token, context, text_key, kv_cache):
         """:func:`~filmweaver.backbone.causal_kv.causal_context_blocks` with this backbone's blocks,

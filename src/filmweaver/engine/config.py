@@ -139,6 +139,8 @@ class EngineConfig(BaseModel):
         for key in ("num_inference_steps", "guidance_scale"):
             if key in d and key not in explicit:
                 setattr(cfg.sampler, key, d[key])
+        if "regional_prompts" in d and "regional_prompts" not in explicit:  # a model trained with them
+            cfg.regional_prompts = bool(d["regional_prompts"])
         # dotted keys ("sampler.shift", "shot_cache.timestep", ...): what the model was trained for
         for key, value in d.items():
             if "." in key and key not in explicit and key.split(".")[-1] not in explicit:

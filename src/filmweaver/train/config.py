@@ -166,6 +166,10 @@ class DiTPhase(_Cfg):
     # entity slots marked where each character is in a keyframe (its strip of the frame by its shot's
     # order, as the engine marks them without a detector), not on the whole frame; needs entity_slots
     region_slots: bool = False
+    # regional prompts in training as the engine applies them (EngineConfig.regional_prompts): in a shot
+    # of several characters each one's description is read only from its strip of the frame (by the
+    # shot's order); a model trained so generates with them by default (filmweaver.json)
+    regional_prompts: bool = False
     # start the DiT phase from a saved model directory (its transformer, context projections and text
     # encoder; same architecture, the text encoder's vocabulary may have grown; "builtin": the shipped
     # model) instead of random weights: continue a shipped model's training

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from filmweaver.backbone.regional_text import TextRegions, strip_regions
 from filmweaver.context import ContextFrames, flow_interpolate, noise_to_timestep
 from filmweaver.memory.shot_cache import memory_positions
 from filmweaver.memory.temporal_cache import TemporalCache
@@ -40,12 +41,13 @@ class CacheGuidedDenoiser(nn.Module):
         self.text_encoder = text_encoder
 
     def forward(self, x_t, timestep, ids, mask, context: list[ContextFrames], tag_ids=None, tag_mask=None, text=None,
-                text_slots=None):
+                text_slots=None, text_regions=None):
         """``tag_ids`` / ``tag_mask`` ``[B, K, L]``: the names each shot-cache keyframe shows (entity tags,
         pooled like :func:`filmweaver.text.pooled_embeddings`) for a backbone with entity tags.
         ``text`` ``[B, L, D]``: the prompts' embeddings, computed beforehand (:class:`PromptTable`)
         when the text encoder is frozen; then ``ids`` / ``mask`` are not read. ``text_slots [B, L]``:
-        each prompt token's character slot (-1: none), for a backbone with text slots."""
+        each prompt token's character slot (-1: none), for a backbone with text slots. ``text_regions``:
+        a batched :class:`~filmweaver.backbone.regional_text.TextRegions` (regional prompts)."""
         if text is None:
             text = embed_token_ids(self.text_encoder, ids, mask)
         if text_slots is not None:
@@ -55,6 +57,8 @@ class CacheGuidedDenoiser(nn.Module):
             ids, tag_mask = tag_ids.reshape(b * k, n), tag_mask.reshape(b * k, n)
             pooled = mean_over_tokens(embed_token_ids(self.text_encoder, ids, tag_mask).float(), tag_mask).reshape(b, k, -1)
             context = [dataclasses.replace(c, entity_embeddings=pooled) if c.kind == "shot" else c for c in context]
+        if text_regions is not None:
+            return self.backbone(x_t, timestep, text, context=context, text_regions=text_regions)
         return self.backbone(x_t, timestep, text, context=context)
 
 
@@ -187,7 +191,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
               timestep_range: tuple[float, float] | None = None, prompts: PromptTable | None = None,
               empty_prompt: PromptTable | None = None, unrestated: tuple | None = None,
               unrestated_prompts: PromptTable | None = None,
-              text_slots: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict:
+              text_slots: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+              regional: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Run every stage of ``cfg`` (resuming from ``out_dir/checkpoint`` if present). Returns a summary.
 
     ``prompt_ids/prompt_mask [S, L]``: tokenised prompt of every shot in the store; ``empty_*``
@@ -200,7 +205,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     one, drawn instead of the prompt with probability ``augment.unrestate`` (``unrestated_prompts``:
     their embeddings, with a frozen encoder). ``text_slots``: ``(slots [S, L], unrestated [S, L] or
     None)``, each shot's prompt tokens' character slots (:func:`filmweaver.text.entity_token_slots`)
-    for a backbone with text slots.
+    for a backbone with text slots. ``regional``: ``(slots [S, L], characters [S])``, each shot's
+    description slots and cast size (regional prompts: each description read only from its strip).
     """
     device = accelerator.device
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -241,6 +247,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         unrestated = tuple(x.to(device) for x in unrestated)
     if text_slots is not None:
         text_slots = tuple(None if x is None else x.to(device) for x in text_slots)
+    if regional is not None:
+        regional = tuple(x.to(device) for x in regional)
     deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     # fit_steps_to_time: measure the step rate over windows of FIT_WINDOW steps (after 100 warm-up
     # steps) and fit the plan to what fits before the deadline; re-measured every window, because
@@ -313,9 +321,13 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             if named is not None and text_slots[1] is not None:
                 slots = torch.where(named[:, None], text_slots[1][shot_index], slots)
             tags["text_slots"] = torch.where(drop[:, None], -1, slots)
+        if regional is not None:  # the drawn prompt's descriptions (a name-only or dropped one has none)
+            plain = ~drop if named is None else ~(drop | named)
+            slots = torch.where(plain[:, None], regional[0][shot_index], -1)
+            tags["text_regions"] = TextRegions(slots, strip_regions(regional[1][shot_index], tuple(x0.shape[3:])))
         if tag_ids is not None and batch.memory_source is not None:
             src = to_device(batch.memory_source, device)
-            tags = {"tag_ids": tag_ids[src], "tag_mask": tag_mask[src]}
+            tags.update(tag_ids=tag_ids[src], tag_mask=tag_mask[src])  # beside the text slots, not instead
         with accelerator.autocast():
             v = model(x_t, s * 1000.0, ids, mask, ctx, text=text, **tags)
         se = (v.float() - (eps - x0)).pow(2)  # [B, C, F, h, w]: the velocity's squared error

@@ -208,6 +208,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         if dcfg.region_slots and not dcfg.entity_slots:
             raise ValueError("dit.region_slots marks entity slots by region: set dit.entity_slots too")
         expert.slot_regions = dcfg.region_slots
+        if dcfg.regional_prompts:
+            expert.enable_regional_text()
         if dcfg.compile_blocks:
             expert.compile_blocks(dynamic=True)
     ids, mask = models.prompt_encoder.tokenize(data.prompts)
@@ -239,6 +241,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         if not hasattr(models.backbone, "add_text_slots"):
             raise ValueError("dit.text_slots: a backbone of two experts (Wan2.2 A14B) takes no text slots")
         tags["text_slots"] = _text_slots(data, models, unrestated)
+    if dcfg.regional_prompts:
+        tags["regional"] = _regional_slots(data, models)
     minutes = dit_minutes(cfg, time.perf_counter() - run_start)
     if minutes != dcfg.max_minutes:
         accelerator.print(f"time_budget_minutes={cfg.time_budget_minutes}: the DiT gets {minutes:.1f} minutes")
@@ -291,6 +295,20 @@ def _text_slots(data, models: FilmModels, unrestated) -> tuple[torch.Tensor, tor
     if unrestated is not None:
         alt = entity_token_slots(models.prompt_encoder, _name_only_prompts(data), names)
     return slots, alt
+
+
+def _regional_slots(data, models: FilmModels) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dit.regional_prompts``: each shot's prompt tokens' description slots ``[S, L]`` (a character's
+    description, not its name: :func:`filmweaver.text.entity_token_slots` with ``spans="attributes"``) and
+    how many characters it shows ``[S]`` (its strips)."""
+    from filmweaver.text import entity_token_slots
+
+    if data.cast_names is None:
+        raise ValueError("dit.regional_prompts needs every shot's characters (a rendered set, or a curated one whose "
+                         "captions name them)")
+    names = [list(n) for n in data.cast_names]
+    return (entity_token_slots(models.prompt_encoder, data.prompts, names, spans="attributes"),
+            torch.tensor([len(n) for n in names]))
 
 
 def _rendered_data(cfg: TrainConfig, accelerator, progress: bool):
@@ -622,6 +640,8 @@ def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) ->
         d["shot_cache.compression"] = cfg.dit.memory_compression
         if aug.entity_memory > 0:  # trained on memory as the entity policy retrieves it: retrieve it so
             d["shot_cache.policy"] = "entity"
+        if cfg.dit.regional_prompts:
+            d["regional_prompts"] = True
         models.defaults = d
     tr = models.backbone.transformer
     dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
