@@ -118,3 +118,29 @@ def test_the_engine_masks_only_the_shot_prompt_of_a_shot_of_several_characters(t
     assert any(torch.equal(r.token_slots, want) for rows in masked for r in rows if r is not None)
     if not all(crowded):  # a shot of one character: no masks at all
         assert any(r is None for r in seen)
+
+
+def test_a_shot_layout_places_characters_and_bad_boxes_are_named_with_their_path(tiny_models, tmp_path):
+    import json
+
+    from filmweaver.script import ScriptError, load_story
+
+    story = json.loads(open("examples/cast_story.json").read())
+    story["scenes"][0]["shots"][0]["layout"] = {"Ivy": [0.0, 0.25, 0.4, 1.0]}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(story))
+    parsed = load_story(path)
+    engine = StoryEngine(tiny_models, tmp_path / "p", story=parsed, config=EngineConfig(regional_prompts=True),
+                         progress=False)
+    plan = engine.plan()[0]
+    regions = engine._text_regions(plan).regions  # Ivy in her box, Ada (named first of two) in the left half
+    h, w = engine.latent_hw
+    ivy = shot_regions(["Ada", "Ivy"], (h, w), {"Ivy": (0.0, 0.25, 0.4, 1.0)})[..., 1]
+    assert torch.equal(regions[..., 1], ivy) and ivy[: h // 4].eq(0).all() and ivy[h // 2:, 0].eq(1).all()
+    assert regions[:, : w // 2, 0].eq(1).all() and regions[:, w // 2:, 0].eq(0).all()
+    for box, where in (({"Bo": [0, 0, 1, 1]}, "scenes[0].shots[0].layout.Bo"),
+                       ({"Ivy": [0.5, 0, 0.4, 1]}, "scenes[0].shots[0].layout.Ivy")):
+        story["scenes"][0]["shots"][0]["layout"] = box
+        path.write_text(json.dumps(story))
+        with pytest.raises(ScriptError, match=rf"{where.replace('[', '.').replace(']', '.')}"):
+            load_story(path)

@@ -177,6 +177,9 @@ class ShotOptions(_Strict):
     characters: list[str] = Field(default_factory=list)
     location: str | None = None
     objects: list[str] = Field(default_factory=list)
+    # where characters are drawn: name -> [x0, y0, x1, y1], fractions of the frame (regional prompts;
+    # a character without a box gets its strip of the frame by the order the shot names it)
+    layout: dict[str, list[float]] = Field(default_factory=dict)
 
 
 class SceneSpec(_Strict):
@@ -450,6 +453,14 @@ def check_story(story: StoryScript, allow_external_references: bool = False) -> 
                 if name not in names:
                     known = ", ".join(sorted(names)) or "none: the story has no character sheet"
                     add(f"{sp}.characters[{c}]", f"unknown character {name!r} (known: {known})")
+            for name, box in opts.layout.items():
+                if name not in (opts.characters or names):
+                    known = ", ".join(opts.characters or sorted(names)) or "none"
+                    add(f"{sp}.layout.{name}", f"{name!r} is not one of the shot's characters ({known})")
+                x0, y0, x1, y1 = (list(box) + [math.nan] * 4)[:4]
+                if len(box) != 4 or not (all(math.isfinite(v) for v in box) and 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                    add(f"{sp}.layout.{name}", f"expected [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
+                        f"(fractions of the frame), got {list(box)}")
             if opts.location is not None and opts.location not in locs:
                 known = ", ".join(sorted(locs)) or "none: the story has no locations"
                 add(f"{sp}.location", f"unknown location {opts.location!r} (known: {known})")

@@ -364,8 +364,9 @@ class StoryEngine:
         p.save()
 
     def _text_regions(self, plan: ShotPlan) -> TextRegions | None:
-        """Where each character the shot's prompt describes is (regional prompts), or None: the setting
-        off, fewer than two characters, or a backbone without the in-context layout."""
+        """Where each character the shot's prompt describes is (regional prompts: its box in the shot's
+        ``layout``, else its strip by the shot's order), or None: the setting off, fewer than two
+        characters, or a backbone without the in-context layout."""
         characters = list(plan.shot.entities.characters)
         backbone = self.models.backbone
         if not self.config.regional_prompts or len(characters) < 2 or self.m2v or self.storymem_layout:
@@ -374,7 +375,7 @@ class StoryEngine:
         cfg = self.config
         slots = entity_token_slots(self.models.prompt_encoder, [plan.prompt], [characters], spans="attributes")[0]
         strength = float("inf") if cfg.regional_strength is None else cfg.regional_strength
-        return TextRegions(slots, shot_regions(characters, self.latent_hw), strength)
+        return TextRegions(slots, shot_regions(characters, self.latent_hw, {n: tuple(b) for n, b in plan.shot.options.layout.items()}), strength)
 
     def _generate_shot(self, plan: ShotPlan, prior_latents: torch.Tensor | None = None) -> dict:
         """Make one shot (or extend it by the chunks its plan adds to ``prior_latents``), write its files,
