@@ -144,3 +144,17 @@ def test_a_shot_layout_places_characters_and_bad_boxes_are_named_with_their_path
         path.write_text(json.dumps(story))
         with pytest.raises(ScriptError, match=rf"{where.replace('[', '.').replace(']', '.')}"):
             load_story(path)
+
+
+def test_a_model_recommends_regional_prompts_and_the_user_overrides_it(tiny_models):
+    from filmweaver.train.config import TrainConfig
+    from filmweaver.train.run import _flat_settings
+
+    cfg = TrainConfig.model_validate({"generate": {"regional_prompts": True, "sampler": {"guidance_scale": 4.0}}})
+    assert _flat_settings(cfg.generate) == {"regional_prompts": True, "sampler.guidance_scale": 4.0}
+    with pytest.raises(ValueError, match="unknown engine setting.*regional_prompt"):
+        TrainConfig.model_validate({"generate": {"regional_prompt": True}})
+    tiny_models.defaults = {**tiny_models.defaults, **_flat_settings(cfg.generate)}
+    assert EngineConfig().resolve(tiny_models).regional_prompts
+    assert EngineConfig().resolve(tiny_models).sampler.guidance_scale == 4.0
+    assert not EngineConfig(regional_prompts=False).resolve(tiny_models).regional_prompts  # the user's word wins

@@ -86,6 +86,10 @@ class StoryMemConfig(BaseModel):
     negative_prompt: str = WAN_NEGATIVE_PROMPT
 
 
+# model defaults that resolve() fills in by rules of their own (unset-only, or sampler fields by bare name)
+RESOLVED_APART = ("height", "width", "fps", "chunk_frames", "num_inference_steps", "guidance_scale")
+
+
 class EngineConfig(BaseModel):
     """Every setting that changes the film. ``None`` fields take the model's defaults."""
 
@@ -139,8 +143,11 @@ class EngineConfig(BaseModel):
         for key in ("num_inference_steps", "guidance_scale"):
             if key in d and key not in explicit:
                 setattr(cfg.sampler, key, d[key])
-        if "regional_prompts" in d and "regional_prompts" not in explicit:  # a model trained with them
-            cfg.regional_prompts = bool(d["regional_prompts"])
+        # other top-level settings the model recommends (regional_prompts, ...)
+        for key, value in d.items():
+            if key in self.model_fields and key not in RESOLVED_APART and key not in explicit \
+                    and not isinstance(getattr(cfg, key), BaseModel):
+                cfg = cfg.model_validate({**cfg.model_dump(), key: value})
         # dotted keys ("sampler.shift", "shot_cache.timestep", ...): what the model was trained for
         for key, value in d.items():
             if "." in key and key not in explicit and key.split(".")[-1] not in explicit:

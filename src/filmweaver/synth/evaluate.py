@@ -75,8 +75,10 @@ ARMS = {
     # the shot-cache policies side by side, whatever the model's default (the multi-character ablation)
     "entity": ("full", {"shot_cache": {"policy": "entity"}}),
     "topk": ("full", {"shot_cache": {"policy": "topk"}}),
-    # each character's description read only where it is drawn (regional prompts), with entity memory
+    # each character's description read only where it is drawn (regional prompts), with entity memory,
+    # and without them (whatever the model's default)
     "entity_regional": ("full", {"shot_cache": {"policy": "entity"}, "regional_prompts": True}),
+    "entity_no_regional": ("full", {"shot_cache": {"policy": "entity"}, "regional_prompts": False}),
     # ... with a bias instead of a mask
     "entity_regional_bias4": ("full", {"shot_cache": {"policy": "entity"}, "regional_prompts": True,
                                        "regional_strength": 4.0}),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE
 from filmweaver.settings import apply_overrides, read_settings
@@ -224,6 +224,22 @@ class TrainConfig(_Cfg):
     # (loss, learning rate, the coverage-layer losses) also goes there; log.jsonl is always written.
     # TensorBoard writes under output_dir/trackers.
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    # engine settings the trained model generates with unless told otherwise, saved into its
+    # filmweaver.json beside those the training implies (inference-only choices such as
+    # {regional_prompts: true}); EngineConfig's nested sections (sampler: {guidance_scale: 4})
+    generate: dict = Field(default_factory=dict)
+
+    @field_validator("generate")
+    @classmethod
+    def _engine_settings(cls, value: dict) -> dict:
+        from filmweaver.engine.config import EngineConfig
+        from filmweaver.settings import unknown_keys
+
+        unknown = unknown_keys(EngineConfig, value)
+        if unknown:
+            raise ValueError(f"unknown engine setting(s) {', '.join(unknown)}")
+        EngineConfig.model_validate(value)  # a bad value fails here, before training
+        return value
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

@@ -623,6 +623,18 @@ def select_expert(models: FilmModels, expert: str | None) -> tuple[float, float]
     return (b, 1.0) if expert == "high_noise" else (0.0, b)
 
 
+def _flat_settings(settings: dict, prefix: str = "") -> dict:
+    """Nested engine settings as filmweaver.json's defaults keys: ``{sampler: {shift: 3}}`` ->
+    ``{"sampler.shift": 3}``, top-level settings as they are."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and not prefix:
+            out.update(_flat_settings(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) -> None:
 
     models.trained = True
@@ -642,6 +654,7 @@ def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) ->
             d["shot_cache.policy"] = "entity"
         if cfg.dit.regional_prompts:
             d["regional_prompts"] = True
+        d.update(_flat_settings(cfg.generate))  # what the recipe recommends for generating
         models.defaults = d
     tr = models.backbone.transformer
     dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
