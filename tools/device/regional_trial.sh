@@ -2,11 +2,12 @@
 # Regional prompts trained in, against a control, on one lent GPU: the shipped multi-character model
 # continued twice on configs/synth-cast-slots.yaml's recipe for the same minutes, side by side (same
 # seed, data and schedule): as it is (C) and with dit.regional_prompts (G: each character's description
-# read only from its strip of the frame, as the engine's --regional-prompts does at inference). While
-# they train, the shipped model is evaluated with regional prompts at inference (entity_regional@B) on
-# the held-out cast stories (the tiny model's evaluation is host-bound: it shares the GPU cheaply).
+# read only from its strip of the frame, as the engine's --regional-prompts does at inference); both
+# generate with regional prompts (the recipe's generate section). While they train, the shipped model
+# (regional prompts at inference: its default) is evaluated on the held-out cast stories (entity@B;
+# the tiny model's evaluation is host-bound: it shares the GPU cheaply).
 #   PHASE=train MINUTES=6 bash tools/device/regional_trial.sh       (call 1: models back as model-{C,G}.tgz.part-*)
-#   PHASE=eval CAST_ARMS="entity@G entity_regional@C topk@G sink_window@G" bash tools/device/regional_trial.sh
+#   PHASE=eval CAST_ARMS="entity@G entity@C topk@G sink_window@G" bash tools/device/regional_trial.sh
 #                                                                    (call 2, the same warm machine or the models carried in .carryM)
 # The tree travels without reports/ and the camera probe (as tools/device/eval_shipped.sh).
 set -uo pipefail
@@ -30,7 +31,7 @@ collect() {
 if [ "${PHASE:-train}" = train ]; then
   SIDE_SHARDS=${SIDE_SHARDS:-10}
   for k in $(seq 0 $((SIDE_SHARDS - 1))); do
-    ev ${SIDE_LIMIT:-500} runs/eval-cast --world cast --arms ${SIDE_ARMS:-entity_regional@B} --shard $k/$SIDE_SHARDS \
+    ev ${SIDE_LIMIT:-500} runs/eval-cast --world cast --arms ${SIDE_ARMS:-entity@B} --shard $k/$SIDE_SHARDS \
       > runs/side_$k.log 2>&1 &
   done
   common="--set dit.init_from=builtin --set dit.stages.1.steps=${STEPS:-6000} --set dit.max_minutes=${MINUTES:-6}
@@ -60,7 +61,7 @@ else
   done
   CAST_SHARDS=${CAST_SHARDS:-15}; SINGLE_SHARDS=${SINGLE_SHARDS:-0}; LONG_SHARDS=${LONG_SHARDS:-0}
   for k in $(seq 0 $((CAST_SHARDS - 1))); do
-    ev ${LIMIT:-520} runs/eval-cast --world cast --arms ${CAST_ARMS:-entity@G entity_regional@C} --shard $k/$CAST_SHARDS > runs/cast_$k.log 2>&1 &
+    ev ${LIMIT:-520} runs/eval-cast --world cast --arms ${CAST_ARMS:-entity@G entity@C} --shard $k/$CAST_SHARDS > runs/cast_$k.log 2>&1 &
   done
   for k in $(seq 0 $((SINGLE_SHARDS - 1))); do
     ev ${LIMIT:-520} runs/eval-single --arms ${SINGLE_ARMS:-full@G} --shard $k/$SINGLE_SHARDS > runs/single_$k.log 2>&1 &
