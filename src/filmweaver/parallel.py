@@ -8,7 +8,8 @@ and the sharding of a benchmark.
   two ranks, the conditional branch of classifier-free guidance on one and the unconditional on the
   other, one all-gather of the velocities a step;
 - benchmark sharding (:func:`shard_from_env`, :func:`barrier`): each rank takes its share of the
-  (story, method) pairs.
+  (story, method) pairs;
+- a pool of worker processes on one machine (:func:`process_pool`: rendering, curation).
 
 Every rank of a split story runs the same engine with the same seeds, so all ranks hold identical
 latents after every step. Rank 0 writes the project; the others write to a scratch directory that is
@@ -17,7 +18,9 @@ removed at the end.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.distributed as dist
@@ -155,3 +158,10 @@ def barrier() -> None:
     """Wait for every rank (no-op outside a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def process_pool(workers: int, **kwargs) -> ProcessPoolExecutor:
+    """``workers`` processes started fresh (spawned), never forked: a fork of a process whose torch or
+    OpenMP threads hold a lock at that moment inherits the lock and waits on it forever (a hang that
+    comes and goes with the machine's load), and a forked child cannot use CUDA once the parent has."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **kwargs)

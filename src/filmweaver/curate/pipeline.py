@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +41,7 @@ from filmweaver.curate.video import FrameStream, VideoError, probe_video
 from filmweaver.eval.judges import load_clip_judge, load_plugin
 from filmweaver.io import VideoWriter, file_digest, write_json
 from filmweaver.memory.detect import make_detector
+from filmweaver.parallel import process_pool
 from filmweaver.progress import progress_bar
 
 
@@ -363,9 +362,7 @@ def curate(videos: list[Path], out: str | Path, cfg: CurateConfig, force: bool =
         todo = []
     bar = progress_bar(total=len(todo), desc="curate", enabled=progress)
     if workers > 1 and len(todo) > 1:
-        # spawned, not forked: a forked child cannot use CUDA once the parent has
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(cfg.model_dump_json(),)) as pool:
+        with process_pool(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(),)) as pool:
             for _ in pool.map(_run_in_worker, [(str(v), str(out)) for v in todo]):
                 bar.update(1)
     else:

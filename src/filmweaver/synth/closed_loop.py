@@ -27,10 +27,10 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from filmweaver.io import write_json
+from filmweaver.parallel import process_pool
 
 FIRST_SEED = 3_000_000  # apart from the curation benchmark's (0-2, 5,000,000+) and the camera probe's films
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "closed-loop.yaml"
@@ -45,7 +45,7 @@ def write_films(out: Path, films: int, first_seed: int = FIRST_SEED, workers: in
     paths = [out / f"film-{first_seed + k}.mp4" for k in range(films)]
     todo = [(p, first_seed + k) for k, p in enumerate(paths) if not p.with_suffix(".truth.json").is_file()]
     if todo:
-        with ProcessPoolExecutor(workers or min(len(todo), os.cpu_count() or 1)) as pool:
+        with process_pool(workers or min(len(todo), os.cpu_count() or 1)) as pool:
             list(pool.map(write_film, *zip(*todo, strict=True)))
     return paths
 
@@ -71,7 +71,7 @@ def truth_dataset(films: list[Path], out: Path, min_shots: int = 2, workers: int
 
     todo = [p for p in films if not (out / "videos" / f"{p.stem}.json").is_file()]
     if todo:
-        with ProcessPoolExecutor(workers or min(len(todo), os.cpu_count() or 1)) as pool:
+        with process_pool(workers or min(len(todo), os.cpu_count() or 1)) as pool:
             list(pool.map(_truth_video, todo, [out] * len(todo), [min_shots] * len(todo)))
     if (out / "work").is_dir() and not any((out / "work").iterdir()):
         (out / "work").rmdir()  # each film's clips were written there, then went into its shards

@@ -8,11 +8,11 @@ seed whatever the number of workers.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from filmweaver.parallel import process_pool
 from filmweaver.progress import progress_bar
 from filmweaver.synth.stories import make_cast_story, make_long_take, make_story
 from filmweaver.synth.world import (
@@ -95,7 +95,7 @@ def render_dataset(num_stories: int, num_long_takes: int = 0, first_seed: int = 
     # the cores this process may run on (taskset, a container's CPU set), not the machine's count
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
     if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             results = list(progress_bar(pool.map(_call, jobs, chunksize=8), total=len(jobs), desc="render", enabled=progress))
     else:
         results = [_call(j) for j in progress_bar(jobs, desc="render", enabled=progress)]
