@@ -145,7 +145,7 @@ class EngineConfig(BaseModel):
                 setattr(cfg.sampler, key, d[key])
         # other top-level settings the model recommends (regional_prompts, ...)
         for key, value in d.items():
-            if key in self.model_fields and key not in RESOLVED_APART and key not in explicit \
+            if key in type(self).model_fields and key not in RESOLVED_APART and key not in explicit \
                     and not isinstance(getattr(cfg, key), BaseModel):
                 cfg = cfg.model_validate({**cfg.model_dump(), key: value})
         # dotted keys ("sampler.shift", "shot_cache.timestep", ...): what the model was trained for
