@@ -758,3 +758,19 @@ def test_learning_rate_warms_up_decays_by_cosine_and_warms_again_after_a_compact
     rewarm = {"total": 100, "rewarm_from": 50}
     assert learning_rate_factor(50, rewarm, 10) == pytest.approx(0.1 * learning_rate_factor(50, plan, 10))
     assert learning_rate_factor(60, rewarm, 10) == pytest.approx(learning_rate_factor(60, plan, 10))
+
+
+def test_rendering_in_worker_processes_gives_what_one_process_gives():
+    """The renderer's pool (spawned processes, never forked: a fork of a process with torch's threads
+    can hang on a lock it inherits) returns the same set as rendering in this process."""
+    import dataclasses
+
+    args = dict(first_seed=3, shot_frames=(4,), height=32, width=32, progress=False, cast_stories=2)
+    pooled = render_dataset(8, 0, workers=2, **args)  # 10 stories: over the pool's threshold
+    alone = render_dataset(8, 0, workers=1, **args)
+    for f in dataclasses.fields(alone):
+        a, b = getattr(alone, f.name), getattr(pooled, f.name)
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f.name
+        else:
+            assert a == b, f.name
