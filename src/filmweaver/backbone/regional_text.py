@@ -83,7 +83,7 @@ class RegionalTextState:
 
     def __init__(self, kv_state: KVState):
         self.kv_state = kv_state  # which pass a causal-context forward is on
-        self.generated: torch.Tensor | None = None  # [B, N_gen, L] bool, or None: no mask
+        self.generated: torch.Tensor | None = None  # [B, N_gen, L] bool (or an additive bias), None: no mask
 
     def mask_for(self, num_queries: int) -> torch.Tensor | None:
         """``[B, 1, num_queries, L]`` for the queries of this pass (context tokens unmasked)."""
