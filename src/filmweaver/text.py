@@ -139,7 +139,9 @@ def entity_spans(prompt: str, names: list[str], spans: str = "mention") -> list[
     brackets or a colon to the line's end ("Ada, a purple round creature," / "Ada (a purple round
     creature)" / EntityBench's "Ada: a purple round creature"), never past the next mention or the
     sentence's end: Ada "Ada, a purple round creature" and Bo "Bo"; what the words
-    after say (an action, a place) belongs to no one."""
+    after say (an action, a place) belongs to no one. ``spans="attributes"``: the same description
+    without the name (", a purple round creature"), none for a bare name (what regional prompts keep
+    to a character's region: the names stay readable everywhere)."""
     found = sorted((m.start(), -m.end(), j) for j, n in enumerate(names) if n
                    for m in re.finditer(rf"(?<!\w){re.escape(n)}(?!\w)", prompt))
     mentions = []

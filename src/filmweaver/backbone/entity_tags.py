@@ -82,6 +82,15 @@ def entity_slots(shot_characters: list[str], shown: list[tuple[str, ...]]) -> to
     return out
 
 
+def column_strips(counts: torch.Tensor, width: int) -> torch.Tensor:
+    """``[..., width]`` long: the strip each column of a frame lies in when ``counts [...]`` characters
+    stand side by side, each in its share of the frame (the i-th of n: columns i/n to (i+1)/n). The one
+    layout the engine (:func:`slot_regions`), the trainer's memory and regional prompts assume where no
+    box says otherwise."""
+    centres = (torch.arange(width, dtype=torch.float64, device=counts.device) + 0.5) / width
+    return (centres * counts.clamp(min=1)[..., None].double()).floor().long()
+
+
 def slot_regions(shot_characters: list[str], frames: list[tuple[tuple[str, ...], dict]], hw: tuple[int, int]
                  ) -> torch.Tensor:
     """``[K, h, w, SLOTS]``: per memory frame, given as ``(its characters in its own shot's order, their
@@ -100,8 +109,7 @@ def slot_regions(shot_characters: list[str], frames: list[tuple[tuple[str, ...],
                 x0, y0, x1, y1 = boxes[name]
                 mask = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
             else:
-                n = len(shown)
-                mask = ((cols >= i / n) & (cols < (i + 1) / n))[None, :].expand(h, w)
+                mask = (column_strips(torch.tensor(len(shown)), w) == i)[None, :].expand(h, w)
             out[k, :, :, j] = torch.maximum(out[k, :, :, j], mask.float())
     return out
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from filmweaver.backbone.causal_kv import KVState
-from filmweaver.backbone.entity_tags import SLOTS, slot_regions
+from filmweaver.backbone.entity_tags import SLOTS, column_strips, slot_regions
 
 
 @dataclass
@@ -72,8 +72,7 @@ def strip_regions(counts: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """``[B, h, w, SLOTS]``: for shots of ``counts [B]`` characters, the i-th one's vertical strip
     (what :func:`shot_regions` gives without boxes, for a batch at once: training)."""
     h, w = hw
-    cols = (torch.arange(w, device=counts.device) + 0.5) / w
-    strip = (cols[None] * counts.clamp(min=1)[:, None].float()).floor().long()  # [B, w]
+    strip = column_strips(counts, w)  # [B, w]
     one = F.one_hot(strip.clamp(max=SLOTS - 1), SLOTS) * (strip < SLOTS)[..., None]
     return one[:, None].expand(-1, h, -1, -1).float()
 

@@ -367,15 +367,14 @@ class StoryEngine:
         """Where each character the shot's prompt describes is (regional prompts: its box in the shot's
         ``layout``, else its strip by the shot's order), or None: the setting off, fewer than two
         characters, or a backbone without the in-context layout."""
-        characters = list(plan.shot.entities.characters)
-        backbone = self.models.backbone
-        if not self.config.regional_prompts or len(characters) < 2 or self.m2v or self.storymem_layout:
+        cfg, characters = self.config, list(plan.shot.entities.characters)
+        if not cfg.regional_prompts or len(characters) < 2 or self.m2v or self.storymem_layout:
             return None
-        backbone.enable_regional_text()
-        cfg = self.config
+        self.models.backbone.enable_regional_text()
         slots = entity_token_slots(self.models.prompt_encoder, [plan.prompt], [characters], spans="attributes")[0]
+        boxes = {name: tuple(box) for name, box in plan.shot.options.layout.items()}
         strength = float("inf") if cfg.regional_strength is None else cfg.regional_strength
-        return TextRegions(slots, shot_regions(characters, self.latent_hw, {n: tuple(b) for n, b in plan.shot.options.layout.items()}), strength)
+        return TextRegions(slots, shot_regions(characters, self.latent_hw, boxes), strength)
 
     def _generate_shot(self, plan: ShotPlan, prior_latents: torch.Tensor | None = None) -> dict:
         """Make one shot (or extend it by the chunks its plan adds to ``prior_latents``), write its files,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from filmweaver.backbone.entity_tags import column_strips
 from filmweaver.backbone.vae import LatentCodec, latent_frame_count, pixel_frame_count
 from filmweaver.progress import progress_bar
 from filmweaver.synth.dataset import RenderedSet  # or a curated dataset's ShotTable: the same per-shot fields
@@ -108,9 +109,8 @@ class LatentStore:
         h, w = hw
         target = self._cast_ids[shots]  # [B, SLOTS]
         shown = self._cast_ids[source]  # [B, K, SLOTS], each keyframe's characters in its own shot's order
-        n = np.maximum((shown >= 0).sum(-1), 1)  # [B, K]
-        centres = (np.arange(w) + 0.5) / w
-        owner = np.minimum((centres[None, None, :] * n[:, :, None]).astype(np.int64), shown.shape[-1] - 1)  # [B, K, w]
+        strips = column_strips(torch.from_numpy((shown >= 0).sum(-1)), w).numpy()  # [B, K, w]
+        owner = np.minimum(strips, shown.shape[-1] - 1)
         at = np.take_along_axis(shown, owner, axis=2)  # [B, K, w]: whom each column shows
         hit = (at[..., None] == target[:, None, None, :]) & (target[:, None, None, :] >= 0) & (at[..., None] >= 0)
         return torch.from_numpy(np.broadcast_to(hit[:, :, None].astype(np.float32), (*hit.shape[:2], h, *hit.shape[2:])).copy())

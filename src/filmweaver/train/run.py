@@ -281,15 +281,20 @@ def _name_only_prompts(data) -> list[str]:
     return [u or p for u, p in zip(data.unrestated, data.prompts, strict=True)]
 
 
+def _shot_characters(data, option: str) -> list[list[str]]:
+    """Every shot's characters in its order, which ``option`` needs (an error naming it without them)."""
+    if data.cast_names is None:
+        raise ValueError(f"{option} needs every shot's characters (a rendered set, or a curated one whose "
+                         "captions name them)")
+    return [list(n) for n in data.cast_names]
+
+
 def _text_slots(data, models: FilmModels, unrestated) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``dit.text_slots``: each shot's prompt tokens' character slots ``[S, L]``
     (:func:`filmweaver.text.entity_token_slots`), and its name-only prompt's where there are some."""
     from filmweaver.text import entity_token_slots
 
-    if data.cast_names is None:
-        raise ValueError("dit.text_slots needs every shot's characters (a rendered set, or a curated one whose "
-                         "captions name them)")
-    names = [list(n) for n in data.cast_names]
+    names = _shot_characters(data, "dit.text_slots")
     slots = entity_token_slots(models.prompt_encoder, data.prompts, names)
     alt = None
     if unrestated is not None:
@@ -303,10 +308,7 @@ def _regional_slots(data, models: FilmModels) -> tuple[torch.Tensor, torch.Tenso
     how many characters it shows ``[S]`` (its strips)."""
     from filmweaver.text import entity_token_slots
 
-    if data.cast_names is None:
-        raise ValueError("dit.regional_prompts needs every shot's characters (a rendered set, or a curated one whose "
-                         "captions name them)")
-    names = [list(n) for n in data.cast_names]
+    names = _shot_characters(data, "dit.regional_prompts")
     return (entity_token_slots(models.prompt_encoder, data.prompts, names, spans="attributes"),
             torch.tensor([len(n) for n in names]))
 
