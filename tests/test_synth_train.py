@@ -674,25 +674,60 @@ def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_on_two_processes_is_data_parallel_and_stops_together(tmp_path):
-    """`torchrun --nproc_per_node 2 -m filmweaver.train` (CPU, gloo): the phases before the DiT run once,
-    the DiT is data parallel (each rank draws its own batches, yet all ranks end with the same weights),
-    and a time limit stops every rank at the same step (a rank stopping alone would hang the others)."""
+def test_sharded_training_gives_data_parallel_weights_and_resumes_after_a_kill(tmp_path):
+    """`torchrun --nproc_per_node 2` training (CPU ranks, gloo), data parallel (DDP: the phases before
+    the DiT run once, each rank draws its own batches, all end with the same weights) and with `dit.fsdp`
+    (every parameter, gradient and Adam moment sharded: FSDP2, a unit per block). A sharded run killed after its step-10 checkpoint, run again, ends with
+    the weights of an uninterrupted data-parallel run of the same recipe (same batches, the same
+    averaged gradients, clipped by the norm over all shards); its checkpoint and saved model are the
+    files an unsharded run writes. A sharded LoRA run saves the adapter that `generate --lora` loads."""
     from helpers import torchrun
+    from safetensors.torch import load_file
 
+    from filmweaver.models import load_models
     from filmweaver.train.dit import SYNC_EVERY
 
-    out = tmp_path / "run"
-    cmd = ["-m", "filmweaver.train", "configs/synth-test.yaml", "-o", str(out), "--set", "dit.stages.1.steps=100000",
-           "--set", "dit.max_minutes=0.05"]
-    res = torchrun(2, *cmd, env={"ACCELERATE_USE_CPU": "1"})
+    def train(out, kill_at=0, *overrides):  # no probe phase: the DiT is what is compared
+        return torchrun(2, "tests/fsdp_worker.py", str(out), str(kill_at), f"data.cache_dir={tmp_path / 'frames'}",
+                        "probe=null", *overrides, env={"ACCELERATE_USE_CPU": "1"})
+
+    ddp, fsdp, lora = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "lora"
+    res = train(ddp)
     assert res.returncode == 0, res.stderr[-3000:]
-    dit = json.loads((out / "summary.json").read_text())["dit"]
-    assert dit["processes"] == 2 and dit["ranks_in_sync"] is True
-    assert 0 < dit["steps"] < dit["planned_steps"] and dit["steps"] % SYNC_EVERY == 0  # the joint check
-    assert (out / "model" / "transformer").is_dir() and (out / "vae" / "config.json").is_file()
+    res = train(fsdp, 11, "dit.fsdp=true")
+    assert res.returncode != 0 and "killed at step 11" in res.stderr
+    assert json.loads((fsdp / "checkpoint" / "state.json").read_text())["step"] == 10
+    res = train(fsdp, 0, "dit.fsdp=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed DiT training at step 10/12" in res.stdout + res.stderr
+    runs = {r: json.loads((r / "summary.json").read_text())["dit"] for r in (ddp, fsdp)}
+    assert runs[ddp]["sharded"] is False and runs[ddp]["ranks_in_sync"] is True
+    assert runs[fsdp]["sharded"] is True and runs[fsdp]["processes"] == 2 and runs[fsdp]["steps"] == 12
+    for name in ("trainable", "ema"):  # float32, every trained parameter (the text encoder's too)
+        a, b = (load_file(str(r / "checkpoint" / f"{name}.safetensors")) for r in (ddp, fsdp))
+        assert a.keys() == b.keys() and any(k.startswith("text_encoder.") for k in a)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
+    moments = [torch.load(r / "checkpoint" / "optimizer.pt", weights_only=True)["optimizer"] for r in (ddp, fsdp)]
+    assert moments[0]["state"].keys() == moments[1]["state"].keys()  # by parameter name, whole
+    key = "backbone.transformer.patch_embedding.weight"
+    torch.testing.assert_close(moments[1]["state"][key]["exp_avg_sq"], moments[0]["state"][key]["exp_avg_sq"])
+    a, b = (load_models(model=str(r / "model")).backbone.transformer.state_dict() for r in (ddp, fsdp))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+
+    # a sharded LoRA run against a time limit: every rank stops at the same step (a rank stopping alone
+    # would hang the others), checked together every SYNC_EVERY steps
+    res = train(lora, 0, f"vae.init_from={ddp / 'model'}", f"embedder.init_from={ddp / 'model'}", "dit.fsdp=true",
+                "dit.lora={rank: 4}", "dit.stages.1.steps=100000", "dit.max_minutes=0.05")
+    assert res.returncode == 0, res.stderr[-3000:]
+    adapter = load_file(str(lora / "model" / "lora" / "pytorch_lora_weights.safetensors"))
+    assert adapter and all("lora_A" in k or "lora_B" in k for k in adapter)
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained away from zero
+    run = json.loads((lora / "summary.json").read_text())["dit"]
+    assert run["sharded"] is True and 0 < run["steps"] < run["planned_steps"] and run["steps"] % SYNC_EVERY == 0
     # launched as two processes that accelerate does not see as one group: refused, not two racing runs
-    res = torchrun(2, *cmd[:3], "-o", str(tmp_path / "other"), env={"ACCELERATE_USE_CPU": None})
+    res = torchrun(2, "-m", "filmweaver.train", "configs/synth-test.yaml", "-o", str(tmp_path / "other"),
+                   env={"ACCELERATE_USE_CPU": None})
     assert res.returncode != 0 and "accelerate sees one" in res.stderr
 
 
@@ -712,8 +747,8 @@ def test_a_run_lost_midway_resumes_from_its_compact_checkpoint(tmp_path, monkeyp
     class MachineLost(RuntimeError):
         pass
 
-    def save_then_lose(d, module, opt, sched, ema, step, plan=None):
-        save(d, module, opt, sched, ema, step, plan)
+    def save_then_lose(d, module, opt, sched, ema, step, plan=None, **kw):
+        save(d, module, opt, sched, ema, step, plan, **kw)
         if step == 8:
             raise MachineLost
 

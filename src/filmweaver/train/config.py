@@ -195,6 +195,11 @@ class DiTPhase(_Cfg):
     # "high_noise" (`transformer`, timesteps at or above the boundary; generate --lora) or "low_noise"
     # (`transformer_2`, below it; --lora-2). The other expert is never loaded.
     expert: Literal["high_noise", "low_noise"] | None = None
+    # several processes: shard every parameter, its gradient and its optimiser moments over them (FSDP2,
+    # one unit per transformer block; filmweaver.train.sharding) instead of a full copy on each (DDP), for
+    # models whose weights, gradients and Adam moments do not fit one GPU beside the activations (an A14B
+    # expert, a full fine-tune). Same steps, same checkpoint files; one process: nothing to shard.
+    fsdp: bool = False
     max_minutes: float | None = None  # safety stop: end the phase (and save) after this long
     # With max_minutes: the step rate is measured every 500 steps (from step 100) and the planned steps
     # ahead are fitted (every stage in proportion, at most the configured steps) to what fits in the time

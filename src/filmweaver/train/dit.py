@@ -27,6 +27,14 @@ from filmweaver.synth.world import COVERAGE_LAYERS
 from filmweaver.text import embed_token_ids, mean_over_tokens
 from filmweaver.train.config import DiTPhase
 from filmweaver.train.data import Batch, LatentStore, to_device
+from filmweaver.train.sharding import (
+    assign_full,
+    clip_grad_norm,
+    full_tensor,
+    is_sharded,
+    load_optimizer_state,
+    optimizer_state,
+)
 
 FIT_WINDOW = 500  # steps per rate measurement (fit_steps_to_time)
 SYNC_EVERY = 50  # steps between the ranks' joint deadline checks (several processes)
@@ -165,14 +173,15 @@ class EMA:
         self.names = names or [f"p{i}" for i in range(len(params))]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: s.cpu().contiguous() for n, s in zip(self.names, self.shadow, strict=True)}
+        """The shadows by name, whole (a collective when the parameters are sharded)."""
+        return {n: full_tensor(s).cpu().contiguous() for n, s in zip(self.names, self.shadow, strict=True)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         # checkpoints written before the shadows were named store them by position (p0, p1, ...)
         keys = self.names if self.names[0] in state else [f"p{i}" for i in range(len(self.shadow))]
         for k, s in zip(keys, self.shadow, strict=True):
-            s.copy_(state[k].to(s))
+            assign_full(s, state[k])
 
     @torch.no_grad()
     def update(self) -> None:
@@ -209,6 +218,9 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     description slots and cast size (regional prompts: each description read only from its strip).
     """
     device = accelerator.device
+    # sharded (filmweaver.train.sharding): every rank saves and loads checkpoints together (they gather
+    # the shards), the main process writes
+    sharded = is_sharded(module)
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     opt = make_optimizer(params, cfg)
@@ -216,6 +228,10 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     plan = {"total": planned, "bounds": np.cumsum([s.steps for s in cfg.stages]).tolist()}  # mutable: fit_steps_to_time
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: learning_rate_factor(k, plan, cfg.warmup_steps))
     ema = EMA(params, cfg.ema_decay, names=[n for n, _ in named])
+    saves = sharded or accelerator.is_main_process
+
+    def save(model_: nn.Module) -> None:
+        _save_checkpoint(ckpt_dir, model_, opt, sched, ema, step, plan, write=accelerator.is_main_process)
     ckpt_dir = out_dir / "checkpoint"
     step, log = 0, []
     if (ckpt_dir / "state.json").is_file():
@@ -228,7 +244,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
 
             write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
         accelerator.print(f"resumed DiT training at step {step}/{plan['total']}")
-    model, opt = accelerator.prepare(module, opt)
+    model, opt = (module, opt) if sharded else accelerator.prepare(module, opt)
     schedule = [tuple(x) for x in cfg.temporal_schedule]
     history = sum(n for _, n in schedule)
     aug = cfg.augment
@@ -265,8 +281,8 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         if deadline is not None and (world == 1 or step % SYNC_EVERY == 0) and \
                 _agree(float(time.perf_counter() > deadline), "max", accelerator) > 0:
             accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{plan['total']}")
-            if accelerator.is_main_process:
-                _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
+            if saves:
+                save(accelerator.unwrap_model(model))
             break
         if window is not None and step == window[0]:
             if device.type == "cuda":
@@ -334,7 +350,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
         loss = region_weighted_mean(se, batch.coverage, region_weights)
         accelerator.backward(loss)
         if cfg.grad_clip:
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            clip_grad_norm(params, cfg.grad_clip) if sharded else accelerator.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -362,12 +378,12 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
                     f.write(json.dumps(rec) + "\n")
             if accelerator.trackers:
                 accelerator.log({f"dit/{k}": v for k, v in rec.items() if isinstance(v, float)}, step=step)
-        if accelerator.is_main_process and (step % checkpoint_every == 0 or step == plan["total"]):
-            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan)
+        if saves and (step % checkpoint_every == 0 or step == plan["total"]):
+            save(accelerator.unwrap_model(model))
     bar.close()
     ema.copy_to()  # the shipped weights are the EMA weights
-    in_sync = _ranks_agree(params, accelerator) if world > 1 else None
-    return {"steps": step, "processes": world, "ranks_in_sync": in_sync, "planned_steps": planned, "scheduled_steps": plan["total"],
+    in_sync = _ranks_agree(params, accelerator) if world > 1 and not sharded else None
+    return {"steps": step, "processes": world, "sharded": sharded, "ranks_in_sync": in_sync, "planned_steps": planned, "scheduled_steps": plan["total"],
             "stage_ends": [int(b) for b in plan["bounds"]], "steps_per_second": plan.get("steps_per_second"),
             "final_loss": log[-1]["loss"] if log else None, "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -441,19 +457,27 @@ def fit_schedule(plan: dict, step: int, fitted_total: int, ceiling: int) -> None
     plan["total"] = fitted_total
 
 
-def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int, plan: dict | None = None) -> None:
+def _save_checkpoint(d: Path, module, opt, sched, ema: EMA, step: int, plan: dict | None = None,
+                     write: bool = True) -> None:
+    """The trained parameters, their EMA, the optimiser (keyed by parameter name) and the schedule, whole
+    whether training is sharded or not. Sharded: every rank calls it (it gathers), ``write`` on one."""
     from safetensors.torch import save_file
 
     from filmweaver.io import atomic_path
 
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    trainable = {n: full_tensor(p.detach()).float().cpu().contiguous() for n, p in named}
+    ema_state = ema.state_dict()
+    optimizer = optimizer_state(module, opt, [n for n, _ in named])
+    if not write:
+        return
     d.mkdir(parents=True, exist_ok=True)
-    trainable = {n: p.detach().float().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
     with atomic_path(d / "trainable.safetensors") as tmp:
         save_file(trainable, tmp)
     with atomic_path(d / "ema.safetensors") as tmp:
-        save_file(ema.state_dict(), tmp)
+        save_file(ema_state, tmp)
     with atomic_path(d / "optimizer.pt") as tmp:
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
+        torch.save({"optimizer": optimizer, "scheduler": sched.state_dict()}, tmp)
     with atomic_path(d / "state.json") as tmp:
         Path(tmp).write_text(json.dumps({"step": step, "plan": plan}))
 
@@ -466,9 +490,8 @@ def _load_checkpoint(d: Path, module, opt, sched, ema: EMA, plan: dict | None = 
 
     trainable = load_file(str(d / "trainable.safetensors"))
     named = dict(module.named_parameters())
-    with torch.no_grad():
-        for n, t in trainable.items():
-            named[n].copy_(t.to(named[n]))
+    for n, t in trainable.items():
+        assign_full(named[n], t)
     state = json.loads((d / "state.json").read_text())
     step = int(state["step"])
     if plan is not None and state.get("plan"):
@@ -476,7 +499,7 @@ def _load_checkpoint(d: Path, module, opt, sched, ema: EMA, plan: dict | None = 
     if (d / "optimizer.pt").is_file():
         ema.load_state_dict(load_file(str(d / "ema.safetensors")))
         saved = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
-        opt.load_state_dict(saved["optimizer"])
+        load_optimizer_state(module, opt, saved["optimizer"], [n for n, p in named.items() if p.requires_grad])
         sched.load_state_dict(saved["scheduler"])
         return step
     with torch.no_grad():  # compact: the EMA restarts at the weights, the moments at zero

@@ -231,6 +231,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     module = CacheGuidedDenoiser(models.backbone, None if prompt_tables else text_encoder).to(device)
+    saved_copy, sharded = None, dcfg.fsdp and accelerator.num_processes > 1
+    if sharded:  # the model saved at the end is gathered into an unsharded copy (main process)
+        from filmweaver.train.sharding import shard_for_training
+
+        saved_copy = shard_for_training(module, [e.transformer for e in models.experts()], device,
+                                        keep_copy=accelerator.is_main_process)
     tags = {}
     if dcfg.entity_tags:
         if data.cast_names is None:
@@ -253,6 +259,14 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
                                unrestated=unrestated, **prompt_tables, **tags)
     timings["dit_s"] = round(time.perf_counter() - t, 1)
     del store
+    if sharded:
+        from filmweaver.train.sharding import gather_for_saving
+
+        gather_for_saving(module, saved_copy)
+        if saved_copy is not None:
+            models.backbone = saved_copy.backbone
+            if saved_copy.text_encoder is not None:
+                models.prompt_encoder.text_encoder = saved_copy.text_encoder
 
     # 6. save the model (EMA weights) with the probe inside it
     model_dir = out / "model"
