@@ -187,6 +187,12 @@ def test_a_second_writer_is_refused_and_readers_still_work(tmp_path, story_file)
     finally:
         holder.communicate("")
     _cli("next", out)  # the holder is gone, and so is its lock
+    res = _cli("regenerate", out, "--shot", "9", ok=False)  # refused under the lock, after taking it
+    assert res.exit_code == 2 and "--shot 9" in res.output
+    # a command run in this process (the Python API, the studio) holds the lock only while it runs,
+    # whether it succeeded or failed: another process takes it at once
+    holder = subprocess.run([sys.executable, "-c", HOLD_LOCK, str(out)], input="", capture_output=True, text=True)
+    assert holder.returncode == 0 and holder.stdout.strip() == "locked", holder.stderr[-500:]
 
 
 @pytest.mark.slow

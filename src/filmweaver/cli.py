@@ -3,6 +3,7 @@ benchmark."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -173,8 +174,11 @@ def _load_models(setup, runtime):
     return models
 
 
-def _lock(out: Path):
-    """The project's writer lock, taken before any model loads (a second writer is refused at once)."""
+@contextlib.contextmanager
+def _locked(out: Path):
+    """The project's writer lock for the command's whole run, taken before any model loads (a second
+    writer is refused at once) and released when the command ends, however it ends (an error, a
+    failed check): a command run in-process (the Python API, tests) leaves the project free."""
     from filmweaver.project import ProjectError, ProjectLock
 
     lock = ProjectLock(out)
@@ -182,7 +186,10 @@ def _lock(out: Path):
         lock.acquire()
     except (ProjectError, OSError) as e:
         _fail(str(e))
-    return lock
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 ExternalRefs = Annotated[bool, typer.Option("--allow-external-references", help="accept reference images outside "
@@ -300,28 +307,27 @@ def generate(
     runtime, rank, scratch = _start_parallel(runtime, context_parallel, cfg_parallel)
     if scratch is not None:  # only rank 0 writes the project
         out = Path(scratch.name)
-    lock = _lock(out)
-    project = _read_project(out, must_exist=False)
-    if not force:
-        try:
-            project.check_same_story(story)
-        except ProjectError as e:
-            _fail(str(e))
-    setup = _model_setup(None if force else _recorded_setup(project), preset=preset, model=model, embedder=embedder,
-                         lora=lora, lora_2=lora_2, first_shot_model=first_shot_model)
-    models = _load_models(setup, runtime)
-    engine = _engine(models, project, story=story, config=config, progress=rank == 0)
-    if cfg_parallel:
-        try:
-            engine.sampler.enable_cfg_parallel()
-        except ValueError as e:
-            _fail(str(e))
-    from filmweaver.pipeline import Film
+    with _locked(out):
+        project = _read_project(out, must_exist=False)
+        if not force:
+            try:
+                project.check_same_story(story)
+            except ProjectError as e:
+                _fail(str(e))
+        setup = _model_setup(None if force else _recorded_setup(project), preset=preset, model=model, embedder=embedder,
+                             lora=lora, lora_2=lora_2, first_shot_model=first_shot_model)
+        models = _load_models(setup, runtime)
+        engine = _engine(models, project, story=story, config=config, progress=rank == 0)
+        if cfg_parallel:
+            try:
+                engine.sampler.enable_cfg_parallel()
+            except ValueError as e:
+                _fail(str(e))
+        from filmweaver.pipeline import Film
 
-    made = _run(engine, lambda: Film(engine).generate(max_shots=max_shots, force=force))
-    if rank == 0:
-        _report(engine, [n - 1 for n in made.shots])
-    lock.release()
+        made = _run(engine, lambda: Film(engine).generate(max_shots=max_shots, force=force))
+        if rank == 0:
+            _report(engine, [n - 1 for n in made.shots])
     if scratch is not None:
         scratch.cleanup()
 
@@ -462,18 +468,20 @@ def _report(engine, done):
     typer.echo(str(p.root))
 
 
+@contextlib.contextmanager
 def _open(out: Path, runtime, shot: int | None = None, finished: bool = False, **given):
-    """Reopen a project for a follow-up command: the lock, its recorded models (``given`` options must
-    agree with them), its own story and settings. ``shot`` (1-based) must exist, and be ``finished``."""
-    _require_project(out)  # before the lock makes the folder
-    _lock(out)
-    project = _read_project(out, hint="; generate it again from its script")
-    if shot is not None:
-        _check_shot(project, shot, finished)
-    setup = _model_setup(_recorded_setup(project), **given)
+    """Reopen a project for a follow-up command, under its lock until the command ends: its recorded
+    models (``given`` options must agree with them), its own story and settings. ``shot`` (1-based)
+    must exist, and be ``finished``."""
     from filmweaver.pipeline import Film
 
-    return Film(_engine(_load_models(setup, runtime), project))
+    _require_project(out)  # before the lock makes the folder
+    with _locked(out):
+        project = _read_project(out, hint="; generate it again from its script")
+        if shot is not None:
+            _check_shot(project, shot, finished)
+        setup = _model_setup(_recorded_setup(project), **given)
+        yield Film(_engine(_load_models(setup, runtime), project))
 
 
 def _check_shot(project, shot: int, finished: bool) -> None:
@@ -499,10 +507,10 @@ def next_shot(out: Path = typer.Argument(..., help="project directory"), preset:
               vae_tiling: VaeTiling = False, fuse_qkv: FuseQkv = False, fuse_ffn: FuseFfn = False):
     """Generate the next pending (or stale) shot of a project, with the models it was made with."""
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    film = _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
-                 first_shot_model=first_shot_model)
-    made = _run(film.engine, film.next)
-    _report(film.engine, [n - 1 for n in made.shots])
+    with _open(out, runtime, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+               first_shot_model=first_shot_model) as film:
+        made = _run(film.engine, film.next)
+        _report(film.engine, [n - 1 for n in made.shots])
 
 
 @app.command()
@@ -519,10 +527,10 @@ def extend(out: Path = typer.Argument(..., help="project directory"),
     if shot < 1:
         _fail(f"--shot {shot}: shots are numbered from 1")
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    film = _open(out, runtime, shot=shot, finished=True, preset=preset, model=model, embedder=embedder, lora=lora,
-                 lora_2=lora_2, first_shot_model=first_shot_model)
-    _run(film.engine, lambda: film.extend(shot, chunks))
-    _report(film.engine, [shot - 1])
+    with _open(out, runtime, shot=shot, finished=True, preset=preset, model=model, embedder=embedder, lora=lora,
+               lora_2=lora_2, first_shot_model=first_shot_model) as film:
+        _run(film.engine, lambda: film.extend(shot, chunks))
+        _report(film.engine, [shot - 1])
 
 
 @app.command()
@@ -545,10 +553,10 @@ def regenerate(out: Path = typer.Argument(..., help="project directory"),
     if prompt is not None and not prompt.strip():
         _fail("--prompt: expected a non-empty prompt")
     runtime = _runtime(device, dtype, offload, attention, compile_blocks, vae_tiling, fuse_qkv, fuse_ffn)
-    film = _open(out, runtime, shot=shot, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
-                 first_shot_model=first_shot_model)
-    _run(film.engine, lambda: film.regenerate(shot, prompt=prompt, seed=seed))
-    _report(film.engine, [shot - 1])
+    with _open(out, runtime, shot=shot, preset=preset, model=model, embedder=embedder, lora=lora, lora_2=lora_2,
+               first_shot_model=first_shot_model) as film:
+        _run(film.engine, lambda: film.regenerate(shot, prompt=prompt, seed=seed))
+        _report(film.engine, [shot - 1])
 
 
 def _edit_memory(out: Path, action: str, shot: int, target: str, onward: bool, remove: bool, label: str = "") -> None:
@@ -558,22 +566,21 @@ def _edit_memory(out: Path, action: str, shot: int, target: str, onward: bool, r
     from filmweaver.script import ScriptError
 
     _require_project(out)
-    lock = _lock(out)
-    project = _read_project(out)
-    try:
-        story = project.load_story()
-        if not 1 <= shot <= len(story.shots()):
-            _fail(f"--shot {shot}: the story has {len(story.shots())} shots (1..{len(story.shots())})")
-        if label and label not in {e.name for e in story.entities()}:
-            _fail(f"--label {label!r}: not an entity of the story")
-        if action == "reference" and not remove:
-            target = add_reference_image(project, target)
-        edit = MemoryEdit(action, shot - 1, onward, keyframe="" if action == "reference" else target,
-                          image=target if action == "reference" else "", label=label)
-        stale = apply_edit(project, edit, len(story.shots()), remove=remove)
-    except (ProjectError, ScriptError, ValueError) as e:
-        _fail(str(e))
-    lock.release()
+    with _locked(out):
+        project = _read_project(out)
+        try:
+            story = project.load_story()
+            if not 1 <= shot <= len(story.shots()):
+                _fail(f"--shot {shot}: the story has {len(story.shots())} shots (1..{len(story.shots())})")
+            if label and label not in {e.name for e in story.entities()}:
+                _fail(f"--label {label!r}: not an entity of the story")
+            if action == "reference" and not remove:
+                target = add_reference_image(project, target)
+            edit = MemoryEdit(action, shot - 1, onward, keyframe="" if action == "reference" else target,
+                              image=target if action == "reference" else "", label=label)
+            stale = apply_edit(project, edit, len(story.shots()), remove=remove)
+        except (ProjectError, ScriptError, ValueError) as e:
+            _fail(str(e))
     done = "removed" if remove else "recorded"
     typer.echo(f"{done}: {edit.describe()}" + (f"; stale now: {[i + 1 for i in stale]}" if stale else "")
                + " (run `filmweaver generate` or `next` to remake them)")
