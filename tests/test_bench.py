@@ -169,4 +169,26 @@ def test_train_bench_times_a_lora_step_and_refuses_what_it_does_not_time(tmp_pat
     assert data["env"]["trainable_parameters"] > 0 and data["env"]["gradient_checkpointing"]
     assert "--train --lora-rank 4" in data["command"] and "| s / step |" in r.output
     r = CliRunner().invoke(app, [*args, "--story", "2"])
-    assert r.exit_code == 2 and "--train times one GPU" in r.output
+    assert r.exit_code == 2 and "--train times a training step" in r.output
+    r = CliRunner().invoke(app, [*args, "--fsdp"])  # outside torchrun
+    assert r.exit_code == 2 and "--fsdp runs under torchrun" in r.output
+    r = CliRunner().invoke(app, ["bench", "--shape", "tiny", "--device", "cpu", "--fsdp"])
+    assert r.exit_code == 2 and "--fsdp shards a training step: with --train" in r.output
+
+
+@pytest.mark.slow
+def test_train_bench_shards_the_step_over_two_ranks(tmp_path):
+    """`torchrun --nproc_per_node 2 -m filmweaver.cli bench --train --fsdp` (CPU ranks, gloo): the trainer's
+    sharded step timed; rank 0 writes the result."""
+    from helpers import torchrun
+
+    out = tmp_path / "t.json"
+    r = torchrun(2, "-m", "filmweaver.cli", "bench", "--train", "--fsdp", "--shape", "tiny", "--device", "cpu",
+                 "--dtype", "float32", "--height", "32", "--width", "32", "--frames", "5", "--memory", "3",
+                 "--temporal", "no", "--lora-rank", "4", "--repeats", "1", "--warmup", "1", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["env"]["fsdp"] is True and data["env"]["world_size"] == 2
+    assert [c["memory"] for c in data["cases"]] == [3] and data["cases"][0]["seconds_per_step"] > 0
+    assert data["command"].startswith("torchrun --nproc_per_node 2 -m filmweaver.cli bench --shape tiny")
+    assert "sharded over 2 (FSDP2" in r.stdout

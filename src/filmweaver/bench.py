@@ -12,6 +12,7 @@ case, and achieved TFLOP/s from the analytic count (:func:`forward_flops`).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -110,6 +111,9 @@ class BenchOptions:
     train: bool = field(default=False, metadata=_flag(
         "--train", "instead: time a memory-LoRA training step (forward, backward with gradient checkpointing, "
         "optimizer step) and its peak memory", switch=True))
+    fsdp: bool = field(default=False, metadata=_flag(
+        "--fsdp", "--train under torchrun: the transformer sharded over the ranks (dit.fsdp); rank 0 reports its "
+        "own GPU's peak memory", switch=True))
     lora_rank: int = field(default=128, metadata=_flag("--lora-rank", "--train: the LoRA's rank (StoryMem's: 128)"))
     optimizer: str = field(default="adamw", metadata=_flag("--optimizer", "--train: adamw | adamw8bit (bitsandbytes)"))
     device: str = field(default="cuda", metadata=_flag("--device", "torch device"))
@@ -117,8 +121,9 @@ class BenchOptions:
 
     def command(self) -> str:
         """The ``filmweaver bench`` command line of these options (under ``torchrun`` when parallel)."""
-        parallel = self.context_parallel or self.cfg_parallel
-        out = ["torchrun --nproc_per_node 2 -m filmweaver.cli bench" if parallel else "filmweaver bench"]
+        parallel = self.context_parallel or self.cfg_parallel or self.fsdp
+        ranks = os.environ.get("WORLD_SIZE", "2") if self.fsdp else "2"
+        out = [f"torchrun --nproc_per_node {ranks} -m filmweaver.cli bench" if parallel else "filmweaver bench"]
         for f in fields(self):
             value = getattr(self, f.name)
             if value == f.default and f.name != "shape":  # the shape is always named
@@ -488,6 +493,8 @@ def run(options: BenchOptions, progress: bool = False, out_dir: str | None = Non
     command = options.command()
     if options.train:
         raise ValueError("--train benches the trainer: filmweaver.train.bench.run_train_bench")
+    if options.fsdp:
+        raise ValueError("--fsdp shards a training step: with --train")
     if options.story:
         result = run_story_bench(options, out_dir)
         result["command"] = command

@@ -919,7 +919,7 @@ def bench(out: Path | None = None, **options):
         result, markdown = run_train(opts) if opts.train else run(opts)
     except (ValueError, RuntimeError) as e:  # a bad combination, or a parallel flag outside torchrun
         _fail(str(e))
-    if opts.context_parallel or opts.cfg_parallel:
+    if opts.context_parallel or opts.cfg_parallel or opts.fsdp:
         import torch.distributed as dist
 
         if dist.get_rank():

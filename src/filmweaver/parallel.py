@@ -28,14 +28,16 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
 
-def init_distributed(device: str, context_parallel: str | None = None, cfg_parallel: bool = False) -> tuple[str, int]:
+def init_distributed(device: str, context_parallel: str | None = None, cfg_parallel: bool = False,
+                     flag: str | None = None) -> tuple[str, int]:
     """Initialise the process group from torchrun's environment (NCCL on CUDA, gloo on CPU) for
-    ``context_parallel`` (any number of ranks) or ``cfg_parallel`` (two ranks), and pin this rank's GPU.
+    ``context_parallel`` (any number of ranks) or ``cfg_parallel`` (two ranks), or what the option
+    ``flag`` names (any number of ranks), and pin this rank's GPU.
     Returns ``(device for this rank, rank)``. A combination, a start outside torchrun or a CFG split over
     other than two ranks is a clear error (ValueError / RuntimeError)."""
     if context_parallel and cfg_parallel:
         raise ValueError("--context-parallel and --cfg-parallel do not combine yet: choose one")
-    flag = "--cfg-parallel" if cfg_parallel else f"--context-parallel {context_parallel}"
+    flag = flag or ("--cfg-parallel" if cfg_parallel else f"--context-parallel {context_parallel}")
     if "RANK" not in os.environ:
         raise RuntimeError(f"{flag} runs under torchrun: torchrun --nproc_per_node N -m filmweaver.cli COMMAND ... {flag}")
     cuda = device.startswith("cuda")

@@ -7,8 +7,10 @@ checkpointing on every block, one chunk of ``frames`` frames at ``height x width
 shot-cache keyframes (and the temporal cache, with ``temporal``) as context, the velocity loss under
 autocast, backward, gradient clipping and the optimizer step (:func:`~filmweaver.train.dit.make_optimizer`).
 The prompt is a random embedding of the text width: the trainer embeds every prompt once with the
-frozen text encoder (:class:`~filmweaver.train.dit.PromptTable`) and moves the encoder off the GPU. Reported per case: seconds per step (median of ``repeats`` after
-``warmup``), peak GPU memory, trainable parameters, tokens.
+frozen text encoder (:class:`~filmweaver.train.dit.PromptTable`) and moves the encoder off the GPU.
+``fsdp`` (under ``torchrun``): the transformer sharded over the ranks as ``dit.fsdp`` trains
+(:mod:`filmweaver.train.sharding`), each rank one sample a step. Reported per case: seconds per step
+(median of ``repeats`` after ``warmup``), peak GPU memory (rank 0's), trainable parameters, tokens.
 """
 
 from __future__ import annotations
@@ -30,17 +32,28 @@ from filmweaver.context import flow_interpolate
 from filmweaver.runtime import RuntimeOptions, prepare_experts
 from filmweaver.train.config import DiTPhase
 from filmweaver.train.dit import make_optimizer, sample_timesteps
+from filmweaver.train.sharding import clip_grad_norm, shard_for_training
 
 
 def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
     """Time one training step per (memory, temporal) case; returns ``{"cases": [...], "env": {...}}``."""
-    dev, dtype = torch.device(o.device), o.torch_dtype()
+    device, world = o.device, 1
+    if o.fsdp:
+        import torch.distributed as dist
+
+        from filmweaver.parallel import init_distributed
+
+        device, _ = init_distributed(device, flag="--fsdp")
+        world = dist.get_world_size()
+    dev, dtype = torch.device(device), o.torch_dtype()
     bb = build_transformer(o.shape, dev, dtype)
     bb.context_attention = o.context_attention
     prepare_experts([bb], RuntimeOptions(device=o.device, attention=o.attention_backend))
     trainable = add_memory_lora(bb.transformer, o.lora_rank)
     bb.transformer.enable_gradient_checkpointing()
     bb.train()
+    if o.fsdp:
+        shard_for_training(bb, [bb.transformer], dev, keep_copy=False)
     params = [p for p in bb.parameters() if p.requires_grad]
     opt = make_optimizer(params, DiTPhase(optimizer=o.optimizer, lr=1e-5))
     c, lf, lh, lw = latent_grid(o.shape, o.frames, o.height, o.width)
@@ -56,7 +69,7 @@ def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
             v = bb(x_t, s * 1000.0, text, context=ctx)
         loss = (v.float() - (eps - x0)).pow(2).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        clip_grad_norm(params, 1.0) if o.fsdp else torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -79,7 +92,7 @@ def run_train_bench(o: BenchOptions, progress: bool = False) -> dict:
                 print(case, flush=True)
     env = {**machine_env(dev, dtype, o.attention_backend), "lora_rank": o.lora_rank, "trainable_parameters": trainable, "optimizer": o.optimizer,
            "gradient_checkpointing": True, "context_attention": o.context_attention, "warmup": o.warmup,
-           "repeats": o.repeats}
+           "repeats": o.repeats, "fsdp": o.fsdp, "world_size": world}
     return {"cases": cases, "env": env}
 
 
@@ -94,14 +107,17 @@ def markdown_rows(result: dict, command: str) -> str:
     lines += ["", f"{env['device']}, torch {env['torch']}, diffusers {env.get('diffusers')}, {env['dtype']} base, "
               f"float32 LoRA rank {env['lora_rank']} ({env['trainable_parameters'] / 1e6:.0f} M parameters), "
               f"{env['optimizer']}, gradient checkpointing, attention {env['attention_backend']}, batch "
-              f"{result['cases'][0]['batch']}, median of {env['repeats']}. Command: `{command}`"]
+              f"{result['cases'][0]['batch']}"
+              + (f" per rank, sharded over {env['world_size']} (FSDP2; peak memory: rank 0's)" if env.get("fsdp") else "")
+              + f", median of {env['repeats']}. Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
 
 def run(options: BenchOptions, progress: bool = False) -> tuple[dict, str]:
     """``filmweaver bench --train`` as the CLI runs it: the result (with its command) and markdown rows."""
     if options.story or options.context_parallel or options.cfg_parallel:
-        raise ValueError("--train times one GPU's training step: without --story, --context-parallel, --cfg-parallel")
+        raise ValueError("--train times a training step (sharded over GPUs with --fsdp): without --story, "
+                         "--context-parallel, --cfg-parallel")
     command = options.command()
     result = run_train_bench(options, progress)
     result["command"] = command
