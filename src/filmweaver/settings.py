@@ -75,3 +75,17 @@ def merge_settings(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge_settings(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def dotted_keys(settings: dict, depth: int | None = None) -> dict:
+    """Nested settings as one level of dotted keys, ``{sampler: {shift: 3}}`` -> ``{"sampler.shift": 3}``
+    (the keys of a model's filmweaver.json defaults and of ``--set``); ``depth``: flatten only that many
+    levels of sections (a deeper mapping stays a value)."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and (depth is None or depth > 0):  # an empty section adds nothing
+            inner = dotted_keys(value, None if depth is None else depth - 1)
+            out.update({f"{key}.{k}": v for k, v in inner.items()})
+        else:
+            out[key] = value
+    return out

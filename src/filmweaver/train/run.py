@@ -29,6 +29,7 @@ from filmweaver.backbone.vae import LatentCodec
 from filmweaver.memory.embedder import CLIPEmbedder
 from filmweaver.models import FilmModels
 from filmweaver.progress import progress_bar
+from filmweaver.settings import dotted_keys
 from filmweaver.synth.architecture import SYNTH_DEFAULTS, synth_architecture
 from filmweaver.synth.dataset import render_dataset
 from filmweaver.train.config import TrainConfig
@@ -400,16 +401,8 @@ def check_trackers(trackers: list[str]) -> None:
 
 def _flat_config(cfg: TrainConfig) -> dict:
     """The config as one level of dotted keys with plain values (what trackers' hyper-parameter tables take)."""
-    out = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = value if isinstance(value, int | float | str | bool) else str(value)
-    walk("", cfg.model_dump(mode="json"))
-    return out
+    return {k: v if isinstance(v, int | float | str | bool) else str(v)
+            for k, v in dotted_keys(cfg.model_dump(mode="json")).items()}
 
 
 def _finish(out: Path, summary: dict, timings: dict, write: bool = True) -> dict:
@@ -639,18 +632,6 @@ def select_expert(models: FilmModels, expert: str | None) -> tuple[float, float]
     return (b, 1.0) if expert == "high_noise" else (0.0, b)
 
 
-def _flat_settings(settings: dict, prefix: str = "") -> dict:
-    """Nested engine settings as filmweaver.json's defaults keys: ``{sampler: {shift: 3}}`` ->
-    ``{"sampler.shift": 3}``, top-level settings as they are."""
-    out = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and not prefix:
-            out.update(_flat_settings(value, f"{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) -> None:
 
     models.trained = True
@@ -670,7 +651,7 @@ def save_trained_model(models: FilmModels, cfg: TrainConfig, model_dir: Path) ->
             d["shot_cache.policy"] = "entity"
         if cfg.dit.regional_prompts:
             d["regional_prompts"] = True
-        d.update(_flat_settings(cfg.generate))  # what the recipe recommends for generating
+        d.update(dotted_keys(cfg.generate, depth=1))  # what the recipe recommends for generating
         models.defaults = d
     tr = models.backbone.transformer
     dtype = torch.float16 if cfg.save_dtype == "float16" else torch.float32
