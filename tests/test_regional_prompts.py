@@ -148,13 +148,14 @@ def test_a_shot_layout_places_characters_and_bad_boxes_are_named_with_their_path
 
 def test_a_model_recommends_regional_prompts_and_the_user_overrides_it(tiny_models):
     from filmweaver.train.config import TrainConfig
-    from filmweaver.train.run import _flat_settings
+    from filmweaver.settings import dotted_keys
 
     cfg = TrainConfig.model_validate({"generate": {"regional_prompts": True, "sampler": {"guidance_scale": 4.0}}})
-    assert _flat_settings(cfg.generate) == {"regional_prompts": True, "sampler.guidance_scale": 4.0}
+    assert dotted_keys(cfg.generate, depth=1) == {"regional_prompts": True, "sampler.guidance_scale": 4.0}
+    assert dotted_keys({"a": {"b": {"c": 1}}, "d": {}}) == {"a.b.c": 1}  # every level; an empty section adds nothing
     with pytest.raises(ValueError, match="unknown engine setting.*regional_prompt"):
         TrainConfig.model_validate({"generate": {"regional_prompt": True}})
-    tiny_models.defaults = {**tiny_models.defaults, **_flat_settings(cfg.generate)}
+    tiny_models.defaults = {**tiny_models.defaults, **dotted_keys(cfg.generate, depth=1)}
     assert EngineConfig().resolve(tiny_models).regional_prompts
     assert EngineConfig().resolve(tiny_models).sampler.guidance_scale == 4.0
     assert not EngineConfig(regional_prompts=False).resolve(tiny_models).regional_prompts  # the user's word wins
