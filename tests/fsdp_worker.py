@@ -1,6 +1,7 @@
 """Worker for test_sharded_training (run under torchrun on CPU with gloo): `filmweaver train` on
-configs/synth-test.yaml with the given overrides, killed (KeyboardInterrupt on every rank) as step
-KILL_AT ends unless it is 0, as a lost machine kills a run between checkpoints.
+configs/synth-test.yaml with the given overrides. Unless KILL_AT is 0 the run is killed as step KILL_AT
+ends (KeyboardInterrupt on every rank, as a lost machine kills a run between checkpoints), then the
+same training runs again in this process, as the same command would on the next machine.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_worker.py OUT KILL_AT [KEY=VALUE ...]
 """
@@ -13,16 +14,24 @@ from filmweaver.train.run import run_training
 
 
 def main(out: str, kill_at: int, *overrides: str) -> None:
-    real_update, calls = dit.EMA.update, {"n": 0}
+    cfg = load_train_config("configs/synth-test.yaml", [f"output_dir={out}", *overrides])
+    if kill_at:
+        real_update, calls = dit.EMA.update, {"n": 0}
 
-    def update_or_die(self):
-        calls["n"] += 1
-        if calls["n"] == kill_at:
-            raise KeyboardInterrupt(f"killed at step {kill_at}")
-        real_update(self)
+        def update_or_die(self):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt
+            real_update(self)
 
-    dit.EMA.update = update_or_die
-    run_training(load_train_config("configs/synth-test.yaml", [f"output_dir={out}", *overrides]), progress=False)
+        dit.EMA.update = update_or_die
+        try:
+            run_training(cfg, progress=False)
+        except KeyboardInterrupt:
+            print(f"killed at step {kill_at}", flush=True)
+        finally:
+            dit.EMA.update = real_update
+    run_training(cfg, progress=False)
 
 
 if __name__ == "__main__":

@@ -147,8 +147,8 @@ def test_a_shot_layout_places_characters_and_bad_boxes_are_named_with_their_path
 
 
 def test_a_model_recommends_regional_prompts_and_the_user_overrides_it(tiny_models):
-    from filmweaver.train.config import TrainConfig
     from filmweaver.settings import dotted_keys
+    from filmweaver.train.config import TrainConfig
 
     cfg = TrainConfig.model_validate({"generate": {"regional_prompts": True, "sampler": {"guidance_scale": 4.0}}})
     assert dotted_keys(cfg.generate, depth=1) == {"regional_prompts": True, "sampler.guidance_scale": 4.0}
