@@ -677,11 +677,11 @@ def test_from_report_brings_an_earlier_arm_into_the_paired_table(tmp_path):
 def test_sharded_training_gives_data_parallel_weights_and_resumes_after_a_kill(tmp_path):
     """`torchrun --nproc_per_node 2` training (CPU ranks, gloo), data parallel (DDP: the phases before
     the DiT run once, each rank draws its own batches, all end with the same weights) and with
-    `dit.fsdp` (every parameter, gradient and Adam moment sharded: FSDP2, a unit per block). A sharded
-    run killed after its step-10 checkpoint, run again, ends with the weights of an uninterrupted
-    data-parallel run of the same recipe (same batches, the same averaged gradients, clipped by the
-    norm over all shards); its checkpoint and saved model are the files an unsharded run writes. A
-    sharded LoRA run saves the adapter that `generate --lora` loads."""
+    `dit.fsdp` (every parameter, gradient and Adam moment sharded: FSDP2, a unit per block). A run
+    killed after its step-10 checkpoint while data parallel, run again sharded, ends with the weights
+    of an uninterrupted data-parallel run of the same recipe (same batches, the same averaged
+    gradients, clipped by the norm over all shards); its checkpoint and saved model are the files an
+    unsharded run writes. A sharded LoRA run saves the adapter that `generate --lora` loads."""
     from helpers import torchrun
     from safetensors.torch import load_file
 
@@ -695,7 +695,9 @@ def test_sharded_training_gives_data_parallel_weights_and_resumes_after_a_kill(t
     ddp, fsdp, lora = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "lora"
     res = train(ddp)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = train(fsdp, 11, "dit.fsdp=true")  # killed after step 11, then run again
+    # killed after step 11 training data parallel, then run again sharded: checkpoints are whole and keyed
+    # by name, so either way of training resumes the other's
+    res = train(fsdp, 11, "--", "dit.fsdp=true")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "killed at step 11" in res.stdout and "resumed DiT training at step 10/12" in res.stdout + res.stderr
     runs = {r: json.loads((r / "summary.json").read_text())["dit"] for r in (ddp, fsdp)}
