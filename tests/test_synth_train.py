@@ -590,6 +590,10 @@ def test_config_overrides_reach_list_items_and_name_a_bad_key(tmp_path):
     for bad in ("dit.stages.7.steps=1", "dit.stages.x.steps=1", "dit.batch_size.deeper=1"):
         with pytest.raises(ValueError, match="does not name a setting"):
             load_train_config("configs/synth-small.yaml", [bad])
+    # a combination that cannot train is refused with the config, before anything runs
+    with pytest.raises(ValueError, match="dit.fsdp trains in bf16 or float32"):
+        load_train_config("configs/synth-small.yaml", ["dit.fsdp=true", "mixed_precision=fp16"])
+    assert load_train_config("configs/synth-small.yaml", ["dit.fsdp=true"]).dit.fsdp
 
 
 def _shot_record(story, shot, hits, restates=False):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from filmweaver.memory.temporal_cache import DEFAULT_SCHEDULE
 from filmweaver.settings import apply_overrides, read_settings
@@ -245,6 +245,14 @@ class TrainConfig(_Cfg):
             raise ValueError(f"unknown engine setting(s) {', '.join(unknown)}")
         EngineConfig.model_validate(value)  # a bad value fails here, before training
         return value
+
+    @model_validator(mode="after")
+    def _sharding_precision(self) -> TrainConfig:
+        # float16's loss scaling (accelerate's GradScaler) unscales the gradients of the optimiser it
+        # prepared; a sharded run makes its own optimiser over the shards
+        if self.dit.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("dit.fsdp trains in bf16 or float32 (mixed_precision: bf16 or no), not fp16")
+        return self
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
