@@ -84,10 +84,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
                               log_with=list(cfg.trackers) or None, project_dir=str(out / "trackers"))
     if cfg.trackers:
         accelerator.init_trackers(out.name, config=_flat_config(cfg))
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes == 1:  # each process would train alone on the same files
-        raise RuntimeError(f"launched as {launched} processes, but accelerate sees one (on a machine without a GPU, "
-                           "set ACCELERATE_USE_CPU=1 or use `accelerate launch --cpu`)")
+    check_launch(accelerator, int(os.environ.get("WORLD_SIZE", "1")))
     if accelerator.is_main_process:
         (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     device = accelerator.device
@@ -397,6 +394,19 @@ def check_trackers(trackers: list[str]) -> None:
     for name in trackers:
         if importlib.util.find_spec(name) is None:
             raise ValueError(f"trackers: {name} is not installed (pip install {name})")
+
+
+def check_launch(accelerator, launched: int) -> None:
+    """Refuse what would train wrongly: ``launched`` processes that accelerate does not see as one group
+    (each would train alone on the same files), or accelerate's own FSDP / DeepSpeed (it would wrap the
+    model its own way; ``dit.fsdp`` shards it here)."""
+    kind = accelerator.distributed_type.value
+    if kind in ("FSDP", "DEEPSPEED"):
+        raise RuntimeError(f"accelerate is configured for {kind}: filmweaver shards the model itself with --set "
+                           "dit.fsdp=true; launch with a plain multi-GPU accelerate config (or torchrun)")
+    if launched > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(f"launched as {launched} processes, but accelerate sees one (on a machine without a GPU, "
+                           "set ACCELERATE_USE_CPU=1 or use `accelerate launch --cpu`)")
 
 
 def _flat_config(cfg: TrainConfig) -> dict:
