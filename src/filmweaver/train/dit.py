@@ -228,11 +228,13 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
     plan = {"total": planned, "bounds": np.cumsum([s.steps for s in cfg.stages]).tolist()}  # mutable: fit_steps_to_time
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: learning_rate_factor(k, plan, cfg.warmup_steps))
     ema = EMA(params, cfg.ema_decay, names=[n for n, _ in named])
-    saves = sharded or accelerator.is_main_process
-
-    def save(model_: nn.Module) -> None:
-        _save_checkpoint(ckpt_dir, model_, opt, sched, ema, step, plan, write=accelerator.is_main_process)
     ckpt_dir = out_dir / "checkpoint"
+    saves = sharded or accelerator.is_main_process  # who takes part in saving a checkpoint
+
+    def save() -> None:  # the current step's checkpoint (written by the main process)
+        _save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), opt, sched, ema, step, plan,
+                         write=accelerator.is_main_process)
+
     step, log = 0, []
     if (ckpt_dir / "state.json").is_file():
         step = _load_checkpoint(ckpt_dir, module, opt, sched, ema, plan)
@@ -282,7 +284,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
                 _agree(float(time.perf_counter() > deadline), "max", accelerator) > 0:
             accelerator.print(f"max_minutes={cfg.max_minutes} reached: stopping at step {step}/{plan['total']}")
             if saves:
-                save(accelerator.unwrap_model(model))
+                save()
             break
         if window is not None and step == window[0]:
             if device.type == "cuda":
@@ -379,7 +381,7 @@ def train_dit(module: CacheGuidedDenoiser, store: LatentStore, prompt_ids: torch
             if accelerator.trackers:
                 accelerator.log({f"dit/{k}": v for k, v in rec.items() if isinstance(v, float)}, step=step)
         if saves and (step % checkpoint_every == 0 or step == plan["total"]):
-            save(accelerator.unwrap_model(model))
+            save()
     bar.close()
     ema.copy_to()  # the shipped weights are the EMA weights
     in_sync = _ranks_agree(params, accelerator) if world > 1 and not sharded else None
