@@ -89,9 +89,7 @@ def optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, names: list[s
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    state = opt.state_dict()
-    return {"state": {names[i]: s for i, s in state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    return _rekeyed(opt.state_dict(), names.__getitem__)
 
 
 def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: dict, names: list[str]) -> None:
@@ -102,16 +100,20 @@ def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: d
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         if by_position:
-            state = {"state": {names[i]: s for i, s in state["state"].items()},
-                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+            state = _rekeyed(state, names.__getitem__)
         # strict=False: a parameter no step has used yet (a batch mode not drawn so far) has no moments
         set_optimizer_state_dict(module, opt, state, options=StateDictOptions(full_state_dict=True, strict=False))
         return
     if not by_position:
-        index = {n: i for i, n in enumerate(names)}
-        state = {"state": {index[n]: s for n, s in state["state"].items()},
-                 "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+        state = _rekeyed(state, {n: i for i, n in enumerate(names)}.__getitem__)
     opt.load_state_dict(state)
+
+
+def _rekeyed(state: dict, key) -> dict:
+    """An optimiser state dictionary with every parameter key (its moments' and its groups') mapped by
+    ``key``: position -> name and back."""
+    return {"state": {key(k): s for k, s in state["state"].items()},
+            "param_groups": [{**g, "params": [key(k) for k in g["params"]]} for g in state["param_groups"]]}
 
 
 def gather_for_saving(module: nn.Module, saved: nn.Module | None) -> None:
