@@ -143,11 +143,13 @@ def _dataset_summary(records: list[dict]) -> dict:
             "shots_in_samples": sum(len(s["shots"]) for r in records for s in r.get("samples", []))}
 
 
-def train_arms(out: Path, minutes: float, config: Path = CONFIG, sets: tuple[str, ...] = ()) -> None:
-    """Both models at once (``filmweaver train``, one process each, sharing the machine's GPU equally),
-    each for ``minutes`` of DiT; a model already trained is kept."""
+def train_arms(out: Path, minutes: float, config: Path = CONFIG, sets: tuple[str, ...] = (),
+               arms: tuple[str, ...] = ARMS) -> None:
+    """The ``arms``' models at once (``filmweaver train``, one process each, sharing the machine's GPU
+    equally), each for ``minutes`` of DiT; a model already trained is kept. One arm per call gives each
+    model the whole GPU for its minutes (the other trained by another call on the same kind of machine)."""
     procs = []
-    for arm in ARMS:
+    for arm in arms:
         run = out / "runs" / arm
         if (run / "model" / "filmweaver.json").is_file():
             continue
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=0, help="curation processes (0: one per two cores)")
     ap.add_argument("--eval-shards", type=int, default=1, help="evaluation processes")
     ap.add_argument("--phase", choices=("all", "data", "train", "eval"), default="all")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                    help="the models to train (by default both at once, sharing the GPU)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="more training settings (KEY=VALUE)")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -216,9 +220,11 @@ def main(argv: list[str] | None = None) -> None:
                                "truth": truth_dataset(films, out / "datasets" / "truth")}
         write_json(summary_path, summary)
     if args.phase in ("all", "train"):
-        train_arms(out, args.minutes, sets=tuple(x for s in args.sets for x in ("--set", s)))
-        summary["minutes"] = args.minutes  # each model's DiT minutes (the machine's GPU shared by both)
-        summary["training"] = {arm: _training_summary(out / "runs" / arm) for arm in ARMS}
+        train_arms(out, args.minutes, sets=tuple(x for s in args.sets for x in ("--set", s)), arms=tuple(args.arms))
+        summary["minutes"] = args.minutes  # each model's DiT minutes
+        summary["shared_gpu"] = len(args.arms) > 1  # whether the models trained at once, sharing one GPU
+        summary["training"] = {**summary.get("training", {}),
+                               **{arm: _training_summary(out / "runs" / arm) for arm in args.arms}}
         write_json(summary_path, summary)
     if args.phase in ("all", "eval"):
         summary["evaluation"] = evaluation_summary(evaluate_arms(out, args.stories, args.device, args.eval_shards))
