@@ -6,7 +6,7 @@
 # --films 36 --phase data`), with PyAV as .carryS and webdataset's wheels as .carryW (see closed_loop.sh);
 # the tree travels without reports/, the shipped transformer and probes (the closed loop trains its own DiT;
 # the evaluation runs afterwards, elsewhere: --phase eval with both models back in runs/closed-loop/runs).
-# Back in $OUT: the training log and summary, and the model (transformer and text encoder) in 15 MB parts.
+# Back in $OUT: the training log and summary, and the model (all but the shipped VAE and embedder it kept) in 15 MB parts.
 #   ARM=curated MINUTES=7 bash tools/device/closed_loop_arm.sh
 set -uo pipefail
 OUT=${OUT:?}
@@ -23,6 +23,6 @@ python3 -m filmweaver.synth.closed_loop $CL --films ${FILMS:-36} --device cuda -
 echo "train rc=$? $((SECONDS - T0)) s"
 grep -v "it/s\]" $CL/runs/$ARM/train.log | tail -6
 (cd $CL/runs/$ARM && tar czf "$OUT/logs-$ARM.tgz" train.log $(ls log.jsonl summary.json loss.png 2>/dev/null))
-[ -d $CL/runs/$ARM/model ] && tar czf - -C $CL/runs/$ARM model/transformer model/text_encoder model/filmweaver.json \
+[ -d $CL/runs/$ARM/model ] && tar czf - -C $CL/runs/$ARM --exclude model/vae --exclude model/embedder --exclude model/probe model \
   | split -b 15m - "$OUT/model-$ARM.tgz.part-"
 ls -la "$OUT"
