@@ -494,6 +494,11 @@ def test_run_arm_evaluates_a_generated_story_against_its_ground_truth(tmp_path):
     metrics = json.loads((tmp_path / "runs" / "full" / script["story_name"] / "metrics.json").read_text())
     assert metrics["metrics"]["probe/gt_identity"]["value"] == pytest.approx(res["summary"]["identity"], abs=1e-6)
     assert json.loads((tmp_path / "stories" / f"{script['story_name']}.json").read_text()) == script
+    # an arm is the model's own settings plus the arm's: the built-in model's entity memory and regional
+    # prompts (not the "filmweaver" method's topk), 2 steps
+    made = json.loads((tmp_path / "runs" / "full" / script["story_name"] / "manifest.json").read_text())["config"]
+    assert made["shot_cache"]["policy"] == "entity" and made["regional_prompts"] is True
+    assert made["sampler"]["num_inference_steps"] == 2
     # a second call resumes: nothing is generated again, the records are the same
     again = run_arm("full", BUILTIN_MODEL_DIR, {"sampler": {"num_inference_steps": 2}}, [script], tmp_path,
                     BUILTIN_MODEL_DIR / "probe", progress=False)

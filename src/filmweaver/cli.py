@@ -23,6 +23,7 @@ from typing import Annotated  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from filmweaver.methods import METHODS  # noqa: E402
 from filmweaver.script import ScriptError, load_story  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -260,7 +261,7 @@ def generate(
     chunks: int | None = typer.Option(None, help="chunks per shot when the script gives no duration (default 1)"),
     seed: int | None = typer.Option(None, help="base seed (default 0; shot i uses seed + i unless the script sets one)"),
     continuation: str | None = typer.Option(None, help="cut: false shots continue by mi2v (default) | mm2v | none"),
-    method: str | None = typer.Option(None, help="a named method (independent | storymem | filmweaver | keyframe_first); "
+    method: str | None = typer.Option(None, help=f"a named method ({' | '.join(METHODS)}); "
                                       "its memory settings replace --policy/--k/--continuation"),
     no_temporal_cache: bool = typer.Option(False, "--no-temporal-cache", help="ablation: no temporal cache"),
     regional_prompts: bool | None = typer.Option(None, "--regional-prompts/--no-regional-prompts",
@@ -839,7 +840,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="a generated project director
 @app.command()
 def benchmark(scripts_dir: Path = typer.Argument(..., help="directory of story scripts (*.json), e.g. ST-Bench"),
               out: Path = typer.Option(..., "-o", "--out", help="benchmark directory (rerun to resume)"),
-              methods: str = typer.Option("independent,storymem,filmweaver,keyframe_first", help="comma-separated methods"),
+              methods: str = typer.Option("independent,storymem,filmweaver,keyframe_first", help=f"comma-separated methods of {', '.join(METHODS)} ('default': the model's own settings)"),
               preset: Preset = None, model: ModelOpt = None, embedder: Embedder = None, lora: Lora = None,
               lora_2: Lora2 = None, first_shot_model: FirstShot = None,
               stories: int | None = typer.Option(None, help="only the first N scripts (sorted by name)"),

@@ -3,6 +3,9 @@
 A method is a partial :class:`~filmweaver.engine.EngineConfig` (nested dict); ``filmweaver generate
 --method NAME`` and ``filmweaver benchmark --methods ...`` apply it under any explicit settings.
 
+* ``default``: nothing of its own: the model's recommended settings (its ``filmweaver.json`` defaults,
+  e.g. the built-in model's ``entity`` memory and regional prompts), as ``filmweaver generate`` without
+  ``--method``; an ablation arm is this plus what the arm changes.
 * ``independent``: every shot on its own (no shot cache, no carry-over between shots); chunks inside a
   shot still share the temporal cache.
 * ``storymem``: StoryMem's released pipeline (``EngineConfig.storymem``): ``sink_window`` memory (the
@@ -28,6 +31,7 @@ STORYMEM = {"shot_cache": {"policy": "sink_window", "sink": 3, "max_size": 10}, 
             "storymem": {"enabled": True}}
 
 METHODS: dict[str, dict] = {
+    "default": {},
     "independent": {"shot_cache": {"policy": "none"}, "continuation": "none"},
     "storymem": STORYMEM,
     "storymem_corrected": merge_settings(STORYMEM, {"storymem": {"corrected_mi2v": True}}),

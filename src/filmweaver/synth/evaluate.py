@@ -308,8 +308,9 @@ def write_stories(stories: list[dict], out_dir: str | Path) -> list[Path]:
 
 
 def ablation_arm(arm: str, model_dir: str | Path, overrides: dict, device: str = "cpu") -> Arm:
-    """A benchmark arm: the engine defaults with ``overrides`` on the model in ``model_dir``."""
-    return Arm(arm, "filmweaver", overrides, models=lambda: FilmModels.from_pretrained(str(model_dir), device=device))
+    """A benchmark arm: the model's own settings (method ``default``) with ``overrides``, on the model in
+    ``model_dir``."""
+    return Arm(arm, "default", overrides, models=lambda: FilmModels.from_pretrained(str(model_dir), device=device))
 
 
 def probe_judges(probe_dir: str | Path, device: str = "cpu") -> Judges:
