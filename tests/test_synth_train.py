@@ -737,16 +737,25 @@ def test_sharded_training_gives_data_parallel_weights_and_resumes_after_a_kill(t
     a, b = (load_models(model=str(r / "model")).backbone.transformer.state_dict() for r in (ddp, fsdp))
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
 
-    # a sharded LoRA run against a time limit: every rank stops at the same step (a rank stopping alone
-    # would hang the others), checked together every SYNC_EVERY steps
-    res = train(lora, 0, f"vae.init_from={ddp / 'model'}", f"embedder.init_from={ddp / 'model'}", "dit.fsdp=true",
+    # a sharded LoRA run on a pretrained base (the data-parallel run's model) against a time limit: every
+    # rank stops at the same step (a rank stopping alone would hang the others), checked together every
+    # SYNC_EVERY steps; the main process kept no copy of the frozen base, only of what trains
+    res = train(lora, 0, "model.kind=pretrained", f"model.path={ddp / 'model'}", "dit.fsdp=true",
                 "dit.lora={rank: 4}", "dit.stages.1.steps=100000", "dit.max_minutes=0.05")
     assert res.returncode == 0, res.stderr[-3000:]
     adapter = load_file(str(lora / "model" / "lora" / "pytorch_lora_weights.safetensors"))
     assert adapter and all("lora_A" in k or "lora_B" in k for k in adapter)
     assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained away from zero
-    run = json.loads((lora / "summary.json").read_text())["dit"]
+    summary = json.loads((lora / "summary.json").read_text())
+    run = summary["dit"]
     assert run["sharded"] is True and 0 < run["steps"] < run["planned_steps"] and run["steps"] % SYNC_EVERY == 0
+    saved_mb = sum(f.stat().st_size for f in (lora / "model" / "lora").glob("*.safetensors")) / 2**20
+    base = load_models(model=str(ddp / "model")).backbone.transformer
+    base_mb = sum(p.numel() * p.element_size() for p in base.parameters()) / 2**20
+    assert summary["saving_copy_mb"] < saved_mb + 0.5 * base_mb  # what it saves (float32), not the base
+    lora_model = load_models(model=str(ddp / "model"), lora=str(lora / "model" / "lora" / "pytorch_lora_weights.safetensors"))
+    trained = {k: v for k, v in lora_model.backbone.transformer.state_dict().items() if "lora_B" in k}
+    assert trained and any(v.abs().max() > 0 for v in trained.values())  # `generate --lora` loads it
 
 
 @pytest.mark.slow

@@ -230,11 +230,15 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
             torch.cuda.empty_cache()
     module = CacheGuidedDenoiser(models.backbone, None if prompt_tables else text_encoder).to(device)
     saved_copy, sharded = None, dcfg.fsdp and accelerator.num_processes > 1
+    # a LoRA on a pretrained base saves the adapter and the memory projections, not the base
+    trained_only = cfg.model.kind == "pretrained" and dcfg.lora is not None
     if sharded:  # the model saved at the end is gathered into an unsharded copy (main process)
-        from filmweaver.train.sharding import shard_for_training
+        from filmweaver.train.sharding import host_copy_bytes, shard_for_training
 
         saved_copy = shard_for_training(module, [e.transformer for e in models.experts()], device,
-                                        keep_copy=accelerator.is_main_process)
+                                        keep_copy=accelerator.is_main_process, without_frozen_base=trained_only)
+        if saved_copy is not None:
+            summary["saving_copy_mb"] = round(host_copy_bytes(saved_copy) / 2**20, 3)
     tags = {}
     if dcfg.entity_tags:
         if data.cast_names is None:
@@ -260,7 +264,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     if sharded:
         from filmweaver.train.sharding import gather_for_saving
 
-        gather_for_saving(module, saved_copy)
+        gather_for_saving(module, saved_copy, trained_only=trained_only)
         if saved_copy is not None:
             models.backbone = saved_copy.backbone
             if saved_copy.text_encoder is not None:

@@ -13,7 +13,9 @@ What data parallelism does not need and sharding does, all here:
   another number of GPUs, sharded or not);
 - :func:`optimizer_state` / :func:`load_optimizer_state`: the optimiser's state keyed by parameter name;
 - :func:`gather_for_saving`: the trained weights into a plain copy of the model on the main process,
-  which saves it as an unsharded run saves its model.
+  which saves it as an unsharded run saves its model. A LoRA run on a pretrained base saves only what
+  it trained (the adapter, the memory projections): its copy leaves the frozen base out (28 GB of host
+  memory for an A14B expert) and only the trained tensors are gathered.
 
 Every function that gathers is a collective: every rank calls it, at the same point.
 """
@@ -33,18 +35,28 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def shard_for_training(module: nn.Module, transformers: list[nn.Module], device: torch.device,
-                       keep_copy: bool) -> nn.Module | None:
+                       keep_copy: bool, without_frozen_base: bool = False) -> nn.Module | None:
     """Shard ``module`` (the trained denoiser) over every process of the default group: each block of each
     of ``transformers`` (diffusers Wan transformers inside it) a unit, ``module`` the root (the
     embeddings, the head, the memory projections, a trained text encoder). Parameters and buffers move
     to ``device`` as they are sharded. ``keep_copy``: first keep an unsharded copy on the CPU, to
-    save the trained model into (:func:`gather_for_saving`; the main process's job). Returns it, or None."""
+    save the trained model into (:func:`gather_for_saving`; the main process's job). Returns it, or None.
+    ``without_frozen_base``: the copy's frozen parameters of ``transformers`` are placeholders on the meta
+    device (no memory), for a run that saves only what it trains."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     saved = None
-    if keep_copy:
+    if keep_copy and without_frozen_base:
+        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+                for t in transformers for p in t.parameters() if not p.requires_grad}
+        saved = copy.deepcopy(module, memo)  # the memo stands in for the frozen base: it is not copied
+        with torch.no_grad():
+            for t in (*saved.parameters(), *saved.buffers()):
+                if not t.is_meta:
+                    t.data = t.data.to("cpu")
+    elif keep_copy:
         module.to("cpu")  # a copy beside the model on the GPU would double its memory there
         saved = copy.deepcopy(module)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
@@ -53,6 +65,11 @@ def shard_for_training(module: nn.Module, transformers: list[nn.Module], device:
             fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)  # its parameters and buffers move to the mesh's device
     return saved
+
+
+def host_copy_bytes(saved: nn.Module) -> int:
+    """The bytes of host memory a saving copy holds (its placeholders on the meta device hold none)."""
+    return sum(t.numel() * t.element_size() for t in (*saved.parameters(), *saved.buffers()) if not t.is_meta)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -116,9 +133,20 @@ def _rekeyed(state: dict, key) -> dict:
             "param_groups": [{**g, "params": [key(k) for k in g["params"]]} for g in state["param_groups"]]}
 
 
-def gather_for_saving(module: nn.Module, saved: nn.Module | None) -> None:
+def gather_for_saving(module: nn.Module, saved: nn.Module | None, trained_only: bool = False) -> None:
     """The sharded ``module``'s weights, whole, into ``saved`` (its unsharded copy from
-    :func:`shard_for_training`, on the main process; None elsewhere). A collective."""
+    :func:`shard_for_training`, on the main process; None elsewhere). A collective. ``trained_only``
+    (every rank the same): only the parameters that train are gathered, the copy keeps the rest as
+    they were when it was made (frozen: they have not changed)."""
+    if trained_only:
+        target = dict(saved.named_parameters()) if saved is not None else {}
+        with torch.no_grad():
+            for name, p in module.named_parameters():  # the same order on every rank
+                if p.requires_grad:
+                    whole = full_tensor(p.detach())
+                    if saved is not None:
+                        target[name].copy_(whole.to("cpu"))
+        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
