@@ -6,7 +6,7 @@
 # evaluate process per share (the tiny model is host-bound), stopped at LIMIT seconds so that what finished
 # comes back: every run's metrics.json (records included) in one archive, plus the logs.
 #   MODELS="A B" CAST_ARMS="entity@A topk@A ..." SINGLE_ARMS="full@A full@B" bash tools/device/synth_cast_eval.sh
-#   LONG_SHARDS=4 [LONG_STORIES=50 LONG_ARMS="entity@B topk@B"]: also the long stories' gap curve
+#   LONG_SHARDS=4 [LONG_STORIES=50 LONG_ARMS="entity@B topk@B" LONG_FIRST_SEED=2000000]: also the long stories' gap curve
 set -uo pipefail
 OUT=${OUT:?}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
@@ -39,7 +39,7 @@ done
 # long cast stories (30-50 shots, one character away for 20+ shots): the recurrence-gap curve
 LONG_SHARDS=${LONG_SHARDS:-0}; LONG_STORIES=${LONG_STORIES:-50}
 for k in $(seq 0 $((LONG_SHARDS - 1))); do
-  ev runs/eval-long --world cast --min-shots 30 --max-shots 50 --first-seed 2000000 --stories $LONG_STORIES \
+  ev runs/eval-long --world cast --min-shots 30 --max-shots 50 --first-seed ${LONG_FIRST_SEED:-2000000} --stories $LONG_STORIES \
     --shard $k/$LONG_SHARDS --arms ${LONG_ARMS:-entity@B topk@B} > runs/long_$k.log 2>&1 &
 done
 wait
