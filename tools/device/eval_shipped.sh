@@ -2,7 +2,7 @@
 # The shipped multi-character model evaluated on a fresh lent GPU machine: held-out cast stories under
 # several engine settings (CAST_ARMS of filmweaver.synth.evaluate's ARMS, each @B = the shipped model)
 # and the long held-out cast stories (30-50 shots, a character away 20+ shots: the recurrence-gap curve).
-# The tree travels without reports/ and the camera probe (neither is needed here) so that the packages
+# The tree travels slimmed (`bash tools/device/slim_tree.sh` here first: no reports, tests, docs, camera probe) so that the packages
 # (.carryS from `SLIM=1 bash tools/device/make_site_bundle.sh`) fit beside it. Back in $OUT: metrics.tgz
 # (every run's metrics.json) and the logs; the report is made here with `--report-only`.
 #   CAST_ARMS="memory_guidance_6@B cfg_5@B" LONG_STORIES=20 bash tools/device/eval_shipped.sh
