@@ -5,7 +5,8 @@
 # (runs/closed-loop/datasets/curated, made here by `python -m filmweaver.synth.closed_loop runs/closed-loop
 # --films 36 --phase data`: TransNetV2's wheel does not fit beside PyAV in a call), with PyAV as .carryS
 # (`SLIM=1 bash tools/device/make_site_bundle.sh`); the tree travels without reports/, the shipped
-# transformer and the cast and camera probes (the closed loop trains its own DiT; the attribute probe judges).
+# transformer and the cast and camera probes (the closed loop trains its own DiT; the attribute probe judges:
+# `bash tools/device/slim_tree.sh` here first, then remove the transformer and probe/cast).
 # The device image lacks webdataset (the shards' reader): its wheels travel as .carryW (`python3 -m pip download
 # --no-deps --only-binary=:all: -d .carryW webdataset==1.0.2 braceexpand==0.1.7`; name .carryW in carry).
 # Back in $OUT: closed_loop.json, the logs and the evaluation report, and the two models (transformer and

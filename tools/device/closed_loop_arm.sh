@@ -4,8 +4,8 @@
 # the same GPU minutes on the same card, each with the whole GPU. The arm's dataset comes carried
 # (runs/closed-loop/datasets/ARM, made on the CPU with `python -m filmweaver.synth.closed_loop runs/closed-loop
 # --films 36 --phase data`), with PyAV as .carryS and webdataset's wheels as .carryW (see closed_loop.sh);
-# the tree travels without reports/, the shipped transformer and probes (the closed loop trains its own DiT;
-# the evaluation runs afterwards, elsewhere: --phase eval with both models back in runs/closed-loop/runs).
+# the tree travels slimmed (`WEIGHTS=dit-free bash tools/device/slim_tree.sh` here first: the closed loop trains
+# its own DiT; the evaluation runs afterwards, elsewhere: --phase eval with both models back in runs/closed-loop/runs).
 # Back in $OUT: the training log and summary, and the model (all but the shipped VAE and embedder it kept) in 15 MB parts.
 #   ARM=curated MINUTES=7 bash tools/device/closed_loop_arm.sh
 set -uo pipefail
